@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what coffer's test suite needs on Debian/Ubuntu (run as root or with
+# sudo): real database servers and sshd for the integration tests (the tests
+# start private instances of them; nothing needs to be running), openssl and
+# age for interoperability tests, Python's cryptography for the independent
+# reader, and the Rust toolchain's components for the lint steps.
+set -euo pipefail
+
+packages=(
+  ca-certificates build-essential pkg-config libssl-dev
+  openssl age zstd time bsdutils procps
+  python3 python3-cryptography
+  openssh-client openssh-server
+  mariadb-server mariadb-client
+  postgresql postgresql-client
+  sqlite3
+)
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  $sudo apt-get update -q
+  # Servers are only installed, not started: the tests run their own instances.
+  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# The `python3` first on PATH may not be Debian's (pyenv, venv): make sure it
+# can import cryptography too.
+if ! python3 -c 'import cryptography' 2>/dev/null; then
+  python3 -m pip install --quiet cryptography
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "cargo not found: install Rust (https://rustup.rs) or Debian's cargo package" >&2
+  exit 1
+fi
+if command -v rustup >/dev/null; then
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
+fi

@@ -1,0 +1,511 @@
+//! The archive stage: a tar stream, compressed, written into any `io::Write`.
+//!
+//! tar needs each member's size before its data, but a dump's size is not known
+//! until it ends. A stream is therefore buffered in parts of at most
+//! [`PART_SIZE`]: a stream that fits in one part becomes one ordinary member;
+//! a longer one becomes consecutive members `NAME.000000`, `NAME.000001`, …
+//! whose concatenation is the stream (`cat NAME.* > NAME` after `tar -x`).
+//! Memory stays bounded by one part whatever the dump size, and nothing is
+//! spooled to disk.
+//!
+//! A leaf: knows nothing of sources, envelopes or stores.
+
+use std::io::{self, Read, Write};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// The most a stream member buffers in memory.
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+
+/// Bytes each zstd worker compresses at a time.
+const JOB_SIZE: u32 = 2 * 1024 * 1024;
+
+/// `zstd` (level 3), `zstd:N`, `gzip` (level 6), `gzip:N`, or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Zstd(i32),
+    Gzip(u32),
+    None,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression::Zstd(3)
+    }
+}
+
+impl Compression {
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Zstd(_) => "zstd",
+            Compression::Gzip(_) => "gzip",
+            Compression::None => "none",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (algo, level) = match s.split_once(':') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let level_in = |lo: i64, hi: i64, default: i64| -> Result<i64, String> {
+            level.map_or(Ok(default), |l| {
+                l.parse::<i64>()
+                    .ok()
+                    .filter(|n| (lo..=hi).contains(n))
+                    .ok_or_else(|| format!("compression level must be {lo}..={hi}, not {l:?}"))
+            })
+        };
+        match algo {
+            "zstd" => Ok(Compression::Zstd(
+                i32::try_from(level_in(1, 22, 3)?).unwrap_or(3),
+            )),
+            "gzip" => Ok(Compression::Gzip(
+                u32::try_from(level_in(1, 9, 6)?).unwrap_or(6),
+            )),
+            "none" if level.is_none() => Ok(Compression::None),
+            _ => Err(format!(
+                "unknown compression {s:?}: use zstd, zstd:LEVEL, gzip, gzip:LEVEL or none"
+            )),
+        }
+    }
+}
+
+/// A compressor over `W`.
+pub enum Compressor<W: Write> {
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+    Gzip(flate2::write::GzEncoder<W>),
+    None(W),
+}
+
+impl<W: Write> Compressor<W> {
+    pub fn new(w: W, c: Compression) -> io::Result<Self> {
+        Ok(match c {
+            Compression::Zstd(level) => {
+                let mut e = zstd::stream::write::Encoder::new(w, level)?;
+                // zstd's own worker threads overlap compression with the rest
+                // of the pipeline.
+                let workers =
+                    std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+                e.multithread(u32::try_from(workers).unwrap_or(1))?;
+                // Smaller jobs than zstd's default (4 windows) keep the workers'
+                // buffers, and so coffer's memory, flat and small.
+                e.set_parameter(zstd::stream::raw::CParameter::JobSize(JOB_SIZE))?;
+                e.include_checksum(true)?;
+                Compressor::Zstd(e)
+            }
+            Compression::Gzip(level) => Compressor::Gzip(flate2::write::GzEncoder::new(
+                w,
+                flate2::Compression::new(level),
+            )),
+            Compression::None => Compressor::None(w),
+        })
+    }
+
+    pub fn finish(self) -> io::Result<W> {
+        match self {
+            Compressor::Zstd(e) => e.finish(),
+            Compressor::Gzip(e) => e.finish(),
+            Compressor::None(mut w) => {
+                w.flush()?;
+                Ok(w)
+            }
+        }
+    }
+}
+
+impl<W: Write> Write for Compressor<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Compressor::Zstd(e) => e.write(buf),
+            Compressor::Gzip(e) => e.write(buf),
+            Compressor::None(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Compressor::Zstd(e) => e.flush(),
+            Compressor::Gzip(e) => e.flush(),
+            Compressor::None(w) => w.flush(),
+        }
+    }
+}
+
+/// A decompressor over `R`.
+pub fn decompressor<'a, R: io::BufRead + 'a>(
+    r: R,
+    c: Compression,
+) -> io::Result<Box<dyn Read + 'a>> {
+    Ok(match c {
+        Compression::Zstd(_) => Box::new(zstd::stream::read::Decoder::with_buffer(r)?),
+        Compression::Gzip(_) => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
+        Compression::None => Box::new(r),
+    })
+}
+
+/// What the archive recorded about one logical member.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub path: String,
+    /// `file`, `dir`, `symlink` or `stream`.
+    pub kind: &'static str,
+    pub size: u64,
+    /// SHA-256 of the member's whole content (of all parts, concatenated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// For a stream split into parts, the tar member names in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<String>,
+}
+
+/// Metadata of an entry of known size.
+#[derive(Debug, Clone)]
+pub struct EntryMeta<'a> {
+    pub path: &'a str,
+    pub kind: EntryKind<'a>,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum EntryKind<'a> {
+    File,
+    Dir,
+    Symlink(&'a std::path::Path),
+}
+
+/// Hashes and counts what passes through.
+struct Hashing<R> {
+    inner: R,
+    hash: Sha256,
+    len: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
+pub struct ArchiveWriter<W: Write> {
+    tar: tar::Builder<Compressor<W>>,
+    records: Vec<MemberRecord>,
+    part: Vec<u8>,
+    mtime: u64,
+}
+
+fn header(size: u64, mode: u32, mtime: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_mtime(mtime);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
+impl<W: Write> ArchiveWriter<W> {
+    /// `mtime` stamps members that have no time of their own (streams).
+    pub fn new(out: W, compression: Compression, mtime: u64) -> io::Result<Self> {
+        let mut tar = tar::Builder::new(Compressor::new(out, compression)?);
+        tar.mode(tar::HeaderMode::Complete);
+        tar.follow_symlinks(false);
+        Ok(ArchiveWriter {
+            tar,
+            records: Vec::new(),
+            part: Vec::new(),
+            mtime,
+        })
+    }
+
+    pub fn records(&self) -> &[MemberRecord] {
+        &self.records
+    }
+
+    /// Appends a stream of unknown length, split into parts if it is long.
+    pub fn append_stream(&mut self, path: &str, data: &mut dyn Read) -> io::Result<&MemberRecord> {
+        let mut hash = Sha256::new();
+        let mut total = 0u64;
+        let mut parts: Vec<String> = Vec::new();
+        self.part.clear();
+        loop {
+            let full = fill(data, &mut self.part, PART_SIZE)?;
+            hash.update(&self.part);
+            total += self.part.len() as u64;
+            if !full && parts.is_empty() {
+                // The whole stream fit in one part: an ordinary member.
+                let mut h = header(self.part.len() as u64, 0o600, self.mtime);
+                self.tar.append_data(&mut h, path, &self.part[..])?;
+                break;
+            }
+            let name = format!("{path}.{:06}", parts.len());
+            let mut h = header(self.part.len() as u64, 0o600, self.mtime);
+            self.tar.append_data(&mut h, &name, &self.part[..])?;
+            parts.push(name);
+            if !full {
+                break;
+            }
+        }
+        // Release a large buffer between members; the next dump may be small.
+        self.part = Vec::new();
+        self.records.push(MemberRecord {
+            path: path.to_owned(),
+            kind: "stream",
+            size: total,
+            sha256: Some(hex::encode(hash.finalize())),
+            parts,
+        });
+        Ok(self.records.last().expect("just pushed"))
+    }
+
+    /// Appends an entry of known size; `data` must yield exactly `size` bytes.
+    pub fn append_entry(
+        &mut self,
+        e: &EntryMeta<'_>,
+        data: &mut dyn Read,
+    ) -> io::Result<&MemberRecord> {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(e.mode);
+        h.set_uid(u64::from(e.uid));
+        h.set_gid(u64::from(e.gid));
+        h.set_mtime(u64::try_from(e.mtime).unwrap_or(0));
+        let (kind, sha256) = match e.kind {
+            EntryKind::Dir => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                self.tar.append_data(&mut h, e.path, io::empty())?;
+                ("dir", None)
+            }
+            EntryKind::Symlink(target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                self.tar.append_link(&mut h, e.path, target)?;
+                ("symlink", None)
+            }
+            EntryKind::File => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(e.size);
+                let mut hashing = Hashing {
+                    inner: data.take(e.size),
+                    hash: Sha256::new(),
+                    len: 0,
+                };
+                self.tar.append_data(&mut h, e.path, &mut hashing)?;
+                if hashing.len != e.size {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{}: expected {} bytes, got {}", e.path, e.size, hashing.len),
+                    ));
+                }
+                ("file", Some(hex::encode(hashing.hash.finalize())))
+            }
+        };
+        self.records.push(MemberRecord {
+            path: e.path.to_owned(),
+            kind,
+            size: e.size,
+            sha256,
+            parts: Vec::new(),
+        });
+        Ok(self.records.last().expect("just pushed"))
+    }
+
+    /// Appends the inner manifest as the last member and closes the archive.
+    pub fn finish(mut self, manifest_path: &str, manifest: &[u8]) -> io::Result<W> {
+        let mut h = header(manifest.len() as u64, 0o600, self.mtime);
+        self.tar.append_data(&mut h, manifest_path, manifest)?;
+        self.tar.into_inner()?.finish()
+    }
+}
+
+/// Fills `buf` with up to `limit` bytes; returns whether it is full (more may follow).
+fn fill(r: &mut dyn Read, buf: &mut Vec<u8>, limit: usize) -> io::Result<bool> {
+    buf.clear();
+    // Exactly one part: read_to_end would otherwise grow the buffer past it.
+    buf.reserve_exact(limit);
+    r.take(limit as u64).read_to_end(buf)?;
+    Ok(buf.len() == limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_back(bytes: &[u8], c: Compression) -> Vec<(String, Vec<u8>)> {
+        let dec = decompressor(bytes, c).unwrap();
+        let mut ar = tar::Archive::new(dec);
+        ar.entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let p = e.path().unwrap().display().to_string();
+                let mut d = Vec::new();
+                e.read_to_end(&mut d).unwrap();
+                (p, d)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn small_stream_is_one_member_large_is_split() {
+        for c in [
+            Compression::Zstd(3),
+            Compression::Gzip(6),
+            Compression::None,
+        ] {
+            let mut a = ArchiveWriter::new(Vec::new(), c, 0).unwrap();
+            a.append_stream("mysql/small.sql", &mut &b"hello"[..])
+                .unwrap();
+            let big: Vec<u8> = (0..PART_SIZE * 2 + 5)
+                .map(|i| u8::try_from(i % 251).unwrap())
+                .collect();
+            let rec = a
+                .append_stream("mysql/big.sql", &mut &big[..])
+                .unwrap()
+                .clone();
+            assert_eq!(
+                rec.parts,
+                [
+                    "mysql/big.sql.000000",
+                    "mysql/big.sql.000001",
+                    "mysql/big.sql.000002"
+                ]
+            );
+            assert_eq!(rec.size, big.len() as u64);
+            assert_eq!(
+                rec.sha256.as_deref(),
+                Some(hex::encode(Sha256::digest(&big)).as_str())
+            );
+            let out = a.finish("MANIFEST.json", b"{}").unwrap();
+            let members = read_back(&out, c);
+            assert_eq!(members[0], ("mysql/small.sql".into(), b"hello".to_vec()));
+            let joined: Vec<u8> = members[1..4].iter().flat_map(|m| m.1.clone()).collect();
+            assert_eq!(joined, big);
+            assert_eq!(members.last().unwrap().0, "MANIFEST.json");
+        }
+    }
+
+    #[test]
+    fn exact_part_size_stream_is_split_into_one_full_part_and_an_empty_one() {
+        let mut a = ArchiveWriter::new(Vec::new(), Compression::None, 0).unwrap();
+        let data = vec![7u8; PART_SIZE];
+        let rec = a.append_stream("x", &mut &data[..]).unwrap().clone();
+        assert_eq!(rec.parts.len(), 2);
+        assert_eq!(rec.size, PART_SIZE as u64);
+    }
+
+    #[test]
+    fn short_entry_data_is_an_error() {
+        let mut a = ArchiveWriter::new(Vec::new(), Compression::None, 0).unwrap();
+        let e = EntryMeta {
+            path: "f",
+            kind: EntryKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            size: 10,
+        };
+        assert!(a.append_entry(&e, &mut &b"abc"[..]).is_err());
+    }
+
+    #[test]
+    fn compression_forms() {
+        assert_eq!(Compression::parse("gzip").unwrap(), Compression::Gzip(6));
+        assert_eq!(
+            Compression::parse("zstd:19").unwrap(),
+            Compression::Zstd(19)
+        );
+        assert!(Compression::parse("zstd:99").is_err());
+        assert!(Compression::parse("lz4").is_err());
+    }
+}
+
+/// If `path` is a part of a split stream (`NAME.000003`), its stream name and
+/// index. Only source streams are split, never `files/` or `sqlite/` members.
+pub fn split_part(path: &str) -> Option<(&str, u32)> {
+    if path.starts_with("files/") || path.starts_with("sqlite/") {
+        return None;
+    }
+    let (base, suffix) = path.rsplit_once('.')?;
+    if suffix.len() == 6 && suffix.bytes().all(|b| b.is_ascii_digit()) {
+        suffix.parse().ok().map(|n| (base, n))
+    } else {
+        None
+    }
+}
+
+/// One member as read back.
+pub struct ReadMember<'a> {
+    pub path: String,
+    pub kind: EntryKind<'a>,
+    pub mode: u32,
+    pub mtime: i64,
+    pub size: u64,
+    pub data: &'a mut dyn Read,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("archive: {0}")]
+    Io(#[from] io::Error),
+    #[error("archive member {path:?}: {reason}")]
+    Refused { path: String, reason: String },
+}
+
+/// Walks a (decompressed) tar stream, handing each member to `f` in order;
+/// returns the input, positioned after the end-of-archive marker.
+/// Hard links, devices, FIFOs and other special entries are refused: coffer
+/// never writes them, so their presence means the archive is not coffer's.
+pub fn read_members<R: Read>(
+    input: R,
+    mut f: impl FnMut(ReadMember<'_>) -> Result<(), ReadError>,
+) -> Result<R, ReadError> {
+    let mut ar = tar::Archive::new(input);
+    for entry in ar.entries()? {
+        let mut entry = entry?;
+        let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let header = entry.header();
+        let mode = header.mode().unwrap_or(0o600);
+        let mtime = i64::try_from(header.mtime().unwrap_or(0)).unwrap_or(0);
+        let size = entry.size();
+        let etype = header.entry_type();
+        let link = entry.link_name()?.map(std::borrow::Cow::into_owned);
+        let kind = match etype {
+            tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File,
+            tar::EntryType::Directory => EntryKind::Dir,
+            tar::EntryType::Symlink => match &link {
+                Some(l) => EntryKind::Symlink(l),
+                None => {
+                    return Err(ReadError::Refused {
+                        path,
+                        reason: "symlink without a target".into(),
+                    })
+                }
+            },
+            other => {
+                return Err(ReadError::Refused {
+                    path,
+                    reason: format!("{other:?} entries are not allowed"),
+                })
+            }
+        };
+        f(ReadMember {
+            path,
+            kind,
+            mode,
+            mtime,
+            size,
+            data: &mut entry,
+        })?;
+    }
+    Ok(ar.into_inner())
+}

@@ -1,0 +1,28 @@
+use std::path::PathBuf;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::pipeline::job::check;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Validate the configuration, files, permissions, keys and tools without running a backup
+    Check {
+        #[arg(short = 'c', long, value_name = "CONFIG")]
+        config: PathBuf,
+    },
+}
+
+pub fn run(c: &Command) -> anyhow::Result<()> {
+    match c {
+        Command::Check { config } => {
+            let cfg = Config::load(config)?;
+            let problems = check(&cfg);
+            if !problems.is_empty() {
+                return Err(Error::Check(problems).into());
+            }
+            println!("{}: ok", config.display());
+            Ok(())
+        }
+    }
+}

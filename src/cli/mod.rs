@@ -1,0 +1,200 @@
+//! Command-line parsing and printing. No crypto and no I/O logic here: each
+//! subcommand turns its arguments into a pipeline call and prints the result.
+
+mod backup;
+mod config;
+mod inspect;
+mod keygen;
+mod keyscan;
+mod legacy;
+mod list;
+mod open;
+mod progress;
+mod prune;
+mod restore;
+mod seal;
+mod verify;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::error::{Error, ExitCode};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "coffer",
+    version,
+    about = "Encrypted, streaming backups sealed to a public key",
+    long_about = "coffer seals data to public keys (RSA-OAEP-SHA256 or age) with AES-256-GCM in \
+                  authenticated chunks. The machine that seals can never read back what it sealed.\n\n\
+                  Exit codes: 0 success, 1 failure, 2 usage or configuration error, \
+                  3 integrity failure (tampered or truncated), 4 wrong or missing key."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Print a summary line on success (cron stays silent without it)
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// Log format on stderr: one line of text, or one JSON object, per event
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How results and problems are printed.
+pub struct Output {
+    verbose: bool,
+    format: LogFormat,
+}
+
+impl Output {
+    /// A success summary: only when asked for (-v or JSON), or forced.
+    pub fn summary(&self, text: &str, json: &serde_json::Value, force: bool) {
+        match self.format {
+            LogFormat::Json => eprintln!("{}", with_level(json, "info")),
+            LogFormat::Text if self.verbose || force => eprintln!("coffer: {}", one_line(text)),
+            LogFormat::Text => {}
+        }
+    }
+
+    pub fn warn(&self, text: &str) {
+        match self.format {
+            LogFormat::Json => eprintln!(
+                "{}",
+                with_level(
+                    &serde_json::json!({"event": "warning", "message": text}),
+                    "warning"
+                )
+            ),
+            LogFormat::Text => eprintln!("coffer: warning: {}", one_line(text)),
+        }
+    }
+}
+
+/// Escapes control characters so that names and paths (which may contain
+/// newlines) can never forge extra log lines: one event, one line.
+pub fn one_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&c.escape_unicode().to_string()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn with_level(v: &serde_json::Value, level: &str) -> serde_json::Value {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("level".into(), level.into());
+        o.insert(
+            "time".into(),
+            chrono::Utc::now()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                .into(),
+        );
+    }
+    v
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make a key pair: PATH (private, mode 0600) and PATH.pub
+    Keygen(keygen::Args),
+    /// Encrypt a stream (stdin by default) to one or more recipients
+    Seal(seal::Args),
+    /// Decrypt and authenticate a sealed stream
+    Open(open::Args),
+    /// Show a sealed file's header (version, recipients, metadata) without a key
+    Inspect(inspect::Args),
+    /// Run the backup job: dump, archive, compress, seal, store, rotate
+    Backup(backup::Args),
+    /// List the backups in the configured stores
+    List(list::Args),
+    /// Apply retention: delete old complete backups (needs no key)
+    Prune(prune::Args),
+    /// Configuration tools
+    #[command(subcommand)]
+    Config(config::Command),
+    /// Print a backup server's SSH host key as a known_hosts line, to verify out of band
+    Keyscan(keyscan::Args),
+    /// Restore a backup: into a directory, or one member to stdout
+    Restore(restore::Args),
+    /// Check backups in the stores: without a key (size, SHA-256, header) or with one (everything)
+    Verify(verify::Args),
+    /// Decrypt a backup made by the old openssl recipe (enc -aes-256-cbc + rsautl)
+    LegacyDecrypt(legacy::DecryptArgs),
+    /// Re-seal a backup made by the old openssl recipe into a coffer file
+    LegacyImport(legacy::ImportArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let out = Output {
+        verbose: cli.verbose,
+        format: cli.log_format,
+    };
+    LOG_FORMAT.store(
+        cli.log_format == LogFormat::Json,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    match cli.command {
+        Command::Backup(a) => backup::run(&a, &out),
+        Command::List(a) => list::run(&a),
+        Command::Prune(a) => prune::run(&a),
+        Command::Config(c) => config::run(&c),
+        Command::Keyscan(a) => keyscan::run(&a),
+        Command::Restore(a) => restore::run(&a, &out),
+        Command::Verify(a) => verify::run(&a),
+        Command::LegacyDecrypt(a) => legacy::decrypt(&a, &out),
+        Command::LegacyImport(a) => legacy::import(&a, &out),
+        Command::Keygen(a) => keygen::run(&a),
+        Command::Seal(a) => seal::run(a),
+        Command::Open(a) => open::run(&a),
+        Command::Inspect(a) => inspect::run(&a),
+    }
+}
+
+static LOG_FORMAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Prints the error (and its hint) on stderr; returns the exit code.
+pub fn report(err: &anyhow::Error) -> u8 {
+    let (code, hint) = match err.downcast_ref::<Error>() {
+        Some(e) => (e.exit_code() as u8, e.hint()),
+        None => (ExitCode::Failed as u8, None),
+    };
+    if LOG_FORMAT.load(std::sync::atomic::Ordering::Relaxed) {
+        let v = serde_json::json!({
+            "event": "error", "message": format!("{err:#}"), "hint": hint, "exit_code": code,
+        });
+        eprintln!("{}", with_level(&v, "error"));
+    } else {
+        eprintln!("coffer: error: {}", one_line(&format!("{err:#}")));
+        if let Some(hint) = hint {
+            eprintln!("coffer: hint: {}", one_line(&hint));
+        }
+    }
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn log_lines_cannot_be_forged() {
+        assert_eq!(one_line("a\n[ERROR] fake line"), "a\\n[ERROR] fake line");
+        assert_eq!(one_line("tab\there\r\x1b[31m"), "tab\\there\\r\\u{1b}[31m");
+        assert_eq!(one_line("back\\slash"), "back\\\\slash");
+        assert_eq!(one_line("plain/path.db"), "plain/path.db");
+    }
+}

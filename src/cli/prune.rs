@@ -1,0 +1,53 @@
+use std::path::PathBuf;
+
+use crate::config::Config;
+use crate::pipeline::job::{build_stores, policy};
+use crate::pipeline::retention::apply;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(short = 'c', long, value_name = "CONFIG")]
+    config: PathBuf,
+    /// Override the configured keep_last
+    #[arg(long)]
+    keep_last: Option<u32>,
+    /// Print what would be kept and deleted, and why; delete nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Only this store
+    #[arg(long)]
+    store: Option<String>,
+}
+
+pub fn run(a: &Args) -> anyhow::Result<()> {
+    let config = Config::load(&a.config)?;
+    let mut p = policy(&config.job);
+    if let Some(n) = a.keep_last {
+        anyhow::ensure!(n >= 1, "--keep-last must be at least 1");
+        p.keep_last = n;
+    }
+    let now = chrono::Utc::now();
+    for (store, prune) in build_stores(&config) {
+        if a.store.as_deref().is_some_and(|s| s != store.name()) {
+            continue;
+        }
+        if !prune && a.store.is_none() {
+            println!("{}: prune = false, skipped", store.name());
+            continue;
+        }
+        let r = apply(store.as_ref(), &config.job.name, p, None, a.dry_run, now)?;
+        let verb = if a.dry_run { "would delete" } else { "deleted" };
+        for d in &r.decisions {
+            let what = if d.keep {
+                "keep".to_owned()
+            } else {
+                verb.to_owned()
+            };
+            println!("{}: {what} {} ({})", r.store, d.name, d.reasons.join(", "));
+        }
+        for s in &r.stale_partials {
+            println!("{}: {verb} {s} (partial upload older than a day)", r.store);
+        }
+    }
+    Ok(())
+}

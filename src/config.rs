@@ -1,0 +1,452 @@
+//! The TOML configuration (DESIGN.md): parsed strictly — an unknown key is an
+//! error naming the file, line and key, with a suggestion for typos.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use crate::archive::Compression;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub job: Job,
+    /// Needed to back up; `list` and `prune` need none.
+    #[serde(rename = "source", default)]
+    pub sources: Vec<Source>,
+    #[serde(rename = "store", default)]
+    pub stores: Vec<Store>,
+}
+
+fn default_keep_last() -> u32 {
+    7
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    /// Used in backup file names: letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// RSA public key PEM files, age recipients, or files of them. Needed to
+    /// back up; `list` and `prune` (e.g. on the backup server) need none.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    #[serde(default)]
+    pub compression: Compression,
+    #[serde(default = "default_keep_last")]
+    pub keep_last: u32,
+    #[serde(default)]
+    pub keep_daily: Option<u32>,
+    #[serde(default)]
+    pub keep_weekly: Option<u32>,
+    #[serde(default)]
+    pub keep_monthly: Option<u32>,
+    /// Where the run lock lives; default `/run/lock/coffer-{name}.lock` for
+    /// root, else in `$XDG_RUNTIME_DIR` or the temporary directory.
+    #[serde(default)]
+    pub lock_file: Option<PathBuf>,
+}
+
+impl<'de> Deserialize<'de> for Compression {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Compression::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Source {
+    /// mariadb-dump / mysqldump, credentials only through an options file.
+    Mysql {
+        name: String,
+        #[serde(default)]
+        databases: Vec<String>,
+        #[serde(default)]
+        all: bool,
+        /// `[client]` user/password/host/port/socket; mode 0600.
+        options_file: Option<PathBuf>,
+    },
+    /// pg_dump --format=custom per database; pg_dumpall --globals-only.
+    Postgres {
+        name: String,
+        #[serde(default)]
+        databases: Vec<String>,
+        #[serde(default)]
+        globals: bool,
+        /// A libpq passfile (host:port:db:user:password), mode 0600.
+        passfile: Option<PathBuf>,
+        host: Option<String>,
+        port: Option<u16>,
+        user: Option<String>,
+    },
+    /// A consistent online copy of a live SQLite database.
+    Sqlite { name: Option<String>, path: PathBuf },
+    /// Files and directories (globs allowed), with modes, owners and mtimes.
+    Files {
+        name: Option<String>,
+        paths: Vec<String>,
+    },
+    /// Any program's standard output.
+    Command { name: String, argv: Vec<String> },
+}
+
+impl Source {
+    /// The source's name, unique within a job; used in archive member names.
+    pub fn name(&self) -> String {
+        match self {
+            Source::Mysql { name, .. }
+            | Source::Postgres { name, .. }
+            | Source::Command { name, .. } => name.clone(),
+            Source::Sqlite { name, path } => name.clone().unwrap_or_else(|| {
+                path.file_stem()
+                    .map_or_else(|| "sqlite".into(), |s| s.to_string_lossy().into_owned())
+            }),
+            Source::Files { name, .. } => name.clone().unwrap_or_else(|| "files".into()),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::Mysql { .. } => "mysql",
+            Source::Postgres { .. } => "postgres",
+            Source::Sqlite { .. } => "sqlite",
+            Source::Files { .. } => "files",
+            Source::Command { .. } => "command",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Store {
+    Local {
+        name: Option<String>,
+        path: PathBuf,
+        /// Apply retention here (false when another machine prunes).
+        #[serde(default = "yes")]
+        prune: bool,
+    },
+    Sftp {
+        name: Option<String>,
+        host: String,
+        #[serde(default = "ssh_port")]
+        port: u16,
+        user: String,
+        /// The dedicated private key (mode 0600), or `"agent"` for ssh-agent.
+        identity: String,
+        /// Required: the server's pinned host key(s).
+        known_hosts: PathBuf,
+        /// The directory on the server (relative to the login or chroot).
+        path: String,
+        #[serde(default = "yes")]
+        prune: bool,
+        #[serde(default = "default_timeout")]
+        timeout_secs: u64,
+        /// Connection attempts, with exponential backoff, before giving up.
+        #[serde(default = "default_retries")]
+        retries: u32,
+    },
+}
+
+fn ssh_port() -> u16 {
+    22
+}
+
+fn default_timeout() -> u64 {
+    30
+}
+
+fn default_retries() -> u32 {
+    3
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Store {
+    pub fn name(&self) -> String {
+        match self {
+            Store::Local { name, path, .. } => name
+                .clone()
+                .unwrap_or_else(|| format!("local:{}", path.display())),
+            Store::Sftp {
+                name,
+                host,
+                port,
+                user,
+                path,
+                ..
+            } => name
+                .clone()
+                .unwrap_or_else(|| format!("sftp://{user}@{host}:{port}/{path}")),
+        }
+    }
+
+    pub fn prune(&self) -> bool {
+        match self {
+            Store::Local { prune, .. } | Store::Sftp { prune, .. } => *prune,
+        }
+    }
+}
+
+/// A configuration error with where it is and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}: {message}", .path.display(), .line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Config {
+    /// Parses `text` (read from `path`, named in errors) and checks what can be
+    /// checked without touching the system.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let message = e.message().trim().to_owned();
+            ConfigError {
+                path: path.to_path_buf(),
+                line,
+                hint: suggestion(&message),
+                message,
+            }
+        })?;
+        config.validate().map_err(|message| ConfigError {
+            path: path.to_path_buf(),
+            line: None,
+            message,
+            hint: None,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let valid_name = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && !s.starts_with('.')
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        if !valid_name(&self.job.name) {
+            return Err(format!(
+                "job name {:?} must be 1-64 letters, digits, '-', '_' or '.'",
+                self.job.name
+            ));
+        }
+        if self.stores.is_empty() {
+            return Err("no [[store]]: nowhere to keep backups".into());
+        }
+        if self.job.keep_last == 0
+            && self.job.keep_daily.unwrap_or(0) == 0
+            && self.job.keep_weekly.unwrap_or(0) == 0
+            && self.job.keep_monthly.unwrap_or(0) == 0
+        {
+            return Err("retention keeps nothing: keep_last must be at least 1".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for s in &self.sources {
+            let name = s.name();
+            if !valid_name(&name) {
+                return Err(format!(
+                    "{} source name {name:?} must be letters, digits, '-', '_' or '.'",
+                    s.kind()
+                ));
+            }
+            if !seen.insert((s.kind(), name.clone())) {
+                return Err(format!("two {} sources are named {name:?}", s.kind()));
+            }
+            match s {
+                Source::Mysql { databases, all, .. } if databases.is_empty() != *all => {
+                    return Err(format!(
+                        "mysql source {name:?}: give either databases = [...] or all = true"
+                    ));
+                }
+                Source::Postgres {
+                    databases, globals, ..
+                } if databases.is_empty() && !globals => {
+                    return Err(format!(
+                        "postgres source {name:?}: give databases = [...] and/or globals = true"
+                    ));
+                }
+                Source::Files { paths, .. } if paths.is_empty() => {
+                    return Err(format!("files source {name:?}: paths is empty"));
+                }
+                Source::Command { argv, .. } if argv.is_empty() => {
+                    return Err(format!("command source {name:?}: argv is empty"));
+                }
+                _ => {}
+            }
+        }
+        let mut store_names = std::collections::HashSet::new();
+        for st in &self.stores {
+            if !store_names.insert(st.name()) {
+                return Err(format!("two stores are named {:?}", st.name()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// What a backup needs beyond what `list` and `prune` need.
+    pub fn backup_problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.job.recipients.is_empty() {
+            p.push("[job] recipients is empty: backups must be sealed to a key".into());
+        }
+        if self.sources.is_empty() {
+            p.push("no [[source]]: nothing to back up".into());
+        }
+        p
+    }
+
+    /// Reads, checks (a config others can modify is refused) and parses the
+    /// configuration; relative paths in it are taken from its directory.
+    pub fn load(path: &Path) -> crate::Result<Config> {
+        crate::fsutil::check_not_writable_by_others(path)?;
+        let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, "read", e))?;
+        let mut c = Config::parse(path, &text)?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let base = std::path::absolute(dir).map_err(|e| crate::Error::io(dir, "resolve", e))?;
+        c.resolve_paths(&base);
+        Ok(c)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for r in &mut self.job.recipients {
+            let looks_like_key =
+                r.starts_with("age1") || r.starts_with("ssh-") || r.starts_with("ecdsa-");
+            if !looks_like_key && Path::new(r).is_relative() {
+                *r = base.join(&*r).display().to_string();
+            }
+        }
+        if let Some(l) = &mut self.job.lock_file {
+            fix(l);
+        }
+        for s in &mut self.sources {
+            match s {
+                Source::Mysql { options_file, .. } => options_file.iter_mut().for_each(fix),
+                Source::Postgres { passfile, .. } => passfile.iter_mut().for_each(fix),
+                Source::Sqlite { path, .. } => fix(path),
+                Source::Files { paths, .. } => {
+                    for p in paths {
+                        if Path::new(p).is_relative() {
+                            *p = base.join(&*p).display().to_string();
+                        }
+                    }
+                }
+                Source::Command { .. } => {}
+            }
+        }
+        for st in &mut self.stores {
+            match st {
+                Store::Local { path, .. } => fix(path),
+                Store::Sftp {
+                    identity,
+                    known_hosts,
+                    ..
+                } => {
+                    fix(known_hosts);
+                    if identity != "agent" && Path::new(identity.as_str()).is_relative() {
+                        *identity = base.join(&*identity).display().to_string();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// For "unknown field `x`, expected one of `a`, `b`": the closest expected name.
+fn suggestion(message: &str) -> Option<String> {
+    let unknown = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("unknown variant `"))?;
+    let (bad, rest) = unknown.split_once('`')?;
+    let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    let best = expected
+        .iter()
+        .map(|e| (strsim::jaro_winkler(bad, e), *e))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))?;
+    let mut s = String::new();
+    let _ = write!(s, "did you mean `{}`?", best.1);
+    Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[job]
+name = "production"
+recipients = ["/etc/coffer/backup.pem"]
+compression = "zstd:19"
+keep_last = 7
+
+[[source]]
+type = "mysql"
+name = "main"
+databases = ["production"]
+options_file = "/etc/coffer/my.cnf"
+
+[[source]]
+type = "sqlite"
+path = "/var/lib/app/app.db"
+
+[[store]]
+type = "local"
+path = "/var/backups/coffer"
+"#;
+
+    #[test]
+    fn parses_the_design_example() {
+        let c = Config::parse(Path::new("c.toml"), GOOD).unwrap();
+        assert_eq!(c.job.compression, Compression::Zstd(19));
+        assert_eq!(c.sources[1].name(), "app");
+        assert!(c.stores[0].prune());
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_suggests() {
+        let bad = GOOD.replace("recipients =", "recipents =");
+        let e = Config::parse(Path::new("c.toml"), &bad).unwrap_err();
+        assert_eq!(e.line, Some(4));
+        assert!(
+            e.message.contains("unknown field `recipents`"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.hint.as_deref(), Some("did you mean `recipients`?"));
+        let bad = GOOD.replace("options_file", "option_file");
+        let e = Config::parse(Path::new("c.toml"), &bad).unwrap_err();
+        assert_eq!(e.hint.as_deref(), Some("did you mean `options_file`?"));
+    }
+
+    #[test]
+    fn semantic_errors() {
+        let bad = GOOD.replace("databases = [\"production\"]", "");
+        assert!(Config::parse(Path::new("c"), &bad)
+            .unwrap_err()
+            .message
+            .contains("either databases"));
+        let bad = GOOD.replace("name = \"production\"", "name = \"../x\"");
+        assert!(Config::parse(Path::new("c"), &bad).is_err());
+    }
+}

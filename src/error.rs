@@ -1,0 +1,243 @@
+//! The crate's error type. Each error knows its exit code (DESIGN.md's contract)
+//! and a one-line hint telling the operator what to do next.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::envelope::{EnvelopeError, KeyError};
+
+/// Process exit codes, fixed by the user-facing contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    Success = 0,
+    /// The job failed; nothing good was deleted.
+    Failed = 1,
+    /// Usage or configuration error.
+    Usage = 2,
+    /// Tampered, truncated, hash mismatch.
+    Integrity = 3,
+    /// Wrong or missing key.
+    Key = 4,
+}
+
+/// Classifies an envelope or key error for the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Integrity,
+    Key,
+    Usage,
+    Io,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}", .path.display())]
+    Envelope {
+        path: PathBuf,
+        #[source]
+        source: EnvelopeError,
+    },
+
+    #[error("{}", .path.display())]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: KeyError,
+    },
+
+    #[error("{}: cannot {op}", .path.display())]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{}: already exists; coffer never overwrites a file", .path.display())]
+    Exists { path: PathBuf },
+
+    #[error("{}: {problem}", .path.display())]
+    Permissions {
+        path: PathBuf,
+        problem: String,
+        fix: String,
+    },
+
+    #[error("refusing to write binary data to a terminal")]
+    BinaryToTerminal,
+
+    #[error("{0}")]
+    Usage(String),
+
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+
+    #[error("{kind} source {name:?}")]
+    Source {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: crate::source::SourceError,
+    },
+
+    #[error("another coffer run of job {job:?} holds the lock {}", .path.display())]
+    Locked { job: String, path: PathBuf },
+
+    #[error("{} problem(s) found: {}", .0.len(), .0.join("; "))]
+    Check(Vec<String>),
+
+    #[error("{store}: {message}")]
+    Store { store: String, message: String },
+
+    #[error("backup {name} is complete in [{}] but failed in {}", .complete.join(", "), .failures.join("; "))]
+    StoresFailed {
+        name: String,
+        complete: Vec<String>,
+        failures: Vec<String>,
+        /// A failure was a host key or key problem (exit 4, not 1).
+        key_problem: bool,
+    },
+
+    /// Damaged, tampered, truncated, or not matching its manifest.
+    #[error("{what}: {message}")]
+    Integrity { what: String, message: String },
+
+    #[error("{}", .path.display())]
+    Legacy {
+        path: PathBuf,
+        #[source]
+        source: crate::legacy::LegacyError,
+    },
+
+    #[error("{failed} of {total} backups failed verification")]
+    VerifyFailed { failed: usize, total: usize },
+
+    #[error("{store}: {message}")]
+    HostKey {
+        store: String,
+        message: String,
+        /// The known_hosts line that would trust the offered key (unknown host only).
+        line: Option<String>,
+    },
+}
+
+impl Error {
+    pub fn io(path: impl AsRef<Path>, op: &'static str, source: io::Error) -> Self {
+        // A streaming reader wraps envelope failures in io::Error so that it can
+        // implement `Read`; unwrap them here so they keep their exit code.
+        match EnvelopeError::from_io(source) {
+            Ok(env) => Error::Envelope {
+                path: path.as_ref().to_path_buf(),
+                source: env,
+            },
+            Err(source) => Error::Io {
+                path: path.as_ref().to_path_buf(),
+                op,
+                source,
+            },
+        }
+    }
+
+    pub fn envelope(path: impl AsRef<Path>, source: EnvelopeError) -> Self {
+        Error::Envelope {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn key(path: impl AsRef<Path>, source: KeyError) -> Self {
+        Error::Key {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn exit_code(&self) -> ExitCode {
+        let class = match self {
+            Error::Envelope { source, .. } => source.class(),
+            Error::Key { source, .. } => source.class(),
+            Error::Io { .. }
+            | Error::Source { .. }
+            | Error::Locked { .. }
+            | Error::Store { .. }
+            | Error::StoresFailed {
+                key_problem: false, ..
+            } => Class::Io,
+            Error::Integrity { .. } | Error::VerifyFailed { .. } => Class::Integrity,
+            Error::Legacy { source, .. } => match source {
+                crate::legacy::LegacyError::WrongKey | crate::legacy::LegacyError::NoKdfMatched => {
+                    Class::Key
+                }
+                crate::legacy::LegacyError::Io(_) => Class::Io,
+                _ => Class::Integrity,
+            },
+            Error::HostKey { .. }
+            | Error::StoresFailed {
+                key_problem: true, ..
+            } => Class::Key,
+            Error::Config(_)
+            | Error::Check(_)
+            | Error::Exists { .. }
+            | Error::Permissions { .. }
+            | Error::BinaryToTerminal
+            | Error::Usage(_) => Class::Usage,
+        };
+        match class {
+            Class::Integrity => ExitCode::Integrity,
+            Class::Key => ExitCode::Key,
+            Class::Usage => ExitCode::Usage,
+            Class::Io => ExitCode::Failed,
+        }
+    }
+
+    /// What the operator should do about it, in one line.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Envelope { source, .. } => source.hint().map(str::to_owned),
+            Error::Key { source, .. } => source.hint(),
+            Error::Exists { .. } => {
+                Some("choose another name, or move the existing file away first".into())
+            }
+            Error::Permissions { fix, .. } => Some(fix.clone()),
+            Error::BinaryToTerminal => {
+                Some("redirect the output to a file or pipe, or use -o FILE".into())
+            }
+            Error::Config(c) => c.hint.clone(),
+            Error::Source { source, .. } => source_hint(source),
+            Error::Locked { .. } => Some(
+                "wait for it to finish; if no coffer is running, the lock is stale only if its process is gone".into(),
+            ),
+            Error::Check(_) => Some("fix these, then run `coffer config check` again".into()),
+            Error::HostKey { line: Some(line), .. } => Some(format!(
+                "check the fingerprint out of band (e.g. on the server: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then add to known_hosts: {line}"
+            )),
+            Error::Legacy { .. } => Some(
+                "the legacy format is unauthenticated: check the restored data before trusting it".into(),
+            ),
+            Error::Integrity { .. } | Error::VerifyFailed { .. } => Some(
+                "do not trust this copy: restore from another backup or another store".into(),
+            ),
+            Error::StoresFailed { .. } => Some(
+                "the complete copies are kept and nothing was deleted where the upload failed; fix that store and run again".into(),
+            ),
+            Error::HostKey { line: None, .. } => Some(
+                "if the server's key really changed, verify the new fingerprint out of band and replace its known_hosts line".into(),
+            ),
+            Error::Io { .. } | Error::Usage(_) | Error::Store { .. } => None,
+        }
+    }
+}
+
+fn source_hint(e: &crate::source::SourceError) -> Option<String> {
+    use crate::source::SourceError as S;
+    Some(match e {
+        S::NotFound { .. } => "install the database client tools (e.g. mariadb-client, postgresql-client)".into(),
+        S::Failed { .. } | S::Incomplete { .. } => {
+            "the dump failed, so this run made no backup and deleted nothing; fix the cause and run again".into()
+        }
+        _ => return None,
+    })
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,556 @@
+//! `coffer backup`: sources → archive → seal → hash → stores, in one stream,
+//! then the sidecar, then retention — in that order, so a failed run deletes
+//! nothing and leaves no file that looks like a backup.
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+use crate::archive::{ArchiveWriter, EntryKind, EntryMeta};
+use crate::config::Config;
+use crate::envelope::{self, Metadata, Recipient, SealError, DEFAULT_CHUNK_SIZE};
+use crate::error::{Error, Result};
+use crate::manifest::{self, Inner, MemberEntry, Sidecar, SourceEntry};
+use crate::pipeline::job::{self, Job};
+use crate::pipeline::retention::{self, PruneReport};
+use crate::source::{Entry, Sink};
+use crate::store::{Store, Upload};
+
+#[derive(Debug)]
+pub struct Summary {
+    pub name: String,
+    pub size: u64,
+    pub duration_ms: u64,
+    pub stores: Vec<String>,
+    pub pruned: Vec<PruneReport>,
+    pub warnings: Vec<String>,
+}
+
+/// One store's upload within a run, on a thread of its own so stores (and a
+/// slow network) run in parallel with each other and with compression.
+struct Slot {
+    store: usize,
+    tx: Option<SyncSender<Arc<[u8]>>>,
+    worker: Option<JoinHandle<Written>>,
+}
+
+/// What an upload thread hands back: the upload, and the error that stopped it.
+type Written = (Box<dyn Upload>, Option<io::Error>);
+
+/// Ciphertext pieces in flight per store (each up to one 64 KiB chunk).
+const QUEUE: usize = 16;
+
+impl Slot {
+    fn start(store: usize, mut upload: Box<dyn Upload>) -> Self {
+        let (tx, rx) = sync_channel::<Arc<[u8]>>(QUEUE);
+        let worker = std::thread::spawn(move || {
+            for piece in rx {
+                if let Err(e) = upload.write_all(&piece) {
+                    // Dropping the receiver tells the sender this store is out.
+                    return (upload, Some(e));
+                }
+            }
+            (upload, None)
+        });
+        Slot {
+            store,
+            tx: Some(tx),
+            worker: Some(worker),
+        }
+    }
+
+    /// Closes the queue and waits for the writer: the upload, or why it failed.
+    fn finish(&mut self) -> std::result::Result<Box<dyn Upload>, String> {
+        drop(self.tx.take());
+        match self.worker.take().map(JoinHandle::join) {
+            Some(Ok((u, None))) => Ok(u),
+            Some(Ok((_, Some(e)))) => Err(format!("upload failed: {e}")),
+            Some(Err(_)) => Err("upload thread panicked".into()),
+            None => Err("upload already finished".into()),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // A run that fails drops its slots: wait for each writer so that its
+        // upload is dropped (removing the partial file) before the process exits.
+        if self.worker.is_some() {
+            drop(self.finish());
+        }
+    }
+}
+
+/// The tee at the end of the pipeline: hashes the ciphertext and hands it to
+/// every store still alive. A store that fails drops out (its error kept);
+/// the run goes on while at least one store is writing.
+struct Fanout<'a> {
+    job: &'a Job,
+    slots: Vec<Slot>,
+    failed: Vec<(usize, Error)>,
+    hash: Sha256,
+    len: u64,
+}
+
+impl Write for Fanout<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let piece: Arc<[u8]> = Arc::from(buf);
+        for slot in &mut self.slots {
+            let sent = slot.tx.as_ref().map(|tx| tx.send(Arc::clone(&piece)));
+            if let Some(Err(_)) = sent {
+                let message = slot
+                    .finish()
+                    .err()
+                    .unwrap_or_else(|| "upload stopped".into());
+                let store = self.job.stores[slot.store].name().to_owned();
+                self.failed
+                    .push((slot.store, Error::Store { store, message }));
+            }
+        }
+        if self.slots.iter().all(|s| s.tx.is_none()) {
+            return Err(io::Error::other(format!(
+                "every store failed: {}",
+                self.failures()
+            )));
+        }
+        self.hash.update(buf);
+        self.len += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Fanout<'_> {
+    fn failures(&self) -> String {
+        self.failed
+            .iter()
+            .map(|(_, e)| crate::cli_chain(e))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// Lets sources write into the archive without knowing it.
+struct ArchiveSink<'a, W: Write>(&'a mut ArchiveWriter<W>);
+
+impl<W: Write> Sink for ArchiveSink<'_, W> {
+    fn stream(&mut self, path: &str, data: &mut dyn io::Read) -> io::Result<()> {
+        self.0.append_stream(path, data).map(drop)
+    }
+    fn entry(&mut self, e: &Entry, data: &mut dyn io::Read) -> io::Result<()> {
+        let kind = match &e.kind {
+            crate::source::EntryKind::File => EntryKind::File,
+            crate::source::EntryKind::Dir => EntryKind::Dir,
+            crate::source::EntryKind::Symlink(t) => EntryKind::Symlink(t),
+        };
+        let meta = EntryMeta {
+            path: &e.path,
+            kind,
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            mtime: e.mtime,
+            size: e.size,
+        };
+        self.0.append_entry(&meta, data).map(drop)
+    }
+}
+
+/// A name no store has used: `{job}-{YYYYMMDDTHHMMSSZ}`, then `-1`, `-2`, …
+fn unique_name(job: &Job, now: chrono::DateTime<chrono::Utc>) -> Result<String> {
+    let base = format!("{}-{}", job.config.job.name, now.format("%Y%m%dT%H%M%SZ"));
+    for i in 0..1000 {
+        let name = if i == 0 {
+            base.clone()
+        } else {
+            format!("{base}-{i}")
+        };
+        let mut taken = false;
+        for store in &job.stores {
+            for suffix in [
+                manifest::SEALED_SUFFIX,
+                manifest::SIDECAR_SUFFIX,
+                ".coffer.partial",
+                ".coffer.json.partial",
+            ] {
+                if store.stat(&format!("{name}{suffix}"))?.is_some() {
+                    taken = true;
+                }
+            }
+        }
+        if !taken {
+            return Ok(name);
+        }
+    }
+    Err(Error::Usage(format!("no free backup name for {base}")))
+}
+
+pub fn run(config_path: &Path, job_name: Option<&str>, dry_run: bool) -> Result<Summary> {
+    let started = Instant::now();
+    // Everything this run creates (uploads, sidecars, the lock) is private.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let mut config = Config::load(config_path)?;
+    if let Some(n) = job_name {
+        n.clone_into(&mut config.job.name);
+    }
+    if dry_run {
+        let problems = job::check(&config);
+        if !problems.is_empty() {
+            return Err(Error::Check(problems));
+        }
+    }
+    let job = job::prepare(config, !dry_run)?;
+    let _lock = job::lock(&job)?;
+    let now = chrono::Utc::now();
+    let name = unique_name(&job, now)?;
+    if dry_run {
+        let mut plan: Vec<String> = job
+            .sources
+            .iter()
+            .map(|s| format!("would dump {} source {:?}", s.kind(), s.name()))
+            .collect();
+        plan.extend(job.stores.iter().map(|s| {
+            format!(
+                "would write {name}{} to {}",
+                manifest::SEALED_SUFFIX,
+                s.name()
+            )
+        }));
+        plan.push("dry run: nothing was dumped, written or deleted".into());
+        return Ok(Summary {
+            name,
+            size: 0,
+            duration_ms: 0,
+            stores: job.stores.iter().map(|s| s.name().to_owned()).collect(),
+            pruned: Vec::new(),
+            warnings: plan,
+        });
+    }
+    crate::cancel::install_signal_handlers()
+        .map_err(|e| Error::io(config_path, "install signal handlers", e))?;
+
+    let stored = seal_and_store(&job, &name, now, started)?;
+    // Only now, and only where the new backup is complete, is anything deleted.
+    let mut pruned = Vec::new();
+    for &i in &stored.complete {
+        if job.prune[i] {
+            pruned.push(retention::apply(
+                job.stores[i].as_ref(),
+                &job.config.job.name,
+                job.policy,
+                Some(&name),
+                false,
+                now,
+            )?);
+        }
+    }
+    if !stored.failed.is_empty() {
+        return Err(Error::StoresFailed {
+            name,
+            complete: stored
+                .complete
+                .iter()
+                .map(|&i| job.stores[i].name().to_owned())
+                .collect(),
+            key_problem: stored
+                .failed
+                .iter()
+                .any(|(_, e)| e.exit_code() == crate::ExitCode::Key),
+            failures: stored
+                .failed
+                .iter()
+                .map(|(i, e)| format!("{}: {}", job.stores[*i].name(), crate::cli_chain(e)))
+                .collect(),
+        });
+    }
+    Ok(Summary {
+        name,
+        size: stored.sidecar.size,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        stores: job.stores.iter().map(|s| s.name().to_owned()).collect(),
+        pruned,
+        warnings: stored.warnings,
+    })
+}
+
+/// Streams every source through archive and sealer into every store, then
+/// commits the sealed files and writes the sidecars.
+fn seal_and_store(
+    job: &Job,
+    name: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    started: Instant,
+) -> Result<Stored> {
+    // Milliseconds: two runs in one second must still be ordered for retention.
+    let created = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let sealed_file = format!("{name}{}", manifest::SEALED_SUFFIX);
+    let fanout = open_uploads(job, &sealed_file)?;
+    let compression = job.config.job.compression;
+    let meta = Metadata {
+        created: created.clone(),
+        job: Some(job.config.job.name.clone()),
+        compression: Some(compression.name().into()),
+        content: Some("tar".into()),
+        ..Metadata::default()
+    };
+    let sealer =
+        envelope::seal(&job.recipients, meta, DEFAULT_CHUNK_SIZE, fanout).map_err(|e| match e {
+            SealError::Envelope(e) => Error::envelope(&sealed_file, e),
+            SealError::Io(e) => Error::io(&sealed_file, "write", e),
+        })?;
+    let mtime = u64::try_from(now.timestamp()).unwrap_or(0);
+    let mut archive = ArchiveWriter::new(sealer, compression, mtime)
+        .map_err(|e| Error::io(&sealed_file, "start compression", e))?;
+
+    let (source_entries, warnings) = dump_sources(job, &mut archive)?;
+    let inner = Inner {
+        format: manifest::INNER_FORMAT.into(),
+        name: name.to_owned(),
+        job: job.config.job.name.clone(),
+        created: created.clone(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        host: job::hostname(),
+        sources: source_entries,
+        members: archive
+            .records()
+            .iter()
+            .map(|r| MemberEntry {
+                path: r.path.clone(),
+                kind: r.kind.into(),
+                size: r.size,
+                sha256: r.sha256.clone(),
+                parts: r.parts.clone(),
+            })
+            .collect(),
+    };
+    let inner_json = serde_json::to_vec_pretty(&inner).map_err(|e| Error::Usage(e.to_string()))?;
+    let sealer = archive
+        .finish(manifest::INNER_NAME, &inner_json)
+        .map_err(|e| Error::io(&sealed_file, "write", e))?;
+    let fanout = sealer
+        .finish()
+        .map_err(|e| Error::io(&sealed_file, "write", e))?;
+    let Fanout {
+        slots,
+        mut failed,
+        hash,
+        len,
+        ..
+    } = fanout;
+    let sha256 = hex::encode(hash.finalize());
+    // The ciphertext is complete in every store before any sidecar exists.
+    let mut complete = Vec::new();
+    for mut slot in slots {
+        if slot.tx.is_none() {
+            continue; // already failed and recorded
+        }
+        let store = job.stores[slot.store].name().to_owned();
+        match slot.finish() {
+            Ok(u) => match u.commit() {
+                Ok(()) => complete.push(slot.store),
+                Err(e) => failed.push((slot.store, e)),
+            },
+            Err(message) => failed.push((slot.store, Error::Store { store, message })),
+        }
+    }
+    let sidecar = Sidecar {
+        format: manifest::SIDECAR_FORMAT.into(),
+        name: name.to_owned(),
+        job: job.config.job.name.clone(),
+        created,
+        size: len,
+        sha256,
+        format_version: 1,
+        compression: compression.name().into(),
+        recipients: job.recipients.iter().map(recipient_label).collect(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        sources: job
+            .sources
+            .iter()
+            .map(|s| format!("{}/{}", s.kind(), s.name()))
+            .collect(),
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    };
+    let (done, failed) = finish_stores(job, &sidecar, complete, failed);
+    Ok(Stored {
+        sidecar,
+        warnings,
+        complete: done,
+        failed,
+    })
+}
+
+/// Starts the sealed file's upload in every store. A store that cannot start
+/// is recorded as failed; with no store at all, the run fails before dumping.
+fn open_uploads<'a>(job: &'a Job, sealed_file: &str) -> Result<Fanout<'a>> {
+    let mut fanout = Fanout {
+        job,
+        slots: Vec::new(),
+        failed: Vec::new(),
+        hash: Sha256::new(),
+        len: 0,
+    };
+    for (i, store) in job.stores.iter().enumerate() {
+        match store.put(sealed_file) {
+            Ok(u) => fanout.slots.push(Slot::start(i, u)),
+            Err(e) => fanout.failed.push((i, e)),
+        }
+    }
+    if fanout.slots.is_empty() {
+        // Nowhere to write: fail before dumping anything.
+        let (_, e) = fanout.failed.swap_remove(0);
+        return Err(e);
+    }
+    Ok(fanout)
+}
+
+/// Writes the sidecar where the sealed file is complete, then refills stores
+/// that dropped out from one that has the finished backup.
+fn finish_stores(
+    job: &Job,
+    sidecar: &Sidecar,
+    complete: Vec<usize>,
+    mut failed: Vec<(usize, Error)>,
+) -> (Vec<usize>, Vec<(usize, Error)>) {
+    let mut done = Vec::new();
+    for i in complete {
+        match write_sidecar(job.stores[i].as_ref(), sidecar) {
+            Ok(()) => done.push(i),
+            Err(e) => failed.push((i, e)),
+        }
+    }
+    // A store that dropped out gets the finished file from one that has it.
+    if let Some(&from) = done.first() {
+        let mut still = Vec::new();
+        for (i, first_error) in failed {
+            match copy_backup(job.stores[from].as_ref(), job.stores[i].as_ref(), sidecar) {
+                Ok(()) => done.push(i),
+                Err(e) => still.push((
+                    i,
+                    Error::Store {
+                        store: job.stores[i].name().to_owned(),
+                        message: format!(
+                            "{}; copying from {} failed too: {}",
+                            crate::cli_chain(&first_error),
+                            job.stores[from].name(),
+                            crate::cli_chain(&e)
+                        ),
+                    },
+                )),
+            }
+        }
+        failed = still;
+    }
+    (done, failed)
+}
+
+/// Runs every source into the archive; any failure fails the run.
+fn dump_sources<W: Write>(
+    job: &Job,
+    archive: &mut ArchiveWriter<W>,
+) -> Result<(Vec<SourceEntry>, Vec<String>)> {
+    let mut entries = Vec::new();
+    let mut warnings = Vec::new();
+    for source in &job.sources {
+        let report = source
+            .run(&mut ArchiveSink(archive))
+            .map_err(|e| Error::Source {
+                kind: source.kind(),
+                name: source.name().to_owned(),
+                source: e,
+            })?;
+        warnings.extend(
+            report
+                .warnings
+                .iter()
+                .map(|w| format!("{} {}: {w}", source.kind(), source.name())),
+        );
+        entries.push(SourceEntry {
+            kind: source.kind().into(),
+            name: source.name().into(),
+            commands: report.commands,
+            tool_versions: report.tool_versions,
+            row_counts: report.row_counts,
+            warnings: report.warnings,
+        });
+    }
+    Ok((entries, warnings))
+}
+
+/// The sidecar goes last: until it exists, the sealed file is not a backup.
+fn write_sidecar(store: &dyn Store, sidecar: &Sidecar) -> Result<()> {
+    let json = serde_json::to_vec_pretty(sidecar).map_err(|e| Error::Usage(e.to_string()))?;
+    let mut u = store.put(&sidecar.file_name())?;
+    u.write_all(&json)
+        .map_err(|e| Error::io(sidecar.file_name(), "write", e))?;
+    u.commit()
+}
+
+/// Copies a complete backup between stores, checking the hash on the way,
+/// with a few attempts and backoff (the target may be reconnecting).
+fn copy_backup(from: &dyn Store, to: &dyn Store, sidecar: &Sidecar) -> Result<()> {
+    let sealed = sidecar.sealed_name();
+    let mut delay = std::time::Duration::from_secs(1);
+    let mut last = None;
+    for _ in 0..3 {
+        if crate::cancel::is_cancelled() {
+            break;
+        }
+        let attempt = (|| -> Result<()> {
+            // A partial left by the failed attempt would block the new upload.
+            if to.stat(&format!("{sealed}.partial"))?.is_some() {
+                to.delete(&format!("{sealed}.partial"))?;
+            }
+            let mut r = from.get(&sealed)?;
+            let mut u = to.put(&sealed)?;
+            let mut hash = Sha256::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = r
+                    .read(&mut buf)
+                    .map_err(|e| Error::io(&sealed, "read", e))?;
+                if n == 0 {
+                    break;
+                }
+                hash.update(&buf[..n]);
+                u.write_all(&buf[..n])
+                    .map_err(|e| Error::io(&sealed, "write", e))?;
+            }
+            if hex::encode(hash.finalize()) != sidecar.sha256 {
+                return Err(Error::Store {
+                    store: from.name().to_owned(),
+                    message: format!("{sealed} changed while being copied"),
+                });
+            }
+            u.commit()?;
+            write_sidecar(to, sidecar)
+        })();
+        match attempt {
+            Ok(()) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(delay);
+        delay *= 2;
+    }
+    Err(last.unwrap_or_else(|| Error::Usage("cancelled".into())))
+}
+
+/// What a run left in its stores.
+struct Stored {
+    sidecar: Sidecar,
+    warnings: Vec<String>,
+    /// Stores holding the complete backup.
+    complete: Vec<usize>,
+    failed: Vec<(usize, Error)>,
+}
+
+pub fn recipient_label(r: &Recipient) -> String {
+    format!("{} SHA256:{}", r.kind(), hex::encode(r.fingerprint()))
+}

@@ -1,0 +1,288 @@
+//! Turning a configuration into the objects a run needs, with every check
+//! that can fail before a byte is dumped.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+use crate::config::{self, Config};
+use crate::envelope::Recipient;
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::pipeline::keys::load_recipients;
+use crate::retention::Policy;
+use crate::source::{
+    CommandSource, FilesSource, MysqlSource, PostgresSource, Source, SqliteSource,
+};
+use crate::store::{Auth, LocalStore, SftpConfig, SftpStore, Store};
+
+pub struct Job {
+    pub config: Config,
+    pub recipients: Vec<Recipient>,
+    pub sources: Vec<Box<dyn Source>>,
+    pub stores: Vec<Box<dyn Store>>,
+    /// Whether retention applies in each store.
+    pub prune: Vec<bool>,
+    pub policy: Policy,
+}
+
+pub fn policy(c: &config::Job) -> Policy {
+    Policy {
+        keep_last: c.keep_last,
+        keep_daily: c.keep_daily.unwrap_or(0),
+        keep_weekly: c.keep_weekly.unwrap_or(0),
+        keep_monthly: c.keep_monthly.unwrap_or(0),
+    }
+}
+
+/// The secrets a source reads must be private (ssh's rule).
+fn secret_files(c: &Config) -> Vec<PathBuf> {
+    c.sources
+        .iter()
+        .filter_map(|s| match s {
+            config::Source::Mysql { options_file, .. } => options_file.clone(),
+            config::Source::Postgres { passfile, .. } => passfile.clone(),
+            _ => None,
+        })
+        .collect()
+}
+
+fn build_source(s: &config::Source) -> Box<dyn Source> {
+    match s.clone() {
+        config::Source::Mysql {
+            name,
+            databases,
+            all,
+            options_file,
+        } => Box::new(MysqlSource {
+            name,
+            databases,
+            all,
+            options_file,
+        }),
+        config::Source::Postgres {
+            name,
+            databases,
+            globals,
+            passfile,
+            host,
+            port,
+            user,
+        } => Box::new(PostgresSource {
+            name,
+            databases,
+            globals,
+            passfile,
+            host,
+            port,
+            user,
+        }),
+        config::Source::Sqlite { path, .. } => Box::new(SqliteSource {
+            name: s.name(),
+            path,
+        }),
+        config::Source::Files { paths, .. } => Box::new(FilesSource {
+            name: s.name(),
+            paths,
+        }),
+        config::Source::Command { name, argv } => Box::new(CommandSource { name, argv }),
+    }
+}
+
+pub fn build_stores(c: &Config) -> Vec<(Box<dyn Store>, bool)> {
+    c.stores
+        .iter()
+        .map(|st| match st {
+            config::Store::Local { path, prune, .. } => (
+                Box::new(LocalStore::new(st.name(), path)) as Box<dyn Store>,
+                *prune,
+            ),
+            config::Store::Sftp {
+                host,
+                port,
+                user,
+                identity,
+                known_hosts,
+                path,
+                prune,
+                timeout_secs,
+                retries,
+                ..
+            } => {
+                let auth = if identity == "agent" {
+                    Auth::Agent
+                } else {
+                    Auth::KeyFile(PathBuf::from(identity))
+                };
+                let store = SftpStore::new(SftpConfig {
+                    name: st.name(),
+                    host: host.clone(),
+                    port: *port,
+                    user: user.clone(),
+                    auth,
+                    known_hosts: known_hosts.clone(),
+                    path: path.clone(),
+                    timeout: std::time::Duration::from_secs(*timeout_secs),
+                    retries: *retries,
+                });
+                (Box::new(store) as Box<dyn Store>, *prune)
+            }
+        })
+        .collect()
+}
+
+/// The files a store depends on: (path, whether it is a secret).
+fn store_files(st: &config::Store) -> Vec<(PathBuf, bool)> {
+    match st {
+        config::Store::Local { .. } => Vec::new(),
+        config::Store::Sftp {
+            identity,
+            known_hosts,
+            ..
+        } => {
+            let mut v = vec![(known_hosts.clone(), false)];
+            if identity != "agent" {
+                v.push((PathBuf::from(identity), true));
+            }
+            v
+        }
+    }
+}
+
+fn check_store_files(st: &config::Store) -> Result<()> {
+    for (path, secret) in store_files(st) {
+        if secret {
+            fsutil::check_private(&path)?;
+        } else {
+            fsutil::check_not_writable_by_others(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Everything a backup run needs, checked. `create_dirs` makes missing local
+/// store directories (not on a dry run).
+pub fn prepare(config: Config, create_dirs: bool) -> Result<Job> {
+    let missing = config.backup_problems();
+    if !missing.is_empty() {
+        return Err(Error::Check(missing));
+    }
+    for f in secret_files(&config) {
+        fsutil::check_private(&f)?;
+    }
+    let recipients = load_recipients(&config.job.recipients, &[] as &[PathBuf])?;
+    let sources = config.sources.iter().map(build_source).collect();
+    let mut stores = Vec::new();
+    let mut prune = Vec::new();
+    for (st, p) in build_stores(&config) {
+        stores.push(st);
+        prune.push(p);
+    }
+    for st in &config.stores {
+        check_store_files(st)?;
+        if let (true, config::Store::Local { path, .. }) = (create_dirs, st) {
+            LocalStore::new(st.name(), path).ensure_dir()?;
+        }
+    }
+    Ok(Job {
+        policy: policy(&config.job),
+        config,
+        recipients,
+        sources,
+        stores,
+        prune,
+    })
+}
+
+/// Every problem `config check` can find, without running a backup.
+pub fn check(config: &Config) -> Vec<String> {
+    let mut problems = config.backup_problems();
+    for f in secret_files(config) {
+        if let Err(e) = fsutil::check_private(&f) {
+            problems.push(format!(
+                "{e}{}",
+                e.hint().map(|h| format!(" ({h})")).unwrap_or_default()
+            ));
+        }
+    }
+    if let Err(e) = load_recipients(&config.job.recipients, &[] as &[PathBuf]) {
+        problems.push(format!("recipients: {}", crate::cli_chain(&e)));
+    }
+    for s in &config.sources {
+        let src = build_source(s);
+        for p in src.check() {
+            problems.push(format!("{} source {:?}: {p}", src.kind(), src.name()));
+        }
+    }
+    for st in &config.stores {
+        if let Err(e) = check_store_files(st) {
+            let hint = e.hint().map(|h| format!(" ({h})")).unwrap_or_default();
+            problems.push(format!("store {}: {e}{hint}", st.name()));
+        }
+        let config::Store::Local { path, .. } = st else {
+            continue;
+        };
+        let probe = if path.exists() {
+            path.clone()
+        } else {
+            path.parent().map(PathBuf::from).unwrap_or_default()
+        };
+        if !probe.is_dir() {
+            problems.push(format!(
+                "store {}: {} does not exist",
+                st.name(),
+                probe.display()
+            ));
+        } else if rustix::fs::access(&probe, rustix::fs::Access::WRITE_OK).is_err() {
+            problems.push(format!(
+                "store {}: {} is not writable",
+                st.name(),
+                probe.display()
+            ));
+        }
+    }
+    problems
+}
+
+/// Held for the whole run; released when dropped (or when the process dies).
+pub struct Lock(#[allow(dead_code)] std::fs::File);
+
+pub fn lock_path(c: &Config) -> PathBuf {
+    if let Some(p) = &c.job.lock_file {
+        return p.clone();
+    }
+    let file = format!("coffer-{}.lock", c.job.name);
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/run/lock").join(file);
+    }
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map_or_else(std::env::temp_dir, PathBuf::from)
+        .join(file)
+}
+
+pub fn lock(job: &Job) -> Result<Lock> {
+    let path = lock_path(&job.config);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| Error::io(&path, "open the lock file", e))?;
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Lock(f)),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(Error::Locked {
+            job: job.config.job.name.clone(),
+            path,
+        }),
+        Err(e) => Err(Error::io(&path, "lock", e.into())),
+    }
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}

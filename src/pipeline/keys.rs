@@ -1,0 +1,79 @@
+//! Loading recipients and identities from the places users name them, with the
+//! permission checks that keep keys honest.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use crate::envelope::{self, Identity, PassphraseFn, Recipient};
+use crate::error::{Error, Result};
+use crate::fsutil;
+
+/// Where passphrases come from: the file named by `COFFER_PASSPHRASE_FILE`
+/// (first line, mode 0600), else a prompt on the terminal, else none.
+pub fn passphrase_source() -> PassphraseFn {
+    Arc::new(|description: &str| {
+        if let Some(path) = std::env::var_os("COFFER_PASSPHRASE_FILE") {
+            let text = fsutil::read_secret(Path::new(&path)).ok()?;
+            let line = text.split('\n').next().unwrap_or("");
+            return Some(Zeroizing::new(line.trim_end_matches('\r').to_owned()));
+        }
+        if !std::io::stderr().is_terminal() {
+            return None;
+        }
+        rpassword::prompt_password(format!("{description}: "))
+            .ok()
+            .map(Zeroizing::new)
+    })
+}
+
+/// Resolves `-r` values (a file of recipients, or a recipient string) and `-R`
+/// files into recipients.
+pub fn load_recipients(args: &[String], files: &[impl AsRef<Path>]) -> Result<Vec<Recipient>> {
+    let cb = passphrase_source();
+    let mut out = Vec::new();
+    for arg in args {
+        let path = Path::new(arg);
+        if path.is_file() {
+            out.extend(recipients_file(path, &cb)?);
+        } else {
+            out.extend(envelope::parse_recipients(arg, &cb).map_err(|e| Error::key(arg, e))?);
+        }
+    }
+    for f in files {
+        out.extend(recipients_file(f.as_ref(), &cb)?);
+    }
+    if out.is_empty() {
+        return Err(Error::Usage(
+            "no recipients: give -r RECIPIENT or -R FILE".into(),
+        ));
+    }
+    Ok(out)
+}
+
+fn recipients_file(path: &Path, cb: &PassphraseFn) -> Result<Vec<Recipient>> {
+    fsutil::check_not_writable_by_others(path)?;
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+    envelope::parse_recipients_file(&text, cb).map_err(|e| Error::key(path, e))
+}
+
+/// Reads identity files, refusing any that others can read.
+pub fn load_identities(paths: &[impl AsRef<Path>]) -> Result<Vec<Identity>> {
+    if paths.is_empty() {
+        return Err(Error::Usage(
+            "no identity: give the private key with -i KEY".into(),
+        ));
+    }
+    let cb = passphrase_source();
+    paths
+        .iter()
+        .map(|p| {
+            let p = p.as_ref();
+            let text = fsutil::read_secret(p)?;
+            envelope::parse_identities(&text, &p.display().to_string(), &cb)
+                .map_err(|e| Error::key(p, e))
+        })
+        .collect()
+}

@@ -1,0 +1,425 @@
+//! `coffer restore --into-db SOURCE`: stream a dump from a backup straight
+//! into a database through the configured source's own credentials — the
+//! `mariadb`/`mysql` client or `pg_restore` — never through a file.
+//!
+//! The target must be empty (or absent) unless `--force`; a target coffer
+//! created is dropped again if the load fails.
+
+use std::io::{self, BufRead, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use crate::config::{self, Config};
+use crate::envelope::Identity;
+use crate::error::{Error, Result};
+use crate::pipeline::walk::{walk, WalkError, Walked};
+use crate::source::find_program;
+
+/// Database names become SQL identifiers and argv: keep them plain.
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "database name {name:?}: use letters, digits and '_'"
+        )))
+    }
+}
+
+enum Engine {
+    Mysql {
+        options_file: Option<PathBuf>,
+        /// The database the dump was made of (single-database dumps only).
+        original: Option<String>,
+    },
+    Postgres {
+        passfile: Option<PathBuf>,
+        args: Vec<String>,
+        databases: Vec<String>,
+    },
+}
+
+fn engine(config: &Config, source: &str) -> Result<Engine> {
+    let found = config.sources.iter().find(|s| s.name() == source);
+    match found {
+        Some(config::Source::Mysql {
+            options_file,
+            databases,
+            all,
+            ..
+        }) => Ok(Engine::Mysql {
+            options_file: options_file.clone(),
+            original: (!all && databases.len() == 1).then(|| databases[0].clone()),
+        }),
+        Some(config::Source::Postgres {
+            passfile,
+            host,
+            port,
+            user,
+            databases,
+            ..
+        }) => {
+            let mut args = vec!["--no-password".to_owned()];
+            args.extend(host.iter().map(|h| format!("--host={h}")));
+            args.extend(port.iter().map(|p| format!("--port={p}")));
+            args.extend(user.iter().map(|u| format!("--username={u}")));
+            Ok(Engine::Postgres {
+                passfile: passfile.clone(),
+                args,
+                databases: databases.clone(),
+            })
+        }
+        Some(other) => Err(Error::Usage(format!(
+            "--into-db loads mysql or postgres sources; {source:?} is a {} source",
+            other.kind()
+        ))),
+        None => Err(Error::Usage(format!(
+            "no source named {source:?} in the configuration"
+        ))),
+    }
+}
+
+fn mysql_client(options_file: Option<&PathBuf>) -> Result<Command> {
+    let program = find_program("mariadb")
+        .or_else(|| find_program("mysql"))
+        .ok_or_else(|| Error::Usage("neither mariadb nor mysql client is installed".into()))?;
+    let mut c = Command::new(program);
+    if let Some(f) = options_file {
+        c.arg(format!("--defaults-extra-file={}", f.display()));
+    }
+    c.env_remove("MYSQL_PWD");
+    Ok(c)
+}
+
+fn pg_command(program: &str, passfile: Option<&PathBuf>, args: &[String]) -> Result<Command> {
+    let p =
+        find_program(program).ok_or_else(|| Error::Usage(format!("{program} is not installed")))?;
+    let mut c = Command::new(p);
+    c.args(args).env_remove("PGPASSWORD");
+    if let Some(f) = passfile {
+        c.env("PGPASSFILE", f);
+    }
+    Ok(c)
+}
+
+/// Runs a query and returns its trimmed output.
+fn query(mut c: Command) -> Result<String> {
+    let out = c
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::Usage(format!("cannot run the database client: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::Store {
+            store: "database".into(),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Drops the `CREATE DATABASE` and `USE` lines of a single-database dump so
+/// that it loads into the database the client was started on.
+struct Retarget<R> {
+    inner: io::BufReader<R>,
+    line: Vec<u8>,
+    pos: usize,
+}
+
+impl<R: Read> Read for Retarget<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.pos < self.line.len() {
+                let n = (self.line.len() - self.pos).min(out.len());
+                out[..n].copy_from_slice(&self.line[self.pos..self.pos + n]);
+                self.pos += n;
+                return Ok(n);
+            }
+            self.line.clear();
+            self.pos = 0;
+            if self.inner.read_until(b'\n', &mut self.line)? == 0 {
+                return Ok(0);
+            }
+            if self.line.starts_with(b"CREATE DATABASE ") || self.line.starts_with(b"USE `") {
+                self.line.clear();
+            }
+        }
+    }
+}
+
+struct Loader {
+    child: Child,
+}
+
+impl Loader {
+    fn start(mut c: Command) -> Result<Self> {
+        let child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::Usage(format!("cannot start the database client: {e}")))?;
+        Ok(Loader { child })
+    }
+
+    /// Pipes a dump into the client.
+    fn feed(&mut self, data: &mut dyn Read, target: &str) -> std::result::Result<(), WalkError> {
+        let stdin = self
+            .child
+            .stdin
+            .as_mut()
+            .ok_or_else(|| WalkError::Io("the database client is gone".into()))?;
+        io::copy(data, stdin)
+            .map(drop)
+            .map_err(|e| WalkError::Io(format!("loading into {target}: {e}")))
+    }
+
+    fn finish(mut self) -> Result<()> {
+        drop(self.child.stdin.take());
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut stderr);
+        }
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| Error::Usage(format!("database client: {e}")))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(Error::Store {
+                store: "database".into(),
+                message: format!("loading failed: {}", stderr.trim()),
+            })
+        }
+    }
+}
+
+/// Loads the SOURCE's dump from the backup into `database`.
+pub fn into_db(
+    config: &Config,
+    source: &str,
+    database: Option<&str>,
+    force: bool,
+    input: Box<dyn Read + Send>,
+    what: &str,
+    identities: &[Identity],
+) -> Result<Walked> {
+    let walk_in = Walk {
+        input,
+        what,
+        identities,
+    };
+    match engine(config, source)? {
+        Engine::Mysql {
+            options_file,
+            original,
+        } => into_mysql(
+            source,
+            database,
+            force,
+            walk_in,
+            options_file.as_ref(),
+            original.as_ref(),
+        ),
+        Engine::Postgres {
+            passfile,
+            args,
+            databases,
+        } => into_postgres(
+            source,
+            database,
+            force,
+            walk_in,
+            passfile.as_ref(),
+            &args,
+            &databases,
+        ),
+    }
+}
+
+/// The backup to read, for the loaders.
+struct Walk<'a> {
+    input: Box<dyn Read + Send>,
+    what: &'a str,
+    identities: &'a [Identity],
+}
+
+fn into_mysql(
+    source: &str,
+    database: Option<&str>,
+    force: bool,
+    w: Walk<'_>,
+    options_file: Option<&PathBuf>,
+    original: Option<&String>,
+) -> Result<Walked> {
+    let Walk {
+        input,
+        what,
+        identities,
+    } = w;
+
+    let target = match (database, original) {
+        (Some(d), _) => d.to_owned(),
+        (None, Some(o)) => (*o).clone(),
+        (None, None) => {
+            return Err(Error::Usage(format!(
+                "source {source:?} dumps several databases; load them as they are with \
+                         `coffer restore … --stdout --member mysql/{source}.sql | mariadb`"
+            )))
+        }
+    };
+    check_name(&target)?;
+    let count = |sql: String| -> Result<u64> {
+        let mut probe = mysql_client(options_file)?;
+        probe.args(["-N", "-B", "-e"]).arg(sql);
+        Ok(query(probe)?.parse().unwrap_or(0))
+    };
+    let existed = count(format!(
+        "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{target}'"
+    ))? > 0;
+    let tables = count(format!(
+        "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{target}'"
+    ))?;
+    if tables > 0 && !force {
+        return Err(Error::Usage(format!(
+            "database {target} is not empty ({tables} tables); use --force to load into it anyway"
+        )));
+    }
+    let mut create = mysql_client(options_file)?;
+    create
+        .arg("-e")
+        .arg(format!("CREATE DATABASE IF NOT EXISTS `{target}`"));
+    query(create)?;
+    let mut client = mysql_client(options_file)?;
+    client.arg(&target);
+    let mut loader = Loader::start(client)?;
+    let member = format!("mysql/{source}.sql");
+    let result = walk(input, identities, |m, data| {
+        if m.name == member {
+            let mut filtered = Retarget {
+                inner: io::BufReader::with_capacity(1 << 20, data),
+                line: Vec::new(),
+                pos: 0,
+            };
+            loader.feed(&mut filtered, &target)?;
+        }
+        Ok(())
+    });
+    let outcome = finish_load(result, loader, what, &member);
+    if outcome.is_err() && !existed {
+        let mut drop_db = mysql_client(options_file)?;
+        drop_db
+            .arg("-e")
+            .arg(format!("DROP DATABASE IF EXISTS `{target}`"));
+        let _ = query(drop_db);
+    }
+    outcome
+}
+
+fn into_postgres(
+    source: &str,
+    database: Option<&str>,
+    force: bool,
+    w: Walk<'_>,
+    passfile: Option<&PathBuf>,
+    args: &[String],
+    databases: &[String],
+) -> Result<Walked> {
+    let Walk {
+        input,
+        what,
+        identities,
+    } = w;
+
+    let from = match (database, databases) {
+        (Some(d), dbs) if dbs.iter().any(|x| x == d) => d.to_owned(),
+        (_, [only]) => only.clone(),
+        _ => {
+            return Err(Error::Usage(format!(
+                "source {source:?} dumps {} databases: name the one to restore with --database",
+                databases.len()
+            )))
+        }
+    };
+    let target = database.unwrap_or(&from).to_owned();
+    check_name(&target)?;
+    let mut probe = pg_command("psql", passfile, args)?;
+    probe
+        .args(["-X", "-A", "-t", "-d", "postgres", "-c"])
+        .arg(format!(
+            "SELECT count(*) FROM pg_database WHERE datname = '{target}'"
+        ));
+    let exists = query(probe)? == "1";
+    if exists {
+        let mut count = pg_command("psql", passfile, args)?;
+        count.args(["-X", "-A", "-t", "-d", &target, "-c"]).arg(
+                    "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+                );
+        let tables: u64 = query(count)?.parse().unwrap_or(0);
+        if tables > 0 && !force {
+            return Err(Error::Usage(format!(
+                        "database {target} is not empty ({tables} tables); use --force to load into it anyway"
+                    )));
+        }
+    } else {
+        let mut create = pg_command("psql", passfile, args)?;
+        create
+            .args(["-X", "-d", "postgres", "-c"])
+            .arg(format!("CREATE DATABASE \"{target}\""));
+        query(create)?;
+    }
+    let mut restore = pg_command("pg_restore", passfile, args)?;
+    restore.args(["--no-owner", "--exit-on-error", "-d", &target]);
+    let mut loader = Loader::start(restore)?;
+    let member = format!("postgres/{source}/{from}.dump");
+    let result = walk(input, identities, |m, data| {
+        if m.name == member {
+            loader.feed(data, &target)?;
+        }
+        Ok(())
+    });
+    let outcome = finish_load(result, loader, what, &member);
+    if outcome.is_err() && !exists {
+        let mut drop_db = pg_command("psql", passfile, args)?;
+        drop_db
+            .args(["-X", "-d", "postgres", "-c"])
+            .arg(format!("DROP DATABASE IF EXISTS \"{target}\""));
+        let _ = query(drop_db);
+    }
+    outcome
+}
+
+fn finish_load(
+    result: std::result::Result<Walked, WalkError>,
+    loader: Loader,
+    what: &str,
+    member: &str,
+) -> Result<Walked> {
+    match result {
+        Ok(w) => {
+            if !w.manifest.members.iter().any(|m| m.path == member) {
+                drop(loader);
+                return Err(Error::Usage(format!("{what} has no member {member}")));
+            }
+            loader.finish()?;
+            Ok(w)
+        }
+        Err(e) => {
+            // Dropping the loader kills the client: nothing more is loaded.
+            drop(loader);
+            Err(e.into_error(what))
+        }
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

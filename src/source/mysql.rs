@@ -1,0 +1,141 @@
+//! MariaDB/MySQL through `mariadb-dump` (or `mysqldump`). Credentials come only
+//! from an options file passed with `--defaults-extra-file`; the password is
+//! never in argv or the environment.
+
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::process::Command;
+
+use super::process::{find_program, version_of, ChildStream};
+use super::{check_component, Report, Sink, Source, SourceError};
+
+pub struct MysqlSource {
+    pub name: String,
+    pub databases: Vec<String>,
+    pub all: bool,
+    pub options_file: Option<PathBuf>,
+}
+
+const TRAILER: &[u8] = b"-- Dump completed";
+
+impl MysqlSource {
+    fn program() -> Result<PathBuf, SourceError> {
+        find_program("mariadb-dump")
+            .or_else(|| find_program("mysqldump"))
+            .ok_or_else(|| SourceError::NotFound {
+                program: "mariadb-dump or mysqldump".into(),
+            })
+    }
+
+    fn argv(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        // Must be the first option, or the client ignores it.
+        if let Some(f) = &self.options_file {
+            a.push(format!("--defaults-extra-file={}", f.display()));
+        }
+        a.extend(
+            [
+                "--single-transaction",
+                "--routines",
+                "--triggers",
+                "--events",
+                "--hex-blob",
+                "--default-character-set=utf8mb4",
+            ]
+            .map(String::from),
+        );
+        if self.all {
+            a.push("--all-databases".into());
+        } else {
+            a.push("--databases".into());
+            a.extend(self.databases.iter().cloned());
+        }
+        a
+    }
+}
+
+/// Remembers the last bytes that passed, to check the dump's trailer.
+struct Tail<R> {
+    inner: R,
+    tail: Vec<u8>,
+}
+
+impl<R: Read> Read for Tail<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.tail.extend_from_slice(&buf[..n]);
+        if self.tail.len() > 512 {
+            self.tail.drain(..self.tail.len() - 512);
+        }
+        Ok(n)
+    }
+}
+
+impl Source for MysqlSource {
+    fn kind(&self) -> &'static str {
+        "mysql"
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn check(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if let Err(e) = Self::program() {
+            p.push(e.to_string());
+        }
+        p
+    }
+
+    fn run(&self, sink: &mut dyn Sink) -> Result<Report, SourceError> {
+        for db in &self.databases {
+            check_component("database", db)?;
+        }
+        let program = Self::program()?;
+        let argv = self.argv();
+        let mut cmd = Command::new(&program);
+        cmd.args(&argv);
+        // A password in the environment would show in /proc/PID/environ.
+        cmd.env_remove("MYSQL_PWD");
+        let child = ChildStream::spawn(cmd)?;
+        let name = child.program().to_owned();
+        let mut tail = Tail {
+            inner: super::rowcount::Counting {
+                inner: child,
+                counter: super::rowcount::RowCounter::default(),
+            },
+            tail: Vec::new(),
+        };
+        let member = format!("mysql/{}.sql", self.name);
+        sink.stream(&member, &mut tail).map_err(SourceError::Sink)?;
+        let Tail {
+            inner: counting,
+            tail,
+        } = tail;
+        let super::rowcount::Counting {
+            inner: child,
+            counter,
+        } = counting;
+        child.finish()?;
+        // mysqldump ends a complete dump with "-- Dump completed on <date>".
+        let last_line = tail
+            .split(|&b| b == b'\n')
+            .rev()
+            .find(|l| !l.is_empty())
+            .unwrap_or(&[]);
+        if !last_line.starts_with(TRAILER) {
+            return Err(SourceError::Incomplete {
+                program: name,
+                reason: "the dump does not end with \"-- Dump completed\"".into(),
+            });
+        }
+        let mut command = vec![program.display().to_string()];
+        command.extend(argv);
+        Ok(Report {
+            commands: vec![command],
+            tool_versions: version_of(&program).into_iter().collect(),
+            row_counts: counter.counts,
+            ..Report::default()
+        })
+    }
+}

@@ -1,0 +1,125 @@
+//! A directory on a local (or mounted) file system.
+
+use std::fs::{self, File};
+use std::io::{BufReader, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::{valid_file_name, Object, Store, Upload};
+use crate::error::{Error, Result};
+use crate::fsutil::AtomicFile;
+
+pub struct LocalStore {
+    name: String,
+    dir: PathBuf,
+}
+
+impl LocalStore {
+    pub fn new(name: String, dir: &Path) -> Self {
+        LocalStore {
+            name,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn path(&self, file: &str) -> Result<PathBuf> {
+        if !valid_file_name(file) {
+            return Err(Error::Usage(format!("invalid store file name {file:?}")));
+        }
+        Ok(self.dir.join(file))
+    }
+
+    /// Creates the directory (mode 0700) if it does not exist.
+    pub fn ensure_dir(&self) -> Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        if self.dir.is_dir() {
+            return Ok(());
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|e| Error::io(&self.dir, "create directory", e))
+    }
+}
+
+struct LocalUpload(std::io::BufWriter<AtomicFile>);
+
+impl std::io::Write for LocalUpload {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Upload for LocalUpload {
+    fn commit(self: Box<Self>) -> Result<()> {
+        let target = self.0.get_ref().target().to_path_buf();
+        self.0
+            .into_inner()
+            .map_err(|e| Error::io(&target, "write", e.into_error()))?
+            .commit()
+    }
+}
+
+impl Store for LocalStore {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn put(&self, file: &str) -> Result<Box<dyn Upload>> {
+        let f = AtomicFile::create(&self.path(file)?, 0o600)?;
+        Ok(Box::new(LocalUpload(std::io::BufWriter::with_capacity(
+            1 << 20,
+            f,
+        ))))
+    }
+
+    fn get(&self, file: &str) -> Result<Box<dyn Read + Send>> {
+        let p = self.path(file)?;
+        let f = File::open(&p).map_err(|e| Error::io(&p, "open", e))?;
+        Ok(Box::new(BufReader::with_capacity(1 << 20, f)))
+    }
+
+    fn list(&self) -> Result<Vec<Object>> {
+        let mut out = Vec::new();
+        let entries = fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, "list", e))?;
+        for e in entries {
+            let e = e.map_err(|e| Error::io(&self.dir, "list", e))?;
+            let Ok(name) = e.file_name().into_string() else {
+                continue;
+            };
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_file() {
+                out.push(Object {
+                    name,
+                    size: meta.len(),
+                    mtime: meta.mtime(),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn stat(&self, file: &str) -> Result<Option<Object>> {
+        let p = self.path(file)?;
+        match fs::symlink_metadata(&p) {
+            Ok(m) => Ok(Some(Object {
+                name: file.to_owned(),
+                size: m.len(),
+                mtime: m.mtime(),
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(&p, "stat", e)),
+        }
+    }
+
+    fn delete(&self, file: &str) -> Result<()> {
+        let p = self.path(file)?;
+        fs::remove_file(&p).map_err(|e| Error::io(&p, "delete", e))?;
+        crate::fsutil::sync_parent(&p)
+    }
+}

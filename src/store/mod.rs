@@ -1,0 +1,48 @@
+//! Where sealed backups are kept. One small trait; `local` and `sftp` stores.
+//!
+//! A leaf: stores move opaque bytes and know nothing of their content.
+
+mod local;
+mod sftp;
+
+use std::io::{Read, Write};
+
+pub use local::LocalStore;
+pub use sftp::{keyscan, Auth, HostKey, SftpConfig, SftpStore};
+
+use crate::error::Result;
+
+/// A file in a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    pub name: String,
+    pub size: u64,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+}
+
+/// An upload in progress under a temporary name. `commit` makes it durable and
+/// visible under its final name (never replacing an existing file); dropping
+/// it without commit removes the temporary file.
+pub trait Upload: Write + Send {
+    fn commit(self: Box<Self>) -> Result<()>;
+}
+
+pub trait Store: Send + Sync {
+    /// A name for messages: `local:/var/backups/coffer`.
+    fn name(&self) -> &str;
+    fn put(&self, file: &str) -> Result<Box<dyn Upload>>;
+    fn get(&self, file: &str) -> Result<Box<dyn Read + Send>>;
+    fn list(&self) -> Result<Vec<Object>>;
+    fn stat(&self, file: &str) -> Result<Option<Object>>;
+    fn delete(&self, file: &str) -> Result<()>;
+}
+
+/// Store file names are single path components coffer chose itself.
+pub(crate) fn valid_file_name(file: &str) -> bool {
+    !file.is_empty()
+        && !file.starts_with('.')
+        && file
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}

@@ -1,0 +1,504 @@
+//! A directory on a backup server, over SFTP (libssh2), with a dedicated key
+//! and a pinned host key.
+//!
+//! - Host keys are checked strictly against `known_hosts` (hashed entries and
+//!   `[host]:port` supported): an unknown or changed key refuses the connection,
+//!   and the error shows the offered key and the line that would trust it.
+//! - Only modern algorithms are offered: curve25519/ECDH key exchange,
+//!   ed25519/ECDSA/RSA-SHA2 host keys, chacha20-poly1305/AES-GCM/AES-CTR with
+//!   ETM MACs. No ssh-dss, CBC, 3DES or arcfour. libssh2 ≥ 1.11.1 implements
+//!   strict key exchange, the Terrapin (CVE-2023-48795) countermeasure.
+//! - Uploads go to `{file}.partial`, are fsynced (fsync@openssh.com) and then
+//!   renamed with the plain SFTP rename, which OpenSSH performs as link+unlink:
+//!   atomic and never replacing an existing file (posix-rename@openssh.com
+//!   would silently replace one).
+
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+use ssh2::{CheckResult, KnownHostFileKind, MethodType, OpenFlags, OpenType, Session, Sftp};
+
+use super::{valid_file_name, Object, Store, Upload};
+use crate::error::{Error, Result};
+
+/// How the dedicated key is found.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    KeyFile(PathBuf),
+    Agent,
+}
+
+#[derive(Debug, Clone)]
+pub struct SftpConfig {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub auth: Auth,
+    pub known_hosts: PathBuf,
+    pub path: String,
+    pub timeout: Duration,
+    /// Connection attempts before giving up (with exponential backoff).
+    pub retries: u32,
+}
+
+const KEX: &[&str] = &[
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+    "ecdh-sha2-nistp256",
+    "ecdh-sha2-nistp384",
+    "ecdh-sha2-nistp521",
+    "diffie-hellman-group16-sha512",
+    "diffie-hellman-group14-sha256",
+];
+const HOST_KEYS: &[&str] = &[
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+];
+const CIPHERS: &[&str] = &[
+    "chacha20-poly1305@openssh.com",
+    "aes256-gcm@openssh.com",
+    "aes128-gcm@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+];
+const MACS: &[&str] = &[
+    "hmac-sha2-256-etm@openssh.com",
+    "hmac-sha2-512-etm@openssh.com",
+    "hmac-sha2-256",
+    "hmac-sha2-512",
+];
+
+/// What a host key looks like to a person: type and SHA256 fingerprint.
+#[derive(Debug, Clone)]
+pub struct HostKey {
+    pub kind: String,
+    pub blob: Vec<u8>,
+}
+
+impl HostKey {
+    pub fn fingerprint(&self) -> String {
+        let digest = Sha256::digest(&self.blob);
+        format!(
+            "SHA256:{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
+        )
+    }
+
+    /// The `known_hosts` line that would trust this key.
+    pub fn known_hosts_line(&self, host: &str, port: u16) -> String {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.blob);
+        format!("{} {} {b64}", host_pattern(host, port), self.kind)
+    }
+}
+
+fn host_pattern(host: &str, port: u16) -> String {
+    if port == 22 {
+        host.to_owned()
+    } else {
+        format!("[{host}]:{port}")
+    }
+}
+
+fn key_kind(t: ssh2::HostKeyType, blob: &[u8]) -> String {
+    // The blob starts with its own type name: trust it over the enum, which
+    // lacks some types.
+    if blob.len() > 4 {
+        let n = u32::from_be_bytes([blob[0], blob[1], blob[2], blob[3]]) as usize;
+        if let Some(name) = blob.get(4..4 + n).and_then(|b| std::str::from_utf8(b).ok()) {
+            return name.to_owned();
+        }
+    }
+    format!("{t:?}")
+}
+
+fn prefer(
+    sess: &Session,
+    kind: MethodType,
+    wanted: &[&str],
+) -> std::result::Result<(), ssh2::Error> {
+    let supported = sess.supported_algs(kind)?;
+    let list: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|w| supported.contains(w))
+        .collect();
+    sess.method_pref(kind, &list.join(","))
+}
+
+/// Opens a TCP connection and completes the SSH handshake with modern
+/// algorithms only. Returns the session and the key the server offered.
+pub fn handshake(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> std::result::Result<(Session, HostKey), String> {
+    let addr = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("cannot resolve {host}"))?;
+    let tcp = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+    let mut sess = Session::new().map_err(|e| e.to_string())?;
+    sess.set_timeout(u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX));
+    for (kind, list) in [
+        (MethodType::Kex, KEX),
+        (MethodType::HostKey, HOST_KEYS),
+        (MethodType::CryptCs, CIPHERS),
+        (MethodType::CryptSc, CIPHERS),
+        (MethodType::MacCs, MACS),
+        (MethodType::MacSc, MACS),
+    ] {
+        prefer(&sess, kind, list).map_err(|e| format!("algorithm setup: {e}"))?;
+    }
+    sess.set_tcp_stream(tcp);
+    sess.handshake()
+        .map_err(|e| format!("SSH handshake with {host}:{port} failed: {e}"))?;
+    let (blob, t) = sess
+        .host_key()
+        .ok_or_else(|| "the server offered no host key".to_owned())?;
+    let key = HostKey {
+        kind: key_kind(t, blob),
+        blob: blob.to_vec(),
+    };
+    Ok((sess, key))
+}
+
+struct Conn {
+    _sess: Session,
+    sftp: Sftp,
+}
+
+pub struct SftpStore {
+    cfg: SftpConfig,
+    conn: Mutex<Option<Conn>>,
+}
+
+impl SftpStore {
+    pub fn new(cfg: SftpConfig) -> Self {
+        SftpStore {
+            cfg,
+            conn: Mutex::new(None),
+        }
+    }
+
+    fn err(&self, message: impl Into<String>) -> Error {
+        Error::Store {
+            store: self.cfg.name.clone(),
+            message: message.into(),
+        }
+    }
+
+    fn remote(&self, file: &str) -> Result<PathBuf> {
+        if !valid_file_name(file) {
+            return Err(Error::Usage(format!("invalid store file name {file:?}")));
+        }
+        Ok(Path::new(&self.cfg.path).join(file))
+    }
+
+    /// Connects, verifies the host key, authenticates — retrying transient
+    /// failures with backoff; a host key or authentication failure is final.
+    fn connect_once(&self) -> std::result::Result<Conn, (bool, Error)> {
+        let c = &self.cfg;
+        let (sess, key) = handshake(&c.host, c.port, c.timeout).map_err(|m| (true, self.err(m)))?;
+        self.check_host_key(&sess, &key).map_err(|e| (false, e))?;
+        match &c.auth {
+            Auth::KeyFile(p) => sess
+                .userauth_pubkey_file(&c.user, None, p, None)
+                .map_err(|e| {
+                    (
+                        false,
+                        self.err(format!(
+                            "key authentication as {} with {} failed: {e}",
+                            c.user,
+                            p.display()
+                        )),
+                    )
+                })?,
+            Auth::Agent => sess.userauth_agent(&c.user).map_err(|e| {
+                (
+                    false,
+                    self.err(format!(
+                        "ssh-agent authentication as {} failed: {e}",
+                        c.user
+                    )),
+                )
+            })?,
+        }
+        if !sess.authenticated() {
+            return Err((
+                false,
+                self.err(format!("the server did not accept the key for {}", c.user)),
+            ));
+        }
+        let sftp = sess
+            .sftp()
+            .map_err(|e| (true, self.err(format!("cannot start SFTP: {e}"))))?;
+        Ok(Conn { _sess: sess, sftp })
+    }
+
+    fn connect(&self) -> Result<Conn> {
+        let mut delay = Duration::from_millis(500);
+        let attempts = self.cfg.retries.max(1);
+        for attempt in 1..=attempts {
+            match self.connect_once() {
+                Ok(c) => return Ok(c),
+                Err((true, _)) if attempt < attempts && !crate::cancel::is_cancelled() => {
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+                Err((_, e)) => return Err(e),
+            }
+        }
+        Err(self.err("no connection attempts made"))
+    }
+
+    fn check_host_key(&self, sess: &Session, key: &HostKey) -> Result<()> {
+        let c = &self.cfg;
+        let mut kh = sess.known_hosts().map_err(|e| self.err(e.to_string()))?;
+        kh.read_file(&c.known_hosts, KnownHostFileKind::OpenSSH)
+            .map_err(|e| Error::HostKey {
+                store: c.name.clone(),
+                message: format!("cannot read known_hosts {}: {e}", c.known_hosts.display()),
+                line: None,
+            })?;
+        let offered = format!("{} {}", key.kind, key.fingerprint());
+        match kh.check_port(&c.host, c.port, &key.blob) {
+            CheckResult::Match => Ok(()),
+            CheckResult::NotFound => Err(Error::HostKey {
+                store: c.name.clone(),
+                message: format!(
+                    "host {} is not in {}; it offered {offered}",
+                    host_pattern(&c.host, c.port),
+                    c.known_hosts.display()
+                ),
+                line: Some(key.known_hosts_line(&c.host, c.port)),
+            }),
+            CheckResult::Mismatch => Err(Error::HostKey {
+                store: c.name.clone(),
+                message: format!(
+                    "HOST KEY CHANGED for {}: it offered {offered}, which does not match {}; someone may be intercepting the connection",
+                    host_pattern(&c.host, c.port),
+                    c.known_hosts.display()
+                ),
+                line: None,
+            }),
+            CheckResult::Failure => Err(self.err("host key check failed")),
+        }
+    }
+
+    fn with_conn<T>(&self, f: impl Fn(&Sftp) -> std::result::Result<T, ssh2::Error>) -> Result<T> {
+        let mut guard = self
+            .conn
+            .lock()
+            .map_err(|_| self.err("connection lock poisoned"))?;
+        if guard.is_none() {
+            *guard = Some(self.connect()?);
+        }
+        let conn = guard.as_ref().ok_or_else(|| self.err("not connected"))?;
+        match f(&conn.sftp) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                // A failed call may mean a dead connection: start afresh next time.
+                *guard = None;
+                Err(self.err(e.to_string()))
+            }
+        }
+    }
+}
+
+const SFTP_NO_SUCH_FILE: i32 = 2;
+
+fn is_not_found(e: &ssh2::Error) -> bool {
+    matches!(e.code(), ssh2::ErrorCode::SFTP(SFTP_NO_SUCH_FILE))
+}
+
+struct SftpUpload {
+    store: String,
+    file: Option<ssh2::File>,
+    partial: PathBuf,
+    target: PathBuf,
+    conn: Option<Conn>,
+    written: u64,
+}
+
+impl Write for SftpUpload {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("upload already finished"))?;
+        let n = f.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Upload for SftpUpload {
+    fn commit(mut self: Box<Self>) -> Result<()> {
+        let err = |m: String| Error::Store {
+            store: self.store.clone(),
+            message: m,
+        };
+        let mut f = self
+            .file
+            .take()
+            .ok_or_else(|| err("upload already finished".into()))?;
+        f.flush()
+            .map_err(|e| err(format!("{}: write: {e}", self.partial.display())))?;
+        // fsync@openssh.com: the data is on the server's disk before the name appears.
+        f.fsync()
+            .map_err(|e| err(format!("{}: fsync: {e}", self.partial.display())))?;
+        drop(f);
+        let conn = self
+            .conn
+            .as_ref()
+            .ok_or_else(|| err("not connected".into()))?;
+        let st = conn
+            .sftp
+            .stat(&self.partial)
+            .map_err(|e| err(format!("{}: stat: {e}", self.partial.display())))?;
+        if st.size != Some(self.written) {
+            return Err(err(format!(
+                "{}: the server holds {:?} bytes, {} were sent",
+                self.partial.display(),
+                st.size,
+                self.written
+            )));
+        }
+        conn.sftp
+            .rename(&self.partial, &self.target, None)
+            .map_err(|e| {
+                err(format!(
+                    "rename {} to {}: {e}",
+                    self.partial.display(),
+                    self.target.display()
+                ))
+            })?;
+        Ok(())
+    }
+}
+
+impl Drop for SftpUpload {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            if let Some(c) = &self.conn {
+                let _ = c.sftp.unlink(&self.partial);
+            }
+        }
+    }
+}
+
+impl Store for SftpStore {
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn put(&self, file: &str) -> Result<Box<dyn Upload>> {
+        let target = self.remote(file)?;
+        let partial = self.remote(&format!("{file}.partial"))?;
+        // Each upload has its own connection, so stores and files stream in parallel.
+        let conn = self.connect()?;
+        let f = conn
+            .sftp
+            .open_mode(
+                &partial,
+                OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUSIVE,
+                0o600,
+                OpenType::File,
+            )
+            .map_err(|e| self.err(format!("create {}: {e}", partial.display())))?;
+        Ok(Box::new(SftpUpload {
+            store: self.cfg.name.clone(),
+            file: Some(f),
+            partial,
+            target,
+            conn: Some(conn),
+            written: 0,
+        }))
+    }
+
+    fn get(&self, file: &str) -> Result<Box<dyn Read + Send>> {
+        let p = self.remote(file)?;
+        let conn = self.connect()?;
+        let f = conn
+            .sftp
+            .open(&p)
+            .map_err(|e| self.err(format!("open {}: {e}", p.display())))?;
+        Ok(Box::new(RemoteRead {
+            _conn: conn,
+            file: f,
+        }))
+    }
+
+    fn list(&self) -> Result<Vec<Object>> {
+        let dir = PathBuf::from(&self.cfg.path);
+        let entries = self.with_conn(|s| s.readdir(&dir))?;
+        let mut out: Vec<Object> = entries
+            .into_iter()
+            .filter(|(_, st)| st.is_file())
+            .filter_map(|(p, st)| {
+                let name = p.file_name()?.to_str()?.to_owned();
+                Some(Object {
+                    name,
+                    size: st.size.unwrap_or(0),
+                    mtime: i64::try_from(st.mtime.unwrap_or(0)).unwrap_or(0),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn stat(&self, file: &str) -> Result<Option<Object>> {
+        let p = self.remote(file)?;
+        let r = self.with_conn(|s| match s.lstat(&p) {
+            Ok(st) => Ok(Some(st)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        })?;
+        Ok(r.map(|st| Object {
+            name: file.to_owned(),
+            size: st.size.unwrap_or(0),
+            mtime: i64::try_from(st.mtime.unwrap_or(0)).unwrap_or(0),
+        }))
+    }
+
+    fn delete(&self, file: &str) -> Result<()> {
+        let p = self.remote(file)?;
+        self.with_conn(|s| s.unlink(&p))
+    }
+}
+
+struct RemoteRead {
+    _conn: Conn,
+    file: ssh2::File,
+}
+
+impl Read for RemoteRead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read(buf)
+    }
+}
+
+/// `coffer keyscan`: the key a server offers, to verify out of band.
+pub fn keyscan(host: &str, port: u16, timeout: Duration) -> std::result::Result<HostKey, String> {
+    handshake(host, port, timeout).map(|(_, k)| k)
+}

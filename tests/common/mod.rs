@@ -1,0 +1,131 @@
+//! Helpers shared by the integration tests: run the real binary, make keys.
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use sha2::{Digest, Sha256};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_coffer"))
+}
+
+pub fn coffer(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run coffer")
+}
+
+/// Runs coffer; panics with its stderr unless it exits 0.
+pub fn ok(args: &[&str]) -> Output {
+    let out = coffer(args);
+    assert!(
+        out.status.success(),
+        "coffer {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn code(out: &Output) -> i32 {
+    out.status.code().expect("exited normally")
+}
+
+pub fn sha256_file(p: &Path) -> String {
+    let mut h = Sha256::new();
+    let mut f = fs::File::open(p).unwrap();
+    std::io::copy(&mut f, &mut h).unwrap();
+    hex::encode(h.finalize())
+}
+
+pub fn sh(cmd: &str, dir: &Path) -> Output {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn chmod(p: &Path, mode: u32) {
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so large inputs need no RNG crate.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// Key pairs of each kind in `dir`: (private, public or recipient argument).
+pub struct Keys {
+    pub rsa: (PathBuf, String),
+    pub age: (PathBuf, String),
+    pub ssh: (PathBuf, String),
+}
+
+pub fn keys(dir: &Path) -> Keys {
+    let rsa = dir.join("rsa.pem");
+    ok(&[
+        "keygen",
+        "--type",
+        "rsa",
+        "--bits",
+        "2048",
+        "--out",
+        rsa.to_str().unwrap(),
+    ]);
+    let age = dir.join("age.key");
+    ok(&["keygen", "--type", "age", "--out", age.to_str().unwrap()]);
+    sh("ssh-keygen -q -t ed25519 -N '' -C test -f ssh_ed25519", dir);
+    let ssh_pub = fs::read_to_string(dir.join("ssh_ed25519.pub")).unwrap();
+    Keys {
+        rsa: (rsa.clone(), format!("{}.pub", rsa.display())),
+        age: (
+            age.clone(),
+            fs::read_to_string(format!("{}.pub", age.display()))
+                .unwrap()
+                .trim()
+                .to_owned(),
+        ),
+        ssh: (dir.join("ssh_ed25519"), ssh_pub.trim().to_owned()),
+    }
+}
+
+/// Writes `content` to `dir/p` and seals it to `recipient` as `dir/p.coffer`.
+pub fn seal_sample(dir: &Path, recipient: &str, content: &[u8]) -> PathBuf {
+    let plain = dir.join("p");
+    fs::write(&plain, content).unwrap();
+    let sealed = dir.join("p.coffer");
+    ok(&[
+        "seal",
+        "-r",
+        recipient,
+        "-o",
+        sealed.to_str().unwrap(),
+        plain.to_str().unwrap(),
+    ]);
+    sealed
+}

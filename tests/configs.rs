@@ -1,0 +1,38 @@
+//! Every example configuration shipped in the repository parses, so the
+//! documented configs cannot rot.
+
+use std::fs;
+use std::path::Path;
+
+#[test]
+fn every_example_config_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config");
+    let mut n = 0;
+    for e in fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let text = fs::read_to_string(&p).unwrap();
+            coffer::config::Config::parse(&p, &text)
+                .unwrap_or_else(|e| panic!("{e} ({})", e.hint.clone().unwrap_or_default()));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "found only {n} example configs");
+}
+
+#[test]
+fn readme_config_blocks_parse() {
+    // TOML blocks in the README that start with [job] are complete configs.
+    let readme =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let mut n = 0;
+    for block in readme.split("```toml").skip(1) {
+        let body = block.split("```").next().unwrap();
+        if body.trim_start().starts_with("[job]") {
+            coffer::config::Config::parse(Path::new("README.md"), body)
+                .unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "the README should show a complete config");
+}

@@ -1,0 +1,832 @@
+//! Restore and verify, against real servers: what the nightly job made comes
+//! back identical, hostile archives are refused, and verify catches damage.
+#![allow(clippy::too_many_lines)] // end-to-end scenarios read best in one piece
+
+mod common;
+mod harness;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::*;
+use harness::{MariaDb, Postgres, Sshd};
+use tar::EntryType::{Char, Directory, Link, Regular, Symlink};
+
+struct Env {
+    dir: tempfile::TempDir,
+    key: PathBuf,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("backup.key");
+        ok(&["keygen", "--type", "age", "--out", key.to_str().unwrap()]);
+        Env { dir, key }
+    }
+    fn p(&self) -> &Path {
+        self.dir.path()
+    }
+    fn store(&self) -> PathBuf {
+        self.p().join("store")
+    }
+    fn config(&self, name: &str, body: &str) -> PathBuf {
+        let p = self.p().join(name);
+        fs::write(
+            &p,
+            format!(
+                "[job]\nname = \"prod\"\nrecipients = [\"{}.pub\"]\nlock_file = \"{}/lock\"\n{body}",
+                self.key.display(),
+                self.p().display()
+            ),
+        )
+        .unwrap();
+        chmod(&p, 0o600);
+        p
+    }
+    fn local_store(&self) -> String {
+        format!(
+            "[[store]]\ntype = \"local\"\nname = \"local\"\npath = \"{}\"\n",
+            self.store().display()
+        )
+    }
+    fn key(&self) -> &str {
+        self.key.to_str().unwrap()
+    }
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn restore_from_local_and_sftp_into_fresh_databases() {
+    let e = Env::new();
+    let maria = MariaDb::start();
+    maria.sql(
+        "CREATE DATABASE production; USE production;
+         CREATE TABLE t (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(50), b BLOB);
+         INSERT INTO t(v, b) SELECT CONCAT('row ', seq, ' Grüße'), UNHEX(MD5(seq)) FROM seq_1_to_20000;
+         CREATE PROCEDURE p() SELECT 1;",
+    );
+    let pg = Postgres::start();
+    pg.sql("postgres", "CREATE DATABASE app");
+    pg.sql("app", "CREATE TABLE o (id serial PRIMARY KEY, v text); INSERT INTO o(v) SELECT 'v' || g FROM generate_series(1, 3000) g;");
+    let sshd = Sshd::start();
+    let options = maria.user_with_options_file("backup", "pw-for-restore-test", e.p());
+    let passfile = pg.passfile(e.p());
+    let sources = format!(
+        "[[source]]\ntype = \"mysql\"\nname = \"main\"\ndatabases = [\"production\"]\noptions_file = \"{}\"\n\
+         [[source]]\ntype = \"postgres\"\nname = \"pg\"\ndatabases = [\"app\"]\npassfile = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"postgres\"\n\
+         [[source]]\ntype = \"command\"\nname = \"big\"\nargv = [\"sh\", \"-c\", \"head -c 20000000 /dev/urandom\"]\n",
+        options.display(),
+        passfile.display(),
+        pg.port
+    );
+    let cfg = e.config(
+        "coffer.toml",
+        &format!("{sources}{}{}", e.local_store(), sshd.store_config("")),
+    );
+    let out = run(&["backup", "-c", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A crashed newer upload must not be taken for `latest`.
+    fs::write(e.store().join("prod-29990101T000000Z.coffer"), b"junk").unwrap();
+    fs::write(
+        e.store().join("prod-29990101T000001Z.coffer.partial"),
+        b"junk",
+    )
+    .unwrap();
+    let only_remote = e.config("remote.toml", &sshd.store_config(""));
+
+    let checksum = |m: &MariaDb| m.sql("CHECKSUM TABLE production.t EXTENDED");
+    let pg_sum = |db: &str| {
+        pg.sql(
+            db,
+            "SELECT count(*), md5(string_agg(o::text, ',' ORDER BY id)) FROM o",
+        )
+    };
+    for (n, config) in [(0, &cfg), (1, &only_remote)] {
+        let dump = e.p().join(format!("main{n}.sql"));
+        let out = run(&[
+            "restore",
+            "-c",
+            config.to_str().unwrap(),
+            "-i",
+            e.key(),
+            "latest",
+            "--stdout",
+            "--member",
+            "mysql/main.sql",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        fs::write(&dump, &out.stdout).unwrap();
+        let fresh = MariaDb::start();
+        fresh.load(&dump);
+        assert_eq!(
+            checksum(&fresh),
+            checksum(&maria),
+            "mariadb via {}",
+            config.display()
+        );
+
+        let pgdump = e.p().join(format!("app{n}.dump"));
+        let out = run(&[
+            "restore",
+            "-c",
+            config.to_str().unwrap(),
+            "-i",
+            e.key(),
+            "latest",
+            "--stdout",
+            "--member",
+            "postgres/pg/app.dump",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        fs::write(&pgdump, &out.stdout).unwrap();
+        let db = format!("restored{n}");
+        pg.sql("postgres", &format!("CREATE DATABASE {db}"));
+        pg.restore(&db, &pgdump);
+        assert_eq!(pg_sum(&db), pg_sum("app"));
+    }
+
+    // Into a directory: a 20 MB stream stored in parts comes back whole.
+    let target = e.p().join("restored");
+    let out = run(&[
+        "restore",
+        "-c",
+        cfg.to_str().unwrap(),
+        "-i",
+        e.key(),
+        "latest",
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("members match MANIFEST.json"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        fs::metadata(target.join("command/big")).unwrap().len(),
+        20_000_000
+    );
+    assert!(target.join("MANIFEST.json").is_file());
+    let sealed = fs::read_dir(e.store())
+        .unwrap()
+        .map(|x| x.unwrap().path())
+        .find(|p| {
+            p.to_string_lossy().ends_with("Z.coffer") && !p.to_string_lossy().contains("2999")
+        })
+        .unwrap();
+    let members = ok(&[
+        "restore",
+        "-i",
+        e.key(),
+        sealed.to_str().unwrap(),
+        "--stdout",
+        "--member",
+        "command/big",
+    ]);
+    assert_eq!(
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&members.stdout)),
+        sha256_file(&target.join("command/big"))
+    );
+    // Restoring again over the same directory is refused without --force.
+    let again = run(&[
+        "restore",
+        "-c",
+        cfg.to_str().unwrap(),
+        "-i",
+        e.key(),
+        "latest",
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&again), 3, "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        fs::metadata(target.join("command/big")).unwrap().len(),
+        20_000_000,
+        "the refused restore removed a file it did not create"
+    );
+    let forced = run(&[
+        "restore",
+        "-c",
+        cfg.to_str().unwrap(),
+        "-i",
+        e.key(),
+        "latest",
+        "--to",
+        target.to_str().unwrap(),
+        "--force",
+    ]);
+    assert!(forced.status.success(), "{}", stderr(&forced));
+}
+
+/// Seals a tar (built by hand) as a backup would be.
+fn seal_tar(e: &Env, tar_bytes: &[u8], name: &str) -> PathBuf {
+    let text = fs::read_to_string(format!("{}.pub", e.key.display())).unwrap();
+    let recipients =
+        coffer::envelope::parse_recipients_file(&text, &coffer::envelope::no_passphrase()).unwrap();
+    let meta = coffer::envelope::Metadata {
+        created: "2026-11-22T00:00:00Z".into(),
+        job: Some("prod".into()),
+        compression: Some("none".into()),
+        content: Some("tar".into()),
+        ..Default::default()
+    };
+    let mut w = coffer::envelope::seal(&recipients, meta, 65536, Vec::new()).unwrap();
+    w.write_all(tar_bytes).unwrap();
+    let sealed = w.finish().unwrap();
+    let p = e.p().join(name);
+    fs::write(&p, sealed).unwrap();
+    p
+}
+
+type RawEntry = (
+    &'static str,
+    tar::EntryType,
+    Option<&'static str>,
+    &'static [u8],
+);
+
+/// A raw tar entry whose name bypasses the tar crate's own path checks.
+fn raw_entry(
+    b: &mut tar::Builder<Vec<u8>>,
+    name: &str,
+    kind: tar::EntryType,
+    link: Option<&str>,
+    data: &[u8],
+) {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    let gnu = h.as_gnu_mut().unwrap();
+    gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+    if let Some(l) = link {
+        gnu.linkname[..l.len()].copy_from_slice(l.as_bytes());
+    }
+    h.set_cksum();
+    b.append(&h, data).unwrap();
+}
+
+#[test]
+fn hostile_archives_write_nothing_outside_the_target() {
+    let e = Env::new();
+    // (case, entries as (name, type, link target, data), expected message)
+    let cases: &[(&str, &[RawEntry], &str)] = &[
+        (
+            "dotdot",
+            &[("../../etc/x", Regular, None, b"pwned")],
+            "\"..\"",
+        ),
+        (
+            "absolute",
+            &[("/tmp/coffer-hostile-abs", Regular, None, b"pwned")],
+            "absolute",
+        ),
+        (
+            "symlink-then-file",
+            &[
+                ("escape", Symlink, Some(".."), b""),
+                ("escape/x", Regular, None, b"pwned"),
+            ],
+            "symlink",
+        ),
+        (
+            "inner-symlink-then-file",
+            &[
+                ("d", Directory, None, b""),
+                ("inner", Symlink, Some("d"), b""),
+                ("inner/x", Regular, None, b"through a link"),
+            ],
+            "refusing to write through it",
+        ),
+        (
+            "absolute-symlink",
+            &[("l", Symlink, Some("/etc/passwd"), b"")],
+            "outside the target",
+        ),
+        (
+            "hardlink",
+            &[("h", Link, Some("/etc/passwd"), b"")],
+            "not allowed",
+        ),
+        ("device", &[("dev", Char, None, b"")], "not allowed"),
+    ];
+    for (name, entries, message) in cases {
+        let mut b = tar::Builder::new(Vec::new());
+        raw_entry(&mut b, "ok.txt", Regular, None, b"fine");
+        for (n, kind, link, data) in *entries {
+            raw_entry(&mut b, n, *kind, *link, data);
+        }
+        raw_entry(
+            &mut b,
+            "MANIFEST.json",
+            tar::EntryType::Regular,
+            None,
+            b"{}",
+        );
+        let sealed = seal_tar(&e, &b.into_inner().unwrap(), &format!("{name}.coffer"));
+        let target = e.p().join(format!("t-{name}/deep/target"));
+        let out = run(&[
+            "restore",
+            "-i",
+            e.key(),
+            sealed.to_str().unwrap(),
+            "--to",
+            target.to_str().unwrap(),
+        ]);
+        assert_eq!(code(&out), 3, "{name}: {}", stderr(&out));
+        assert!(stderr(&out).contains(message), "{name}: {}", stderr(&out));
+        // Nothing outside the target, and what was extracted was removed.
+        assert!(!e.p().join(format!("t-{name}/etc/x")).exists(), "{name}");
+        assert!(!e.p().join(format!("t-{name}/deep/x")).exists(), "{name}");
+        assert!(!Path::new("/tmp/coffer-hostile-abs").exists(), "{name}");
+        let left: Vec<_> = fs::read_dir(&target)
+            .map(|d| d.map(|x| x.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{name}: left behind {left:?}");
+    }
+}
+
+#[test]
+fn verify_catches_damage_keyless_and_keyed() {
+    let e = Env::new();
+    let db = e.p().join("app.db");
+    sh(
+        "sqlite3 app.db 'create table t(x); insert into t values (1),(2),(3)'",
+        e.p(),
+    );
+    let cfg = e.config(
+        "coffer.toml",
+        &format!(
+            "keep_last = 10\n[[source]]\ntype = \"sqlite\"\npath = \"{}\"\n[[source]]\ntype = \"command\"\nname = \"c\"\nargv = [\"sh\", \"-c\", \"echo original content\"]\n{}",
+            db.display(),
+            e.local_store()
+        ),
+    );
+    for _ in 0..4 {
+        ok(&["backup", "-c", cfg.to_str().unwrap()]);
+    }
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["verify", "-c", cfg.to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        let reports: Vec<serde_json::Value> =
+            serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (out, reports)
+    };
+    let (out, reports) = verify(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(reports.len(), 4);
+    let (out, _) = verify(&["-i", e.key()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let mut sealed: Vec<PathBuf> = fs::read_dir(e.store())
+        .unwrap()
+        .map(|x| x.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".coffer"))
+        .collect();
+    sealed.sort();
+    // 1: a flipped byte. 2: truncated. 3: sidecar deleted.
+    let mut bytes = fs::read(&sealed[0]).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    fs::write(&sealed[0], &bytes).unwrap();
+    let len = fs::metadata(&sealed[1]).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&sealed[1])
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    fs::remove_file(format!("{}.json", sealed[2].display())).unwrap();
+    let (out, reports) = verify(&[]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let failed: Vec<String> = reports
+        .iter()
+        .filter(|r| r["ok"] == false)
+        .map(|r| r["problems"].to_string())
+        .collect();
+    assert_eq!(failed.len(), 3, "{reports:?}");
+    assert!(failed.iter().any(|p| p.contains("SHA-256")), "{failed:?}");
+    assert!(failed.iter().any(|p| p.contains("size is")), "{failed:?}");
+    assert!(
+        failed.iter().any(|p| p.contains("no sidecar")),
+        "{failed:?}"
+    );
+    assert!(
+        reports.iter().any(|r| r["ok"] == true),
+        "the untouched backup still verifies"
+    );
+
+    // 4: a member changed before sealing — the sidecar agrees with the
+    // ciphertext, so only the keyed check, against MANIFEST.json, can tell.
+    let good = sealed[3].clone();
+    let plain_tar = ok(&["restore", "-i", e.key(), good.to_str().unwrap(), "--stdout"]).stdout;
+    let pos = plain_tar
+        .windows(16)
+        .position(|w| w == b"original content")
+        .expect("member content in the tar");
+    let mut altered = plain_tar.clone();
+    altered[pos] = b'O';
+    let forged = seal_tar(&e, &altered, "forged.coffer");
+    let name = good.file_name().unwrap().to_string_lossy().into_owned();
+    fs::copy(&forged, &good).unwrap();
+    let mut sidecar: serde_json::Value =
+        serde_json::from_slice(&fs::read(format!("{}.json", good.display())).unwrap()).unwrap();
+    sidecar["sha256"] = sha256_file(&good).into();
+    sidecar["size"] = fs::metadata(&good).unwrap().len().into();
+    sidecar["compression"] = "none".into();
+    fs::write(
+        format!("{}.json", good.display()),
+        serde_json::to_vec(&sidecar).unwrap(),
+    )
+    .unwrap();
+    let id = name.trim_end_matches(".coffer");
+    let (out, reports) = verify(&[id]);
+    assert!(
+        out.status.success(),
+        "keyless verify cannot see this: {}",
+        stderr(&out)
+    );
+    assert_eq!(reports.len(), 1);
+    let (out, reports) = verify(&[id, "-i", e.key()]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        reports[0]["problems"]
+            .to_string()
+            .contains("command/c: SHA-256"),
+        "{reports:?}"
+    );
+}
+
+#[test]
+fn restore_into_db_loads_mariadb_and_postgres_and_refuses_non_empty_targets() {
+    let e = Env::new();
+    let maria = MariaDb::start();
+    maria.sql("CREATE DATABASE production; USE production; CREATE TABLE t (id INT PRIMARY KEY, v TEXT); INSERT INTO t SELECT seq, CONCAT('v', seq) FROM seq_1_to_5000;");
+    let pg = Postgres::start();
+    pg.sql("postgres", "CREATE DATABASE app");
+    pg.sql("app", "CREATE TABLE o (id int PRIMARY KEY, v text); INSERT INTO o SELECT g, 'v' || g FROM generate_series(1, 2000) g;");
+    // The restore loads with a user that may create databases.
+    maria.sql("CREATE USER 'loader'@'127.0.0.1' IDENTIFIED BY 'loader-pw'; GRANT ALL ON *.* TO 'loader'@'127.0.0.1';");
+    let options = e.p().join("loader.cnf");
+    fs::write(
+        &options,
+        format!(
+            "[client]\nuser=loader\npassword=loader-pw\nhost=127.0.0.1\nport={}\n",
+            maria.port
+        ),
+    )
+    .unwrap();
+    chmod(&options, 0o600);
+    let passfile = pg.passfile(e.p());
+    let cfg = e.config(
+        "coffer.toml",
+        &format!(
+            "[[source]]\ntype = \"mysql\"\nname = \"main\"\ndatabases = [\"production\"]\noptions_file = \"{}\"\n\
+             [[source]]\ntype = \"postgres\"\nname = \"pg\"\ndatabases = [\"app\"]\npassfile = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"postgres\"\n{}",
+            options.display(),
+            passfile.display(),
+            pg.port,
+            e.local_store()
+        ),
+    );
+    let out = run(&["backup", "-c", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let c = cfg.to_str().unwrap();
+
+    let out = run(&[
+        "restore",
+        "-c",
+        c,
+        "-i",
+        e.key(),
+        "latest",
+        "--into-db",
+        "main",
+        "--database",
+        "restored",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        maria
+            .sql("CHECKSUM TABLE restored.t EXTENDED")
+            .split_whitespace()
+            .nth(1),
+        maria
+            .sql("CHECKSUM TABLE production.t EXTENDED")
+            .split_whitespace()
+            .nth(1)
+    );
+    // Loading again into the now non-empty database is refused, and changes nothing.
+    let again = run(&[
+        "restore",
+        "-c",
+        c,
+        "-i",
+        e.key(),
+        "latest",
+        "--into-db",
+        "main",
+        "--database",
+        "restored",
+    ]);
+    assert_eq!(code(&again), 2, "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("is not empty"),
+        "{}",
+        stderr(&again)
+    );
+
+    let out = run(&[
+        "restore",
+        "-c",
+        c,
+        "-i",
+        e.key(),
+        "latest",
+        "--into-db",
+        "pg",
+        "--database",
+        "app_restored",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sum = |db: &str| {
+        pg.sql(
+            db,
+            "SELECT count(*), md5(string_agg(o::text, ',' ORDER BY id)) FROM o",
+        )
+    };
+    assert_eq!(sum("app_restored"), sum("app"));
+    let again = run(&[
+        "restore",
+        "-c",
+        c,
+        "-i",
+        e.key(),
+        "latest",
+        "--into-db",
+        "pg",
+        "--database",
+        "app_restored",
+    ]);
+    assert_eq!(code(&again), 2, "{}", stderr(&again));
+
+    // A damaged backup loads nothing and leaves no half-made database.
+    let sealed = fs::read_dir(e.store())
+        .unwrap()
+        .map(|x| x.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".coffer"))
+        .unwrap();
+    let mut bytes = fs::read(&sealed).unwrap();
+    let n = bytes.len();
+    bytes[n - 40] ^= 1;
+    let bad = e.p().join("bad.coffer");
+    fs::write(&bad, &bytes).unwrap();
+    let out = run(&[
+        "restore",
+        "-c",
+        c,
+        "-i",
+        e.key(),
+        bad.to_str().unwrap(),
+        "--into-db",
+        "pg",
+        "--database",
+        "never",
+    ]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert_eq!(
+        pg.sql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'never'"
+        )
+        .trim(),
+        "0"
+    );
+}
+
+#[test]
+fn restore_test_passes_on_a_good_dump_and_fails_on_a_damaged_one() {
+    let e = Env::new();
+    let maria = MariaDb::start();
+    maria.sql("CREATE DATABASE shop; USE shop; CREATE TABLE t (id INT PRIMARY KEY, v TEXT); INSERT INTO t SELECT seq, CONCAT('v', seq) FROM seq_1_to_3000; CREATE TABLE empty_one (x INT);");
+    let options = maria.user_with_options_file("backup", "rt-pw", e.p());
+    let cfg = e.config(
+        "coffer.toml",
+        &format!(
+            "keep_last = 10\n[[source]]\ntype = \"mysql\"\nname = \"main\"\ndatabases = [\"shop\"]\noptions_file = \"{}\"\n{}",
+            options.display(),
+            e.local_store()
+        ),
+    );
+    ok(&["backup", "-c", cfg.to_str().unwrap()]);
+    let c = cfg.to_str().unwrap();
+    let out = run(&[
+        "verify",
+        "-c",
+        c,
+        "latest",
+        "-i",
+        e.key(),
+        "--restore-test",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    let reports: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let checks = reports[0]["checks"].to_string();
+    assert!(checks.contains("row counts of 2 tables match"), "{checks}");
+
+    // Damage the dump but keep the archive self-consistent: the manifest's
+    // hash is updated, so keyed verify passes and only loading can tell.
+    let sealed = fs::read_dir(e.store())
+        .unwrap()
+        .map(|x| x.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".coffer"))
+        .unwrap();
+    let mut tar = ok(&[
+        "restore",
+        "-i",
+        e.key(),
+        sealed.to_str().unwrap(),
+        "--stdout",
+    ])
+    .stdout;
+    let dump = ok(&[
+        "restore",
+        "-i",
+        e.key(),
+        sealed.to_str().unwrap(),
+        "--stdout",
+        "--member",
+        "mysql/main.sql",
+    ])
+    .stdout;
+    let old_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&dump));
+    let at = tar.windows(11).position(|w| w == b"INSERT INTO").unwrap();
+    tar[at + 10] = b'X'; // INSERT INTX: a syntax error, same length
+    let mut damaged = dump.clone();
+    let at_d = damaged
+        .windows(11)
+        .position(|w| w == b"INSERT INTO")
+        .unwrap();
+    damaged[at_d + 10] = b'X';
+    let new_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&damaged));
+    let h = tar
+        .windows(64)
+        .position(|w| w == old_hash.as_bytes())
+        .unwrap();
+    tar[h..h + 64].copy_from_slice(new_hash.as_bytes());
+    let forged = seal_tar(&e, &tar, "forged.coffer");
+    fs::copy(&forged, &sealed).unwrap();
+    let sidecar_path = format!("{}.json", sealed.display());
+    let mut sidecar: serde_json::Value =
+        serde_json::from_slice(&fs::read(&sidecar_path).unwrap()).unwrap();
+    sidecar["sha256"] = sha256_file(&sealed).into();
+    sidecar["size"] = fs::metadata(&sealed).unwrap().len().into();
+    fs::write(&sidecar_path, serde_json::to_vec(&sidecar).unwrap()).unwrap();
+
+    let out = run(&["verify", "-c", c, "latest", "-i", e.key()]);
+    assert!(
+        out.status.success(),
+        "keyed verify cannot see a self-consistent damaged dump: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = run(&["verify", "-c", c, "latest", "-i", e.key(), "--restore-test"]);
+    assert_eq!(
+        code(&out),
+        3,
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("restore test: loading mysql/main.sql failed"),
+        "{text}"
+    );
+}
+
+#[test]
+fn progress_bar_only_on_a_terminal() {
+    let e = Env::new();
+    sh(
+        "sqlite3 app.db 'create table t(x); insert into t values (1)'",
+        e.p(),
+    );
+    let cfg = e.config(
+        "coffer.toml",
+        &format!(
+            "[[source]]\ntype = \"sqlite\"\npath = \"{}\"\n{}",
+            e.p().join("app.db").display(),
+            e.local_store()
+        ),
+    );
+    ok(&["backup", "-c", cfg.to_str().unwrap()]);
+    // Not a terminal (cron, a pipe): just the one summary line.
+    let out = run(&[
+        "restore",
+        "-c",
+        cfg.to_str().unwrap(),
+        "-i",
+        e.key(),
+        "latest",
+        "--to",
+        e.p().join("a").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert!(!stderr(&out).contains("restoring ["));
+    // On a terminal (`script` provides one): bytes, total, rate and ETA.
+    let cmd = format!(
+        "{} restore -c {} -i {} latest --to {}",
+        bin().display(),
+        cfg.display(),
+        e.key(),
+        e.p().join("b").display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("restoring [") && text.contains("left"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_bad_chunk_mid_restore_removes_what_was_extracted_unless_kept() {
+    let e = Env::new();
+    let cfg = e.config(
+        "coffer.toml",
+        &format!(
+            "compression = \"none\"\n[[source]]\ntype = \"command\"\nname = \"big\"\nargv = [\"sh\", \"-c\", \"head -c 3000000 /dev/urandom\"]\n{}",
+            e.local_store()
+        ),
+    );
+    ok(&["backup", "-c", cfg.to_str().unwrap()]);
+    let sealed = fs::read_dir(e.store())
+        .unwrap()
+        .map(|x| x.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".coffer"))
+        .unwrap();
+    let mut bytes = fs::read(&sealed).unwrap();
+    let at = bytes.len() * 3 / 4;
+    bytes[at] ^= 0x01;
+    let bad = e.p().join("bad.coffer");
+    fs::write(&bad, &bytes).unwrap();
+    let target = e.p().join("out");
+    let out = run(&[
+        "restore",
+        "-i",
+        e.key(),
+        bad.to_str().unwrap(),
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("failed authentication") && stderr(&out).contains("byte offset"),
+        "{}",
+        stderr(&out)
+    );
+    let left: Vec<_> = fs::read_dir(&target)
+        .map(|d| d.map(|x| x.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let kept = e.p().join("kept");
+    let out = run(&[
+        "restore",
+        "-i",
+        e.key(),
+        bad.to_str().unwrap(),
+        "--to",
+        kept.to_str().unwrap(),
+        "--keep-partial",
+    ]);
+    assert_eq!(code(&out), 3);
+    let partial = fs::metadata(kept.join("command/big")).unwrap().len();
+    assert!(partial > 0 && partial < 3_000_000, "kept {partial} bytes");
+}

@@ -1,0 +1,384 @@
+//! Shipping backups over SFTP to a real OpenSSH sshd that the harness starts
+//! on a random loopback port, with its own host key and a chrooted SFTP-only
+//! account.
+
+mod common;
+mod harness;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use harness::Sshd;
+
+struct Job {
+    dir: tempfile::TempDir,
+    key: PathBuf,
+}
+
+impl Job {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("backup.key");
+        ok(&["keygen", "--type", "age", "--out", key.to_str().unwrap()]);
+        let db = dir.path().join("app.db");
+        sh(
+            "sqlite3 app.db 'create table t(x); insert into t values (42)'",
+            dir.path(),
+        );
+        assert!(db.exists());
+        Job { dir, key }
+    }
+
+    fn config(&self, job_extra: &str, sources: &str, stores: &str) -> PathBuf {
+        let p = self.dir.path().join("coffer.toml");
+        fs::write(
+            &p,
+            format!(
+                "[job]\nname = \"prod\"\nrecipients = [\"{}.pub\"]\nlock_file = \"{}/lock\"\n{job_extra}\n{sources}\n{stores}",
+                self.key.display(),
+                self.dir.path().display()
+            ),
+        )
+        .unwrap();
+        chmod(&p, 0o600);
+        p
+    }
+
+    fn sqlite(&self) -> String {
+        format!(
+            "[[source]]\ntype = \"sqlite\"\npath = \"{}\"\n",
+            self.dir.path().join("app.db").display()
+        )
+    }
+
+    fn local(&self) -> String {
+        format!(
+            "[[store]]\ntype = \"local\"\nname = \"local\"\npath = \"{}\"\n",
+            self.local_dir().display()
+        )
+    }
+
+    fn local_dir(&self) -> PathBuf {
+        self.dir.path().join("local")
+    }
+
+    fn backup(&self, cfg: &Path) -> std::process::Output {
+        Command::new(bin())
+            .args(["backup", "-c", cfg.to_str().unwrap()])
+            .env("TMPDIR", self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn backup_lands_remotely_complete_and_opens() {
+    let sshd = Sshd::start();
+    let j = Job::new();
+    let cfg = j.config(
+        "",
+        &j.sqlite(),
+        &format!("{}\n{}", j.local(), sshd.store_config("")),
+    );
+    let out = j.backup(&cfg);
+    assert!(
+        out.status.success(),
+        "{}\nsshd log:\n{}",
+        stderr(&out),
+        sshd.log()
+    );
+    let remote = files(&sshd.data_dir());
+    assert_eq!(remote.len(), 2, "{remote:?}");
+    assert_eq!(
+        remote,
+        files(&j.local_dir()),
+        "both stores hold the same backup"
+    );
+    let sealed = sshd.data_dir().join(&remote[0]);
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&fs::read(sshd.data_dir().join(&remote[1])).unwrap()).unwrap();
+    assert_eq!(sidecar["sha256"].as_str().unwrap(), sha256_file(&sealed));
+    assert_eq!(
+        sidecar["size"].as_u64().unwrap(),
+        fs::metadata(&sealed).unwrap().len()
+    );
+    assert_eq!(
+        sha256_file(&sealed),
+        sha256_file(&j.local_dir().join(&remote[0]))
+    );
+    let opened = ok(&[
+        "open",
+        "-i",
+        j.key.to_str().unwrap(),
+        sealed.to_str().unwrap(),
+    ]);
+    assert!(!opened.stdout.is_empty());
+    // The upload used the pinned key and the dedicated client key.
+    assert!(sshd.log().contains("Accepted publickey"), "{}", sshd.log());
+    let listed = ok(&["list", "-c", cfg.to_str().unwrap(), "--store", "remote"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("complete"));
+}
+
+#[test]
+fn unknown_and_changed_host_keys_are_refused() {
+    let sshd = Sshd::start();
+    let j = Job::new();
+    // Unknown: known_hosts pins some other server only.
+    let other = j.dir.path().join("kh-unknown");
+    fs::write(&other, "[127.0.0.1]:1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOmOEFiPx06ZVvO9khHQB51Ik1K+QbQITJ3OCz29uC0U\n").unwrap();
+    let store = sshd
+        .store_config("")
+        .replace(sshd.known_hosts.to_str().unwrap(), other.to_str().unwrap());
+    let cfg = j.config("", &j.sqlite(), &store);
+    let out = j.backup(&cfg);
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    let err = stderr(&out);
+    let host_pub = fs::read_to_string(sshd.dir.path().join("host_ed25519.pub")).unwrap();
+    let b64 = host_pub.split_whitespace().nth(1).unwrap();
+    let fp = String::from_utf8(
+        Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(sshd.dir.path().join("host_ed25519.pub"))
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let fp = fp.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(
+        err.contains(&format!("ssh-ed25519 {fp}")),
+        "fingerprint {fp} missing: {err}"
+    );
+    assert!(
+        err.contains(&format!("[127.0.0.1]:{} ssh-ed25519 {b64}", sshd.port)),
+        "trust line missing: {err}"
+    );
+    assert!(files(&sshd.data_dir()).is_empty(), "something was uploaded");
+    assert!(
+        !sshd.log().contains("Accepted publickey"),
+        "the client authenticated to an unverified server"
+    );
+
+    // Changed: the right host pattern with a different key.
+    let changed = j.dir.path().join("kh-changed");
+    fs::write(&changed, format!("[127.0.0.1]:{} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOmOEFiPx06ZVvO9khHQB51Ik1K+QbQITJ3OCz29uC0U\n", sshd.port)).unwrap();
+    let store = sshd.store_config("").replace(
+        sshd.known_hosts.to_str().unwrap(),
+        changed.to_str().unwrap(),
+    );
+    let cfg = j.config("", &j.sqlite(), &store);
+    let out = j.backup(&cfg);
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("HOST KEY CHANGED"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains(&fp), "{}", stderr(&out));
+    assert!(files(&sshd.data_dir()).is_empty());
+
+    // Hashed known_hosts entries work (ssh-keygen -H).
+    let hashed = j.dir.path().join("kh-hashed");
+    fs::copy(&sshd.known_hosts, &hashed).unwrap();
+    sh(
+        &format!(
+            "ssh-keygen -q -H -f {} && rm -f {}.old",
+            hashed.display(),
+            hashed.display()
+        ),
+        j.dir.path(),
+    );
+    assert!(fs::read_to_string(&hashed).unwrap().starts_with("|1|"));
+    let store = sshd
+        .store_config("")
+        .replace(sshd.known_hosts.to_str().unwrap(), hashed.to_str().unwrap());
+    let cfg = j.config("", &j.sqlite(), &store);
+    let out = j.backup(&cfg);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn keyscan_prints_the_line_that_pins_the_server() {
+    let sshd = Sshd::start();
+    let out = ok(&["keyscan", "127.0.0.1", "--port", &sshd.port.to_string()]);
+    let line = String::from_utf8(out.stdout.clone()).unwrap();
+    assert_eq!(line, fs::read_to_string(&sshd.known_hosts).unwrap());
+    assert!(stderr(&out).contains("SHA256:"));
+}
+
+#[test]
+fn remote_retention_keeps_three_and_prune_false_keeps_all() {
+    let sshd = Sshd::start();
+    let j = Job::new();
+    let cfg = j.config("keep_last = 3", &j.sqlite(), &sshd.store_config(""));
+    for _ in 0..5 {
+        let out = j.backup(&cfg);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let remote = files(&sshd.data_dir());
+    assert_eq!(
+        remote.iter().filter(|f| f.ends_with(".coffer")).count(),
+        3,
+        "{remote:?}"
+    );
+    assert_eq!(
+        remote
+            .iter()
+            .filter(|f| f.ends_with(".coffer.json"))
+            .count(),
+        3,
+        "{remote:?}"
+    );
+
+    let cfg = j.config(
+        "keep_last = 1",
+        &j.sqlite(),
+        &sshd.store_config("prune = false"),
+    );
+    for _ in 0..2 {
+        let out = j.backup(&cfg);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let remote = files(&sshd.data_dir());
+    assert_eq!(
+        remote.iter().filter(|f| f.ends_with(".coffer")).count(),
+        5,
+        "prune = false deleted something: {remote:?}"
+    );
+}
+
+#[test]
+fn readable_ssh_key_is_refused_with_the_fix() {
+    let sshd = Sshd::start();
+    let j = Job::new();
+    chmod(&sshd.client_key, 0o644);
+    let cfg = j.config("", &j.sqlite(), &sshd.store_config(""));
+    let out = j.backup(&cfg);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("chmod 600 {}", sshd.client_key.display())),
+        "{}",
+        stderr(&out)
+    );
+    chmod(&sshd.client_key, 0o600);
+}
+
+#[test]
+fn sshd_killed_mid_upload_fails_cleanly_and_the_next_run_recovers() {
+    let mut sshd = Sshd::start();
+    let j = Job::new();
+    // A first good backup, which must survive everything below.
+    let slow = "[[source]]\ntype = \"command\"\nname = \"slow\"\nargv = [\"sh\", \"-c\", \"head -c 3000000 /dev/urandom; sleep 3; head -c 1000 /dev/urandom\"]\n";
+    let quick = j.config(
+        "keep_last = 2",
+        &j.sqlite(),
+        &format!("{}\n{}", j.local(), sshd.store_config("")),
+    );
+    let out = j.backup(&quick);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first = files(&sshd.data_dir());
+    let first_hash = sha256_file(&sshd.data_dir().join(&first[0]));
+
+    let cfg = j.config(
+        "keep_last = 2",
+        slow,
+        &format!("{}\n{}", j.local(), sshd.store_config("")),
+    );
+    let child = Command::new(bin())
+        .args(["backup", "-c", cfg.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut saw_partial = false;
+    for _ in 0..200 {
+        if files(&sshd.data_dir())
+            .iter()
+            .any(|f| f.ends_with(".partial"))
+        {
+            saw_partial = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(saw_partial, "the upload never started");
+    std::thread::sleep(Duration::from_millis(300));
+    sshd.kill();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("complete in [local]") && err.contains("failed in remote"),
+        "{err}"
+    );
+
+    // The first backup is intact.
+    assert_eq!(sha256_file(&sshd.data_dir().join(&first[0])), first_hash);
+    let remote_complete: Vec<String> = files(&sshd.data_dir())
+        .into_iter()
+        .filter(|f| f.ends_with(".coffer.json"))
+        .collect();
+    assert_eq!(
+        remote_complete.len(),
+        1,
+        "only the first backup is complete remotely"
+    );
+    // The local store got the new backup.
+    assert_eq!(
+        files(&j.local_dir())
+            .iter()
+            .filter(|f| f.ends_with(".coffer.json"))
+            .count(),
+        2
+    );
+
+    // The server comes back. The dead upload is listed as a partial, never as a backup.
+    sshd.restart();
+    let listing = ok(&[
+        "list",
+        "-c",
+        cfg.to_str().unwrap(),
+        "--store",
+        "remote",
+        "--json",
+    ]);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&listing.stdout).unwrap();
+    let complete: Vec<_> = rows.iter().filter(|r| r["status"] == "complete").collect();
+    assert_eq!(complete.len(), 1, "{rows:?}");
+    assert!(
+        rows.iter().any(|r| r["status"] == "partial upload"),
+        "{rows:?}"
+    );
+    // The next run succeeds and cleans the dead partial.
+    let out = j.backup(&quick);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let remote = files(&sshd.data_dir());
+    assert!(
+        !remote.iter().any(|f| f.ends_with(".partial")),
+        "{remote:?}"
+    );
+    assert_eq!(
+        remote
+            .iter()
+            .filter(|f| f.ends_with(".coffer.json"))
+            .count(),
+        2,
+        "{remote:?}"
+    );
+}

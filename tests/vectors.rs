@@ -1,0 +1,688 @@
+//! Data-driven test vectors (as age's testkit): each `tests/vectors/*.vector`
+//! file is a few `key: value` lines, a blank line, then a sealed file. The
+//! runner opens each with the real binary and with the independent Python
+//! reader and checks the exit code, the error text and the plaintext hash.
+//!
+//! The vectors are committed, so they also pin the format: a change that can
+//! no longer open `good-*` vectors breaks every backup already made.
+//! Regenerate (only for a deliberate format change):
+//! `COFFER_WRITE_VECTORS=1 cargo test --test vectors -- --ignored write_vectors`
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use aes_gcm::aead::AeadInPlace;
+use aes_gcm::{Aes256Gcm, KeyInit};
+use common::*;
+use sha2::{Digest, Sha256};
+
+fn vector_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
+}
+
+struct Vector {
+    name: String,
+    fields: Vec<(String, String)>,
+    data: Vec<u8>,
+}
+
+impl Vector {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+    fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.fields
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn parse_vector(path: &Path) -> Vector {
+    let raw = fs::read(path).unwrap();
+    let split = raw
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .expect("header lines end with a blank line");
+    let head = std::str::from_utf8(&raw[..split]).unwrap();
+    let fields = head
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once(": ").expect("key: value");
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
+    Vector {
+        name: path.file_stem().unwrap().to_string_lossy().into_owned(),
+        fields,
+        data: raw[split + 2..].to_vec(),
+    }
+}
+
+fn python_ok() -> bool {
+    Command::new("python3")
+        .args(["-c", "import cryptography"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn all_vectors() {
+    let mut paths: Vec<_> = fs::read_dir(vector_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "vector"))
+        .collect();
+    paths.sort();
+    assert!(
+        paths.len() >= 25,
+        "expected the full vector set, found {}",
+        paths.len()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    // Keys are committed world-readable; coffer rightly refuses such keys.
+    for k in ["rsa.pem", "age.key", "other.key"] {
+        let dst = tmp.path().join(k);
+        fs::copy(vector_dir().join("keys").join(k), &dst).unwrap();
+        chmod(&dst, 0o600);
+    }
+    let reader = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/open-coffer.py");
+    let check_python = python_ok();
+    let mut failures = Vec::new();
+    for path in &paths {
+        let v = parse_vector(path);
+        let file = tmp.path().join(format!("{}.coffer", v.name));
+        fs::write(&file, &v.data).unwrap();
+        let identity = tmp.path().join(v.get("identity").expect("identity"));
+        let want: i32 = v.get("exit").expect("exit").parse().unwrap();
+        let out = coffer(&[
+            "open",
+            "-i",
+            identity.to_str().unwrap(),
+            file.to_str().unwrap(),
+        ]);
+        let err = stderr(&out);
+        if code(&out) != want {
+            failures.push(format!(
+                "{}: exit {} want {want}: {err}",
+                v.name,
+                code(&out)
+            ));
+            continue;
+        }
+        for needle in v.all("stderr") {
+            if !err.contains(needle) {
+                failures.push(format!("{}: stderr lacks {needle:?}: {err}", v.name));
+            }
+        }
+        if want == 0 {
+            let got = hex::encode(Sha256::digest(&out.stdout));
+            if Some(got.as_str()) != v.get("payload-sha256") {
+                failures.push(format!("{}: payload hash {got}", v.name));
+            }
+        } else if err.lines().count() != 2 {
+            failures.push(format!(
+                "{}: want one error line and one hint: {err}",
+                v.name
+            ));
+        }
+        if check_python {
+            let py_want: i32 = v.get("python-exit").map_or(want, |s| s.parse().unwrap());
+            let py = Command::new("python3")
+                .arg(&reader)
+                .args([
+                    "open",
+                    "-i",
+                    identity.to_str().unwrap(),
+                    file.to_str().unwrap(),
+                ])
+                .output()
+                .unwrap();
+            let py_code = py.status.code().unwrap();
+            if py_code != py_want {
+                failures.push(format!(
+                    "{}: python reader exit {py_code} want {py_want}: {}",
+                    v.name,
+                    String::from_utf8_lossy(&py.stderr)
+                ));
+            } else if want == 0
+                && Some(hex::encode(Sha256::digest(&py.stdout)).as_str()) != v.get("payload-sha256")
+            {
+                failures.push(format!("{}: python reader payload differs", v.name));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} vector failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The generator.
+
+const CS: usize = 64;
+const CS_U32: u32 = 64;
+const FULL: usize = CS + 16;
+
+struct Gen {
+    dir: PathBuf,
+}
+
+impl Gen {
+    fn write(&self, name: &str, fields: &[(&str, String)], data: &[u8]) {
+        let mut out = Vec::new();
+        for (k, v) in fields {
+            out.extend_from_slice(format!("{k}: {v}\n").as_bytes());
+        }
+        out.push(b'\n');
+        out.extend_from_slice(data);
+        fs::write(self.dir.join(format!("{name}.vector")), out).unwrap();
+    }
+
+    fn fail(
+        &self,
+        name: &str,
+        comment: &str,
+        identity: &str,
+        exit: i32,
+        stderr: &[&str],
+        data: &[u8],
+    ) {
+        self.fail_py(name, comment, identity, exit, exit, stderr, data);
+    }
+
+    /// A failure case where the Python reader's exit code differs from coffer's.
+    #[allow(clippy::too_many_arguments)]
+    fn fail_py(
+        &self,
+        name: &str,
+        comment: &str,
+        identity: &str,
+        exit: i32,
+        py: i32,
+        stderr: &[&str],
+        data: &[u8],
+    ) {
+        let mut f = vec![
+            ("comment", comment.to_owned()),
+            ("identity", identity.to_owned()),
+            ("exit", exit.to_string()),
+        ];
+        if py != exit {
+            f.push(("python-exit", py.to_string()));
+        }
+        for s in stderr {
+            f.push(("stderr", (*s).to_owned()));
+        }
+        self.write(name, &f, data);
+    }
+}
+
+fn seal_with(recipients: &[coffer::envelope::Recipient], plain: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let meta = coffer::envelope::Metadata {
+        created: "2026-11-22T00:00:00Z".into(),
+        job: Some("vectors".into()),
+        ..Default::default()
+    };
+    let mut w = coffer::envelope::seal(recipients, meta, CS_U32, Vec::new()).unwrap();
+    w.write_all(plain).unwrap();
+    w.finish().unwrap()
+}
+
+/// Offsets of interesting header fields, walked from the layout in FORMAT.md.
+struct Layout {
+    header: usize,
+    meta: usize,
+    count: usize,
+    stanza_fp: Vec<usize>,
+    stanza_body: Vec<usize>,
+}
+
+fn layout(file: &[u8]) -> Layout {
+    let (_, header) = coffer::envelope::Header::parse(file).unwrap();
+    let meta = 12 + 4 + 32 + 4;
+    let meta_len = u32::from_be_bytes(file[48..52].try_into().unwrap()) as usize;
+    let count = meta + meta_len;
+    let n = u16::from_be_bytes(file[count..count + 2].try_into().unwrap());
+    let mut at = count + 2;
+    let (mut fps, mut bodies) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let kind_len = file[at] as usize;
+        at += 1 + kind_len;
+        fps.push(at);
+        at += 32;
+        let len = u32::from_be_bytes(file[at..at + 4].try_into().unwrap()) as usize;
+        at += 4;
+        bodies.push(at);
+        at += len;
+    }
+    assert_eq!(at + 32, header);
+    Layout {
+        header,
+        meta,
+        count,
+        stanza_fp: fps,
+        stanza_body: bodies,
+    }
+}
+
+fn flip(data: &[u8], at: usize) -> Vec<u8> {
+    let mut d = data.to_vec();
+    d[at] ^= 0x01;
+    d
+}
+
+#[test]
+#[ignore = "writes tests/vectors; run only for a deliberate format change"]
+#[allow(clippy::too_many_lines)] // one table of cases reads better than many helpers
+fn write_vectors() {
+    assert!(
+        std::env::var_os("COFFER_WRITE_VECTORS").is_some(),
+        "set COFFER_WRITE_VECTORS=1"
+    );
+    let g = Gen { dir: vector_dir() };
+    let keys = g.dir.join("keys");
+    fs::create_dir_all(&keys).unwrap();
+    for old in fs::read_dir(&g.dir).unwrap() {
+        let p = old.unwrap().path();
+        if p.extension().is_some_and(|e| e == "vector") {
+            fs::remove_file(p).unwrap();
+        }
+    }
+    if !keys.join("rsa.pem").exists() {
+        ok(&[
+            "keygen",
+            "--type",
+            "rsa",
+            "--bits",
+            "2048",
+            "--out",
+            keys.join("rsa.pem").to_str().unwrap(),
+        ]);
+        ok(&[
+            "keygen",
+            "--type",
+            "age",
+            "--out",
+            keys.join("age.key").to_str().unwrap(),
+        ]);
+        ok(&[
+            "keygen",
+            "--type",
+            "age",
+            "--out",
+            keys.join("other.key").to_str().unwrap(),
+        ]);
+        fs::remove_file(keys.join("other.key.pub")).unwrap();
+    }
+    let cb = coffer::envelope::no_passphrase();
+    let mut recipients = coffer::envelope::parse_recipients_file(
+        &fs::read_to_string(keys.join("rsa.pem.pub")).unwrap(),
+        &cb,
+    )
+    .unwrap();
+    recipients.extend(
+        coffer::envelope::parse_recipients_file(
+            &fs::read_to_string(keys.join("age.key.pub")).unwrap(),
+            &cb,
+        )
+        .unwrap(),
+    );
+    let rsa_id = coffer::envelope::parse_identities(
+        &zeroize::Zeroizing::new(fs::read_to_string(keys.join("rsa.pem")).unwrap()),
+        "rsa",
+        &cb,
+    )
+    .unwrap();
+
+    let plain = pattern(200, 7); // chunks of 64, 64, 64 and 8 bytes
+    let hash = |d: &[u8]| hex::encode(Sha256::digest(d));
+    let good = seal_with(&recipients, &plain);
+    let l = layout(&good);
+    let h = l.header;
+    let chunk = |i: usize| h + i * FULL;
+    for (name, id) in [("good-rsa", "rsa.pem"), ("good-age", "age.key")] {
+        g.write(
+            name,
+            &[
+                (
+                    "comment",
+                    "200 bytes in 4 chunks, sealed to an RSA and an age key".into(),
+                ),
+                ("identity", id.into()),
+                ("exit", "0".into()),
+                ("payload-sha256", hash(&plain)),
+            ],
+            &good,
+        );
+    }
+    let empty = seal_with(&recipients, b"");
+    g.write(
+        "good-empty",
+        &[
+            (
+                "comment",
+                "an empty payload is one empty final chunk".into(),
+            ),
+            ("identity", "rsa.pem".into()),
+            ("exit", "0".into()),
+            ("payload-sha256", hash(b"")),
+        ],
+        &empty,
+    );
+    let exact = seal_with(&recipients, &plain[..128]);
+    g.write(
+        "good-exact-multiple",
+        &[
+            (
+                "comment",
+                "128 bytes: two full chunks, the second final".into(),
+            ),
+            ("identity", "age.key".into()),
+            ("exit", "0".into()),
+            ("payload-sha256", hash(&plain[..128])),
+        ],
+        &exact,
+    );
+
+    g.fail(
+        "wrong-key",
+        "an age key that is not a recipient",
+        "other.key",
+        4,
+        &[
+            "no identity given can open this file",
+            "rsa-oaep-sha256 SHA256:",
+        ],
+        &good,
+    );
+    g.fail(
+        "header-magic",
+        "first byte of the magic changed",
+        "rsa.pem",
+        3,
+        &["not a coffer file"],
+        &flip(&good, 0),
+    );
+    let mut v2 = good.clone();
+    v2[7] = 2;
+    g.fail(
+        "header-version",
+        "version 2",
+        "rsa.pem",
+        3,
+        &["unsupported format version 2"],
+        &v2,
+    );
+    g.fail(
+        "header-chunk-size",
+        "chunk size changed",
+        "rsa.pem",
+        3,
+        &["header authentication failed"],
+        &flip(&good, 15),
+    );
+    g.fail(
+        "header-salt",
+        "salt changed",
+        "rsa.pem",
+        3,
+        &["header authentication failed"],
+        &flip(&good, 20),
+    );
+    let job_at = l.meta
+        + good[l.meta..l.count]
+            .windows(7)
+            .position(|w| w == b"vectors")
+            .unwrap();
+    g.fail(
+        "header-metadata",
+        "job name in the metadata changed (still valid JSON)",
+        "age.key",
+        3,
+        &["header authentication failed"],
+        &flip(&good, job_at),
+    );
+    g.fail(
+        "header-count",
+        "stanza count changed",
+        "rsa.pem",
+        3,
+        &["header is malformed"],
+        &flip(&good, l.count + 1),
+    );
+    g.fail(
+        "header-length",
+        "header length field changed",
+        "rsa.pem",
+        3,
+        &["header is malformed"],
+        &flip(&good, 11),
+    );
+    g.fail_py(
+        "stanza-rsa-fingerprint",
+        "RSA stanza's fingerprint changed: found by trial, then the MAC fails",
+        "rsa.pem",
+        3,
+        4,
+        &["header authentication failed"],
+        &flip(&good, l.stanza_fp[0] + 3),
+    );
+    g.fail(
+        "stanza-rsa-body",
+        "RSA stanza's wrapped key changed",
+        "rsa.pem",
+        3,
+        &["recipient stanza 0 (rsa-oaep-sha256", "damaged"],
+        &flip(&good, l.stanza_body[0] + 100),
+    );
+    g.fail_py(
+        "stanza-age-body",
+        "age stanza's body changed",
+        "age.key",
+        3,
+        4,
+        &["recipient stanza 1 (age", "damaged"],
+        &flip(&good, l.stanza_body[1] + 60),
+    );
+    g.fail(
+        "header-mac",
+        "last byte of the header MAC changed",
+        "rsa.pem",
+        3,
+        &["header authentication failed"],
+        &flip(&good, h - 1),
+    );
+    g.fail(
+        "header-truncated",
+        "the file ends inside the header",
+        "rsa.pem",
+        3,
+        &["header is truncated"],
+        &good[..h - 10],
+    );
+    g.fail(
+        "no-payload",
+        "a header and nothing else",
+        "rsa.pem",
+        3,
+        &["truncated"],
+        &good[..h],
+    );
+    g.fail(
+        "chunk-first",
+        "a byte of chunk 0 changed",
+        "rsa.pem",
+        3,
+        &[&format!("chunk 0 (byte offset {h}) failed authentication")],
+        &flip(&good, chunk(0) + 5),
+    );
+    g.fail(
+        "chunk-middle",
+        "a byte of chunk 1 changed",
+        "rsa.pem",
+        3,
+        &[&format!(
+            "chunk 1 (byte offset {}) failed authentication",
+            chunk(1)
+        )],
+        &flip(&good, chunk(1) + 70),
+    );
+    g.fail(
+        "chunk-last",
+        "a byte of the final chunk's tag changed",
+        "rsa.pem",
+        3,
+        &[&format!(
+            "chunk 3 (byte offset {}) failed authentication",
+            chunk(3)
+        )],
+        &flip(&good, good.len() - 1),
+    );
+    let mut swapped = good[..chunk(1)].to_vec();
+    swapped.extend_from_slice(&good[chunk(2)..chunk(3)]);
+    swapped.extend_from_slice(&good[chunk(1)..chunk(2)]);
+    swapped.extend_from_slice(&good[chunk(3)..]);
+    g.fail(
+        "chunks-swapped",
+        "chunks 1 and 2 swapped",
+        "rsa.pem",
+        3,
+        &["chunk 1 (byte offset"],
+        &swapped,
+    );
+    let mut dup = good[..chunk(2)].to_vec();
+    dup.extend_from_slice(&good[chunk(1)..]);
+    g.fail(
+        "chunk-duplicated",
+        "chunk 1 appears twice",
+        "rsa.pem",
+        3,
+        &["chunk 2 (byte offset"],
+        &dup,
+    );
+    let mut dropped = good[..chunk(1)].to_vec();
+    dropped.extend_from_slice(&good[chunk(2)..]);
+    g.fail(
+        "chunk-dropped",
+        "chunk 1 removed",
+        "rsa.pem",
+        3,
+        &["chunk 1 (byte offset"],
+        &dropped,
+    );
+    g.fail(
+        "truncated-at-boundary",
+        "the file ends after chunk 2, a non-final chunk",
+        "rsa.pem",
+        3,
+        &["truncated: the stream ends after chunk 2"],
+        &good[..chunk(3)],
+    );
+    g.fail(
+        "truncated-inside-chunk",
+        "the file ends in the middle of chunk 1",
+        "rsa.pem",
+        3,
+        &["chunk 1 (byte offset"],
+        &good[..chunk(1) + 30],
+    );
+    g.fail(
+        "truncated-inside-last",
+        "the file ends inside the final chunk",
+        "rsa.pem",
+        3,
+        &["chunk 3 (byte offset"],
+        &good[..good.len() - 3],
+    );
+    let mut appended = good.clone();
+    appended.extend_from_slice(b"extra");
+    g.fail(
+        "appended-short",
+        "bytes appended after a short final chunk",
+        "rsa.pem",
+        3,
+        &["chunk 3 (byte offset"],
+        &appended,
+    );
+    let mut appended_full = exact.clone();
+    appended_full.extend_from_slice(&[0u8; 100]);
+    g.fail(
+        "appended-after-full-final",
+        "100 bytes appended after a full final chunk",
+        "rsa.pem",
+        3,
+        &["trailing data after the final chunk 1"],
+        &appended_full,
+    );
+    g.fail(
+        "empty-file",
+        "zero bytes",
+        "rsa.pem",
+        3,
+        &["header is truncated"],
+        b"",
+    );
+
+    // Crafted payloads, sealed with the real payload key of `good`'s header.
+    let (header, raw) = coffer::envelope::Header::read(&mut &good[..]).unwrap();
+    let data_key = header
+        .unwrap_key(std::slice::from_ref(&rsa_id), &raw)
+        .unwrap();
+    let payload_key = data_key.payload_key(&header.salt);
+    let aead = Aes256Gcm::new((&*payload_key).into());
+    let seal_chunk = |i: u64, last: bool, data: &[u8]| {
+        let mut n = [0u8; 12];
+        n[3..11].copy_from_slice(&i.to_be_bytes());
+        n[11] = u8::from(last);
+        let mut buf = data.to_vec();
+        let tag = aead
+            .encrypt_in_place_detached(&n.into(), b"", &mut buf)
+            .unwrap();
+        buf.extend_from_slice(&tag);
+        buf
+    };
+    let mut two_final = raw.clone();
+    two_final.extend(seal_chunk(0, true, &plain[..64]));
+    two_final.extend(seal_chunk(1, true, &plain[64..72]));
+    g.fail(
+        "two-final-chunks",
+        "chunk 0 flagged final, then another final chunk",
+        "rsa.pem",
+        3,
+        &["trailing data after the final chunk 0"],
+        &two_final,
+    );
+    let mut empty_final = raw.clone();
+    empty_final.extend(seal_chunk(0, false, &plain[..64]));
+    empty_final.extend(seal_chunk(1, true, b""));
+    g.fail(
+        "empty-final-after-data",
+        "a full chunk then an empty final chunk (non-canonical)",
+        "rsa.pem",
+        3,
+        &["empty final chunk"],
+        &empty_final,
+    );
+    let mut no_final = raw.clone();
+    no_final.extend(seal_chunk(0, false, &plain[..64]));
+    no_final.extend(seal_chunk(1, false, &plain[64..80]));
+    g.fail(
+        "no-final-flag",
+        "the last chunk is not flagged final",
+        "rsa.pem",
+        3,
+        &["truncated"],
+        &no_final,
+    );
+}
