@@ -9,11 +9,11 @@ set -euo pipefail
 packages=(
   ca-certificates build-essential pkg-config libssl-dev
   openssl age zstd time bsdutils procps
-  python3 python3-cryptography
+  python3 python3-cryptography python3-prometheus-client
   openssh-client openssh-server
   mariadb-server mariadb-client
   postgresql postgresql-client
-  sqlite3
+  sqlite3 minisign
 )
 
 sudo=""
@@ -31,9 +31,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # The `python3` first on PATH may not be Debian's (pyenv, venv): make sure it
-# can import cryptography too.
+# can import cryptography (the independent reader) and prometheus_client (the
+# reference parser the metrics test uses).
 if ! python3 -c 'import cryptography' 2>/dev/null; then
   python3 -m pip install --quiet cryptography
+fi
+if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+  python3 -m pip install --quiet prometheus-client
 fi
 
 if ! command -v cargo >/dev/null; then

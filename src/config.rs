@@ -46,6 +46,20 @@ pub struct Job {
     /// root, else in `$XDG_RUNTIME_DIR` or the temporary directory.
     #[serde(default)]
     pub lock_file: Option<PathBuf>,
+    /// A minisign secret key (unencrypted, mode 0600): each sidecar gets a
+    /// detached `.minisig` signature.
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
+    /// The matching public key: `verify` then requires a good signature.
+    #[serde(default)]
+    pub signing_public_key: Option<PathBuf>,
+    /// A command (argv, no shell) run after a successful backup, with the
+    /// run's summary as JSON on stdin.
+    #[serde(default)]
+    pub on_success: Vec<String>,
+    /// The same, after a failed backup.
+    #[serde(default)]
+    pub on_failure: Vec<String>,
 }
 
 impl<'de> Deserialize<'de> for Compression {
@@ -335,6 +349,12 @@ impl Config {
             if !looks_like_key && Path::new(r).is_relative() {
                 *r = base.join(&*r).display().to_string();
             }
+        }
+        for k in [&mut self.job.signing_key, &mut self.job.signing_public_key]
+            .into_iter()
+            .flatten()
+        {
+            fix(k);
         }
         if let Some(l) = &mut self.job.lock_file {
             fix(l);

@@ -110,6 +110,10 @@ pub enum Error {
         source: crate::legacy::LegacyError,
     },
 
+    /// A signing key or signing public key that cannot be used.
+    #[error("{}: {message}", .path.display())]
+    Signing { path: PathBuf, message: String },
+
     #[error("{failed} of {total} backups failed verification")]
     VerifyFailed { failed: usize, total: usize },
 
@@ -173,6 +177,7 @@ impl Error {
                 _ => Class::Integrity,
             },
             Error::HostKey { .. }
+            | Error::Signing { .. }
             | Error::StoresFailed {
                 key_problem: true, ..
             } => Class::Key,
@@ -223,6 +228,9 @@ impl Error {
             ),
             Error::HostKey { line: None, .. } => Some(
                 "if the server's key really changed, verify the new fingerprint out of band and replace its known_hosts line".into(),
+            ),
+            Error::Signing { .. } => Some(
+                "make a signing key pair with `coffer keygen --type signing --out PATH` (or `minisign -G -W`)".into(),
             ),
             Error::Io { .. } | Error::Usage(_) | Error::Store { .. } => None,
         }

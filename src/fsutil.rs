@@ -173,6 +173,34 @@ pub fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     f.commit()
 }
 
+/// Replaces `path` atomically with `contents` (temporary name, fsync,
+/// rename): for files that are meant to be overwritten, such as a metrics
+/// file that a collector may read at any moment.
+pub fn replace(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(|e| Error::io(&tmp, "create", e))?;
+        // Exactly `mode`, whatever the umask (a run sets 077).
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .and_then(|()| f.write_all(contents))
+            .and_then(|()| f.sync_all())
+            .map_err(|e| Error::io(&tmp, "write", e))?;
+        fs::rename(&tmp, path).map_err(|e| Error::io(path, "replace", e))?;
+        sync_parent(path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

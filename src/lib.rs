@@ -6,8 +6,10 @@
 //!
 //! - [`source`]: database dumps, files and commands, streamed.
 //! - [`archive`]: tar over zstd/gzip, bounded memory.
-//! - [`store`]: where sealed backups live (local directory; SFTP next).
+//! - [`store`]: where sealed backups live (local directory, SFTP).
 //! - [`manifest`], [`retention`]: sidecar manifests and what to keep.
+//! - [`signing`]: optional minisign signatures on sidecars.
+//! - [`metrics`]: the Prometheus textfile a run leaves for monitoring.
 //! - [`config`]: the TOML configuration.
 //! - [`envelope`]: the sealed file format (docs/FORMAT.md): header, key wrapping, STREAM.
 //! - [`fsutil`]: safe writes (temporary name, fsync, no-overwrite rename) and permission checks.
@@ -24,8 +26,10 @@ pub mod error;
 pub mod fsutil;
 pub mod legacy;
 pub mod manifest;
+pub mod metrics;
 pub mod pipeline;
 pub mod retention;
+pub mod signing;
 pub mod source;
 pub mod store;
 

@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use crate::pipeline::backup;
+use crate::pipeline::{backup, notify};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -13,10 +13,54 @@ pub struct Args {
     /// Check everything and print the plan; dump, write and delete nothing
     #[arg(long)]
     dry_run: bool,
+    /// Write a Prometheus textfile-collector file here after the run, whatever its result
+    #[arg(long, value_name = "PATH")]
+    metrics_file: Option<PathBuf>,
 }
 
 pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
-    let s = backup::run(&a.config, a.job.as_deref(), a.dry_run)?;
+    let started = chrono::Utc::now();
+    let config = backup::load_config(&a.config, a.job.as_deref());
+    let result = match &config {
+        Ok(c) => backup::run(c.clone(), a.dry_run),
+        Err(_) => Err(config.as_ref().err().map_or_else(
+            || crate::Error::Usage("no configuration".into()),
+            |e| crate::Error::Usage(crate::cli_chain(e)),
+        )),
+    };
+    if a.dry_run {
+        print_summary(a, out, &result?);
+        return Ok(());
+    }
+    let job = match &config {
+        Ok(c) => c.job.name.clone(),
+        Err(_) => a.job.clone().unwrap_or_else(|| {
+            a.config
+                .file_stem()
+                .map_or_else(|| "coffer".into(), |s| s.to_string_lossy().into_owned())
+        }),
+    };
+    let outcome = notify::Outcome::new(config.as_ref().ok(), &job, started, &result);
+    if let Some(path) = &a.metrics_file {
+        if let Err(e) = notify::write_metrics(path, &outcome) {
+            out.warn(&format!("metrics file: {}", crate::cli_chain(&e)));
+        }
+    }
+    if let Ok(c) = &config {
+        if let Some(w) = notify::run_hook(c, &outcome) {
+            out.warn(&w);
+        }
+    }
+    // A config that failed to load keeps its own error (and exit code).
+    let s = match (config, result) {
+        (Err(e), _) | (Ok(_), Err(e)) => return Err(e.into()),
+        (Ok(_), Ok(s)) => s,
+    };
+    print_summary(a, out, &s);
+    Ok(())
+}
+
+fn print_summary(a: &Args, out: &super::Output, s: &backup::Summary) {
     for w in &s.warnings {
         // A dry run's "warnings" are its plan.
         if a.dry_run {
@@ -26,7 +70,7 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
         }
     }
     if a.dry_run {
-        return Ok(());
+        return;
     }
     let deleted: Vec<String> = s
         .pruned
@@ -61,5 +105,4 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
         }),
         false,
     );
-    Ok(())
 }

@@ -10,6 +10,8 @@ pub enum Type {
     Rsa,
     /// age X25519 (AGE-SECRET-KEY-1…); public key as an age1… recipient
     Age,
+    /// Ed25519 in minisign's format, for signing sidecars (`signing_key`)
+    Signing,
 }
 
 #[derive(Debug, clap::Args)]
@@ -29,10 +31,23 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     let kind = match a.kind {
         Type::Rsa => KeyType::Rsa { bits: a.bits },
         Type::Age => KeyType::Age,
+        Type::Signing => KeyType::Signing,
     };
     let g = keygen(kind, &a.out)?;
-    eprintln!("private key: {} (keep it offline)", g.private.display());
+    let where_ = if matches!(a.kind, Type::Signing) {
+        "for the backup host only"
+    } else {
+        "keep it offline"
+    };
+    eprintln!("private key: {} ({where_})", g.private.display());
     eprintln!("public key:  {}", g.public.display());
+    if matches!(a.kind, Type::Signing) {
+        eprintln!(
+            "key id:      {} (set signing_key on the backup host, signing_public_key where you verify)",
+            g.recipient.unwrap_or_default()
+        );
+        return Ok(());
+    }
     eprintln!("fingerprint: {} {}", g.kind, g.fingerprint);
     if let Some(r) = g.recipient {
         eprintln!("recipient:   {r}");

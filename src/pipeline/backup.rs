@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{self, Inner, MemberEntry, Sidecar, SourceEntry};
 use crate::pipeline::job::{self, Job};
 use crate::pipeline::retention::{self, PruneReport};
+use crate::signing::SIGNATURE_SUFFIX;
 use crate::source::{Entry, Sink};
 use crate::store::{Store, Upload};
 
@@ -25,6 +26,8 @@ use crate::store::{Store, Upload};
 pub struct Summary {
     pub name: String,
     pub size: u64,
+    /// Bytes read from the sources, before compression.
+    pub bytes_in: u64,
     pub duration_ms: u64,
     pub stores: Vec<String>,
     pub pruned: Vec<PruneReport>,
@@ -179,6 +182,7 @@ fn unique_name(job: &Job, now: chrono::DateTime<chrono::Utc>) -> Result<String> 
                 manifest::SIDECAR_SUFFIX,
                 ".coffer.partial",
                 ".coffer.json.partial",
+                ".coffer.json.minisig",
             ] {
                 if store.stat(&format!("{name}{suffix}"))?.is_some() {
                     taken = true;
@@ -192,14 +196,19 @@ fn unique_name(job: &Job, now: chrono::DateTime<chrono::Utc>) -> Result<String> 
     Err(Error::Usage(format!("no free backup name for {base}")))
 }
 
-pub fn run(config_path: &Path, job_name: Option<&str>, dry_run: bool) -> Result<Summary> {
-    let started = Instant::now();
-    // Everything this run creates (uploads, sidecars, the lock) is private.
-    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+/// The configuration a run uses: the file, with `--job` applied.
+pub fn load_config(config_path: &Path, job_name: Option<&str>) -> Result<Config> {
     let mut config = Config::load(config_path)?;
     if let Some(n) = job_name {
         n.clone_into(&mut config.job.name);
     }
+    Ok(config)
+}
+
+pub fn run(config: Config, dry_run: bool) -> Result<Summary> {
+    let started = Instant::now();
+    // Everything this run creates (uploads, sidecars, the lock) is private.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     if dry_run {
         let problems = job::check(&config);
         if !problems.is_empty() {
@@ -227,14 +236,17 @@ pub fn run(config_path: &Path, job_name: Option<&str>, dry_run: bool) -> Result<
         return Ok(Summary {
             name,
             size: 0,
+            bytes_in: 0,
             duration_ms: 0,
             stores: job.stores.iter().map(|s| s.name().to_owned()).collect(),
             pruned: Vec::new(),
             warnings: plan,
         });
     }
-    crate::cancel::install_signal_handlers()
-        .map_err(|e| Error::io(config_path, "install signal handlers", e))?;
+    crate::cancel::install_signal_handlers().map_err(|e| Error::Store {
+        store: "signals".into(),
+        message: format!("cannot install signal handlers: {e}"),
+    })?;
 
     let stored = seal_and_store(&job, &name, now, started)?;
     // Only now, and only where the new backup is complete, is anything deleted.
@@ -273,6 +285,7 @@ pub fn run(config_path: &Path, job_name: Option<&str>, dry_run: bool) -> Result<
     Ok(Summary {
         name,
         size: stored.sidecar.size,
+        bytes_in: stored.bytes_in,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         stores: job.stores.iter().map(|s| s.name().to_owned()).collect(),
         pruned,
@@ -330,6 +343,7 @@ fn seal_and_store(
             })
             .collect(),
     };
+    let bytes_in = inner.members.iter().map(|m| m.size).sum();
     let inner_json = serde_json::to_vec_pretty(&inner).map_err(|e| Error::Usage(e.to_string()))?;
     let sealer = archive
         .finish(manifest::INNER_NAME, &inner_json)
@@ -378,9 +392,11 @@ fn seal_and_store(
             .collect(),
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     };
-    let (done, failed) = finish_stores(job, &sidecar, complete, failed);
+    let files = sidecar_files(job, &sidecar)?;
+    let (done, failed) = finish_stores(job, &files, complete, failed);
     Ok(Stored {
         sidecar,
+        bytes_in,
         warnings,
         complete: done,
         failed,
@@ -415,7 +431,7 @@ fn open_uploads<'a>(job: &'a Job, sealed_file: &str) -> Result<Fanout<'a>> {
 /// that dropped out from one that has the finished backup.
 fn finish_stores(
     job: &Job,
-    sidecar: &Sidecar,
+    sidecar: &SidecarFiles,
     complete: Vec<usize>,
     mut failed: Vec<(usize, Error)>,
 ) -> (Vec<usize>, Vec<(usize, Error)>) {
@@ -484,18 +500,58 @@ fn dump_sources<W: Write>(
     Ok((entries, warnings))
 }
 
-/// The sidecar goes last: until it exists, the sealed file is not a backup.
-fn write_sidecar(store: &dyn Store, sidecar: &Sidecar) -> Result<()> {
+/// The sidecar exactly as written to every store, and its signature.
+struct SidecarFiles {
+    sidecar: Sidecar,
+    json: Vec<u8>,
+    signature: Option<String>,
+}
+
+fn sidecar_files(job: &Job, sidecar: &Sidecar) -> Result<SidecarFiles> {
     let json = serde_json::to_vec_pretty(sidecar).map_err(|e| Error::Usage(e.to_string()))?;
-    let mut u = store.put(&sidecar.file_name())?;
-    u.write_all(&json)
-        .map_err(|e| Error::io(sidecar.file_name(), "write", e))?;
+    let signature = match &job.signer {
+        Some(signer) => Some(
+            signer
+                .sign(&json, &sidecar.file_name())
+                .map_err(|message| Error::Signing {
+                    path: job.config.job.signing_key.clone().unwrap_or_default(),
+                    message,
+                })?,
+        ),
+        None => None,
+    };
+    Ok(SidecarFiles {
+        sidecar: sidecar.clone(),
+        json,
+        signature,
+    })
+}
+
+/// The sidecar goes last: until it exists, the sealed file is not a backup.
+/// Its signature goes just before it.
+fn write_sidecar(store: &dyn Store, files: &SidecarFiles) -> Result<()> {
+    let name = files.sidecar.file_name();
+    if let Some(sig) = &files.signature {
+        let sig_name = format!("{name}{SIGNATURE_SUFFIX}");
+        // Left by an attempt that failed before its sidecar: not part of any backup.
+        if store.stat(&sig_name)?.is_some() {
+            store.delete(&sig_name)?;
+        }
+        let mut u = store.put(&sig_name)?;
+        u.write_all(sig.as_bytes())
+            .map_err(|e| Error::io(&sig_name, "write", e))?;
+        u.commit()?;
+    }
+    let mut u = store.put(&name)?;
+    u.write_all(&files.json)
+        .map_err(|e| Error::io(&name, "write", e))?;
     u.commit()
 }
 
 /// Copies a complete backup between stores, checking the hash on the way,
 /// with a few attempts and backoff (the target may be reconnecting).
-fn copy_backup(from: &dyn Store, to: &dyn Store, sidecar: &Sidecar) -> Result<()> {
+fn copy_backup(from: &dyn Store, to: &dyn Store, files: &SidecarFiles) -> Result<()> {
+    let sidecar = &files.sidecar;
     let sealed = sidecar.sealed_name();
     let mut delay = std::time::Duration::from_secs(1);
     let mut last = None;
@@ -530,7 +586,7 @@ fn copy_backup(from: &dyn Store, to: &dyn Store, sidecar: &Sidecar) -> Result<()
                 });
             }
             u.commit()?;
-            write_sidecar(to, sidecar)
+            write_sidecar(to, files)
         })();
         match attempt {
             Ok(()) => return Ok(()),
@@ -545,6 +601,7 @@ fn copy_backup(from: &dyn Store, to: &dyn Store, sidecar: &Sidecar) -> Result<()
 /// What a run left in its stores.
 struct Stored {
     sidecar: Sidecar,
+    bytes_in: u64,
     warnings: Vec<String>,
     /// Stores holding the complete backup.
     complete: Vec<usize>,

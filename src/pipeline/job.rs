@@ -3,7 +3,7 @@
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::config::{self, Config};
 use crate::envelope::Recipient;
@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::pipeline::keys::load_recipients;
 use crate::retention::Policy;
+use crate::signing::{Signer, Verifier};
 use crate::source::{
     CommandSource, FilesSource, MysqlSource, PostgresSource, Source, SqliteSource,
 };
@@ -24,6 +25,7 @@ pub struct Job {
     /// Whether retention applies in each store.
     pub prune: Vec<bool>,
     pub policy: Policy,
+    pub signer: Option<Signer>,
 }
 
 pub fn policy(c: &config::Job) -> Policy {
@@ -44,7 +46,31 @@ fn secret_files(c: &Config) -> Vec<PathBuf> {
             config::Source::Postgres { passfile, .. } => passfile.clone(),
             _ => None,
         })
+        .chain(c.job.signing_key.clone())
         .collect()
+}
+
+/// The job's signing key, if it has one.
+pub fn load_signer(c: &Config) -> Result<Option<Signer>> {
+    let Some(path) = &c.job.signing_key else {
+        return Ok(None);
+    };
+    let text = fsutil::read_secret(path)?;
+    Signer::parse(&text)
+        .map(Some)
+        .map_err(|message| Error::Signing {
+            path: path.clone(),
+            message,
+        })
+}
+
+/// A signing public key for `verify`.
+pub fn load_verifier(path: &Path) -> Result<Verifier> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+    Verifier::parse(&text).map_err(|message| Error::Signing {
+        path: path.to_path_buf(),
+        message,
+    })
 }
 
 fn build_source(s: &config::Source) -> Box<dyn Source> {
@@ -171,6 +197,7 @@ pub fn prepare(config: Config, create_dirs: bool) -> Result<Job> {
         fsutil::check_private(&f)?;
     }
     let recipients = load_recipients(&config.job.recipients, &[] as &[PathBuf])?;
+    let signer = load_signer(&config)?;
     let sources = config.sources.iter().map(build_source).collect();
     let mut stores = Vec::new();
     let mut prune = Vec::new();
@@ -186,6 +213,7 @@ pub fn prepare(config: Config, create_dirs: bool) -> Result<Job> {
     }
     Ok(Job {
         policy: policy(&config.job),
+        signer,
         config,
         recipients,
         sources,
@@ -207,6 +235,14 @@ pub fn check(config: &Config) -> Vec<String> {
     }
     if let Err(e) = load_recipients(&config.job.recipients, &[] as &[PathBuf]) {
         problems.push(format!("recipients: {}", crate::cli_chain(&e)));
+    }
+    if let Err(e @ Error::Signing { .. }) = load_signer(config) {
+        problems.push(format!("signing_key: {e}"));
+    }
+    if let Some(p) = &config.job.signing_public_key {
+        if let Err(e) = load_verifier(p) {
+            problems.push(format!("signing_public_key: {}", crate::cli_chain(&e)));
+        }
     }
     for s in &config.sources {
         let src = build_source(s);

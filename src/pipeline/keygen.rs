@@ -8,8 +8,12 @@ use crate::fsutil;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyType {
-    Rsa { bits: usize },
+    Rsa {
+        bits: usize,
+    },
     Age,
+    /// A minisign (Ed25519) key pair for signing sidecars.
+    Signing,
 }
 
 pub struct Generated {
@@ -36,12 +40,25 @@ pub fn keygen(kind: KeyType, out: &Path) -> Result<Generated> {
     let (private_text, public_text, fp, kind_name, recipient) = match kind {
         KeyType::Rsa { bits } => {
             let (s, p, fp) = envelope::generate_rsa(bits).map_err(|e| Error::key(out, e))?;
-            (s, p, fp, envelope::RSA_KIND, None)
+            (s, p, Some(fp), envelope::RSA_KIND, None)
         }
         KeyType::Age => {
             let (s, p, fp) = envelope::generate_age();
             let r = p.trim().to_owned();
-            (s, p, fp, envelope::AGE_KIND, Some(r))
+            (s, p, Some(fp), envelope::AGE_KIND, Some(r))
+        }
+        KeyType::Signing => {
+            let (s, p) = crate::signing::generate().map_err(|message| Error::Signing {
+                path: out.to_path_buf(),
+                message,
+            })?;
+            let id = crate::signing::Verifier::parse(&p)
+                .map_err(|message| Error::Signing {
+                    path: out.to_path_buf(),
+                    message,
+                })?
+                .key_id();
+            (zeroize::Zeroizing::new(s), p, None, "minisign", Some(id))
         }
     };
     fsutil::write_new(out, private_text.as_bytes(), 0o600)?;
@@ -50,7 +67,9 @@ pub fn keygen(kind: KeyType, out: &Path) -> Result<Generated> {
         private: out.to_path_buf(),
         public,
         kind: kind_name,
-        fingerprint: format!("SHA256:{}", hex::encode(fp)),
+        fingerprint: fp
+            .map(|fp| format!("SHA256:{}", hex::encode(fp)))
+            .unwrap_or_default(),
         recipient,
     })
 }

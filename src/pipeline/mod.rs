@@ -10,6 +10,7 @@ pub mod keys;
 pub mod legacy;
 pub mod load;
 pub mod locate;
+pub mod notify;
 pub mod open;
 pub mod restore;
 pub mod retention;

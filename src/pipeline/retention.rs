@@ -8,6 +8,7 @@ use std::io::Read;
 use crate::error::Result;
 use crate::manifest::{Sidecar, SEALED_SUFFIX, SIDECAR_SUFFIX};
 use crate::retention::{self, Backup, Decision, Policy};
+use crate::signing::SIGNATURE_SUFFIX;
 use crate::store::Store;
 
 const STALE_PARTIAL_SECS: i64 = 24 * 3600;
@@ -127,6 +128,10 @@ pub fn apply(
             // Sidecar first: if interrupted, what remains is an incomplete
             // backup (never counted), not a sidecar pointing at nothing.
             store.delete(&format!("{}{SIDECAR_SUFFIX}", d.name))?;
+            let sig = format!("{}{SIDECAR_SUFFIX}{SIGNATURE_SUFFIX}", d.name);
+            if store.stat(&sig)?.is_some() {
+                store.delete(&sig)?;
+            }
             store.delete(&format!("{}{SEALED_SUFFIX}", d.name))?;
         }
         deleted.push(d.name.clone());

@@ -15,6 +15,7 @@ use crate::pipeline::locate::Catalog;
 use crate::pipeline::retention::State;
 use crate::pipeline::scratch::ScratchMariaDb;
 use crate::pipeline::walk::{walk, HashRead, WalkError, Walked};
+use crate::signing::{Verifier, SIGNATURE_SUFFIX};
 
 pub enum Select {
     All,
@@ -41,6 +42,10 @@ pub fn verify(
     identities: Option<&[Identity]>,
     restore_test: bool,
 ) -> Result<Vec<Report>> {
+    let verifier = match &config.job.signing_public_key {
+        Some(p) => Some(crate::pipeline::job::load_verifier(p)?),
+        None => None,
+    };
     let catalog = Catalog::load(config)?;
     let job = config.job.name.as_str();
     let level = match (identities.is_some(), restore_test) {
@@ -79,6 +84,9 @@ pub fn verify(
                     if sidecar.job != job {
                         continue;
                     }
+                    if let Some(v) = &verifier {
+                        check_signature(store, sidecar, v, &mut r);
+                    }
                     check_one(store, sidecar, identities, restore_test, &mut r);
                 }
                 (State::NoSidecar, _) => r
@@ -95,6 +103,50 @@ pub fn verify(
         }
     }
     Ok(reports)
+}
+
+/// The sidecar (which holds the ciphertext's SHA-256) must carry a good
+/// signature by the configured key: unsigned or forged fails.
+fn check_signature(
+    store: &dyn crate::store::Store,
+    sidecar: &Sidecar,
+    verifier: &Verifier,
+    r: &mut Report,
+) {
+    let name = sidecar.file_name();
+    let sig_name = format!("{name}{SIGNATURE_SUFFIX}");
+    let read = |file: &str| -> std::result::Result<Vec<u8>, String> {
+        let mut buf = Vec::new();
+        store
+            .get(file)
+            .map_err(|e| crate::cli_chain(&e))?
+            .take(1 << 20)
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("{file}: {e}"))?;
+        Ok(buf)
+    };
+    let json = match read(&name) {
+        Ok(j) => j,
+        Err(e) => return r.problems.push(e),
+    };
+    let signature = match store.stat(&sig_name) {
+        Ok(Some(_)) => match read(&sig_name) {
+            Ok(s) => String::from_utf8_lossy(&s).into_owned(),
+            Err(e) => return r.problems.push(e),
+        },
+        Ok(None) => {
+            return r.problems.push(format!(
+                "unsigned: {sig_name} is missing, and signing_public_key requires a signature"
+            ))
+        }
+        Err(e) => return r.problems.push(crate::cli_chain(&e)),
+    };
+    match verifier.verify(&json, &signature) {
+        Ok(()) => r
+            .checks
+            .push(format!("signed by key {}", verifier.key_id())),
+        Err(e) => r.problems.push(format!("signature: {e}")),
+    }
 }
 
 fn check_one(
