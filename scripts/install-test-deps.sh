@@ -14,6 +14,7 @@ packages=(
   mariadb-server mariadb-client
   postgresql postgresql-client
   sqlite3 minisign
+  man-db systemd adduser
 )
 
 sudo=""

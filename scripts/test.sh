@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs what the tests
 # need, then runs formatting and lint checks, every unit, property and
-# integration test, the fuzz targets' build, and the memory check.
+# integration test, the fuzz targets' build, the memory check, and the
+# Debian package's build and installation.
 #
 #   scripts/test.sh            # everything
 #   SKIP_INSTALL=1 scripts/test.sh
@@ -31,5 +32,8 @@ cargo build --manifest-path fuzz/Cargo.toml --quiet
 step "memory (release build): seal/open 1 GiB within 32 MiB of RSS, backup within 64 MiB"
 cargo build --release --quiet
 COFFER_BIN=target/release/coffer SIZE_MIB=1024 LIMIT_MIB=32 BACKUP_LIMIT_MIB=64 scripts/measure-memory.sh
+
+step "Debian package: cargo deb, dpkg -i, checks, purge"
+scripts/test-deb.sh
 
 printf '\nall checks passed\n'

@@ -136,6 +136,17 @@ pub enum Command {
     LegacyDecrypt(legacy::DecryptArgs),
     /// Re-seal a backup made by the old openssl recipe into a coffer file
     LegacyImport(legacy::ImportArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on stdout: `coffer man | man -l -`
+    Man {
+        /// Instead, write coffer.1 and a page per subcommand (coffer-backup.1, …) here
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -161,6 +172,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Seal(a) => seal::run(a),
         Command::Open(a) => open::run(&a),
         Command::Inspect(a) => inspect::run(&a),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "coffer",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man { dir: None } => {
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| Error::io("stdout", "write", e))?;
+            Ok(())
+        }
+        Command::Man { dir: Some(dir) } => {
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)
+                .map_err(|e| Error::io(&dir, "write manual pages to", e))?;
+            Ok(())
+        }
     }
 }
 
