@@ -48,3 +48,13 @@ fi
 grep -q "recipients is empty" <<<"$out" || fail "config check as coffer: $out"
 
 echo "test-deb: $deb installs and works"
+
+# The same files without a package manager, staged.
+stage=$(mktemp -d)
+DESTDIR="$stage" scripts/install.sh >/dev/null
+"$stage/usr/local/bin/coffer" --version >/dev/null || fail "staged install: no working binary"
+grep -q "ExecStart=/usr/local/bin/coffer" "$stage/etc/systemd/system/coffer-backup.service" \
+  || fail "staged install: units do not point at /usr/local/bin/coffer"
+[ "$(stat -c '%a' "$stage/etc/coffer/coffer.toml")" = "600" ] || fail "staged install: config mode"
+rm -rf "$stage"
+echo "test-deb: scripts/install.sh stages a working install"
