@@ -108,7 +108,7 @@ measure() {
   fi
   read -r secs rss < <(tail -n 1 t.out)
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$size" "$stage" "$tool" "$rep" "$secs" "$rss" >> results.tsv
-  printf '    %-8s %-30s %6.2f s %7.1f MiB\n' "$stage" "$tool" "$secs" "$(echo "$rss/1024" | bc -l)"
+  printf '    %-8s %-30s %6.2f s %7.1f MiB\n' "$stage" "$tool" "$secs" "$(awk -v r="$rss" 'BEGIN { print r / 1024 }')"
 }
 
 latest() { ls -t "$1"/*.coffer | head -n 1; }
@@ -134,7 +134,7 @@ for size in "${sizes[@]}"; do
     # an earlier repetition.
     rm -rf restic-repo borg-repo
     restic init -q -r restic-repo --password-file restic.pw >/dev/null
-    borg init -q -e repokey-blake2 borg-repo
+    borg init -e repokey-blake2 borg-repo 2>/dev/null
     for i in $(seq 0 $(( ${#backup_tools[@]} - 1 ))); do
       tool=${backup_tools[$(( (i + rot) % ${#backup_tools[@]} ))]}
       case $tool in
@@ -214,7 +214,8 @@ for (size, stage), tools in by.items():
         med = statistics.median(ts)
         rss = max(r for _, r in runs) / 1024
         ratio = med / base if base > 0 else float("nan")
-        print(f"| {tool} | {med:.2f} | {min(ts):.2f}–{max(ts):.2f} | {mb / med if med else float('inf'):.0f} | {rss:.0f} | {ratio:.2f}× |")
+        name = tool.replace("|", "\\|")
+        print(f"| {name} | {med:.2f} | {min(ts):.2f}–{max(ts):.2f} | {mb / med if med else float('inf'):.0f} | {rss:.0f} | {ratio:.2f}× |")
 PY
 } > "$out"
 cat "$out"

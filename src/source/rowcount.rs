@@ -70,8 +70,85 @@ impl RowCounter {
         *self.counts.entry(self.key()).or_insert(0) += 1;
     }
 
+    /// Most of a dump is the inside of `VALUES`: that state runs in a tight
+    /// loop of its own (it was a fifth of a live backup's CPU time when it
+    /// went through the general per-byte state machine).
+    fn scan_values(&mut self, data: &[u8], depth: u32, in_string: bool, escaped: bool) -> usize {
+        let (mut depth, mut in_string, mut escaped) = (depth, in_string, escaped);
+        let mut rows = 0u64;
+        let mut ended = false;
+        let mut i = 0;
+        while i < data.len() {
+            let b = data[i];
+            i += 1;
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == b'\'' {
+                    in_string = false;
+                }
+                continue;
+            }
+            match b {
+                b'\'' => in_string = true,
+                b'(' => {
+                    if depth == 0 {
+                        rows += 1;
+                    }
+                    depth += 1;
+                }
+                b')' => depth = depth.saturating_sub(1),
+                b';' if depth == 0 => {
+                    ended = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if rows > 0 {
+            *self.counts.entry(self.key()).or_insert(0) += rows;
+        }
+        self.state = if ended {
+            State::Skip
+        } else {
+            State::Values {
+                depth,
+                in_string,
+                escaped,
+            }
+        };
+        i
+    }
+
     pub fn feed(&mut self, data: &[u8]) {
-        for &b in data {
+        let mut i = 0;
+        while i < data.len() {
+            match self.state {
+                State::Values {
+                    depth,
+                    in_string,
+                    escaped,
+                } => {
+                    i += self.scan_values(&data[i..], depth, in_string, escaped);
+                    continue;
+                }
+                State::Skip => {
+                    // Comments and other statements: straight to the line's end.
+                    match data[i..].iter().position(|&b| b == b'\n') {
+                        Some(n) => {
+                            i += n + 1;
+                            self.state = State::LineStart;
+                        }
+                        None => i = data.len(),
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let b = data[i];
+            i += 1;
             let state = std::mem::take(&mut self.state);
             self.state = match state {
                 State::LineStart | State::Skip if b == b'\n' => State::LineStart,
@@ -105,56 +182,8 @@ impl RowCounter {
                         State::Head(h)
                     }
                 }
-                State::Values {
-                    depth,
-                    in_string: true,
-                    escaped,
-                } => match (escaped, b) {
-                    (false, b'\\') => State::Values {
-                        depth,
-                        in_string: true,
-                        escaped: true,
-                    },
-                    (false, b'\'') => State::Values {
-                        depth,
-                        in_string: false,
-                        escaped: false,
-                    },
-                    // An escaped byte, or any other byte of the string.
-                    _ => State::Values {
-                        depth,
-                        in_string: true,
-                        escaped: false,
-                    },
-                },
-                State::Values { depth, .. } => match b {
-                    b'\'' => State::Values {
-                        depth,
-                        in_string: true,
-                        escaped: false,
-                    },
-                    b'(' => {
-                        if depth == 0 {
-                            self.count_row();
-                        }
-                        State::Values {
-                            depth: depth + 1,
-                            in_string: false,
-                            escaped: false,
-                        }
-                    }
-                    b')' => State::Values {
-                        depth: depth.saturating_sub(1),
-                        in_string: false,
-                        escaped: false,
-                    },
-                    b';' if depth == 0 => State::Skip,
-                    _ => State::Values {
-                        depth,
-                        in_string: false,
-                        escaped: false,
-                    },
-                },
+                // Handled above, before a byte is taken.
+                s @ State::Values { .. } => s,
                 State::Skip => State::Skip,
             };
         }
