@@ -113,6 +113,43 @@ measure() {
 
 latest() { ls -t "$1"/*.coffer | head -n 1; }
 
+# run_tool TOOL REP: one timed run of one tool (uses $size and $sealed).
+run_tool() {
+  local tool=$1 rep=$2
+  case $tool in
+    coffer) measure "$size" backup "coffer backup" "$rep" "'$coffer' backup -c file.toml" ;;
+    tar_zstd_age) measure "$size" backup "tar | zstd -3 -T0 | age" "$rep" \
+      "tar cf - dump.sql | zstd -3 -T0 -q | age -r '$recipient' > o.tar.zst.age" ;;
+    tar_zstd) measure "$size" backup "tar | zstd -3 -T0" "$rep" "tar cf - dump.sql | zstd -3 -T0 -q > o.tar.zst" ;;
+    old_recipe) measure "$size" backup "old recipe (tar czf + openssl)" "$rep" \
+      "tar czf o.tgz dump.sql && openssl rand 32 > pass && openssl enc -aes-256-cbc -salt -in o.tgz -out o.enc -pass file:pass 2>/dev/null && openssl pkeyutl -encrypt -pubin -inkey rsa.pub.pem -in pass -out pass.enc && rm -f o.tgz pass" ;;
+    restic) measure "$size" backup "restic backup --stdin" "$rep" \
+      "restic -q -r restic-repo --password-file restic.pw backup --stdin --stdin-filename dump.sql < dump.sql" ;;
+    borg) measure "$size" backup "borg create zstd,3" "$rep" "borg create --compression zstd,3 borg-repo::r$rep dump.sql" ;;
+    coffer_live) measure "$size" live "coffer backup (mysql source)" "$rep" "'$coffer' backup -c live.toml" ;;
+    dump_zstd_age) measure "$size" live "mariadb-dump | zstd -3 -T0 | age" "$rep" \
+      "mariadb-dump --defaults-file=my.cnf ${dump_flags[*]} bench | zstd -3 -T0 -q | age -r '$recipient' > o.live.age" ;;
+    dump_null) measure "$size" live "mariadb-dump > /dev/null" "$rep" \
+      "mariadb-dump --defaults-file=my.cnf ${dump_flags[*]} bench > /dev/null" ;;
+    coffer_restore) measure "$size" restore "coffer restore --stdout" "$rep" \
+      "'$coffer' restore -i age.key '$sealed' --stdout > /dev/null" ;;
+    age_zstd) measure "$size" restore "age -d | zstd -d" "$rep" "age -d -i age.key o.tar.zst.age | zstd -d -q > /dev/null" ;;
+    restic_dump) measure "$size" restore "restic dump" "$rep" \
+      "restic -q -r restic-repo --password-file restic.pw dump latest dump.sql > /dev/null" ;;
+    borg_extract) measure "$size" restore "borg extract --stdout" "$rep" "borg extract --stdout borg-repo::r$rep > /dev/null" ;;
+  esac
+}
+
+# rotated REP TOOL...: every tool once, starting at a different one each
+# repetition, so no tool always runs first (or right after a heavy one).
+rotated() {
+  local rep=$1; shift
+  local tools=("$@") n=$# i
+  for i in $(seq 0 $(( n - 1 ))); do
+    run_tool "${tools[$(( (i + rep - 1) % n ))]}" "$rep"
+  done
+}
+
 : > results.tsv
 : > sizes.tsv
 for size in "${sizes[@]}"; do
@@ -124,59 +161,19 @@ for size in "${sizes[@]}"; do
   printf '%s\t%s\n' "$size" "$dump_bytes" >> sizes.tsv
   write_configs
 
-  backup_tools=(coffer tar_zstd_age tar_zstd old_recipe restic borg)
-  live_tools=(coffer_live dump_zstd_age dump_null)
-  restore_tools=(coffer_restore age_zstd restic_dump borg_extract)
   for rep in $(seq 1 "$reps"); do
     echo "  repetition $rep/$reps"
-    rot=$(( (rep - 1) ))
     # Fresh peer repositories each time (untimed): no deduplication against
     # an earlier repetition.
     rm -rf restic-repo borg-repo
     restic init -q -r restic-repo --password-file restic.pw >/dev/null
     borg init -e repokey-blake2 borg-repo 2>/dev/null
-    for i in $(seq 0 $(( ${#backup_tools[@]} - 1 ))); do
-      tool=${backup_tools[$(( (i + rot) % ${#backup_tools[@]} ))]}
-      case $tool in
-        coffer) measure "$size" backup "coffer backup" "$rep" "'$coffer' backup -c file.toml" ;;
-        tar_zstd_age) measure "$size" backup "tar | zstd -3 -T0 | age" "$rep" \
-          "tar cf - dump.sql | zstd -3 -T0 -q | age -r '$recipient' > o.tar.zst.age" ;;
-        tar_zstd) measure "$size" backup "tar | zstd -3 -T0" "$rep" "tar cf - dump.sql | zstd -3 -T0 -q > o.tar.zst" ;;
-        old_recipe) measure "$size" backup "old recipe (tar czf + openssl)" "$rep" \
-          "tar czf o.tgz dump.sql && openssl rand 32 > pass && openssl enc -aes-256-cbc -salt -in o.tgz -out o.enc -pass file:pass 2>/dev/null && openssl pkeyutl -encrypt -pubin -inkey rsa.pub.pem -in pass -out pass.enc && rm -f o.tgz pass" ;;
-        restic) measure "$size" backup "restic backup --stdin" "$rep" \
-          "restic -q -r restic-repo --password-file restic.pw backup --stdin --stdin-filename dump.sql < dump.sql" ;;
-        borg) measure "$size" backup "borg create zstd,3" "$rep" \
-          "borg create --compression zstd,3 borg-repo::r$rep dump.sql" ;;
-      esac
-    done
-    for i in $(seq 0 $(( ${#live_tools[@]} - 1 ))); do
-      tool=${live_tools[$(( (i + rot) % ${#live_tools[@]} ))]}
-      case $tool in
-        coffer_live) measure "$size" live "coffer backup (mysql source)" "$rep" "'$coffer' backup -c live.toml" ;;
-        dump_zstd_age) measure "$size" live "mariadb-dump | zstd -3 -T0 | age" "$rep" \
-          "mariadb-dump --defaults-file=my.cnf ${dump_flags[*]} bench | zstd -3 -T0 -q | age -r '$recipient' > o.live.age" ;;
-        dump_null) measure "$size" live "mariadb-dump > /dev/null" "$rep" \
-          "mariadb-dump --defaults-file=my.cnf ${dump_flags[*]} bench > /dev/null" ;;
-      esac
-    done
+    rotated "$rep" coffer tar_zstd_age tar_zstd old_recipe restic borg
+    rotated "$rep" coffer_live dump_zstd_age dump_null
     sealed=$(latest store-file)
-    for i in $(seq 0 $(( ${#restore_tools[@]} - 1 ))); do
-      tool=${restore_tools[$(( (i + rot) % ${#restore_tools[@]} ))]}
-      case $tool in
-        coffer_restore) measure "$size" restore "coffer restore --stdout" "$rep" \
-          "'$coffer' restore -i age.key '$sealed' --stdout > /dev/null" ;;
-        age_zstd) measure "$size" restore "age -d | zstd -d" "$rep" \
-          "age -d -i age.key o.tar.zst.age | zstd -d -q > /dev/null" ;;
-        restic_dump) measure "$size" restore "restic dump" "$rep" \
-          "restic -q -r restic-repo --password-file restic.pw dump latest dump.sql > /dev/null" ;;
-        borg_extract) measure "$size" restore "borg extract --stdout" "$rep" \
-          "borg extract --stdout borg-repo::r$rep > /dev/null" ;;
-      esac
-    done
+    rotated "$rep" coffer_restore age_zstd restic_dump borg_extract
     measure "$size" verify "coffer verify (keyless)" "$rep" "'$coffer' verify -c file.toml latest"
     measure "$size" verify "coffer verify -i (keyed)" "$rep" "'$coffer' verify -c file.toml latest -i age.key"
-    printf '%s\t%s\n' "$size" "$(stat -c %s "$sealed")" > sealed.$size
   done
 done
 

@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 
 if ! command -v cargo-deb >/dev/null; then
   echo "==> installing cargo-deb"
-  cargo install cargo-deb --locked --quiet
+  # A packaging tool need not be optimized: a quick build of it.
+  CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_OPT_LEVEL=1 \
+    CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 cargo install cargo-deb --locked --quiet
 fi
 
 cargo build --release --locked --quiet

@@ -21,13 +21,15 @@ cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
-cargo clippy --manifest-path fuzz/Cargo.toml --quiet -- -D warnings
+# The fuzz crate is its own workspace; sharing the target directory (and the
+# dev profile) reuses the dependencies just built.
+cargo clippy --manifest-path fuzz/Cargo.toml --target-dir target --quiet -- -D warnings
 
 step "cargo test"
 cargo test
 
 step "fuzz targets build"
-cargo build --manifest-path fuzz/Cargo.toml --quiet
+cargo build --manifest-path fuzz/Cargo.toml --target-dir target --quiet
 
 step "memory (release build): seal/open 1 GiB within 32 MiB of RSS, backup within 64 MiB"
 cargo build --release --quiet
