@@ -65,37 +65,32 @@ head -c 32 /dev/urandom | base64 > restic.pw
 export BORG_PASSPHRASE=bench BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 dump_flags=(--single-transaction --routines --triggers --events --hex-blob --default-character-set=utf8mb4)
 
+# write_config NAME SOURCE-TOML: a job `bench-NAME` with one source and a
+# local store of its own, keeping one backup.
+write_config() {
+  cat > "$1.toml" <<EOF
+[job]
+name = "bench-$1"
+recipients = ["$recipient"]
+keep_last = 1
+lock_file = "$work/$1.lock"
+[[source]]
+$2
+[[store]]
+type = "local"
+path = "$work/store-$1"
+EOF
+  chmod 600 "$1.toml"
+}
+
 write_configs() {
-  cat > file.toml <<EOF
-[job]
-name = "bench-file"
-recipients = ["$recipient"]
-keep_last = 1
-lock_file = "$work/file.lock"
-[[source]]
-type = "files"
-name = "dump"
-paths = ["$work/dump.sql"]
-[[store]]
-type = "local"
-path = "$work/store-file"
-EOF
-  cat > live.toml <<EOF
-[job]
-name = "bench-live"
-recipients = ["$recipient"]
-keep_last = 1
-lock_file = "$work/live.lock"
-[[source]]
-type = "mysql"
-name = "bench"
-databases = ["bench"]
-options_file = "$work/my.cnf"
-[[store]]
-type = "local"
-path = "$work/store-live"
-EOF
-  chmod 600 file.toml live.toml
+  write_config file "type = \"files\"
+name = \"dump\"
+paths = [\"$work/dump.sql\"]"
+  write_config live "type = \"mysql\"
+name = \"bench\"
+databases = [\"bench\"]
+options_file = \"$work/my.cnf\""
 }
 
 # measure SIZE STAGE TOOL REP 'command': wall seconds and peak RSS (the
