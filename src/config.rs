@@ -23,6 +23,10 @@ fn default_keep_last() -> u32 {
     7
 }
 
+fn default_max_age_hours() -> u32 {
+    26
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Job {
@@ -50,9 +54,13 @@ pub struct Job {
     /// detached `.minisig` signature.
     #[serde(default)]
     pub signing_key: Option<PathBuf>,
-    /// The matching public key: `verify` then requires a good signature.
+    /// The matching public key: `verify`, `restore` and `prune` then believe
+    /// only what it signed.
     #[serde(default)]
     pub signing_public_key: Option<PathBuf>,
+    /// `verify` fails when a store's newest backup is older than this.
+    #[serde(default = "default_max_age_hours")]
+    pub max_age_hours: u32,
     /// A command (argv, no shell) run after a successful backup, with the
     /// run's summary as JSON on stdin.
     #[serde(default)]

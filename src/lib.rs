@@ -24,6 +24,7 @@ pub mod config;
 pub mod envelope;
 pub mod error;
 pub mod fsutil;
+pub mod ledger;
 pub mod legacy;
 pub mod manifest;
 pub mod metrics;

@@ -66,6 +66,12 @@ impl Signer {
         key_id(self.pk.keynum())
     }
 
+    /// A verifier for this key's own signatures.
+    pub fn verifier(&self) -> Result<Verifier, String> {
+        let text = self.pk.to_box().map_err(|e| e.to_string())?.into_string();
+        Verifier::parse(&text)
+    }
+
     /// The `.minisig` file's contents for `data`. The trusted comment (which
     /// the signature covers) names the file, so a signature cannot be moved
     /// to another backup's sidecar unnoticed by a reader of `minisign -V`.

@@ -19,11 +19,26 @@ pub struct Args {
 pub fn run(a: &Args) -> anyhow::Result<()> {
     let config = Config::load(&a.config)?;
     let mut rows = Vec::new();
-    for (store, _) in build_stores(&config) {
+    let mut failed = 0;
+    let stores = build_stores(&config);
+    let total = stores.len();
+    for (store, _) in stores {
         if a.store.as_deref().is_some_and(|s| s != store.name()) {
             continue;
         }
-        let (listed, partials) = list(store.as_ref())?;
+        let (listed, partials) = match list(store.as_ref()) {
+            Ok(x) => x,
+            Err(e) => {
+                // The other stores still answer: list them, and say which did not.
+                eprintln!(
+                    "coffer: warning: {} is unreachable, its backups are left out: {}",
+                    store.name(),
+                    crate::cli_chain(&e)
+                );
+                failed += 1;
+                continue;
+            }
+        };
         for l in listed {
             let (status, created) = match (&l.state, &l.sidecar) {
                 (State::Complete, Some(s)) => ("complete".to_owned(), s.created.clone()),
@@ -43,6 +58,12 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
                 "status": "partial upload",
             }));
         }
+    }
+    if failed > 0 && failed == total {
+        anyhow::bail!(crate::Error::Store {
+            store: "every store".into(),
+            message: "none could be listed".into(),
+        });
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -27,6 +27,12 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         p.keep_last = n;
     }
     let now = chrono::Utc::now();
+    let verifier = config
+        .job
+        .signing_public_key
+        .as_deref()
+        .map(crate::pipeline::job::load_verifier)
+        .transpose()?;
     for (store, prune) in build_stores(&config) {
         if a.store.as_deref().is_some_and(|s| s != store.name()) {
             continue;
@@ -35,7 +41,21 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
             println!("{}: prune = false, skipped", store.name());
             continue;
         }
-        let r = apply(store.as_ref(), &config.job.name, p, None, a.dry_run, now)?;
+        let r = apply(
+            store.as_ref(),
+            &config.job.name,
+            p,
+            None,
+            a.dry_run,
+            now,
+            verifier.as_ref(),
+        )?;
+        for (name, why) in &r.ignored {
+            println!(
+                "{}: ignore {name} (never counted, never deleted: {why})",
+                r.store
+            );
+        }
         let verb = if a.dry_run { "would delete" } else { "deleted" };
         for d in &r.decisions {
             let what = if d.keep {

@@ -2,10 +2,12 @@ use std::path::PathBuf;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::manifest::Sidecar;
 use crate::pipeline::io::Output;
 use crate::pipeline::keys::load_identities;
 use crate::pipeline::locate::{is_file, Catalog};
-use crate::pipeline::restore::{restore, Target};
+use crate::pipeline::restore::{restore, stage, Expect, Target};
+use crate::signing::SIGNATURE_SUFFIX;
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["to", "stdout", "into_db"])))]
@@ -41,24 +43,85 @@ pub struct Args {
     /// Write to stdout: one member with --member, else the whole tar archive
     #[arg(long)]
     stdout: bool,
+    /// The backup host's signing public key (minisign): only a backup whose
+    /// sidecar it signed is restored (default: the config's signing_public_key)
+    #[arg(long, value_name = "FILE")]
+    signing_key: Option<PathBuf>,
     /// The member to write, e.g. mysql/main.sql (split dumps are joined)
     #[arg(long, requires = "stdout", value_name = "NAME")]
     member: Option<String>,
 }
 
-pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
-    let identities = load_identities(&a.identities)?;
-    let config = a.config.as_deref().map(Config::load).transpose()?;
-    let (input, what, total) = if is_file(&a.what) {
+/// The sidecar beside a sealed file on disk (`X.coffer.json` beside
+/// `X.coffer`), read once, with its signature checked when one is required.
+fn sidecar_beside(
+    file: &str,
+    verifier: Option<&crate::signing::Verifier>,
+) -> anyhow::Result<Option<Expect>> {
+    let path = format!("{file}.json");
+    let raw = match std::fs::read(&path) {
+        Ok(raw) => raw,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && verifier.is_none() => {
+            return Ok(None)
+        }
+        Err(e) => {
+            let hint = if verifier.is_some() {
+                " (a signing public key is configured: the signed sidecar must lie beside the file)"
+            } else {
+                ""
+            };
+            return Err(Error::Integrity {
+                what: file.to_owned(),
+                message: format!("cannot read its sidecar {path}: {e}{hint}"),
+            }
+            .into());
+        }
+    };
+    let sidecar = Sidecar::parse(&raw).map_err(|message| Error::Integrity {
+        what: path.clone(),
+        message,
+    })?;
+    if let Some(v) = verifier {
+        let sig_path = format!("{path}{SIGNATURE_SUFFIX}");
+        let sig = std::fs::read_to_string(&sig_path).map_err(|e| Error::Integrity {
+            what: file.to_owned(),
+            message: format!("unsigned: cannot read {sig_path}: {e}"),
+        })?;
+        v.verify(&raw, &sig).map_err(|e| Error::Integrity {
+            what: path.clone(),
+            message: format!("signature: {e}"),
+        })?;
+    }
+    Ok(Some(Expect::of(&sidecar)))
+}
+
+type Opened = (
+    Box<dyn std::io::Read + Send>,
+    String,
+    Option<u64>,
+    Option<Expect>,
+);
+
+/// The sealed file to read, its name for messages, its size, and what its
+/// sidecar says it is.
+fn open_backup(
+    a: &Args,
+    config: Option<&Config>,
+    verifier: Option<&crate::signing::Verifier>,
+    out: &super::Output,
+) -> anyhow::Result<Opened> {
+    Ok(if is_file(&a.what) {
+        let expect = sidecar_beside(&a.what, verifier)?;
         let f = std::fs::File::open(&a.what).map_err(|e| Error::io(&a.what, "open", e))?;
         let total = f.metadata().ok().map(|m| m.len());
         (
             Box::new(std::io::BufReader::new(f)) as Box<dyn std::io::Read + Send>,
             a.what.clone(),
             total,
+            expect,
         )
     } else {
-        let Some(config) = &config else {
+        let Some(config) = config else {
             return Err(Error::Usage(format!(
                 "{:?} is not a file; give -c CONFIG to find it in the stores",
                 a.what
@@ -66,16 +129,54 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
             .into());
         };
         let catalog = Catalog::load(config)?;
-        let (i, sidecar) = catalog.find(&config.job.name, &a.what)?;
-        let store = &catalog.stores[i];
+        for u in &catalog.unreachable {
+            out.warn(u);
+        }
+        let found = catalog.find(&config.job.name, &a.what, verifier)?;
+        for p in &found.passed_over {
+            out.warn(&format!("passed over {p}"));
+        }
+        let store = &catalog.stores[found.store];
         (
-            store.get(&sidecar.sealed_name())?,
-            format!("{} in {}", sidecar.name, store.name()),
-            Some(sidecar.size),
+            store.get(&found.sidecar.sealed_name())?,
+            format!("{} in {}", found.sidecar.name, store.name()),
+            Some(found.sidecar.size),
+            Some(Expect::of(found.sidecar)),
         )
-    };
+    })
+}
+
+pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
+    let identities = load_identities(&a.identities)?;
+    let config = a.config.as_deref().map(Config::load).transpose()?;
+    let signing_key = a.signing_key.clone().or_else(|| {
+        config
+            .as_ref()
+            .and_then(|c| c.job.signing_public_key.clone())
+    });
+    let verifier = signing_key
+        .as_deref()
+        .map(crate::pipeline::job::load_verifier)
+        .transpose()?;
+    let (input, what, total, expect) = open_backup(a, config.as_ref(), verifier.as_ref(), out)?;
+    if verifier.is_none() {
+        out.warn(&format!(
+            "the origin of {what} is not authenticated: anyone with the public backup key can make a backup; \
+             set signing_public_key (or --signing-key) to restore only what the backup host signed"
+        ));
+    }
     let input: Box<dyn std::io::Read + Send> =
         Box::new(super::progress::Progress::new(input, total, "restoring"));
+    // Whatever replaces or loads data, or leaves through a pipe, reads an
+    // authenticated private copy; extracting into DIR without --force needs
+    // none (it creates only new files, and removes them on failure).
+    let staged = a.force || a.into_db.is_some() || a.stdout;
+    let input: Box<dyn std::io::Read + Send> = if staged {
+        let copy = stage(input, &what, &identities, expect.as_ref())?;
+        Box::new(std::io::BufReader::new(copy))
+    } else {
+        input
+    };
     if let (Some(source), Some(config)) = (&a.into_db, &config) {
         let w = crate::pipeline::load::into_db(
             config,
@@ -111,7 +212,14 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
     } else {
         Box::new(std::io::sink())
     };
-    let walked = restore(input, &what, &identities, target, &mut sink)?;
+    let walked = restore(
+        input,
+        &what,
+        &identities,
+        target,
+        &mut sink,
+        expect.as_ref(),
+    )?;
     if let Some(w) = walked {
         let place =
             a.to.as_ref()

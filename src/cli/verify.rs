@@ -26,7 +26,7 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(a: &Args) -> anyhow::Result<()> {
+pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
     let config = Config::load(&a.config)?;
     let identities = if a.identities.is_empty() {
         None
@@ -38,7 +38,11 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         Some("latest") => Select::Latest,
         Some(n) => Select::Name(n.to_owned()),
     };
-    let reports = verify(&config, &select, identities.as_deref(), a.restore_test)?;
+    let outcome = verify(&config, &select, identities.as_deref(), a.restore_test)?;
+    for u in &outcome.unreachable {
+        out.warn(u);
+    }
+    let reports = outcome.reports;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {

@@ -15,8 +15,10 @@ use crate::archive::{ArchiveWriter, EntryKind, EntryMeta};
 use crate::config::Config;
 use crate::envelope::{self, Metadata, Recipient, SealError, DEFAULT_CHUNK_SIZE};
 use crate::error::{Error, Result};
+use crate::ledger;
 use crate::manifest::{self, Inner, MemberEntry, Sidecar, SourceEntry};
 use crate::pipeline::job::{self, Job};
+use crate::pipeline::locate;
 use crate::pipeline::retention::{self, PruneReport};
 use crate::signing::SIGNATURE_SUFFIX;
 use crate::source::{Entry, Sink};
@@ -166,6 +168,35 @@ impl<W: Write> Sink for ArchiveSink<'_, W> {
     }
 }
 
+/// Where this run's entry goes in the job's ledger: after the newest entry
+/// that any reachable store holds and this host signed (unsigned jobs: any
+/// plausible entry). A server that hides entries makes the next run fork the
+/// ledger, which `verify` reports; it cannot make the host sign a lie.
+fn ledger_position(job: &Job, now: chrono::DateTime<chrono::Utc>) -> (u64, String) {
+    let verifier = job.signer.as_ref().and_then(|s| s.verifier().ok());
+    let mut known = Vec::new();
+    for store in &job.stores {
+        let Ok((listed, _)) = retention::list(store.as_ref()) else {
+            continue;
+        };
+        for l in listed
+            .iter()
+            .filter(|l| locate::plausible(l, &job.config.job.name, now))
+        {
+            if let Some(v) = &verifier {
+                if !matches!(
+                    locate::origin(store.as_ref(), l, Some(v)),
+                    locate::Origin::Signed(_)
+                ) {
+                    continue;
+                }
+            }
+            known.extend(locate::ledger_entry(l));
+        }
+    }
+    ledger::next(&known)
+}
+
 /// A name no store has used: `{job}-{YYYYMMDDTHHMMSSZ}`, then `-1`, `-2`, …
 fn unique_name(job: &Job, now: chrono::DateTime<chrono::Utc>) -> Result<String> {
     let base = format!("{}-{}", job.config.job.name, now.format("%Y%m%dT%H%M%SZ"));
@@ -184,7 +215,9 @@ fn unique_name(job: &Job, now: chrono::DateTime<chrono::Utc>) -> Result<String> 
                 ".coffer.json.partial",
                 ".coffer.json.minisig",
             ] {
-                if store.stat(&format!("{name}{suffix}"))?.is_some() {
+                // A store that cannot answer is no reason to lose the night
+                // in the others: its upload fails and is reported.
+                if let Ok(Some(_)) = store.stat(&format!("{name}{suffix}")) {
                     taken = true;
                 }
             }
@@ -251,6 +284,7 @@ pub fn run(config: Config, dry_run: bool) -> Result<Summary> {
     let stored = seal_and_store(&job, &name, now, started)?;
     // Only now, and only where the new backup is complete, is anything deleted.
     let mut pruned = Vec::new();
+    let verifier = job.signer.as_ref().and_then(|s| s.verifier().ok());
     for &i in &stored.complete {
         if job.prune[i] {
             pruned.push(retention::apply(
@@ -260,6 +294,7 @@ pub fn run(config: Config, dry_run: bool) -> Result<Summary> {
                 Some(&name),
                 false,
                 now,
+                verifier.as_ref(),
             )?);
         }
     }
@@ -304,6 +339,7 @@ fn seal_and_store(
     // Milliseconds: two runs in one second must still be ordered for retention.
     let created = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let sealed_file = format!("{name}{}", manifest::SEALED_SUFFIX);
+    let (seq, prev) = ledger_position(job, now);
     let fanout = open_uploads(job, &sealed_file)?;
     let compression = job.config.job.compression;
     let meta = Metadata {
@@ -391,6 +427,8 @@ fn seal_and_store(
             .map(|s| format!("{}/{}", s.kind(), s.name()))
             .collect(),
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        seq: Some(seq),
+        prev: Some(prev),
     };
     let files = sidecar_files(job, &sidecar)?;
     let (done, failed) = finish_stores(job, &files, complete, failed);

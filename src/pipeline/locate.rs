@@ -1,60 +1,209 @@
 //! Finding backups: a file on disk, a backup name in a configured store, or
-//! `latest` — the newest complete backup (partial uploads never count).
+//! `latest`. Everything read from a store is the server's word: a backup
+//! counts only under a name a run makes, with a sidecar that agrees with the
+//! sealed file's size, dated no later than the store saw it written and not
+//! in the future; with a signing public key, only a good signature over the
+//! sidecar's exact bytes makes it a candidate, and `latest` is the newest of
+//! those by the signed ledger.
 
+use std::io::Read;
 use std::path::Path;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::manifest::{Sidecar, SEALED_SUFFIX};
+use crate::ledger;
+use crate::manifest::{is_backup_name, Sidecar, SEALED_SUFFIX, SIDECAR_SUFFIX};
 use crate::pipeline::job::build_stores;
-use crate::pipeline::retention::{list, Listed, State};
+use crate::pipeline::retention::{effective_time, list, Listed, State};
+use crate::signing::{Verifier, SIGNATURE_SUFFIX};
 use crate::store::Store;
 
 /// The configured stores and what each holds.
 pub struct Catalog {
     pub stores: Vec<Box<dyn Store>>,
-    /// Per store, its backups (complete or not), oldest first.
+    /// Per store, its backups (complete or not), oldest first; empty for a
+    /// store that could not be listed.
     pub listed: Vec<Vec<Listed>>,
+    /// One line per store that could not be listed.
+    pub unreachable: Vec<String>,
+}
+
+/// What a signature check of one sidecar found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Signed by the configured key.
+    Signed(String),
+    /// No signing public key is configured: nothing was checked.
+    Unchecked,
+    /// Unsigned, foreign or forged.
+    Refused(String),
+}
+
+/// Checks the signature beside a listed sidecar over the sidecar bytes the
+/// listing read (never a second read).
+pub fn origin(store: &dyn Store, l: &Listed, verifier: Option<&Verifier>) -> Origin {
+    let Some(v) = verifier else {
+        return Origin::Unchecked;
+    };
+    let sig_name = format!("{}{SIDECAR_SUFFIX}{SIGNATURE_SUFFIX}", l.name);
+    if !l.has_signature {
+        return Origin::Refused(format!(
+            "unsigned: {sig_name} is missing, and a signing public key requires a signature"
+        ));
+    }
+    let mut sig = Vec::new();
+    let read = store
+        .get(&sig_name)
+        .map_err(|e| crate::cli_chain(&e))
+        .and_then(|r| {
+            r.take(64 * 1024)
+                .read_to_end(&mut sig)
+                .map_err(|e| format!("{sig_name}: {e}"))
+        });
+    if let Err(e) = read {
+        return Origin::Refused(e);
+    }
+    match v.verify(&l.raw, &String::from_utf8_lossy(&sig)) {
+        Ok(()) => Origin::Signed(v.key_id()),
+        Err(e) => Origin::Refused(format!("signature: {e}")),
+    }
+}
+
+/// The ledger entry of a listed backup (a sidecar of format 2).
+pub fn ledger_entry(l: &Listed) -> Option<ledger::Entry> {
+    let s = l.sidecar.as_ref()?;
+    Some(ledger::Entry {
+        name: s.name.clone(),
+        seq: s.seq?,
+        prev: s.prev.clone()?,
+        digest: ledger::digest(&l.raw),
+        created: s.created()?,
+    })
+}
+
+/// Whether a listed backup may count as one of `job`'s at all (before any
+/// signature): complete, a name a run makes, and not dated in the future.
+pub fn plausible(l: &Listed, job: &str, now: chrono::DateTime<chrono::Utc>) -> bool {
+    l.state == State::Complete
+        && l.sidecar.as_ref().is_some_and(|s| s.job == job)
+        && is_backup_name(job, &l.name)
+        && l.sidecar
+            .as_ref()
+            .and_then(Sidecar::created)
+            .is_some_and(|c| c <= now + ledger::future_slack())
+}
+
+/// One backup chosen from a store, with what was proven about it.
+pub struct Found<'a> {
+    pub store: usize,
+    pub listed: &'a Listed,
+    pub sidecar: &'a Sidecar,
+    pub origin: Origin,
+    /// Newer or other copies refused on the way, with the reason.
+    pub passed_over: Vec<String>,
 }
 
 impl Catalog {
+    /// Lists every store it can reach; a store that cannot be listed is
+    /// reported in `unreachable`, and the others are still used. Fails only
+    /// when no store at all can be listed.
     pub fn load(config: &Config) -> Result<Self> {
         let stores: Vec<Box<dyn Store>> =
             build_stores(config).into_iter().map(|(s, _)| s).collect();
         let mut listed = Vec::new();
+        let mut unreachable = Vec::new();
+        let mut first_error = None;
         for s in &stores {
-            listed.push(list(s.as_ref())?.0);
+            match list(s.as_ref()) {
+                Ok((l, _)) => listed.push(l),
+                Err(e) => {
+                    unreachable.push(format!(
+                        "{} is unreachable, its backups are left out: {}",
+                        s.name(),
+                        crate::cli_chain(&e)
+                    ));
+                    listed.push(Vec::new());
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        Ok(Catalog { stores, listed })
-    }
-
-    /// Complete backups of `job`: (store index, sidecar).
-    pub fn complete<'a>(&'a self, job: &'a str) -> impl Iterator<Item = (usize, &'a Sidecar)> + 'a {
-        self.listed.iter().enumerate().flat_map(move |(i, l)| {
-            l.iter()
-                .filter(|b| b.state == State::Complete)
-                .filter_map(|b| b.sidecar.as_ref())
-                .filter(move |s| s.job == job)
-                .map(move |s| (i, s))
+        if let Some(e) = first_error {
+            if unreachable.len() == stores.len() {
+                return Err(e);
+            }
+        }
+        Ok(Catalog {
+            stores,
+            listed,
+            unreachable,
         })
     }
 
-    /// Resolves `what` (a backup name or `latest`) to one complete backup.
-    pub fn find<'a>(&'a self, job: &'a str, what: &str) -> Result<(usize, &'a Sidecar)> {
+    /// Resolves `what` (a backup name or `latest`) to one backup of `job`
+    /// that passes every check the configuration allows.
+    pub fn find(&self, job: &str, what: &str, verifier: Option<&Verifier>) -> Result<Found<'_>> {
         let wanted = what.strip_suffix(SEALED_SUFFIX).unwrap_or(what);
-        let pick = if wanted == "latest" {
-            // Newest by the sidecar's time; min_by keeps the first of equals,
-            // so the first store wins a tie.
-            self.complete(job)
-                .min_by(|a, b| b.1.created().cmp(&a.1.created()))
-        } else {
-            self.complete(job).find(|(_, s)| s.name == wanted)
-        };
-        pick.ok_or_else(|| {
-            Error::Usage(format!(
-                "no complete backup {what:?} of job {job:?} in the configured stores (see `coffer list`)"
-            ))
-        })
+        let now = chrono::Utc::now();
+        let mut candidates: Vec<(usize, &Listed, &Sidecar)> = Vec::new();
+        let mut refused = Vec::new();
+        for (i, l) in self.listed.iter().enumerate() {
+            for b in l {
+                if wanted != "latest" && b.name != wanted {
+                    continue;
+                }
+                match (&b.sidecar, &b.state) {
+                    (Some(s), _) if plausible(b, job, now) => candidates.push((i, b, s)),
+                    // Asked for by name, a copy that is not one is the
+                    // server's doing, and worth saying so.
+                    (_, State::BadSidecar(why)) if wanted != "latest" => refused.push(format!(
+                        "{} in {}: sidecar is not valid: {why}",
+                        b.name,
+                        self.stores[i].name()
+                    )),
+                    (Some(s), _) if wanted != "latest" && s.job == job => refused.push(format!(
+                        "{} in {}: not a name a run makes, or dated in the future ({})",
+                        b.name,
+                        self.stores[i].name(),
+                        s.created
+                    )),
+                    _ => {}
+                }
+            }
+        }
+        // Newest first: by the signed ledger where signatures are checked
+        // (unsigned, a sequence number is only the server's word), then by
+        // the time the store vouches for; the first store wins a tie.
+        let signed = verifier.is_some();
+        candidates.sort_by(|a, b| {
+            let key =
+                |c: &(usize, &Listed, &Sidecar)| (c.2.seq.filter(|_| signed), effective_time(c.1));
+            key(b).cmp(&key(a)).then_with(|| a.0.cmp(&b.0))
+        });
+        for (i, l, s) in candidates {
+            match origin(self.stores[i].as_ref(), l, verifier) {
+                Origin::Refused(why) => {
+                    refused.push(format!("{} in {}: {why}", l.name, self.stores[i].name()))
+                }
+                o => {
+                    return Ok(Found {
+                        store: i,
+                        listed: l,
+                        sidecar: s,
+                        origin: o,
+                        passed_over: refused,
+                    })
+                }
+            }
+        }
+        if !refused.is_empty() {
+            return Err(Error::Integrity {
+                what: format!("backup {what:?} of job {job:?}"),
+                message: format!("no copy can be trusted: {}", refused.join("; ")),
+            });
+        }
+        Err(Error::Usage(format!(
+            "no complete backup {what:?} of job {job:?} in the configured stores (see `coffer list`)"
+        )))
     }
 }
 

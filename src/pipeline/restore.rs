@@ -221,6 +221,115 @@ impl Extractor {
     }
 }
 
+/// What the sidecar (signed, where signatures are configured) says the
+/// sealed file is; a restore refuses a file that disagrees.
+#[derive(Debug, Clone)]
+pub struct Expect {
+    pub name: String,
+    pub job: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl Expect {
+    pub fn of(s: &crate::manifest::Sidecar) -> Self {
+        Expect {
+            name: s.name.clone(),
+            job: s.job.clone(),
+            size: s.size,
+            sha256: s.sha256.clone(),
+        }
+    }
+
+    /// The ciphertext's size and hash against the sidecar.
+    fn check_ciphertext(&self, len: u64, sha256: &str) -> std::result::Result<(), String> {
+        if len != self.size {
+            return Err(format!(
+                "the sealed file is {len} bytes, its sidecar says {}",
+                self.size
+            ));
+        }
+        let same: bool =
+            subtle::ConstantTimeEq::ct_eq(sha256.as_bytes(), self.sha256.as_bytes()).into();
+        if !same {
+            return Err(format!(
+                "the sealed file's SHA-256 is {sha256}, its sidecar says {}",
+                self.sha256
+            ));
+        }
+        Ok(())
+    }
+
+    /// Everything the walk learnt against the sidecar: the ciphertext, the
+    /// header's job, and the inner manifest's name and job.
+    fn check(&self, w: &Walked) -> std::result::Result<(), String> {
+        self.check_ciphertext(w.ciphertext_len, &w.ciphertext_sha256)?;
+        if w.header.metadata.job.as_deref() != Some(self.job.as_str()) {
+            return Err(format!(
+                "the header names job {:?}, the sidecar {:?}",
+                w.header.metadata.job, self.job
+            ));
+        }
+        if w.manifest.name != self.name || w.manifest.job != self.job {
+            return Err(format!(
+                "the inner manifest names {} of job {:?}, the sidecar {} of job {:?}",
+                w.manifest.name, w.manifest.job, self.name, self.job
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Makes a destructive restore safe from a server that answers differently
+/// on a second read, or cuts the stream short: copies the ciphertext (never
+/// plaintext) into a private unlinked temporary file, checks it against the
+/// sidecar and authenticates every chunk and member in a first pass, and
+/// returns the copy, rewound, for the pass that writes.
+pub fn stage(
+    input: Box<dyn Read + Send>,
+    what: &str,
+    identities: &[Identity],
+    expect: Option<&Expect>,
+) -> Result<File> {
+    let mut spool = tempfile::tempfile().map_err(|e| {
+        Error::io(
+            std::env::temp_dir(),
+            "create a private copy of the sealed file in",
+            e,
+        )
+    })?;
+    let mut hashed = crate::pipeline::walk::HashRead::new(input);
+    io::copy(&mut hashed, &mut spool).map_err(|e| Error::io(what, "read", e))?;
+    let len = hashed.len;
+    let sha = hashed.hex();
+    if let Some(x) = expect {
+        x.check_ciphertext(len, &sha)
+            .map_err(|message| Error::Integrity {
+                what: what.to_owned(),
+                message,
+            })?;
+    }
+    let rewind = |f: &mut File| {
+        io::Seek::seek(f, io::SeekFrom::Start(0))
+            .map(drop)
+            .map_err(|e| Error::io(std::env::temp_dir(), "rewind the private copy in", e))
+    };
+    rewind(&mut spool)?;
+    let copy = spool
+        .try_clone()
+        .map_err(|e| Error::io(std::env::temp_dir(), "reopen the private copy in", e))?;
+    let w = walk(io::BufReader::new(copy), identities, |_, _| Ok(()))
+        .map_err(|e| e.into_error(what))?;
+    if let Some(x) = expect {
+        x.check(&w).map_err(|message| Error::Integrity {
+            what: what.to_owned(),
+            message,
+        })?;
+    }
+    rewind(&mut spool)?;
+    Ok(spool)
+}
+
 /// Restores `input` (named `what` in messages). Returns what the walk
 /// checked, except for `Target::Tar`, which passes the archive through.
 pub fn restore(
@@ -229,7 +338,12 @@ pub fn restore(
     identities: &[Identity],
     target: Target,
     out: &mut dyn Write,
+    expect: Option<&Expect>,
 ) -> Result<Option<Walked>> {
+    let mismatch = |message: String| Error::Integrity {
+        what: what.to_owned(),
+        message,
+    };
     match target {
         Target::Dir {
             dir,
@@ -246,6 +360,12 @@ pub fn restore(
             };
             match walk(input, identities, |m, data| ex.member(m, data)) {
                 Ok(w) => {
+                    if let Some(Err(message)) = expect.map(|x| x.check(&w)) {
+                        if !keep_partial {
+                            ex.undo();
+                        }
+                        return Err(mismatch(message));
+                    }
                     ex.finish();
                     Ok(Some(w))
                 }
@@ -269,6 +389,9 @@ pub fn restore(
             })
             .map_err(|e| e.into_error(what))?;
             out.flush().map_err(|e| Error::io("<stdout>", "write", e))?;
+            if let Some(x) = expect {
+                x.check(&w).map_err(mismatch)?;
+            }
             if !found {
                 let names: Vec<&str> = w.manifest.members.iter().map(|m| m.path.as_str()).collect();
                 return Err(Error::Usage(format!(

@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 use std::io::Read;
 
 use crate::error::Result;
+use crate::manifest::is_backup_name;
 use crate::manifest::{Sidecar, SEALED_SUFFIX, SIDECAR_SUFFIX};
+use crate::pipeline::locate::{origin, plausible, Origin};
 use crate::retention::{self, Backup, Decision, Policy};
-use crate::signing::SIGNATURE_SUFFIX;
+use crate::signing::{Verifier, SIGNATURE_SUFFIX};
 use crate::store::Store;
 
 const STALE_PARTIAL_SECS: i64 = 24 * 3600;
@@ -30,30 +32,81 @@ pub struct Listed {
     pub state: State,
     pub sidecar: Option<Sidecar>,
     pub size: Option<u64>,
+    /// The sidecar's exact bytes, read once: every check (signature, size,
+    /// hash, ledger) uses these, never a second read the server could answer
+    /// differently.
+    pub raw: Vec<u8>,
+    /// When the store wrote the sidecar, as the store itself reports it.
+    pub observed: Option<i64>,
+    /// Whether a `.minisig` was listed beside the sidecar.
+    pub has_signature: bool,
+}
+
+/// How far a sidecar's own `created` is believed: never later than when the
+/// store saw the sidecar written, and never in the future.
+pub fn effective_time(l: &Listed) -> Option<chrono::DateTime<chrono::Utc>> {
+    let created = l.sidecar.as_ref()?.created()?;
+    let observed = l
+        .observed
+        .filter(|&t| t > 0)
+        .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+        .map(|t| t + chrono::Duration::seconds(1));
+    Some(observed.map_or(created, |o| created.min(o)))
+}
+
+/// What a listing shows of one backup's files.
+#[derive(Default)]
+struct Seen {
+    size: Option<u64>,
+    sidecar_mtime: Option<i64>,
+    signature: bool,
 }
 
 /// Reads a store's listing into backups, complete or not.
 pub fn list(store: &dyn Store) -> Result<(Vec<Listed>, Vec<crate::store::Object>)> {
     let objects = store.list()?;
-    let mut by_name: BTreeMap<String, (Option<u64>, bool)> = BTreeMap::new();
+    let mut by_name: BTreeMap<String, Seen> = BTreeMap::new();
     let mut partials = Vec::new();
     for o in objects {
         if o.name.ends_with(".partial") {
             partials.push(o);
+        } else if let Some(n) = o
+            .name
+            .strip_suffix(SIGNATURE_SUFFIX)
+            .and_then(|n| n.strip_suffix(SIDECAR_SUFFIX))
+        {
+            by_name.entry(n.to_owned()).or_default().signature = true;
         } else if let Some(n) = o.name.strip_suffix(SIDECAR_SUFFIX) {
-            by_name.entry(n.to_owned()).or_default().1 = true;
+            by_name.entry(n.to_owned()).or_default().sidecar_mtime = Some(o.mtime);
         } else if let Some(n) = o.name.strip_suffix(SEALED_SUFFIX) {
-            by_name.entry(n.to_owned()).or_default().0 = Some(o.size);
+            by_name.entry(n.to_owned()).or_default().size = Some(o.size);
         }
     }
     let mut out: Vec<Listed> = Vec::new();
-    for (name, (size, has_sidecar)) in by_name {
-        let (state, sidecar) = match (size, has_sidecar) {
-            (Some(_), false) => (State::NoSidecar, None),
-            (None, _) => (State::NoSealedFile, None),
-            (Some(_), true) => match read_sidecar(store, &name) {
-                Ok(s) if s.name == name => (State::Complete, Some(s)),
-                Ok(s) => (State::BadSidecar(format!("names {:?}", s.name)), None),
+    for (name, seen) in by_name {
+        let mut raw = Vec::new();
+        let (state, sidecar) = match (seen.size, seen.sidecar_mtime) {
+            // A lone signature is a leftover, not a backup.
+            (None, None) => continue,
+            (Some(_), None) => (State::NoSidecar, None),
+            (None, Some(_)) => (State::NoSealedFile, None),
+            (Some(size), Some(_)) => match read_sidecar(store, &name) {
+                Ok((s, bytes)) => {
+                    raw = bytes;
+                    if s.name != name {
+                        (State::BadSidecar(format!("names {:?}", s.name)), None)
+                    } else if s.size != size {
+                        (
+                            State::BadSidecar(format!(
+                                "says {} bytes, the sealed file has {size}",
+                                s.size
+                            )),
+                            None,
+                        )
+                    } else {
+                        (State::Complete, Some(s))
+                    }
+                }
                 Err(e) => (State::BadSidecar(e), None),
             },
         };
@@ -61,27 +114,35 @@ pub fn list(store: &dyn Store) -> Result<(Vec<Listed>, Vec<crate::store::Object>
             name,
             state,
             sidecar,
-            size,
+            size: seen.size,
+            raw,
+            observed: seen.sidecar_mtime,
+            has_signature: seen.signature,
         });
     }
-    // Oldest first by the sidecar's time; incomplete ones (no time) by name.
+    // Oldest first by the believed time; incomplete ones (no time) by name.
     out.sort_by(|a, b| {
-        let t = |l: &Listed| l.sidecar.as_ref().and_then(Sidecar::created);
-        t(a).cmp(&t(b)).then_with(|| a.name.cmp(&b.name))
+        effective_time(a)
+            .cmp(&effective_time(b))
+            .then_with(|| a.name.cmp(&b.name))
     });
     Ok((out, partials))
 }
 
-pub fn read_sidecar(store: &dyn Store, name: &str) -> std::result::Result<Sidecar, String> {
+/// A sidecar and its exact bytes.
+pub fn read_sidecar(
+    store: &dyn Store,
+    name: &str,
+) -> std::result::Result<(Sidecar, Vec<u8>), String> {
     let mut r = store
         .get(&format!("{name}{SIDECAR_SUFFIX}"))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::cli_chain(&e))?;
     let mut buf = Vec::new();
     r.by_ref()
         .take(1 << 20)
         .read_to_end(&mut buf)
         .map_err(|e| e.to_string())?;
-    Sidecar::parse(&buf)
+    Sidecar::parse(&buf).map(|s| (s, buf))
 }
 
 #[derive(Debug)]
@@ -90,9 +151,25 @@ pub struct PruneReport {
     pub decisions: Vec<Decision>,
     pub deleted: Vec<String>,
     pub stale_partials: Vec<String>,
+    /// Sidecars that hold no keep slot and are never deleted: not a name a
+    /// run makes, dated in the future, or (with a signing public key) not
+    /// signed by it. With the reason.
+    pub ignored: Vec<(String, String)>,
 }
 
-/// Plans and (unless `dry_run`) deletes, in one store, for one job.
+/// The backup a partial upload belongs to: `X.coffer.partial`,
+/// `X.coffer.json.partial`, `X.coffer.json.minisig.partial` → `X`.
+fn partial_owner(file: &str) -> Option<&str> {
+    let stem = file.strip_suffix(".partial")?;
+    let stem = stem.strip_suffix(SIGNATURE_SUFFIX).unwrap_or(stem);
+    stem.strip_suffix(SIDECAR_SUFFIX)
+        .or_else(|| stem.strip_suffix(SEALED_SUFFIX))
+}
+
+/// Plans and (unless `dry_run`) deletes, in one store, for one job. Only
+/// backups that could be genuine hold keep slots (see `PruneReport::ignored`),
+/// ordered by the time the store vouches for, never by the uploader's word
+/// alone; so nothing an uploader writes alone can push a genuine backup out.
 pub fn apply(
     store: &dyn Store,
     job: &str,
@@ -100,20 +177,36 @@ pub fn apply(
     protect: Option<&str>,
     dry_run: bool,
     now: chrono::DateTime<chrono::Utc>,
+    verifier: Option<&Verifier>,
 ) -> Result<PruneReport> {
     let (listed, partials) = list(store)?;
-    let backups: Vec<Backup> = listed
-        .iter()
-        .filter(|l| l.state == State::Complete)
-        .filter_map(|l| l.sidecar.as_ref())
-        .filter(|s| s.job == job)
-        .filter_map(|s| {
-            s.created().map(|created| Backup {
-                name: s.name.clone(),
+    let mut backups = Vec::new();
+    let mut ignored = Vec::new();
+    for l in &listed {
+        let Some(s) = l.sidecar.as_ref().filter(|s| s.job == job) else {
+            continue;
+        };
+        if l.state != State::Complete {
+            continue;
+        }
+        let why = if !is_backup_name(job, &l.name) {
+            Some(format!("not a name a run of job {job:?} makes"))
+        } else if !plausible(l, job, now) {
+            Some(format!("dated {}, in the future", s.created))
+        } else if let Origin::Refused(why) = origin(store, l, verifier) {
+            Some(why)
+        } else {
+            None
+        };
+        match (why, effective_time(l)) {
+            (None, Some(created)) => backups.push(Backup {
+                name: l.name.clone(),
                 created,
-            })
-        })
-        .collect();
+            }),
+            (Some(why), _) => ignored.push((l.name.clone(), why)),
+            (None, None) => ignored.push((l.name.clone(), "no usable time".into())),
+        }
+    }
     let mut decisions = retention::plan(&backups, policy);
     // Whatever the clock says, a run never deletes the backup it just made.
     for d in &mut decisions {
@@ -138,11 +231,13 @@ pub fn apply(
     }
     let mut stale = Vec::new();
     // A backup run holds the job's lock, so this job's partial uploads are
-    // leftovers of dead runs; anyone else's are left a day to finish.
-    let ours = format!("{job}-");
+    // leftovers of dead runs; anyone else's (another job's, or a name no run
+    // makes) are left a day to finish, and one whose age is unknown is kept.
     for p in partials {
-        let dead_run = protect.is_some() && p.name.starts_with(&ours);
-        if dead_run || now.timestamp() - p.mtime > STALE_PARTIAL_SECS {
+        let ours = partial_owner(&p.name).is_some_and(|n| is_backup_name(job, n));
+        let dead_run = protect.is_some() && ours;
+        let old = p.mtime > 0 && now.timestamp() - p.mtime > STALE_PARTIAL_SECS;
+        if dead_run || old {
             if !dry_run {
                 store.delete(&p.name)?;
             }
@@ -154,5 +249,29 @@ pub fn apply(
         decisions,
         deleted,
         stale_partials: stale,
+        ignored,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partial_owner;
+
+    #[test]
+    fn partials_name_their_backup() {
+        assert_eq!(
+            partial_owner("j-20261123T000100Z.coffer.partial"),
+            Some("j-20261123T000100Z")
+        );
+        assert_eq!(
+            partial_owner("j-20261123T000100Z.coffer.json.partial"),
+            Some("j-20261123T000100Z")
+        );
+        assert_eq!(
+            partial_owner("j-20261123T000100Z.coffer.json.minisig.partial"),
+            Some("j-20261123T000100Z")
+        );
+        assert_eq!(partial_owner("j.coffer"), None);
+        assert_eq!(partial_owner("x.partial"), None);
+    }
 }

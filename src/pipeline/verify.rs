@@ -10,12 +10,13 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::envelope::{Header, Identity, OpenError};
 use crate::error::Result;
+use crate::ledger;
+use crate::manifest::is_backup_name;
 use crate::manifest::Sidecar;
-use crate::pipeline::locate::Catalog;
+use crate::pipeline::locate::{ledger_entry, origin, Catalog, Origin};
 use crate::pipeline::retention::State;
 use crate::pipeline::scratch::ScratchMariaDb;
 use crate::pipeline::walk::{walk, HashRead, WalkError, Walked};
-use crate::signing::{Verifier, SIGNATURE_SUFFIX};
 
 pub enum Select {
     All,
@@ -41,7 +42,7 @@ pub fn verify(
     select: &Select,
     identities: Option<&[Identity]>,
     restore_test: bool,
-) -> Result<Vec<Report>> {
+) -> Result<Outcome> {
     let verifier = match &config.job.signing_public_key {
         Some(p) => Some(crate::pipeline::job::load_verifier(p)?),
         None => None,
@@ -53,18 +54,22 @@ pub fn verify(
         (true, false) => "keyed",
         _ => "keyless",
     };
+    let now = chrono::Utc::now();
     let mut reports = Vec::new();
     let chosen: Option<(usize, String)> = match select {
         Select::All => None,
-        Select::Latest => Some(
-            catalog
-                .find(job, "latest")
-                .map(|(i, s)| (i, s.name.clone()))?,
-        ),
-        Select::Name(n) => Some(catalog.find(job, n).map(|(i, s)| (i, s.name.clone()))?),
+        Select::Latest => {
+            let f = catalog.find(job, "latest", verifier.as_ref())?;
+            Some((f.store, f.listed.name.clone()))
+        }
+        Select::Name(n) => {
+            let f = catalog.find(job, n, verifier.as_ref())?;
+            Some((f.store, f.listed.name.clone()))
+        }
     };
     for (i, listed) in catalog.listed.iter().enumerate() {
         let store = catalog.stores[i].as_ref();
+        let mut ledger_entries = Vec::new();
         for l in listed {
             if let Some((ci, cn)) = &chosen {
                 if *ci != i || cn != &l.name {
@@ -84,10 +89,16 @@ pub fn verify(
                     if sidecar.job != job {
                         continue;
                     }
-                    if let Some(v) = &verifier {
-                        check_signature(store, sidecar, v, &mut r);
+                    let ctx = Context {
+                        job,
+                        verifier: verifier.as_ref(),
+                        identities,
+                        restore_test,
+                        now,
+                    };
+                    if complete(store, l, sidecar, &ctx, &mut r) {
+                        ledger_entries.extend(ledger_entry(l));
                     }
-                    check_one(store, sidecar, identities, restore_test, &mut r);
                 }
                 (State::NoSidecar, _) => r
                     .problems
@@ -101,52 +112,92 @@ pub fn verify(
             r.ok = r.problems.is_empty();
             reports.push(r);
         }
+        let has_ledger = verifier.is_some() || !ledger_entries.is_empty();
+        if chosen.is_none()
+            && has_ledger
+            && !catalog
+                .unreachable
+                .iter()
+                .any(|u| u.starts_with(store.name()))
+        {
+            let f = ledger::check(
+                &ledger_entries,
+                config.job.keep_last,
+                chrono::Duration::hours(i64::from(config.job.max_age_hours)),
+                now,
+            );
+            reports.push(Report {
+                store: store.name().to_owned(),
+                name: format!("ledger of job {job}"),
+                ok: f.problems.is_empty(),
+                level: "ledger",
+                checks: f.checks,
+                problems: f.problems,
+            });
+        }
     }
-    Ok(reports)
+    Ok(Outcome {
+        reports,
+        unreachable: catalog.unreachable,
+    })
 }
 
-/// The sidecar (which holds the ciphertext's SHA-256) must carry a good
-/// signature by the configured key: unsigned or forged fails.
-fn check_signature(
+struct Context<'a> {
+    job: &'a str,
+    verifier: Option<&'a crate::signing::Verifier>,
+    identities: Option<&'a [Identity]>,
+    restore_test: bool,
+    now: chrono::DateTime<chrono::Utc>,
+}
+
+/// Checks one complete backup; true if it is a trusted ledger entry.
+fn complete(
     store: &dyn crate::store::Store,
+    l: &crate::pipeline::retention::Listed,
     sidecar: &Sidecar,
-    verifier: &Verifier,
+    ctx: &Context<'_>,
     r: &mut Report,
-) {
-    let name = sidecar.file_name();
-    let sig_name = format!("{name}{SIGNATURE_SUFFIX}");
-    let read = |file: &str| -> std::result::Result<Vec<u8>, String> {
-        let mut buf = Vec::new();
-        store
-            .get(file)
-            .map_err(|e| crate::cli_chain(&e))?
-            .take(1 << 20)
-            .read_to_end(&mut buf)
-            .map_err(|e| format!("{file}: {e}"))?;
-        Ok(buf)
-    };
-    let json = match read(&name) {
-        Ok(j) => j,
-        Err(e) => return r.problems.push(e),
-    };
-    let signature = match store.stat(&sig_name) {
-        Ok(Some(_)) => match read(&sig_name) {
-            Ok(s) => String::from_utf8_lossy(&s).into_owned(),
-            Err(e) => return r.problems.push(e),
-        },
-        Ok(None) => {
-            return r.problems.push(format!(
-                "unsigned: {sig_name} is missing, and signing_public_key requires a signature"
-            ))
-        }
-        Err(e) => return r.problems.push(crate::cli_chain(&e)),
-    };
-    match verifier.verify(&json, &signature) {
-        Ok(()) => r
-            .checks
-            .push(format!("signed by key {}", verifier.key_id())),
-        Err(e) => r.problems.push(format!("signature: {e}")),
+) -> bool {
+    if !is_backup_name(ctx.job, &l.name) {
+        r.problems.push(format!(
+            "not a name a run of job {:?} makes: never counted as a backup",
+            ctx.job
+        ));
     }
+    if sidecar
+        .created()
+        .is_none_or(|c| c > ctx.now + ledger::future_slack())
+    {
+        r.problems
+            .push(format!("dated {}, in the future", sidecar.created));
+    }
+    let trusted = match origin(store, l, ctx.verifier) {
+        Origin::Signed(key) => {
+            r.checks.push(format!("signed by key {key}"));
+            true
+        }
+        Origin::Unchecked => true,
+        Origin::Refused(why) => {
+            r.problems.push(why);
+            false
+        }
+    };
+    let entry = trusted && r.problems.is_empty();
+    // Nothing unauthenticated is decrypted, let alone loaded into a
+    // database: a forged backup gets the keyless checks only.
+    let ids = ctx.identities.filter(|_| trusted);
+    if ctx.identities.is_some() && ids.is_none() {
+        r.problems
+            .push("not decrypted or restore-tested: its origin is not authenticated".into());
+    }
+    check_one(store, sidecar, ids, ctx.restore_test && trusted, r);
+    entry
+}
+
+/// What a verify run found, and which stores it could not reach.
+pub struct Outcome {
+    pub reports: Vec<Report>,
+    pub unreachable: Vec<String>,
 }
 
 fn check_one(
