@@ -149,16 +149,17 @@ impl Env {
         .unwrap();
     }
     fn restored(&self, dir: &Path) -> Option<String> {
-        self.restored_from(dir, &self.p().join("data/file.txt"))
+        restored_from(dir, &self.p().join("data/file.txt"))
     }
     /// A forgery's file, restored under the forger's path.
     fn restored_forgery(&self, dir: &Path) -> Option<String> {
-        self.restored_from(dir, &self.p().join("forger/data/file.txt"))
+        restored_from(dir, &self.p().join("forger/data/file.txt"))
     }
-    fn restored_from(&self, dir: &Path, data: &Path) -> Option<String> {
-        let rel = data.strip_prefix("/").unwrap();
-        fs::read_to_string(dir.join("files/data").join(rel)).ok()
-    }
+}
+
+fn restored_from(dir: &Path, data: &Path) -> Option<String> {
+    let rel = data.strip_prefix("/").unwrap();
+    fs::read_to_string(dir.join("files/data").join(rel)).ok()
 }
 
 fn is_empty_or_absent(dir: &Path) -> bool {
@@ -177,7 +178,8 @@ fn a_forgery_under_the_newest_name_is_refused_before_anything_is_written() {
     // The genuine signature stays beside the forged sidecar; removing it
     // makes the backup unsigned: both are refused.
     e.plant(&newest, &sealed, sidecar, None);
-    for what in [newest.as_str()] {
+    {
+        let what = newest.as_str();
         let to = e.p().join(format!("out-{what}"));
         let out = coffer(&[
             "restore",
@@ -263,7 +265,10 @@ fn a_forgery_under_the_newest_name_is_refused_before_anything_is_written() {
         "{}",
         stderr(&out)
     );
-    assert_eq!(e.restored_forgery(&to).as_deref(), Some("the attacker's data"));
+    assert_eq!(
+        e.restored_forgery(&to).as_deref(),
+        Some("the attacker's data")
+    );
     let to = e.p().join("out-own-signed");
     let out = coffer(&[
         "restore",

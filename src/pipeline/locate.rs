@@ -182,7 +182,7 @@ impl Catalog {
         for (i, l, s) in candidates {
             match origin(self.stores[i].as_ref(), l, verifier) {
                 Origin::Refused(why) => {
-                    refused.push(format!("{} in {}: {why}", l.name, self.stores[i].name()))
+                    refused.push(format!("{} in {}: {why}", l.name, self.stores[i].name()));
                 }
                 o => {
                     return Ok(Found {

@@ -237,8 +237,19 @@ fn hook(program: &str, args: &[String], json: &[u8], outcome: &Outcome) -> Resul
             Err(e) => return Err(e.to_string()),
         }
     };
-    let _ = feeder.join();
-    let err = drainer.join().unwrap_or_default();
+    // A hook that left a background child holding its stderr must not hang
+    // the run: wait a moment for the rest of the output, then let it go.
+    let waited = Instant::now();
+    while !(feeder.is_finished() && drainer.is_finished())
+        && waited.elapsed() < Duration::from_secs(1)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let err = if drainer.is_finished() {
+        drainer.join().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     if status.success() {
         return Ok(());
     }
