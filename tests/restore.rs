@@ -391,7 +391,8 @@ fn verify_catches_damage_keyless_and_keyed() {
     };
     let (out, reports) = verify(&[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(reports.len(), 4);
+    // Four backups, and the store's ledger.
+    assert_eq!(reports.len(), 5);
     let (out, _) = verify(&["-i", e.key()]);
     assert!(out.status.success(), "{}", stderr(&out));
 
@@ -421,9 +422,19 @@ fn verify_catches_damage_keyless_and_keyed() {
         .filter(|r| r["ok"] == false)
         .map(|r| r["problems"].to_string())
         .collect();
-    assert_eq!(failed.len(), 3, "{reports:?}");
+    // The three, and the ledger that misses the two that are no backups now.
+    assert_eq!(failed.len(), 4, "{reports:?}");
     assert!(failed.iter().any(|p| p.contains("SHA-256")), "{failed:?}");
-    assert!(failed.iter().any(|p| p.contains("size is")), "{failed:?}");
+    assert!(
+        failed
+            .iter()
+            .any(|p| p.contains("bytes, the sealed file has")),
+        "{failed:?}"
+    );
+    assert!(
+        failed.iter().any(|p| p.contains("missing: ledger")),
+        "{failed:?}"
+    );
     assert!(
         failed.iter().any(|p| p.contains("no sidecar")),
         "{failed:?}"
@@ -755,7 +766,9 @@ fn progress_bar_only_on_a_terminal() {
         e.p().join("a").to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    // The summary, after the one warning that nothing signed this backup.
+    assert_eq!(stderr(&out).lines().count(), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("not authenticated"));
     assert!(!stderr(&out).contains("restoring ["));
     // On a terminal (`script` provides one): bytes, total, rate and ETA.
     let cmd = format!(

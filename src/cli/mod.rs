@@ -3,6 +3,7 @@
 
 mod backup;
 mod config;
+mod ingest;
 mod inspect;
 mod keygen;
 mod keyscan;
@@ -123,6 +124,8 @@ pub enum Command {
     List(list::Args),
     /// Apply retention: delete old complete backups (needs no key)
     Prune(prune::Args),
+    /// On the backup server: move finished uploads out of the upload account's reach
+    Ingest(ingest::Args),
     /// Configuration tools
     #[command(subcommand)]
     Config(config::Command),
@@ -162,6 +165,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup(a) => backup::run(&a, &out),
         Command::List(a) => list::run(&a),
         Command::Prune(a) => prune::run(&a),
+        Command::Ingest(a) => ingest::run(&a, &out),
         Command::Config(c) => config::run(&c),
         Command::Keyscan(a) => keyscan::run(&a),
         Command::Restore(a) => restore::run(&a, &out),

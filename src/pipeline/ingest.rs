@@ -1,0 +1,235 @@
+//! `coffer ingest`, run on the backup server: moves finished uploads out of
+//! the upload account's reach. The database host writes into an incoming
+//! directory (its SFTP chroot); ingest copies each complete backup into the
+//! configured stores — directories the upload account cannot reach — and
+//! only then removes it from incoming. A copy, never a rename: the uploader
+//! may still hold a file open, and a rename would keep its inode in reach.
+//!
+//! What incoming holds is the uploader's word: files are opened without
+//! following symlinks and must be regular; only names a run of the job makes
+//! count; the copy must match the sidecar's size and SHA-256; with a signing
+//! public key only what it signed is taken. A name already in a store is
+//! never replaced.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use rustix::fs::{Mode, OFlags};
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::ledger;
+use crate::manifest::{is_backup_name, Sidecar, SEALED_SUFFIX, SIDECAR_SUFFIX};
+use crate::pipeline::job::{build_stores, load_verifier};
+use crate::signing::SIGNATURE_SUFFIX;
+use crate::store::Store;
+
+/// What happened to each backup found in incoming.
+#[derive(Debug, Default)]
+pub struct IngestReport {
+    pub ingested: Vec<String>,
+    /// Left in incoming, with the reason (forged, damaged, a name clash).
+    pub refused: Vec<(String, String)>,
+}
+
+/// Opens `name` in `dir` read-only, refusing symlinks, FIFOs and devices.
+fn open_regular(dir: &File, name: &str, max: Option<u64>) -> std::result::Result<File, String> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("{name}: {e}"))?;
+    let f = File::from(fd);
+    let meta = f.metadata().map_err(|e| format!("{name}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{name} is not a regular file"));
+    }
+    if max.is_some_and(|m| meta.len() > m) {
+        return Err(format!("{name} is too large"));
+    }
+    Ok(f)
+}
+
+fn read_small(dir: &File, name: &str) -> std::result::Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    open_regular(dir, name, Some(1 << 20))?
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("{name}: {e}"))?;
+    Ok(buf)
+}
+
+/// Ingests every complete backup of the job found in `incoming`.
+pub fn ingest(config: &Config, incoming: &Path, dry_run: bool) -> Result<IngestReport> {
+    let verifier = config
+        .job
+        .signing_public_key
+        .as_deref()
+        .map(load_verifier)
+        .transpose()?;
+    for st in &config.stores {
+        if let crate::config::Store::Local { path, .. } = st {
+            crate::store::LocalStore::new(st.name(), path).ensure_dir()?;
+        }
+    }
+    let stores: Vec<Box<dyn Store>> = build_stores(config).into_iter().map(|(s, _)| s).collect();
+    if stores.is_empty() {
+        return Err(Error::Usage(
+            "ingest needs at least one [[store]] to copy into".into(),
+        ));
+    }
+    let dir = File::open(incoming).map_err(|e| Error::io(incoming, "open", e))?;
+    let mut names: Vec<String> = std::fs::read_dir(incoming)
+        .map_err(|e| Error::io(incoming, "list", e))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_suffix(SIDECAR_SUFFIX).map(str::to_owned))
+        .collect();
+    names.sort();
+    let job = config.job.name.as_str();
+    let now = chrono::Utc::now();
+    let mut report = IngestReport::default();
+    for name in names {
+        if !is_backup_name(job, &name) {
+            // Another job's, or a name no run makes: not ours to judge.
+            continue;
+        }
+        match one(&dir, &name, job, now, verifier.as_ref(), &stores, dry_run) {
+            Ok(()) => report.ingested.push(name),
+            Err(why) => report.refused.push((name, why)),
+        }
+    }
+    Ok(report)
+}
+
+fn one(
+    dir: &File,
+    name: &str,
+    job: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    verifier: Option<&crate::signing::Verifier>,
+    stores: &[Box<dyn Store>],
+    dry_run: bool,
+) -> std::result::Result<(), String> {
+    let sidecar_name = format!("{name}{SIDECAR_SUFFIX}");
+    let sig_name = format!("{sidecar_name}{SIGNATURE_SUFFIX}");
+    let sealed_name = format!("{name}{SEALED_SUFFIX}");
+    let raw = read_small(dir, &sidecar_name)?;
+    let sidecar = Sidecar::parse(&raw).map_err(|e| format!("sidecar is not valid: {e}"))?;
+    if sidecar.name != name || sidecar.job != job {
+        return Err(format!(
+            "the sidecar names {} of job {:?}",
+            sidecar.name, sidecar.job
+        ));
+    }
+    if sidecar
+        .created()
+        .is_none_or(|c| c > now + ledger::future_slack())
+    {
+        return Err(format!("dated {}, in the future", sidecar.created));
+    }
+    let signature = match verifier {
+        Some(v) => {
+            let sig = read_small(dir, &sig_name).map_err(|e| format!("unsigned: {e}"))?;
+            let text = String::from_utf8_lossy(&sig).into_owned();
+            v.verify(&raw, &text)
+                .map_err(|e| format!("signature: {e}"))?;
+            Some(text)
+        }
+        None => read_small(dir, &sig_name)
+            .ok()
+            .map(|s| String::from_utf8_lossy(&s).into_owned()),
+    };
+    let mut sealed = open_regular(dir, &sealed_name, None)?;
+    for store in stores {
+        if store
+            .stat(&sealed_name)
+            .map_err(|e| crate::cli_chain(&e))?
+            .is_some()
+            || store
+                .stat(&sidecar_name)
+                .map_err(|e| crate::cli_chain(&e))?
+                .is_some()
+        {
+            return Err(format!(
+                "{name} is already in {}: never replaced",
+                store.name()
+            ));
+        }
+    }
+    if dry_run {
+        return Ok(());
+    }
+    for store in stores {
+        io::Seek::rewind(&mut sealed).map_err(|e| format!("{sealed_name}: {e}"))?;
+        copy_into(
+            store.as_ref(),
+            &mut sealed,
+            &sidecar,
+            &raw,
+            signature.as_deref(),
+        )
+        .map_err(|e| format!("{}: {e}", store.name()))?;
+    }
+    // Taken: only now does it leave incoming, sidecar first (what is left
+    // of an interrupted removal is an incomplete upload, never a backup).
+    for f in [&sidecar_name, &sig_name, &sealed_name] {
+        match rustix::fs::unlinkat(dir, f.as_str(), rustix::fs::AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => {
+                return Err(format!(
+                    "ingested, but cannot remove {f} from incoming: {e}"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies the sealed file, checking size and hash on the way, then the
+/// signature and the sidecar's exact bytes, each under a temporary name.
+fn copy_into(
+    store: &dyn Store,
+    sealed: &mut File,
+    sidecar: &Sidecar,
+    raw: &[u8],
+    signature: Option<&str>,
+) -> std::result::Result<(), String> {
+    let sealed_name = sidecar.sealed_name();
+    let mut u = store.put(&sealed_name).map_err(|e| crate::cli_chain(&e))?;
+    let mut hash = Sha256::new();
+    let mut len = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = sealed
+            .read(&mut buf)
+            .map_err(|e| format!("{sealed_name}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        len += n as u64;
+        u.write_all(&buf[..n])
+            .map_err(|e| format!("{sealed_name}: {e}"))?;
+    }
+    if len != sidecar.size || hex::encode(hash.finalize()) != sidecar.sha256 {
+        return Err(format!(
+            "{sealed_name} does not match its sidecar's size and SHA-256"
+        ));
+    }
+    u.commit().map_err(|e| crate::cli_chain(&e))?;
+    let small = |file: String, bytes: &[u8]| -> std::result::Result<(), String> {
+        let mut u = store.put(&file).map_err(|e| crate::cli_chain(&e))?;
+        u.write_all(bytes).map_err(|e| format!("{file}: {e}"))?;
+        u.commit().map_err(|e| crate::cli_chain(&e))
+    };
+    if let Some(sig) = signature {
+        small(
+            format!("{}{SIGNATURE_SUFFIX}", sidecar.file_name()),
+            sig.as_bytes(),
+        )?;
+    }
+    small(sidecar.file_name(), raw)
+}

@@ -1,0 +1,285 @@
+//! The write-only server recipe (docs/BACKUP-SERVER.md), against a real
+//! sshd: the database host uploads into its chrooted incoming directory,
+//! `coffer ingest` on the server moves each signed backup out of the upload
+//! account's reach, and the server's `prune` and `verify` work on that
+//! repository. The upload account then attacks with everything SFTP allows,
+//! and every genuine backup survives and verifies.
+#![allow(clippy::too_many_lines)]
+
+mod common;
+mod harness;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use harness::Sshd;
+
+/// Runs one SFTP command as the upload account; true if it succeeded.
+fn sftp(sshd: &Sshd, dir: &Path, command: &str) -> bool {
+    let batch = dir.join("batch");
+    fs::write(&batch, format!("{command}\n")).unwrap();
+    Command::new("sftp")
+        .args(["-q", "-b"])
+        .arg(&batch)
+        .arg("-i")
+        .arg(&sshd.client_key)
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", sshd.known_hosts.display()))
+        .args([
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-P",
+        ])
+        .arg(sshd.port.to_string())
+        .arg(format!("{}@127.0.0.1", sshd.user))
+        .current_dir(dir)
+        .output()
+        .expect("run sftp")
+        .status
+        .success()
+}
+
+fn write(p: &Path, body: &str) -> String {
+    fs::write(p, body).unwrap();
+    chmod(p, 0o600);
+    p.display().to_string()
+}
+
+fn backups(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .into_string()
+                    .ok()?
+                    .strip_suffix(".coffer")
+                    .map(str::to_owned)
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_write_only_upload_account_cannot_hurt_ingested_backups() {
+    if !rustix::process::geteuid().is_root() {
+        // sshd chroots only for root: unprivileged, the repository would be
+        // in the upload account's reach and the test would prove nothing.
+        eprintln!("SKIP: needs root for sshd's ChrootDirectory (CI runs as root)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this test as root"
+        );
+        return;
+    }
+    let sshd = Sshd::start();
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path();
+    ok(&[
+        "keygen",
+        "--type",
+        "age",
+        "--out",
+        p.join("backup.key").to_str().unwrap(),
+    ]);
+    ok(&[
+        "keygen",
+        "--type",
+        "signing",
+        "--out",
+        p.join("sign.key").to_str().unwrap(),
+    ]);
+    fs::create_dir(p.join("data")).unwrap();
+    fs::write(p.join("data/db.sql"), "genuine rows").unwrap();
+    let job = format!(
+        "[job]\nname = \"prod\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\n",
+        k = p.join("backup.key").display(),
+        l = p.join("lock").display()
+    );
+    let source = format!(
+        "[[source]]\ntype = \"files\"\nname = \"data\"\npaths = [\"{}\"]\n",
+        p.join("data").display()
+    );
+    // The database host: signs, keeps its own copies, uploads, deletes
+    // nothing remotely.
+    let host = write(
+        &p.join("host.toml"),
+        &format!(
+            "{job}signing_key = \"{s}\"\n{source}[[store]]\ntype = \"local\"\npath = \"{h}\"\n{remote}",
+            s = p.join("sign.key").display(),
+            h = p.join("host-store").display(),
+            remote = sshd.store_config("prune = false"),
+        ),
+    );
+    // The backup server: the repository, out of the upload account's reach
+    // (outside its chroot), and only the signing public key.
+    let repo = p.join("repo");
+    let server = write(
+        &p.join("server.toml"),
+        &format!(
+            "[job]\nname = \"prod\"\nkeep_last = 3\nsigning_public_key = \"{s}.pub\"\n\
+             [[store]]\ntype = \"local\"\npath = \"{r}\"\n",
+            s = p.join("sign.key").display(),
+            r = repo.display(),
+        ),
+    );
+    let incoming = sshd.data_dir();
+    let from = incoming.to_str().unwrap();
+    for _ in 0..3 {
+        ok(&["backup", "-c", &host]);
+        let out = ok(&["ingest", "-c", &server, "--from", from]);
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("ingested prod-"));
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let genuine = backups(&repo);
+    assert_eq!(genuine.len(), 3, "{genuine:?}");
+    assert!(
+        backups(&incoming).is_empty(),
+        "ingest leaves nothing in incoming"
+    );
+
+    // The attacker holds the upload account (and the public backup key).
+    // The repository is not in its world: delete, rename, truncate fail.
+    let victim = &genuine[0];
+    for attack in [
+        format!("rm {}/{victim}.coffer", repo.display()),
+        format!("rm ../{victim}.coffer"),
+        format!(
+            "rename {0}/{victim}.coffer {0}/{victim}.coffer.partial",
+            repo.display()
+        ),
+        format!("put /dev/null {}/{victim}.coffer", repo.display()),
+    ] {
+        assert!(
+            !sftp(&sshd, p, &attack),
+            "the upload account could: {attack}"
+        );
+    }
+    // It plants keep_last forged backups (sealed to the public key, dated in
+    // the future or now, unsigned or with a stolen genuine signature).
+    let forger = p.join("forger");
+    fs::create_dir_all(forger.join("data")).unwrap();
+    fs::write(forger.join("data/db.sql"), "forged rows").unwrap();
+    let forger_cfg = write(
+        &forger.join("f.toml"),
+        &format!(
+            "[job]\nname = \"prod\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\n\
+             [[source]]\ntype = \"files\"\npaths = [\"{d}\"]\n[[store]]\ntype = \"local\"\npath = \"{s}\"\n",
+            k = p.join("backup.key").display(),
+            l = forger.join("lock").display(),
+            d = forger.join("data").display(),
+            s = forger.join("out").display(),
+        ),
+    );
+    ok(&["backup", "-c", &forger_cfg]);
+    let forged = backups(&forger.join("out")).pop().unwrap();
+    let sealed = fs::read(forger.join("out").join(format!("{forged}.coffer"))).unwrap();
+    let original: serde_json::Value = serde_json::from_slice(
+        &fs::read(forger.join("out").join(format!("{forged}.coffer.json"))).unwrap(),
+    )
+    .unwrap();
+    let stolen_sig = fs::read(repo.join(format!("{}.coffer.json.minisig", genuine[2]))).unwrap();
+    let stage = p.join("stage");
+    fs::create_dir(&stage).unwrap();
+    for (i, created) in [
+        "2099-01-01T00:00:00.000Z",
+        "2099-01-02T00:00:00.000Z",
+        "now",
+        "now",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let name = if *created == "now" {
+            format!("{forged}-{}", i + 1)
+        } else {
+            format!("prod-2099010{}T000000Z", i + 1)
+        };
+        let mut sidecar = original.clone();
+        sidecar["name"] = name.clone().into();
+        if *created != "now" {
+            sidecar["created"] = (*created).into();
+        }
+        fs::write(stage.join(format!("{name}.coffer")), &sealed).unwrap();
+        fs::write(
+            stage.join(format!("{name}.coffer.json")),
+            serde_json::to_vec(&sidecar).unwrap(),
+        )
+        .unwrap();
+        if i == 3 {
+            fs::write(
+                stage.join(format!("{name}.coffer.json.minisig")),
+                &stolen_sig,
+            )
+            .unwrap();
+        }
+    }
+    for f in fs::read_dir(&stage).unwrap() {
+        let f = f.unwrap().file_name().into_string().unwrap();
+        assert!(
+            sftp(&sshd, &stage, &format!("put {f} backups/{f}")),
+            "upload {f}"
+        );
+    }
+    // The server ingests what is genuine and leaves the rest, loudly.
+    ok(&["backup", "-c", &host]);
+    let out = coffer(&["ingest", "-c", &server, "--from", from]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(text.contains("unsigned"), "{text}");
+    assert!(text.contains("signature"), "{text}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        1,
+        "one genuine new backup"
+    );
+    assert!(backups(&repo)
+        .iter()
+        .all(|n| genuine.contains(n) || n.starts_with("prod-2026")));
+    assert!(!backups(&repo)
+        .iter()
+        .any(|n| n.contains("2099") || n.starts_with(&forged)));
+
+    // The server's retention (keep_last = 3) keeps the three newest genuine
+    // backups; nothing forged holds a slot; the repository verifies.
+    ok(&["prune", "-c", &server]);
+    let left = backups(&repo);
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert_eq!(
+        left[..2],
+        genuine[1..],
+        "the newest genuine backups are kept"
+    );
+    let out = coffer(&["verify", "-c", &server]);
+    assert_eq!(
+        code(&out),
+        0,
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    // And the restore machine gets the genuine data back from the repository.
+    let to = p.join("restored");
+    ok(&[
+        "restore",
+        "-c",
+        &server,
+        "-i",
+        p.join("backup.key").to_str().unwrap(),
+        "latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    let rel = p.join("data/db.sql");
+    assert_eq!(
+        fs::read_to_string(to.join("files/data").join(rel.strip_prefix("/").unwrap())).unwrap(),
+        "genuine rows"
+    );
+}
