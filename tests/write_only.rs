@@ -162,11 +162,11 @@ fn a_write_only_upload_account_cannot_hurt_ingested_backups() {
             "the upload account could: {attack}"
         );
     }
-    // It plants keep_last forged backups (sealed to the public key, dated in
+    // It plants keep_last forged_name backups (sealed to the public key, dated in
     // the future or now, unsigned or with a stolen genuine signature).
     let forger = p.join("forger");
     fs::create_dir_all(forger.join("data")).unwrap();
-    fs::write(forger.join("data/db.sql"), "forged rows").unwrap();
+    fs::write(forger.join("data/db.sql"), "forged_name rows").unwrap();
     let forger_cfg = write(
         &forger.join("f.toml"),
         &format!(
@@ -179,10 +179,10 @@ fn a_write_only_upload_account_cannot_hurt_ingested_backups() {
         ),
     );
     ok(&["backup", "-c", &forger_cfg]);
-    let forged = backups(&forger.join("out")).pop().unwrap();
-    let sealed = fs::read(forger.join("out").join(format!("{forged}.coffer"))).unwrap();
+    let forged_name = backups(&forger.join("out")).pop().unwrap();
+    let sealed = fs::read(forger.join("out").join(format!("{forged_name}.coffer"))).unwrap();
     let original: serde_json::Value = serde_json::from_slice(
-        &fs::read(forger.join("out").join(format!("{forged}.coffer.json"))).unwrap(),
+        &fs::read(forger.join("out").join(format!("{forged_name}.coffer.json"))).unwrap(),
     )
     .unwrap();
     let stolen_sig = fs::read(repo.join(format!("{}.coffer.json.minisig", genuine[2]))).unwrap();
@@ -198,7 +198,7 @@ fn a_write_only_upload_account_cannot_hurt_ingested_backups() {
     .enumerate()
     {
         let name = if *created == "now" {
-            format!("{forged}-{}", i + 1)
+            format!("{forged_name}-{}", i + 1)
         } else {
             format!("prod-2099010{}T000000Z", i + 1)
         };
@@ -245,10 +245,10 @@ fn a_write_only_upload_account_cannot_hurt_ingested_backups() {
         .all(|n| genuine.contains(n) || n.starts_with("prod-2026")));
     assert!(!backups(&repo)
         .iter()
-        .any(|n| n.contains("2099") || n.starts_with(&forged)));
+        .any(|n| n.contains("2099") || n.starts_with(&forged_name)));
 
     // The server's retention (keep_last = 3) keeps the three newest genuine
-    // backups; nothing forged holds a slot; the repository verifies.
+    // backups; nothing forged_name holds a slot; the repository verifies.
     ok(&["prune", "-c", &server]);
     let left = backups(&repo);
     assert_eq!(left.len(), 3, "{left:?}");
