@@ -162,11 +162,11 @@ fn a_write_only_upload_account_cannot_hurt_ingested_backups() {
             "the upload account could: {attack}"
         );
     }
-    // It plants keep_last forged_name backups (sealed to the public key, dated in
+    // It plants keep_last forged backups (sealed to the public key, dated in
     // the future or now, unsigned or with a stolen genuine signature).
     let forger = p.join("forger");
     fs::create_dir_all(forger.join("data")).unwrap();
-    fs::write(forger.join("data/db.sql"), "forged_name rows").unwrap();
+    fs::write(forger.join("data/db.sql"), "forged rows").unwrap();
     let forger_cfg = write(
         &forger.join("f.toml"),
         &format!(
@@ -182,7 +182,12 @@ fn a_write_only_upload_account_cannot_hurt_ingested_backups() {
     let forged_name = backups(&forger.join("out")).pop().unwrap();
     let sealed = fs::read(forger.join("out").join(format!("{forged_name}.coffer"))).unwrap();
     let original: serde_json::Value = serde_json::from_slice(
-        &fs::read(forger.join("out").join(format!("{forged_name}.coffer.json"))).unwrap(),
+        &fs::read(
+            forger
+                .join("out")
+                .join(format!("{forged_name}.coffer.json")),
+        )
+        .unwrap(),
     )
     .unwrap();
     let stolen_sig = fs::read(repo.join(format!("{}.coffer.json.minisig", genuine[2]))).unwrap();
@@ -248,7 +253,7 @@ fn a_write_only_upload_account_cannot_hurt_ingested_backups() {
         .any(|n| n.contains("2099") || n.starts_with(&forged_name)));
 
     // The server's retention (keep_last = 3) keeps the three newest genuine
-    // backups; nothing forged_name holds a slot; the repository verifies.
+    // backups; nothing forged holds a slot; the repository verifies.
     ok(&["prune", "-c", &server]);
     let left = backups(&repo);
     assert_eq!(left.len(), 3, "{left:?}");
