@@ -42,11 +42,11 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
     for u in &outcome.unreachable {
         out.warn(u);
     }
-    let reports = outcome.reports;
+    let reports = &outcome.reports;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
-        for r in &reports {
+        for r in reports {
             if r.ok {
                 println!(
                     "ok    {} ({}, {}): {}",
@@ -71,6 +71,18 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
         return Err(Error::VerifyFailed {
             failed,
             total: reports.len(),
+        }
+        .into());
+    }
+    if !outcome.unreachable.is_empty() {
+        // A verify job that stays green while a store cannot be reached
+        // would hide exactly what it is run to find.
+        return Err(Error::Store {
+            store: "verify".into(),
+            message: format!(
+                "{} store(s) could not be reached (see the warnings): their backups were not verified, the others' were",
+                outcome.unreachable.len()
+            ),
         }
         .into());
     }

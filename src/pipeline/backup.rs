@@ -281,7 +281,8 @@ pub fn run(config: Config, dry_run: bool) -> Result<Summary> {
         message: format!("cannot install signal handlers: {e}"),
     })?;
 
-    let stored = seal_and_store(&job, &name, now, started)?;
+    let mut stored = seal_and_store(&job, &name, now, started)?;
+    stored.warnings.extend(refill(&job, &stored.complete, now));
     // Only now, and only where the new backup is complete, is anything deleted.
     let mut pruned = Vec::new();
     let verifier = job.signer.as_ref().and_then(|s| s.verifier().ok());
@@ -313,7 +314,10 @@ pub fn run(config: Config, dry_run: bool) -> Result<Summary> {
             failures: stored
                 .failed
                 .iter()
-                .map(|(i, e)| format!("{}: {}", job.stores[*i].name(), crate::cli_chain(e)))
+                .map(|(i, e)| {
+                    let store = job.stores[*i].name();
+                    format!("{store}: {}", about(e, store))
+                })
                 .collect(),
         });
     }
@@ -492,9 +496,9 @@ fn finish_stores(
                         store: job.stores[i].name().to_owned(),
                         message: format!(
                             "{}; copying from {} failed too: {}",
-                            crate::cli_chain(&first_error),
+                            about(&first_error, job.stores[i].name()),
                             job.stores[from].name(),
-                            crate::cli_chain(&e)
+                            about(&e, job.stores[i].name())
                         ),
                     },
                 )),
@@ -634,6 +638,96 @@ fn copy_backup(from: &dyn Store, to: &dyn Store, files: &SidecarFiles) -> Result
         delay *= 2;
     }
     Err(last.unwrap_or_else(|| Error::Usage("cancelled".into())))
+}
+
+/// An error's message without the store's name in front (the caller names
+/// the store once).
+fn about(e: &Error, store: &str) -> String {
+    let mut text = crate::cli_chain(e);
+    let prefix = format!("{store}: ");
+    while let Some(rest) = text.strip_prefix(&prefix) {
+        text = rest.to_owned();
+    }
+    text
+}
+
+/// Heals stores that missed earlier backups (unreachable on a past night):
+/// every backup another store holds that retention keeps there, and that
+/// (with a signing key) carries this host's signature, is copied into each
+/// store this run could write, hash-checked on the way. Failures are
+/// warnings: the next run tries again.
+fn refill(job: &Job, healthy: &[usize], now: chrono::DateTime<chrono::Utc>) -> Vec<String> {
+    let verifier = job.signer.as_ref().and_then(|s| s.verifier().ok());
+    let name = job.config.job.name.as_str();
+    let listed: Vec<Option<Vec<retention::Listed>>> = job
+        .stores
+        .iter()
+        .map(|s| retention::list(s.as_ref()).ok().map(|(l, _)| l))
+        .collect();
+    let mut notes = Vec::new();
+    for &to in healthy {
+        let Some(have) = &listed[to] else { continue };
+        let mut present: Vec<String> = have.iter().map(|l| l.name.clone()).collect();
+        for (from, from_listed) in listed.iter().enumerate() {
+            let Some(from_listed) = from_listed.as_ref().filter(|_| from != to) else {
+                continue;
+            };
+            // The newest keep_last of the job there: what this store should hold too.
+            let mut wanted: Vec<&retention::Listed> = from_listed
+                .iter()
+                .filter(|l| locate::plausible(l, name, now))
+                .collect();
+            wanted.sort_by_key(|l| std::cmp::Reverse(retention::effective_time(l)));
+            wanted.truncate(usize::try_from(job.policy.keep_last).unwrap_or(usize::MAX));
+            for l in wanted {
+                if present.contains(&l.name) {
+                    continue;
+                }
+                let from_store = job.stores[from].as_ref();
+                let signed = locate::origin(from_store, l, verifier.as_ref());
+                if matches!(signed, locate::Origin::Refused(_)) {
+                    continue;
+                }
+                let Some(sidecar) = l.sidecar.clone() else {
+                    continue;
+                };
+                let signature = verifier.as_ref().and_then(|_| {
+                    let mut s = String::new();
+                    from_store
+                        .get(&format!("{}{SIGNATURE_SUFFIX}", sidecar.file_name()))
+                        .ok()?
+                        .take(64 * 1024)
+                        .read_to_string(&mut s)
+                        .ok()?;
+                    Some(s)
+                });
+                let files = SidecarFiles {
+                    sidecar,
+                    json: l.raw.clone(),
+                    signature,
+                };
+                let to_store = job.stores[to].as_ref();
+                match copy_backup(from_store, to_store, &files) {
+                    Ok(()) => {
+                        notes.push(format!(
+                            "refilled {} into {} (it missed it) from {}",
+                            l.name,
+                            to_store.name(),
+                            from_store.name()
+                        ));
+                        present.push(l.name.clone());
+                    }
+                    Err(e) => notes.push(format!(
+                        "could not refill {} into {}: {}",
+                        l.name,
+                        to_store.name(),
+                        about(&e, to_store.name())
+                    )),
+                }
+            }
+        }
+    }
+    notes
 }
 
 /// What a run left in its stores.
