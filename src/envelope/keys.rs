@@ -537,14 +537,11 @@ pub fn parse_identities(
         return Ok(Identity::Rsa(Box::new(RsaIdentity::new(key)?)));
     }
     let mut fingerprints = Vec::new();
-    let mut trial = false;
     for line in t.lines().map(str::trim) {
         if line.starts_with("AGE-SECRET-KEY-1") {
             let id =
                 age::x25519::Identity::from_str(line).map_err(|e| parse_err("age identity", e))?;
             fingerprints.push(sha256(id.to_public().to_string().as_bytes()));
-        } else if line.starts_with("AGE-PLUGIN-") {
-            trial = true;
         }
     }
     let file = age::IdentityFile::from_buffer(t.as_bytes())
@@ -556,6 +553,9 @@ pub fn parse_identities(
     if identities.is_empty() {
         return Err(KeyError::Empty);
     }
+    // One identity per entry of the file: any beyond the X25519 keys (a
+    // plugin's) cannot name its recipient.
+    let trial = identities.len() > fingerprints.len();
     Ok(Identity::Age {
         identities,
         fingerprints,
@@ -806,6 +806,7 @@ ZDEQo+pV4NEpmq0A==
         let stanza = r[0].wrap(&key).unwrap();
         let id = parse_identities(&id_text, "test", &no_passphrase()).unwrap();
         assert!(id.matches(&stanza));
+        assert!(!id.needs_trial(), "an X25519 key names its stanza");
         let got = id.unwrap(&stanza).unwrap().unwrap();
         assert_eq!(got.expose(), key.expose());
     }
