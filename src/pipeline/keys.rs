@@ -87,10 +87,12 @@ pub fn load_identities(paths: &[impl AsRef<Path>]) -> Result<Vec<Identity>> {
 
 /// Whether the file at `path` holds only public keys. Reads at most 64 KiB
 /// (a key file is far smaller); the bytes may be a private key after all, so
-/// they are zeroized.
+/// they are zeroized, in a buffer that never grows (growing would leave
+/// copies behind).
 fn is_public_key_file(path: &Path) -> bool {
     use std::io::Read;
-    let mut bytes = Zeroizing::new(Vec::new());
-    let read = std::fs::File::open(path).and_then(|f| f.take(64 * 1024).read_to_end(&mut bytes));
+    const LIMIT: usize = 64 * 1024;
+    let mut bytes = Zeroizing::new(Vec::with_capacity(LIMIT));
+    let read = std::fs::File::open(path).and_then(|f| f.take(LIMIT as u64).read_to_end(&mut bytes));
     read.is_ok() && std::str::from_utf8(&bytes).is_ok_and(envelope::is_public_key)
 }
