@@ -31,6 +31,9 @@ MAGIC = b"COFFER"
 VERSION = 1
 MAX_BODY = 1 << 20
 TAG = 16
+RSA_KIND = "rsa-oaep-sha256"
+AGE_KIND = "age"
+MAX_RSA_STANZAS = 16
 
 
 class Fail(Exception):
@@ -59,6 +62,8 @@ def parse_header(f):
     if len(prefix) < 12:
         raise integrity("header is truncated")
     version, body_len = struct.unpack(">HI", prefix[6:12])
+    if version == 0:
+        raise integrity("invalid format version 0: the header is damaged")
     if version != VERSION:
         raise integrity("unsupported format version %d" % version)
     if body_len > MAX_BODY:
@@ -89,6 +94,8 @@ def parse_header(f):
         raise integrity("header is malformed: metadata: %s" % e)
     if not isinstance(h.metadata, dict):
         raise integrity("header is malformed: metadata is not an object")
+    if not isinstance(h.metadata.get("created"), str):
+        raise integrity('header is malformed: metadata lacks the required string member "created"')
     (count,) = struct.unpack(">H", take(2, "stanza count"))
     if not 1 <= count <= 1024:
         raise integrity("header is malformed: %d stanzas" % count)
@@ -101,6 +108,17 @@ def parse_header(f):
         h.stanzas.append((kind, fingerprint, take(blen, "stanza body")))
     if pos != len(body):
         raise integrity("header is malformed: trailing bytes in the header body")
+    # The reader's rules of FORMAT.md 2.3, checked before any key is used.
+    rsa_count = sum(1 for kind, _, _ in h.stanzas if kind == RSA_KIND)
+    if rsa_count > MAX_RSA_STANZAS:
+        raise integrity(
+            "header is malformed: %d %s stanzas; at most %d" % (rsa_count, RSA_KIND, MAX_RSA_STANZAS)
+        )
+    seen = set()
+    for kind, fingerprint, _ in h.stanzas:
+        if (kind, fingerprint) in seen:
+            raise integrity("header is malformed: two stanzas for %s SHA256:%s" % (kind, fingerprint.hex()))
+        seen.add((kind, fingerprint))
     h.raw = prefix + body
     h.mac = mac
     h.size = len(prefix) + len(rest)
@@ -157,7 +175,7 @@ def unwrap(h, identities):
             key = load_rsa(path)
             fp = rsa_fingerprint(key)
             for kind, sfp, body in h.stanzas:
-                if kind == "rsa-oaep-sha256" and hmac.compare_digest(sfp, fp):
+                if kind == RSA_KIND and hmac.compare_digest(sfp, fp):
                     try:
                         data_key = key.decrypt(body, OAEP)
                     except ValueError:
@@ -167,7 +185,7 @@ def unwrap(h, identities):
                     return data_key
         else:
             for kind, _, body in h.stanzas:
-                if kind != "age":
+                if kind != AGE_KIND:
                     continue
                 try:
                     out = subprocess.run(
@@ -177,6 +195,12 @@ def unwrap(h, identities):
                     raise Fail(2, "age stanzas need the `age` tool on PATH")
                 if out.returncode == 0 and len(out.stdout) == 32:
                     return out.stdout
+    for index, (kind, _, _) in enumerate(h.stanzas):
+        if kind not in (RSA_KIND, AGE_KIND):
+            raise integrity(
+                "no identity given can open this file, and stanza %d has the unknown kind %r: "
+                "the header looks damaged or tampered with" % (index, kind)
+            )
     wanted = ", ".join("%s SHA256:%s" % (k, fp.hex()) for k, fp, _ in h.stanzas)
     raise Fail(4, "no identity given can open this file; it was sealed to: " + wanted)
 

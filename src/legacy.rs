@@ -74,11 +74,17 @@ pub fn openssl_file_passphrase(raw: &[u8]) -> &[u8] {
 }
 
 /// Decrypts the wrapped passphrase file (`openssl rsautl -encrypt -pubin`).
+///
+/// PKCS#1 v1.5 decryption is the classic padding oracle (Bleichenbacher), and
+/// the `rsa` crate's private-key operation is not constant-time
+/// (RUSTSEC-2023-0071). So the operation is blinded, and every failure —
+/// padding, length, a ciphertext out of range — is the one `WrongKey`, whose
+/// message does not say which.
 pub fn unwrap_passphrase(
     key: &RsaPrivateKey,
     wrapped: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, LegacyError> {
-    key.decrypt(Pkcs1v15Encrypt, wrapped)
+    key.decrypt_blinded(&mut rand::rngs::OsRng, Pkcs1v15Encrypt, wrapped)
         .map(Zeroizing::new)
         .map_err(|_| LegacyError::WrongKey)
 }
@@ -242,6 +248,40 @@ pub fn guess_kdf(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rsa::pkcs8::DecodePrivateKey;
+    use rsa::traits::PublicKeyParts;
+
+    #[test]
+    fn every_unwrap_failure_is_the_same_error() {
+        let key =
+            RsaPrivateKey::from_pkcs8_pem(include_str!("../tests/vectors/keys/rsa.pem")).unwrap();
+        let public = key.to_public_key();
+        let good = public
+            .encrypt(&mut rand::rngs::OsRng, Pkcs1v15Encrypt, b"passphrase\n")
+            .unwrap();
+        assert_eq!(
+            unwrap_passphrase(&key, &good).unwrap().as_slice(),
+            b"passphrase\n"
+        );
+        let k = public.size();
+        let mut bad_padding = good.clone();
+        bad_padding[k / 2] ^= 0x40;
+        let cases: [(&str, Vec<u8>); 6] = [
+            ("bit flipped", bad_padding),
+            ("garbage", vec![0x5a; k]),
+            ("empty", Vec::new()),
+            ("short", good[..k - 1].to_vec()),
+            ("long", [good.as_slice(), &[0]].concat()),
+            ("not below the modulus", vec![0xff; k]),
+        ];
+        let want = LegacyError::WrongKey.to_string();
+        for (what, ct) in cases {
+            match unwrap_passphrase(&key, &ct) {
+                Err(e @ LegacyError::WrongKey) => assert_eq!(e.to_string(), want, "{what}"),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn passphrase_reading_mimics_openssl() {

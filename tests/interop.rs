@@ -254,3 +254,113 @@ fn encrypted_pkcs8_key_with_passphrase_file() {
     assert_eq!(code(&out), 4);
     assert!(stderr(&out).contains("wrong passphrase"));
 }
+
+/// A public key given where the private one belongs is named as such, before
+/// its (rightly) world-readable mode is complained about.
+#[test]
+fn a_public_key_given_as_identity_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let k = keys(d);
+    let sealed = seal_sample(d, &k.rsa.1, b"data");
+    let age_pub = d.join("age.key.pub");
+    let ssh_pub = d.join("ssh_ed25519.pub");
+    for public in [Path::new(&k.rsa.1), &age_pub, &ssh_pub] {
+        for mode in [0o644, 0o600] {
+            chmod(public, mode);
+            let out = coffer(&[
+                "open",
+                "-i",
+                public.to_str().unwrap(),
+                sealed.to_str().unwrap(),
+            ]);
+            let err = stderr(&out);
+            assert_eq!(code(&out), 2, "{}: {err}", public.display());
+            assert!(err.contains("this is a public key"), "{err}");
+            assert!(err.contains("pass the private key"), "{err}");
+            assert!(!err.contains("secrets must be private"), "{err}");
+        }
+    }
+    // A private key with a loose mode is still refused for its mode.
+    chmod(&k.rsa.0, 0o644);
+    let out = coffer(&[
+        "open",
+        "-i",
+        k.rsa.0.to_str().unwrap(),
+        sealed.to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&out).contains("secrets must be private"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// The writer keeps to the reader's cap of 16 RSA stanzas, and seals a key
+/// named twice once (the reader refuses two stanzas for one key).
+#[test]
+fn at_most_16_rsa_recipients_and_a_repeated_key_sealed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    sh(
+        "for i in $(seq 1 17); do openssl genrsa -out k$i.pem 2048 2>/dev/null && chmod 600 k$i.pem && openssl rsa -in k$i.pem -pubout -out k$i.pub 2>/dev/null; done && printf data > plain",
+        d,
+    );
+    let seal = |n: usize, out: &str| {
+        let mut args = vec!["seal".to_owned()];
+        for i in 1..=n {
+            args.extend([
+                "-r".to_owned(),
+                d.join(format!("k{i}.pub")).display().to_string(),
+            ]);
+        }
+        args.extend([
+            "-o".to_owned(),
+            d.join(out).display().to_string(),
+            d.join("plain").display().to_string(),
+        ]);
+        coffer(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let out = seal(17, "17.coffer");
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("17 recipients (RSA); a file holds at most 16"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!d.join("17.coffer").exists());
+    let out = seal(16, "16.coffer");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let last = d.join("k16.pem");
+    let sealed = d.join("16.coffer");
+    let out = ok(&[
+        "open",
+        "-i",
+        last.to_str().unwrap(),
+        sealed.to_str().unwrap(),
+    ]);
+    assert_eq!(out.stdout, b"data");
+
+    let k1 = d.join("k1.pub");
+    let twice = d.join("twice.coffer");
+    ok(&[
+        "seal",
+        "-r",
+        k1.to_str().unwrap(),
+        "-r",
+        k1.to_str().unwrap(),
+        "-o",
+        twice.to_str().unwrap(),
+        d.join("plain").to_str().unwrap(),
+    ]);
+    let inspect = String::from_utf8(ok(&["inspect", twice.to_str().unwrap()]).stdout).unwrap();
+    assert_eq!(inspect.matches("rsa-oaep-sha256").count(), 1, "{inspect}");
+    let k1_private = d.join("k1.pem");
+    let out = ok(&[
+        "open",
+        "-i",
+        k1_private.to_str().unwrap(),
+        twice.to_str().unwrap(),
+    ]);
+    assert_eq!(out.stdout, b"data");
+}

@@ -183,3 +183,50 @@ fn wrong_key_and_damage_fail_closed() {
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     assert!(!d.join("z").exists());
 }
+
+/// No padding oracle in the messages: however the wrapped passphrase is
+/// damaged, the unwrap fails with the same words and exit code.
+#[test]
+fn every_damaged_passphrase_file_fails_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    sh("openssl genrsa -out priv.pem 2048 2>/dev/null && chmod 600 priv.pem && openssl rsa -in priv.pem -pubout -out pub.pem 2>/dev/null && printf 'secret\\n' > pass && openssl rsautl -encrypt -pubin -inkey pub.pem -in pass -out pass.enc 2>/dev/null && printf 'Salted__12345678' > data.enc && head -c 64 /dev/zero >> data.enc", d);
+    let good = fs::read(d.join("pass.enc")).unwrap();
+    let mut flipped = good.clone();
+    flipped[100] ^= 0x01;
+    let mut high = good.clone();
+    high[0] ^= 0x80;
+    let cases: [(&str, Vec<u8>); 6] = [
+        ("bit flipped", flipped),
+        ("top bit flipped", high),
+        ("one byte short", good[..good.len() - 1].to_vec()),
+        ("one byte long", [good.as_slice(), b"\0"].concat()),
+        ("empty", Vec::new()),
+        ("not below the modulus", vec![0xff; good.len()]),
+    ];
+    let mut messages = std::collections::BTreeSet::new();
+    for (what, bytes) in cases {
+        fs::write(d.join("bad.enc"), bytes).unwrap();
+        let out = Command::new(bin())
+            .args([
+                "legacy-decrypt",
+                "-i",
+                "priv.pem",
+                "data.enc",
+                "bad.enc",
+                "-o",
+                "out",
+            ])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 4, "{what}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("does not decrypt with this key"),
+            "{what}: {}",
+            stderr(&out)
+        );
+        messages.insert(stderr(&out));
+    }
+    assert_eq!(messages.len(), 1, "{messages:#?}");
+}

@@ -8,7 +8,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use super::keys::Identity;
+use super::keys::{Identity, AGE_KIND, RSA_KIND};
 use super::stream::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use super::{DataKey, EnvelopeError, OpenError};
 
@@ -19,7 +19,13 @@ pub const MAC_LEN: usize = 32;
 /// Headers are small (a stanza is at most a few KiB); a larger length field is
 /// corruption or an attack on the reader's memory.
 pub const MAX_HEADER_BODY: usize = 1 << 20;
-const MAX_STANZAS: usize = 1024;
+pub const MAX_STANZAS: usize = 1024;
+/// Each `rsa-oaep-sha256` stanza is a possible private-key operation on
+/// attacker-chosen bytes; no real file is sealed to more RSA keys than this.
+pub const MAX_RSA_STANZAS: usize = 16;
+/// An age identity that cannot name its recipient (a plugin) has to find its
+/// stanza by trial; it tries at most this many.
+pub const MAX_AGE_TRIALS: usize = 16;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -122,6 +128,9 @@ fn check_prefix(prefix: &[u8]) -> Result<usize, EnvelopeError> {
         return Err(EnvelopeError::HeaderTruncated);
     }
     let version = u16::from_be_bytes([prefix[6], prefix[7]]);
+    if version == 0 {
+        return Err(EnvelopeError::InvalidVersion);
+    }
     if version != VERSION {
         return Err(EnvelopeError::UnsupportedVersion(version));
     }
@@ -151,9 +160,24 @@ impl Header {
         }
         // Never write a header this reader would refuse.
         if stanzas.len() > MAX_STANZAS {
+            return Err(EnvelopeError::TooManyRecipients {
+                kind: "all kinds",
+                count: stanzas.len(),
+                max: MAX_STANZAS,
+            });
+        }
+        let rsa = rsa_count(&stanzas);
+        if rsa > MAX_RSA_STANZAS {
+            return Err(EnvelopeError::TooManyRecipients {
+                kind: "RSA",
+                count: rsa,
+                max: MAX_RSA_STANZAS,
+            });
+        }
+        if let Some((a, b)) = duplicate(&stanzas) {
             return Err(malformed(format!(
-                "{} recipients; at most {MAX_STANZAS}",
-                stanzas.len()
+                "stanzas {a} and {b} are both for {}",
+                stanzas[a].label()
             )));
         }
         let meta_len = serde_json::to_vec(&metadata).map_or(0, |m| m.len());
@@ -198,8 +222,7 @@ impl Header {
         let salt = c.array32("salt")?;
         let meta_len = c.u32("metadata length")? as usize;
         let meta_bytes = c.take(meta_len, "metadata")?;
-        let metadata: Metadata = serde_json::from_slice(meta_bytes)
-            .map_err(|e| malformed(format!("metadata is not valid JSON: {e}")))?;
+        let metadata = parse_metadata(meta_bytes)?;
         let count = c.u16("stanza count")? as usize;
         if count == 0 || count > MAX_STANZAS {
             return Err(malformed(format!("{count} recipient stanzas")));
@@ -226,6 +249,20 @@ impl Header {
             return Err(malformed(format!(
                 "{} unexpected bytes after the last stanza",
                 c.data.len()
+            )));
+        }
+        // Both checks come before any key is touched, so a hostile header costs
+        // the reader no private-key operation (docs/FORMAT.md 2.3).
+        let rsa = rsa_count(&stanzas);
+        if rsa > MAX_RSA_STANZAS {
+            return Err(malformed(format!(
+                "{rsa} {RSA_KIND} stanzas; at most {MAX_RSA_STANZAS}"
+            )));
+        }
+        if let Some((a, b)) = duplicate(&stanzas) {
+            return Err(malformed(format!(
+                "stanzas {a} and {b} are both for {}; a file has one stanza per key",
+                stanzas[a].label()
             )));
         }
         let mut mac = [0u8; 32];
@@ -304,36 +341,40 @@ impl Header {
 
     /// Finds the data key with one of `identities` and authenticates the header.
     ///
-    /// Stanzas whose fingerprint matches an identity are tried first; then every
-    /// identity is tried on every stanza of its kind, so a damaged fingerprint is
-    /// reported as tampering (exit 3), not as a wrong key.
+    /// Every stanza comes from the (untrusted) file, so the work is bounded
+    /// (docs/FORMAT.md 2.3): an identity that knows its recipient's fingerprint
+    /// (RSA, age X25519, ssh) tries only the stanza carrying that fingerprint,
+    /// of which [`parse`](Self::parse) allows one; only an identity that
+    /// cannot name its recipient (an age plugin) tries age stanzas by trial,
+    /// at most [`MAX_AGE_TRIALS`] of them.
     pub fn unwrap_key(
         &self,
         identities: &[Identity],
         raw: &[u8],
     ) -> Result<DataKey, EnvelopeError> {
         let mut damaged = None;
-        let mut tried = vec![false; self.stanzas.len()];
-        // Pass 1: fingerprint matches. A failure here means the stanza is damaged.
-        for (i, stanza) in self.stanzas.iter().enumerate() {
-            for id in identities.iter().filter(|id| id.matches(stanza)) {
-                tried[i] = true;
+        let mut claimed = vec![false; self.stanzas.len()];
+        for id in identities {
+            for (i, stanza) in self.stanzas.iter().enumerate() {
+                if !id.matches(stanza) {
+                    continue;
+                }
+                claimed[i] = true;
                 // The fingerprint says this identity is the recipient, so any
                 // failure (age reports it as "no matching keys") is damage.
-                if let Some(Ok(key)) = id.unwrap(stanza) {
-                    return self.verify_mac(&key, raw).map(|()| key);
+                match id.unwrap(stanza) {
+                    Some(Ok(key)) => return self.verify_mac(&key, raw).map(|()| key),
+                    _ => damaged = damaged.or(Some(i)),
                 }
-                damaged = damaged.or(Some(i));
             }
         }
-        // Pass 2: trial decryption for identities without a known fingerprint
-        // (ssh, plugins) and for stanzas whose fingerprint was altered.
-        for (i, stanza) in self.stanzas.iter().enumerate() {
-            if tried[i] {
-                continue;
-            }
-            for id in identities {
-                if let Some(Ok(key)) = id.unwrap(stanza) {
+        let trial: Vec<usize> = (0..self.stanzas.len())
+            .filter(|&i| !claimed[i] && self.stanzas[i].kind == AGE_KIND)
+            .take(MAX_AGE_TRIALS)
+            .collect();
+        for id in identities.iter().filter(|id| id.needs_trial()) {
+            for &i in &trial {
+                if let Some(Ok(key)) = id.unwrap(&self.stanzas[i]) {
                     return self.verify_mac(&key, raw).map(|()| key);
                 }
             }
@@ -346,10 +387,55 @@ impl Header {
                 fingerprint: format!("SHA256:{}", hex::encode(s.fingerprint)),
             });
         }
+        // A changed kind hides the stanza from its own key; without this the
+        // damage would be reported as a wrong key.
+        if let Some((index, s)) = self
+            .stanzas
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.kind != RSA_KIND && s.kind != AGE_KIND)
+        {
+            return Err(EnvelopeError::UnknownStanzaKind {
+                index,
+                kind: s.kind.clone(),
+            });
+        }
         Err(EnvelopeError::NoMatchingIdentity {
             wanted: self.stanzas.iter().map(Stanza::label).collect(),
         })
     }
+}
+
+fn rsa_count(stanzas: &[Stanza]) -> usize {
+    stanzas.iter().filter(|s| s.kind == RSA_KIND).count()
+}
+
+/// The first two stanzas for the same key (same kind and fingerprint), if any.
+fn duplicate(stanzas: &[Stanza]) -> Option<(usize, usize)> {
+    let mut seen = BTreeMap::new();
+    stanzas.iter().enumerate().find_map(|(i, s)| {
+        seen.insert((s.kind.as_str(), s.fingerprint), i)
+            .map(|first| (first, i))
+    })
+}
+
+/// Parses the metadata JSON, naming what is wrong: bad JSON, not an object,
+/// or a required member missing.
+fn parse_metadata(bytes: &[u8]) -> Result<Metadata, EnvelopeError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| malformed(format!("metadata is not valid JSON: {e}")))?;
+    let Some(object) = value.as_object() else {
+        return Err(malformed("metadata is not a JSON object"));
+    };
+    match object.get("created") {
+        None => return Err(malformed("metadata lacks the required member \"created\"")),
+        Some(v) if !v.is_string() => {
+            return Err(malformed("metadata member \"created\" is not a string"))
+        }
+        Some(_) => {}
+    }
+    serde_json::from_value(value)
+        .map_err(|e| malformed(format!("metadata has a member of the wrong type: {e}")))
 }
 
 fn hmac_for(key: &DataKey, salt: &[u8], signed: &[u8]) -> HmacSha256 {
@@ -379,6 +465,11 @@ fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::keys::tests::{
+        rsa_identity, rsa_recipient, AGE_ATTEMPTS, RSA_DECRYPTIONS,
+    };
+    use crate::envelope::keys::{generate_age, no_passphrase, parse_recipients};
+    use crate::error::Class;
     use proptest::prelude::*;
 
     fn sample() -> (Header, DataKey) {
@@ -469,6 +560,262 @@ mod tests {
             1
         ];
         assert!(Header::new(4096, [0; 32], Metadata::default(), big).is_err());
+    }
+
+    fn meta() -> Metadata {
+        Metadata {
+            created: "2026-01-01T00:00:00Z".into(),
+            ..Metadata::default()
+        }
+    }
+
+    /// Serializes stanzas without `Header::new`'s checks: what only a hostile
+    /// writer would make.
+    fn hostile(stanzas: Vec<Stanza>) -> Vec<u8> {
+        Header {
+            version: VERSION,
+            chunk_size: 4096,
+            salt: [5; 32],
+            metadata: meta(),
+            stanzas,
+            mac: [0; 32],
+        }
+        .to_bytes(&DataKey([3; 32]))
+    }
+
+    /// A header as a reader sees it: parsed back, with its MAC under `key`.
+    fn sealed(stanzas: Vec<Stanza>, key: &DataKey) -> (Header, Vec<u8>) {
+        let raw = Header::new(4096, [5; 32], meta(), stanzas)
+            .unwrap()
+            .to_bytes(key);
+        (Header::parse(&raw).unwrap().0, raw)
+    }
+
+    fn decoy(kind: &str, fingerprint: u8) -> Stanza {
+        Stanza {
+            kind: kind.into(),
+            fingerprint: [fingerprint; 32],
+            body: vec![7; 256],
+        }
+    }
+
+    fn rsa_decryptions() -> usize {
+        RSA_DECRYPTIONS.with(std::cell::Cell::get)
+    }
+
+    fn age_attempts() -> usize {
+        AGE_ATTEMPTS.with(std::cell::Cell::get)
+    }
+
+    #[test]
+    fn more_than_16_rsa_stanzas_are_refused_before_any_key_is_used() {
+        let at_cap = hostile((0..16).map(|i| decoy(RSA_KIND, i)).collect());
+        assert!(Header::parse(&at_cap).is_ok());
+        let over = hostile((0..17).map(|i| decoy(RSA_KIND, i)).collect());
+        let before = rsa_decryptions();
+        let err = crate::envelope::open(&[rsa_identity()], &over[..])
+            .err()
+            .unwrap();
+        assert_eq!(rsa_decryptions(), before);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("17 rsa-oaep-sha256 stanzas; at most 16"),
+            "{msg}"
+        );
+        assert!(matches!(
+            err,
+            OpenError::Envelope(EnvelopeError::HeaderMalformed(_))
+        ));
+        // Other kinds do not count toward the RSA cap.
+        let mixed = hostile(
+            (0..16)
+                .map(|i| decoy(RSA_KIND, i))
+                .chain((16..40).map(|i| decoy(AGE_KIND, i)))
+                .collect(),
+        );
+        assert!(Header::parse(&mixed).is_ok());
+    }
+
+    #[test]
+    fn the_writer_refuses_more_than_16_rsa_recipients() {
+        let stanzas: Vec<_> = (0..17).map(|i| decoy(RSA_KIND, i)).collect();
+        let err = Header::new(4096, [0; 32], meta(), stanzas).unwrap_err();
+        assert!(matches!(
+            err,
+            EnvelopeError::TooManyRecipients {
+                count: 17,
+                max: 16,
+                ..
+            }
+        ));
+        assert_eq!(err.class(), Class::Usage);
+    }
+
+    #[test]
+    fn two_stanzas_for_one_key_are_refused() {
+        for kind in [RSA_KIND, AGE_KIND, "future-kind"] {
+            let bytes = hostile(vec![decoy(kind, 1), decoy(RSA_KIND, 2), decoy(kind, 1)]);
+            let err = Header::parse(&bytes).unwrap_err();
+            assert!(
+                matches!(&err, EnvelopeError::HeaderMalformed(m) if m.contains("stanzas 0 and 2 are both for")),
+                "{kind}: {err}"
+            );
+            assert_eq!(err.class(), Class::Integrity);
+            let stanzas = vec![decoy(kind, 1), decoy(kind, 1)];
+            assert!(Header::new(4096, [0; 32], meta(), stanzas).is_err());
+        }
+        // The same fingerprint under two kinds is two keys' worth of stanzas.
+        assert!(Header::parse(&hostile(vec![decoy(RSA_KIND, 1), decoy(AGE_KIND, 1)])).is_ok());
+    }
+
+    #[test]
+    fn an_rsa_identity_tries_only_the_stanza_with_its_fingerprint() {
+        let key = DataKey::generate();
+        let own = rsa_recipient().wrap(&key).unwrap();
+        let mut stanzas: Vec<Stanza> = (0..15).map(|i| decoy(RSA_KIND, i)).collect();
+        stanzas.insert(7, own.clone());
+        let (h, raw) = sealed(stanzas.clone(), &key);
+        let before = rsa_decryptions();
+        let got = h.unwrap_key(&[rsa_identity()], &raw).unwrap();
+        assert_eq!(got.expose(), key.expose());
+        assert_eq!(rsa_decryptions() - before, 1);
+
+        // Its own stanza damaged: one attempt, reported as damage.
+        stanzas[7].body[100] ^= 1;
+        let (h, raw) = sealed(stanzas.clone(), &key);
+        let before = rsa_decryptions();
+        let err = h.unwrap_key(&[rsa_identity()], &raw).err().unwrap();
+        assert_eq!(rsa_decryptions() - before, 1);
+        assert!(
+            matches!(err, EnvelopeError::StanzaDamaged { index: 7, .. }),
+            "{err}"
+        );
+
+        // No stanza for it: no private-key operation at all.
+        stanzas.remove(7);
+        let (h, raw) = sealed(stanzas, &key);
+        let before = rsa_decryptions();
+        let err = h.unwrap_key(&[rsa_identity()], &raw).err().unwrap();
+        assert_eq!(rsa_decryptions(), before);
+        assert!(matches!(err, EnvelopeError::NoMatchingIdentity { .. }));
+        assert_eq!(err.class(), Class::Key);
+    }
+
+    #[test]
+    fn age_identities_match_by_fingerprint_and_trial_is_bounded() {
+        let (id_text, public, _) = generate_age();
+        let r = parse_recipients(public.trim(), &no_passphrase()).unwrap();
+        let key = DataKey::generate();
+        let own = r[0].wrap(&key).unwrap();
+        // 40 stanzas of someone else's: real age bodies under other fingerprints.
+        let (_, stranger, _) = generate_age();
+        let other = parse_recipients(stranger.trim(), &no_passphrase()).unwrap()[0]
+            .wrap(&key)
+            .unwrap();
+        let mut stanzas: Vec<Stanza> = (0..40)
+            .map(|i| Stanza {
+                fingerprint: [i; 32],
+                ..other.clone()
+            })
+            .collect();
+        stanzas.push(own);
+        let (h, raw) = sealed(stanzas, &key);
+
+        let id = crate::envelope::parse_identities(&id_text, "age", &no_passphrase()).unwrap();
+        let before = age_attempts();
+        assert!(h.unwrap_key(std::slice::from_ref(&id), &raw).is_ok());
+        assert_eq!(
+            age_attempts() - before,
+            1,
+            "X25519 goes straight to its stanza"
+        );
+
+        // An identity that cannot name its recipient (as a plugin's) tries
+        // at most MAX_AGE_TRIALS stanzas, then gives up.
+        let Identity::Age { identities, .. } = id else {
+            unreachable!()
+        };
+        let blind = Identity::Age {
+            identities,
+            fingerprints: Vec::new(),
+            trial: true,
+        };
+        let before = age_attempts();
+        let err = h.unwrap_key(&[blind], &raw).err().unwrap();
+        assert_eq!(age_attempts() - before, MAX_AGE_TRIALS);
+        assert!(matches!(err, EnvelopeError::NoMatchingIdentity { .. }));
+    }
+
+    #[test]
+    fn an_unknown_kind_is_reported_as_damage_not_as_a_wrong_key() {
+        let key = DataKey::generate();
+        let mut own = rsa_recipient().wrap(&key).unwrap();
+        // One bit of the kind flipped, as in a damaged or edited file.
+        own.kind = "rsa-oaep-sha257".into();
+        let (h, raw) = sealed(vec![decoy(AGE_KIND, 2), own.clone()], &key);
+        let before = rsa_decryptions();
+        let err = h.unwrap_key(&[rsa_identity()], &raw).err().unwrap();
+        assert_eq!(rsa_decryptions(), before);
+        assert!(
+            matches!(&err, EnvelopeError::UnknownStanzaKind { index: 1, kind } if kind == "rsa-oaep-sha257"),
+            "{err}"
+        );
+        assert_eq!(err.class(), Class::Integrity);
+
+        // A stanza of an unknown kind does not stand in the way of a key that matches.
+        let good = rsa_recipient().wrap(&key).unwrap();
+        let (h, raw) = sealed(vec![own, good], &key);
+        assert!(h.unwrap_key(&[rsa_identity()], &raw).is_ok());
+    }
+
+    #[test]
+    fn version_zero_is_invalid_not_from_a_newer_coffer() {
+        let (h, key) = sample();
+        let mut bytes = h.to_bytes(&key);
+        bytes[7] = 0;
+        let err = Header::parse(&bytes).unwrap_err();
+        assert!(matches!(err, EnvelopeError::InvalidVersion));
+        let msg = format!("{err} {}", err.hint().unwrap());
+        assert!(msg.contains("invalid format version 0"), "{msg}");
+        assert!(!msg.contains("newer"), "{msg}");
+    }
+
+    /// A header whose metadata is exactly `json`.
+    fn with_metadata(json: &[u8]) -> Vec<u8> {
+        let (h, key) = sample();
+        let good = h.to_bytes(&key);
+        let old_len = u32::from_be_bytes(good[48..52].try_into().unwrap()) as usize;
+        let mut body = good[12..48].to_vec();
+        body.extend_from_slice(&u32::try_from(json.len()).unwrap().to_be_bytes());
+        body.extend_from_slice(json);
+        body.extend_from_slice(&good[52 + old_len..good.len() - MAC_LEN]);
+        let mut out = good[..8].to_vec();
+        out.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&[0; MAC_LEN]);
+        out
+    }
+
+    #[test]
+    fn metadata_errors_say_what_is_wrong() {
+        let cases: [(&[u8], &str); 5] = [
+            (br#"{"job":"x"}"#, r#"lacks the required member "created""#),
+            (br#"{"created":5}"#, r#"member "created" is not a string"#),
+            (b"[1]", "not a JSON object"),
+            (b"{", "not valid JSON"),
+            (br#"{"created":"t","job":5}"#, "wrong type"),
+        ];
+        for (json, want) in cases {
+            let err = Header::parse(&with_metadata(json)).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains(want),
+                "{}: {msg}",
+                String::from_utf8_lossy(json)
+            );
+        }
+        let ok = Header::parse(&with_metadata(br#"{"created":"t","new":[1]}"#)).unwrap();
+        assert_eq!(ok.0.metadata.created, "t");
     }
 
     proptest! {

@@ -47,6 +47,8 @@ pub enum KeyError {
     TooSmall { bits: usize },
     #[error("this is a private key; a recipient is a public key")]
     PrivateAsRecipient,
+    #[error("this is a public key; opening needs the private one")]
+    PublicAsIdentity,
     #[error("the key is encrypted and no passphrase was given")]
     NoPassphrase,
     #[error("wrong passphrase, or a damaged encrypted key")]
@@ -74,6 +76,7 @@ impl KeyError {
             }
             KeyError::TooSmall { .. } => "make a new key: coffer keygen --type rsa --bits 4096 --out KEY".into(),
             KeyError::PrivateAsRecipient => "give the public key (KEY.pub) instead; keep the private key offline".into(),
+            KeyError::PublicAsIdentity => "pass the private key that belongs to it with -i (for KEY.pub, that is KEY)".into(),
             KeyError::NoPassphrase => {
                 "run on a terminal to be asked, or set COFFER_PASSPHRASE_FILE to a file (mode 0600) holding it".into()
             }
@@ -366,8 +369,18 @@ impl RsaIdentity {
     }
 
     /// Unwraps a data key wrapped with RSA-OAEP-SHA256.
+    ///
+    /// Blinded: the `rsa` crate's private-key operation is not constant-time
+    /// (RUSTSEC-2023-0071), and blinding at least decorrelates its timing from
+    /// the attacker-chosen ciphertext.
     pub fn decrypt(&self, body: &[u8]) -> Option<DataKey> {
-        let plain = Zeroizing::new(self.key.decrypt(Oaep::new::<Sha256>(), body).ok()?);
+        #[cfg(test)]
+        tests::RSA_DECRYPTIONS.with(|n| n.set(n.get() + 1));
+        let plain = Zeroizing::new(
+            self.key
+                .decrypt_blinded(&mut OsRng, Oaep::new::<Sha256>(), body)
+                .ok()?,
+        );
         DataKey::from_bytes(&plain)
     }
 }
@@ -378,8 +391,11 @@ pub enum Identity {
     Age {
         identities: Vec<Box<dyn age::Identity + Send + Sync>>,
         /// Fingerprints of the recipients these identities answer to, where
-        /// they can be computed (X25519); others are found by trial.
+        /// they can be computed (X25519, ssh).
         fingerprints: Vec<[u8; 32]>,
+        /// Some identity (a plugin's) has no computable fingerprint and must
+        /// find its stanza by trial.
+        trial: bool,
     },
 }
 
@@ -402,6 +418,12 @@ impl Identity {
             .collect()
     }
 
+    /// Whether this identity must look for its stanza by trial (bounded by
+    /// `MAX_AGE_TRIALS`) because it cannot name its recipient.
+    pub(crate) fn needs_trial(&self) -> bool {
+        matches!(self, Identity::Age { trial: true, .. })
+    }
+
     pub(crate) fn matches(&self, stanza: &Stanza) -> bool {
         let kind_ok = matches!(
             (self, stanza.kind.as_str()),
@@ -416,6 +438,14 @@ impl Identity {
         match (self, stanza.kind.as_str()) {
             (Identity::Rsa(r), RSA_KIND) => Some(r.decrypt(&stanza.body).ok_or(())),
             (Identity::Age { identities, .. }, AGE_KIND) => {
+                #[cfg(test)]
+                tests::AGE_ATTEMPTS.with(|n| n.set(n.get() + 1));
+                // age tries every recipient line of the body, and an ssh-rsa
+                // identity pays a private-key operation for each line whose
+                // 4-byte tag matches, which anyone can compute.
+                if age_recipient_lines(&stanza.body) > MAX_AGE_RECIPIENT_LINES {
+                    return Some(Err(()));
+                }
                 let Ok(dec) = age::Decryptor::new(&stanza.body[..]) else {
                     return Some(Err(()));
                 };
@@ -437,6 +467,41 @@ impl Identity {
     }
 }
 
+/// coffer writes one recipient line per age body and age adds one "grease"
+/// line; the slack allows for a future age greasing more.
+const MAX_AGE_RECIPIENT_LINES: usize = 4;
+
+/// Counts the `-> ` recipient lines of a binary age header (they end at the
+/// `--- ` MAC line; base64 body lines cannot start with `-`).
+fn age_recipient_lines(body: &[u8]) -> usize {
+    body.split(|&b| b == b'\n')
+        .take_while(|line| !line.starts_with(b"--- "))
+        .filter(|line| line.starts_with(b"-> "))
+        .count()
+}
+
+/// Whether `text` holds public keys and no private key: an RSA public key PEM,
+/// or age/ssh recipient lines. Tells a user who passed KEY.pub as an identity
+/// what is wrong, rather than that the file's permissions are too open.
+pub fn is_public_key(text: &str) -> bool {
+    if text.contains("PRIVATE KEY-----") || text.contains("AGE-SECRET-KEY-") {
+        return false;
+    }
+    if text.contains("-----BEGIN PUBLIC KEY-----")
+        || text.contains("-----BEGIN RSA PUBLIC KEY-----")
+    {
+        return true;
+    }
+    let mut lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .peekable();
+    lines.peek().is_some()
+        && lines
+            .all(|l| l.starts_with("age1") || l.starts_with("ssh-") || l.starts_with("ecdsa-sha2-"))
+}
+
 /// Parses an identity file: RSA private key PEM (PKCS#1, PKCS#8, encrypted
 /// PKCS#8), an OpenSSH private key, or an age identity file.
 pub fn parse_identities(
@@ -445,6 +510,9 @@ pub fn parse_identities(
     passphrase: &PassphraseFn,
 ) -> Result<Identity, KeyError> {
     let t = text.as_str();
+    if is_public_key(t) {
+        return Err(KeyError::PublicAsIdentity);
+    }
     if t.contains("-----BEGIN OPENSSH PRIVATE KEY-----") {
         return ssh_identity(t, description, passphrase);
     }
@@ -468,12 +536,6 @@ pub fn parse_identities(
             .map_err(|e| parse_err("RSA private key (PKCS#8)", e))?;
         return Ok(Identity::Rsa(Box::new(RsaIdentity::new(key)?)));
     }
-    if t.contains("-----BEGIN PUBLIC KEY-----") || t.contains("-----BEGIN RSA PUBLIC KEY-----") {
-        return Err(parse_err(
-            "identity",
-            "this is a public key; opening needs the private key",
-        ));
-    }
     let mut fingerprints = Vec::new();
     for line in t.lines().map(str::trim) {
         if line.starts_with("AGE-SECRET-KEY-1") {
@@ -491,9 +553,13 @@ pub fn parse_identities(
     if identities.is_empty() {
         return Err(KeyError::Empty);
     }
+    // One identity per entry of the file: any beyond the X25519 keys (a
+    // plugin's) cannot name its recipient.
+    let trial = identities.len() > fingerprints.len();
     Ok(Identity::Age {
         identities,
         fingerprints,
+        trial,
     })
 }
 
@@ -509,10 +575,58 @@ fn ssh_identity(
     }
     let boxed: Box<dyn age::Identity + Send + Sync> =
         Box::new(id.with_callbacks(AgeCallbacks(passphrase.clone())));
+    // The public key is stored unencrypted in the file, so even a
+    // passphrase-protected key names its stanza without being unlocked.
+    let fingerprint = openssh_recipient(t).map(|r| sha256(r.as_bytes()));
     Ok(Identity::Age {
         identities: vec![boxed],
-        fingerprints: Vec::new(),
+        fingerprints: fingerprint.into_iter().collect(),
+        trial: fingerprint.is_none(),
     })
+}
+
+/// The recipient line (`ssh-ed25519 AAAA…`, no comment) of an OpenSSH private
+/// key file, read from the public key blob in its unencrypted preamble
+/// (PROTOCOL.key: magic, cipher, kdf, kdf options, key count, public key).
+fn openssh_recipient(text: &str) -> Option<String> {
+    use base64::Engine;
+    const BEGIN: &str = "-----BEGIN OPENSSH PRIVATE KEY-----";
+    let start = text.find(BEGIN)? + BEGIN.len();
+    let end = start + text[start..].find("-----END OPENSSH PRIVATE KEY-----")?;
+    // The decoded file holds the private key too (unencrypted, for keys
+    // without a passphrase).
+    let b64: Zeroizing<String> = Zeroizing::new(
+        text[start..end]
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect(),
+    );
+    let raw = Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.as_bytes())
+            .ok()?,
+    );
+    let rest = raw.strip_prefix(b"openssh-key-v1\0")?;
+    let (_cipher, rest) = ssh_string(rest)?;
+    let (_kdf, rest) = ssh_string(rest)?;
+    let (_kdf_options, rest) = ssh_string(rest)?;
+    let (count, rest) = rest.split_first_chunk::<4>()?;
+    // age reads only the first key of a file; so does this.
+    if u32::from_be_bytes(*count) != 1 {
+        return None;
+    }
+    let (blob, _) = ssh_string(rest)?;
+    let (key_type, _) = ssh_string(blob)?;
+    let key_type = std::str::from_utf8(key_type).ok()?;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(blob);
+    Some(format!("{key_type} {encoded}"))
+}
+
+/// One length-prefixed SSH wire string and what follows it.
+fn ssh_string(data: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = data.split_first_chunk::<4>()?;
+    let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+    (rest.len() >= len).then(|| rest.split_at(len))
 }
 
 /// A new RSA key pair as PEM: (PKCS#8 private, SPKI public, fingerprint).
@@ -548,8 +662,126 @@ pub fn generate_age() -> (Zeroizing<String>, String, [u8; 32]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    thread_local! {
+        /// RSA private-key operations on this thread: the seam that lets the
+        /// header tests count unwrap attempts.
+        pub(crate) static RSA_DECRYPTIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        /// age stanzas handed to age on this thread.
+        pub(crate) static AGE_ATTEMPTS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// The committed test-vector key (2048 bits), so no test waits for keygen.
+    pub(crate) const RSA_PEM: &str = include_str!("../../tests/vectors/keys/rsa.pem");
+
+    pub(crate) fn rsa_identity() -> Identity {
+        parse_identities(
+            &Zeroizing::new(RSA_PEM.to_owned()),
+            "rsa.pem",
+            &no_passphrase(),
+        )
+        .unwrap()
+    }
+
+    pub(crate) fn rsa_recipient() -> Recipient {
+        let key = RsaPrivateKey::from_pkcs8_pem(RSA_PEM).unwrap();
+        Recipient::from_rsa(key.to_public_key()).unwrap()
+    }
+
+    const SSH_ED25519: &str = "-----BEGIN OPENSSH PRIVATE KEY-----
+b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
+QyNTUxOQAAACClw3Ced3/Fs3w0fIJOddcgv2MOvDU7mcltk84W8+FgCAAAAIiUte7WlLXu
+1gAAAAtzc2gtZWQyNTUxOQAAACClw3Ced3/Fs3w0fIJOddcgv2MOvDU7mcltk84W8+FgCA
+AAAEDi7ybs6VlVGCxflFFN2IyivRpu/G3KURCDg6ov9TcXQKXDcJ53f8WzfDR8gk511yC/
+Yw68NTuZyW2Tzhbz4WAIAAAABHRlc3QB
+-----END OPENSSH PRIVATE KEY-----
+";
+    const SSH_ED25519_PUB: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKXDcJ53f8WzfDR8gk511yC/Yw68NTuZyW2Tzhbz4WAI test";
+    /// Passphrase "pw".
+    const SSH_ED25519_ENCRYPTED: &str = "-----BEGIN OPENSSH PRIVATE KEY-----
+b3BlbnNzaC1rZXktdjEAAAAACmFlczI1Ni1jdHIAAAAGYmNyeXB0AAAAGAAAABD6GSsgNR
+oHRE13Dt/pIRFXAAAAEAAAAAEAAAAzAAAAC3NzaC1lZDI1NTE5AAAAICPkbNAflWZmqgaA
+SPY+7UyD8yn9JB1dCfWTs1lPZUstAAAAkEYDlEpTAmDhMGO4r+afO+xsqkljwhT6lP/yAb
+44ejlcNS2UHPAj1X5Ji5fKzCO0cYZRPGzuIK9vZXsznmq8h/j92K2TUmTV549cGtKTasFJ
+zUivBqgzs0Y4FTI0TuXxpmQOyN7ieSCBC5uOpVQHrUFRi8mnb2VIARlHAbgVEkqXK5SIOU
+ZDEQo+pV4NEpmq0A==
+-----END OPENSSH PRIVATE KEY-----
+";
+    const SSH_ED25519_ENCRYPTED_PUB: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICPkbNAflWZmqgaASPY+7UyD8yn9JB1dCfWTs1lPZUst";
+
+    #[test]
+    fn ssh_identities_name_their_stanza_without_trial() {
+        for (private, public) in [
+            (SSH_ED25519, SSH_ED25519_PUB),
+            // Locked: the public key is read without asking for the passphrase.
+            (SSH_ED25519_ENCRYPTED, SSH_ED25519_ENCRYPTED_PUB),
+        ] {
+            let r = parse_recipients(public, &no_passphrase()).unwrap();
+            let stanza = r[0].wrap(&DataKey::generate()).unwrap();
+            let id =
+                parse_identities(&Zeroizing::new(private.into()), "ssh", &no_passphrase()).unwrap();
+            assert!(!id.needs_trial());
+            assert!(id.matches(&stanza), "{public}");
+        }
+        let id =
+            parse_identities(&Zeroizing::new(SSH_ED25519.into()), "ssh", &no_passphrase()).unwrap();
+        let r = parse_recipients(SSH_ED25519_PUB, &no_passphrase()).unwrap();
+        let key = DataKey::generate();
+        let got = id.unwrap(&r[0].wrap(&key).unwrap()).unwrap().unwrap();
+        assert_eq!(got.expose(), key.expose());
+    }
+
+    #[test]
+    fn rsa_unwrap_is_blinded_and_round_trips() {
+        let id = rsa_identity();
+        let key = DataKey::generate();
+        let stanza = rsa_recipient().wrap(&key).unwrap();
+        assert!(id.matches(&stanza));
+        let got = id.unwrap(&stanza).unwrap().unwrap();
+        assert_eq!(got.expose(), key.expose());
+    }
+
+    #[test]
+    fn an_age_body_with_many_recipient_lines_is_not_handed_to_age() {
+        let (id_text, public, _) = generate_age();
+        let r = parse_recipients(public.trim(), &no_passphrase()).unwrap();
+        let mut stanza = r[0].wrap(&DataKey::generate()).unwrap();
+        assert_eq!(age_recipient_lines(&stanza.body), 2, "recipient and grease");
+        // Repeat the first recipient line: a body that would have age work once per line.
+        let text = stanza.body.clone();
+        let first = text.windows(3).position(|w| w == b"-> ").unwrap();
+        let mac = text.windows(4).position(|w| w == b"--- ").unwrap();
+        let mut body = text[..mac].to_vec();
+        for _ in 0..MAX_AGE_RECIPIENT_LINES {
+            body.extend_from_slice(&text[first..mac]);
+        }
+        body.extend_from_slice(&text[mac..]);
+        stanza.body = body;
+        let id = parse_identities(&id_text, "test", &no_passphrase()).unwrap();
+        assert!(matches!(id.unwrap(&stanza), Some(Err(()))));
+    }
+
+    #[test]
+    fn public_keys_are_told_apart_from_identities() {
+        let (id_text, public, _) = generate_age();
+        assert!(is_public_key(&public));
+        assert!(is_public_key(SSH_ED25519_PUB));
+        assert!(is_public_key(
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"
+        ));
+        assert!(!is_public_key(&id_text));
+        assert!(!is_public_key(SSH_ED25519));
+        assert!(!is_public_key(RSA_PEM));
+        assert!(!is_public_key(""));
+        assert!(matches!(
+            parse_identities(&Zeroizing::new(public), "pub", &no_passphrase()),
+            Err(KeyError::PublicAsIdentity)
+        ));
+    }
 
     #[test]
     fn pem_splitting_finds_blocks_and_lines() {
@@ -574,6 +806,7 @@ mod tests {
         let stanza = r[0].wrap(&key).unwrap();
         let id = parse_identities(&id_text, "test", &no_passphrase()).unwrap();
         assert!(id.matches(&stanza));
+        assert!(!id.needs_trial(), "an X25519 key names its stanza");
         let got = id.unwrap(&stanza).unwrap().unwrap();
         assert_eq!(got.expose(), key.expose());
     }

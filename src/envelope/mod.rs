@@ -15,9 +15,11 @@ use rand::RngCore;
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-pub use header::{Header, Metadata, Stanza, MAX_HEADER_BODY};
+pub use header::{
+    Header, Metadata, Stanza, MAX_AGE_TRIALS, MAX_HEADER_BODY, MAX_RSA_STANZAS, MAX_STANZAS,
+};
 pub use keys::{
-    generate_age, generate_rsa, no_passphrase, parse_identities, parse_recipients,
+    generate_age, generate_rsa, is_public_key, no_passphrase, parse_identities, parse_recipients,
     parse_recipients_file, Identity, KeyError, PassphraseFn, Recipient, RsaIdentity, AGE_KIND,
     MIN_RSA_BITS, RSA_KIND,
 };
@@ -74,6 +76,9 @@ pub enum EnvelopeError {
     NotCoffer,
     #[error("unsupported format version {0} (this coffer reads version 1)")]
     UnsupportedVersion(u16),
+    /// Version 0 was never written: the field is damaged, not from the future.
+    #[error("invalid format version 0 (versions start at 1): the header is damaged")]
+    InvalidVersion,
     #[error("header is truncated")]
     HeaderTruncated,
     #[error("header is malformed: {0}")]
@@ -88,6 +93,14 @@ pub enum EnvelopeError {
     },
     #[error("no identity given can open this file; it was sealed to: {}", .wanted.join(", "))]
     NoMatchingIdentity { wanted: Vec<String> },
+    /// No identity matched and a stanza's kind is not one this reader knows:
+    /// a damaged kind would otherwise pass for a wrong key (docs/FORMAT.md 2.3).
+    #[error("no identity given can open this file, and recipient stanza {index} has kind {kind:?}, which this coffer does not know: the header looks damaged or tampered with")]
+    UnknownStanzaKind { index: usize, kind: String },
+    #[error("truncated: the file ends right after the header (byte offset {offset}); there is no payload")]
+    NoPayload { offset: u64 },
+    #[error("truncated: the stream ends inside chunk {index} (byte offset {offset})")]
+    TruncatedInChunk { index: u64, offset: u64 },
     #[error("chunk {index} (byte offset {offset}) failed authentication")]
     BadChunk { index: u64, offset: u64 },
     #[error("truncated: the stream ends after chunk {last_index} (byte offset {offset}) without a final chunk")]
@@ -100,6 +113,12 @@ pub enum EnvelopeError {
     CounterOverflow,
     #[error("no recipients given")]
     NoRecipients,
+    #[error("{count} recipients ({kind}); a file holds at most {max}")]
+    TooManyRecipients {
+        kind: &'static str,
+        count: usize,
+        max: usize,
+    },
     #[error("cannot wrap the data key for {recipient}: {reason}")]
     Wrap { recipient: String, reason: String },
 }
@@ -108,7 +127,7 @@ impl EnvelopeError {
     pub fn class(&self) -> Class {
         match self {
             EnvelopeError::NoMatchingIdentity { .. } | EnvelopeError::Wrap { .. } => Class::Key,
-            EnvelopeError::NoRecipients => Class::Usage,
+            EnvelopeError::NoRecipients | EnvelopeError::TooManyRecipients { .. } => Class::Usage,
             _ => Class::Integrity,
         }
     }
@@ -123,6 +142,12 @@ impl EnvelopeError {
                 "pass the private key whose public key fingerprint is listed (-i KEY); `coffer inspect` shows them"
             }
             EnvelopeError::NoRecipients => "give at least one recipient with -r or -R",
+            EnvelopeError::TooManyRecipients { .. } => {
+                "seal to fewer keys, e.g. one shared backup key instead of one per person"
+            }
+            EnvelopeError::UnknownStanzaKind { .. } => {
+                "use another copy of this backup; if it was made by a newer coffer, upgrade coffer"
+            }
             EnvelopeError::Wrap { .. } => "check the recipient (and that its age plugin is installed)",
             EnvelopeError::CounterOverflow => return None,
             _ => {
@@ -171,8 +196,13 @@ pub fn seal<W: io::Write>(
     let key = DataKey::generate();
     let mut salt = [0u8; 32];
     OsRng.fill_bytes(&mut salt);
+    // The reader refuses two stanzas for one key (docs/FORMAT.md 2), and a key
+    // named twice (say in the config and again with -r) gains nothing from a
+    // second copy, so repeats are dropped.
+    let mut seen = std::collections::BTreeSet::new();
     let stanzas = recipients
         .iter()
+        .filter(|r| seen.insert((r.kind(), r.fingerprint())))
         .map(|r| r.wrap(&key))
         .collect::<Result<Vec<_>, _>>()
         .map_err(SealError::Envelope)?;

@@ -211,16 +211,14 @@ impl<R: Read> StreamReader<R> {
         let full = self.chunk_size + TAG_LEN;
         if n < TAG_LEN {
             // Nothing, or less than a tag: the stream stopped before its final chunk.
-            let err = if index == 0 {
-                EnvelopeError::Truncated {
-                    last_index: 0,
-                    offset,
-                }
-            } else {
-                EnvelopeError::Truncated {
+            let err = match (index, n) {
+                // "Ends after chunk 0" would name a chunk that is not there.
+                (0, 0) => EnvelopeError::NoPayload { offset },
+                (_, 0) => EnvelopeError::Truncated {
                     last_index: index - 1,
                     offset: self.chunk_offset(index - 1),
-                }
+                },
+                _ => EnvelopeError::TruncatedInChunk { index, offset },
             };
             return Err(err.into_io());
         }
@@ -329,6 +327,28 @@ mod tests {
         let ct = seal(&data, 64);
         assert_eq!(ct.len(), 2 * (64 + TAG_LEN));
         assert_eq!(open(&ct, 64).unwrap(), data);
+    }
+
+    #[test]
+    fn a_missing_payload_is_named_as_such_not_as_chunk_0() {
+        let err = open(b"", 64).unwrap_err();
+        assert!(matches!(err, EnvelopeError::NoPayload { offset: 0 }));
+        let msg = err.to_string();
+        assert!(msg.contains("no payload"), "{msg}");
+        assert!(!msg.contains("after chunk"), "{msg}");
+    }
+
+    #[test]
+    fn a_payload_cut_inside_a_chunk_names_that_chunk() {
+        let ct = seal(&[3u8; 200], 64);
+        assert!(matches!(
+            open(&ct[..5], 64),
+            Err(EnvelopeError::TruncatedInChunk { index: 0, .. })
+        ));
+        assert!(matches!(
+            open(&ct[..64 + TAG_LEN + 5], 64),
+            Err(EnvelopeError::TruncatedInChunk { index: 1, .. })
+        ));
     }
 
     #[test]

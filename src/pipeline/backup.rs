@@ -643,12 +643,13 @@ fn copy_backup(from: &dyn Store, to: &dyn Store, files: &SidecarFiles) -> Result
 /// An error's message without the store's name in front (the caller names
 /// the store once).
 fn about(e: &Error, store: &str) -> String {
-    let mut text = crate::cli_chain(e);
+    let text = crate::cli_chain(e);
     let prefix = format!("{store}: ");
-    while let Some(rest) = text.strip_prefix(&prefix) {
-        text = rest.to_owned();
+    let mut rest = text.as_str();
+    while let Some(r) = rest.strip_prefix(&prefix) {
+        rest = r;
     }
-    text
+    rest.to_owned()
 }
 
 /// Heals stores that missed earlier backups (unreachable on a past night):

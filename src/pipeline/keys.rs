@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use crate::envelope::{self, Identity, PassphraseFn, Recipient};
+use crate::envelope::{self, Identity, KeyError, PassphraseFn, Recipient};
 use crate::error::{Error, Result};
 use crate::fsutil;
 
@@ -71,9 +71,28 @@ pub fn load_identities(paths: &[impl AsRef<Path>]) -> Result<Vec<Identity>> {
         .iter()
         .map(|p| {
             let p = p.as_ref();
-            let text = fsutil::read_secret(p)?;
+            let text = match fsutil::read_secret(p) {
+                // A public key is rightly world-readable; the problem to name
+                // is that it is not the private key.
+                Err(Error::Permissions { .. }) if is_public_key_file(p) => {
+                    return Err(Error::key(p, KeyError::PublicAsIdentity));
+                }
+                other => other?,
+            };
             envelope::parse_identities(&text, &p.display().to_string(), &cb)
                 .map_err(|e| Error::key(p, e))
         })
         .collect()
+}
+
+/// Whether the file at `path` holds only public keys. Reads at most 64 KiB
+/// (a key file is far smaller); the bytes may be a private key after all, so
+/// they are zeroized, in a buffer that never grows (growing would leave
+/// copies behind).
+fn is_public_key_file(path: &Path) -> bool {
+    use std::io::Read;
+    const LIMIT: usize = 64 * 1024;
+    let mut bytes = Zeroizing::new(Vec::with_capacity(LIMIT));
+    let read = std::fs::File::open(path).and_then(|f| f.take(LIMIT as u64).read_to_end(&mut bytes));
+    read.is_ok() && std::str::from_utf8(&bytes).is_ok_and(envelope::is_public_key)
 }
