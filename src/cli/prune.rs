@@ -66,7 +66,10 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
             println!("{}: {what} {} ({})", r.store, d.name, d.reasons.join(", "));
         }
         for s in &r.stale_partials {
-            println!("{}: {verb} {s} (partial upload older than a day)", r.store);
+            println!(
+                "{}: {verb} {s} (left by an interrupted upload or removal)",
+                r.store
+            );
         }
     }
     Ok(())

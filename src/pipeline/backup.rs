@@ -488,6 +488,11 @@ fn finish_stores(
     if let Some(&from) = done.first() {
         let mut still = Vec::new();
         for (i, first_error) in failed {
+            // A host key problem stays one (exit 4): no copy can cure it.
+            if first_error.exit_code() == crate::ExitCode::Key {
+                still.push((i, first_error));
+                continue;
+            }
             match copy_backup(job.stores[from].as_ref(), job.stores[i].as_ref(), sidecar) {
                 Ok(()) => done.push(i),
                 Err(e) => still.push((
@@ -602,9 +607,14 @@ fn copy_backup(from: &dyn Store, to: &dyn Store, files: &SidecarFiles) -> Result
             break;
         }
         let attempt = (|| -> Result<()> {
-            // A partial left by the failed attempt would block the new upload.
+            // A partial left by the failed attempt would block the new
+            // upload, and so would a sealed file whose sidecar never came
+            // (without a sidecar it is no backup; the run holds the lock).
             if to.stat(&format!("{sealed}.partial"))?.is_some() {
                 to.delete(&format!("{sealed}.partial"))?;
+            }
+            if to.stat(&sidecar.file_name())?.is_none() && to.stat(&sealed)?.is_some() {
+                to.delete(&sealed)?;
             }
             let mut r = from.get(&sealed)?;
             let mut u = to.put(&sealed)?;
@@ -668,7 +678,11 @@ fn refill(job: &Job, healthy: &[usize], now: chrono::DateTime<chrono::Utc>) -> V
     let mut notes = Vec::new();
     for &to in healthy {
         let Some(have) = &listed[to] else { continue };
-        let mut present: Vec<String> = have.iter().map(|l| l.name.clone()).collect();
+        let mut present: Vec<String> = have
+            .iter()
+            .filter(|l| l.state == retention::State::Complete)
+            .map(|l| l.name.clone())
+            .collect();
         for (from, from_listed) in listed.iter().enumerate() {
             let Some(from_listed) = from_listed.as_ref().filter(|_| from != to) else {
                 continue;

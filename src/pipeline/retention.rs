@@ -40,6 +40,8 @@ pub struct Listed {
     pub observed: Option<i64>,
     /// Whether a `.minisig` was listed beside the sidecar.
     pub has_signature: bool,
+    /// When the store wrote the sealed file (0 if unknown or absent).
+    pub sealed_mtime: i64,
 }
 
 /// How far a sidecar's own `created` is believed: never later than when the
@@ -58,6 +60,7 @@ pub fn effective_time(l: &Listed) -> Option<chrono::DateTime<chrono::Utc>> {
 #[derive(Default)]
 struct Seen {
     size: Option<u64>,
+    sealed_mtime: i64,
     sidecar_mtime: Option<i64>,
     signature: bool,
 }
@@ -79,15 +82,17 @@ pub fn list(store: &dyn Store) -> Result<(Vec<Listed>, Vec<crate::store::Object>
         } else if let Some(n) = o.name.strip_suffix(SIDECAR_SUFFIX) {
             by_name.entry(n.to_owned()).or_default().sidecar_mtime = Some(o.mtime);
         } else if let Some(n) = o.name.strip_suffix(SEALED_SUFFIX) {
-            by_name.entry(n.to_owned()).or_default().size = Some(o.size);
+            let seen = by_name.entry(n.to_owned()).or_default();
+            seen.size = Some(o.size);
+            seen.sealed_mtime = o.mtime;
         }
     }
     let mut out: Vec<Listed> = Vec::new();
     for (name, seen) in by_name {
         let mut raw = Vec::new();
         let (state, sidecar) = match (seen.size, seen.sidecar_mtime) {
-            // A lone signature is a leftover, not a backup.
-            (None, None) => continue,
+            // A lone signature: a leftover of an interrupted run.
+            (None, None) => (State::NoSealedFile, None),
             (Some(_), None) => (State::NoSidecar, None),
             (None, Some(_)) => (State::NoSealedFile, None),
             (Some(size), Some(_)) => match read_sidecar(store, &name) {
@@ -118,6 +123,7 @@ pub fn list(store: &dyn Store) -> Result<(Vec<Listed>, Vec<crate::store::Object>
             raw,
             observed: seen.sidecar_mtime,
             has_signature: seen.signature,
+            sealed_mtime: seen.sealed_mtime,
         });
     }
     // Oldest first by the believed time; incomplete ones (no time) by name.
@@ -230,6 +236,34 @@ pub fn apply(
         deleted.push(d.name.clone());
     }
     let mut stale = Vec::new();
+    // Leftovers of interrupted runs or removals — a sealed file without its
+    // sidecar, a signature without both — are never backups. This job's are
+    // removed by its next run (it holds the lock: nothing of the job is in
+    // flight) or, by `prune`, once a day old; never the backup just made.
+    for l in &listed {
+        let leftover = matches!(l.state, State::NoSidecar | State::NoSealedFile)
+            && is_backup_name(job, &l.name)
+            && Some(l.name.as_str()) != protect;
+        let old = l.sealed_mtime > 0 && now.timestamp() - l.sealed_mtime > STALE_PARTIAL_SECS;
+        if !(leftover && (protect.is_some() || old)) {
+            continue;
+        }
+        let mut removed = Vec::new();
+        for suffix in [
+            SIDECAR_SUFFIX.to_owned(),
+            format!("{SIDECAR_SUFFIX}{SIGNATURE_SUFFIX}"),
+            SEALED_SUFFIX.to_owned(),
+        ] {
+            let file = format!("{}{suffix}", l.name);
+            if store.stat(&file)?.is_some() {
+                if !dry_run {
+                    store.delete(&file)?;
+                }
+                removed.push(file);
+            }
+        }
+        stale.extend(removed);
+    }
     // A backup run holds the job's lock, so this job's partial uploads are
     // leftovers of dead runs; anyone else's (another job's, or a name no run
     // makes) are left a day to finish, and one whose age is unknown is kept.

@@ -1,0 +1,368 @@
+//! The fault matrix: a local store (on a tmpfs the test can fill) and a real
+//! SFTP store side by side, with one fault injected per row — the server
+//! unreachable, its host key changed, the disk full at the sealed file or at
+//! the sidecar, `kill -9` at each commit and retention step (made
+//! deterministic with strace's fault injection), SIGTERM. Each row checks:
+//! the backup is made wherever it can be, the exit code and the message name
+//! the store at fault, nothing good is deleted, the next run succeeds and
+//! leaves both stores clean, and keyless verify is green afterwards.
+#![allow(clippy::too_many_lines)]
+
+mod common;
+mod harness;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+use harness::Sshd;
+
+/// Root is needed to mount the tmpfs and for sshd's chroot; CI runs as root.
+fn root_or_skip(test: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("SKIP {test}: needs root (a tmpfs store to fill, sshd's chroot); CI runs as root");
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run the fault matrix as root"
+    );
+    false
+}
+
+/// A small tmpfs, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, options: &str) -> Self {
+        fs::create_dir_all(at).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs {options}");
+        Tmpfs(at.to_path_buf())
+    }
+    fn remount(&self, options: &str) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(st.success(), "remount {options}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+struct Rig {
+    dir: tempfile::TempDir,
+    sshd: Sshd,
+    cfg: String,
+    local: PathBuf,
+    key: PathBuf,
+}
+
+impl Rig {
+    /// `data` bytes of incompressible data to back up, a local store at
+    /// `local` (often a tmpfs), and the SFTP store.
+    fn new(data: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        let key = p.join("backup.key");
+        ok(&["keygen", "--type", "age", "--out", key.to_str().unwrap()]);
+        fs::create_dir(p.join("data")).unwrap();
+        fs::write(p.join("data/blob"), pattern(data, 11)).unwrap();
+        let sshd = Sshd::start();
+        let local = p.join("local");
+        let cfg = p.join("coffer.toml");
+        fs::write(
+            &cfg,
+            format!(
+                "[job]\nname = \"prod\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\nkeep_last = 3\n\
+                 [[source]]\ntype = \"files\"\nname = \"data\"\npaths = [\"{d}\"]\n\
+                 [[store]]\ntype = \"local\"\nname = \"local\"\npath = \"{s}\"\n{remote}",
+                k = key.display(),
+                l = p.join("lock").display(),
+                d = p.join("data").display(),
+                s = local.display(),
+                remote = sshd.store_config(""),
+            ),
+        )
+        .unwrap();
+        chmod(&cfg, 0o600);
+        Rig {
+            cfg: cfg.display().to_string(),
+            dir,
+            sshd,
+            local,
+            key,
+        }
+    }
+    fn backup(&self) -> Output {
+        coffer(&["backup", "-c", &self.cfg])
+    }
+    fn files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+    fn backups(dir: &Path) -> Vec<String> {
+        Self::files(dir)
+            .into_iter()
+            .filter_map(|f| f.strip_suffix(".coffer").map(str::to_owned))
+            .collect()
+    }
+    /// Both stores hold complete backups only (sealed file and sidecar, no
+    /// partial, no orphan), the same ones, and keyless verify is green.
+    fn assert_clean_and_green(&self, want: usize) {
+        for dir in [&self.local, &self.sshd.data_dir()] {
+            let files = Self::files(dir);
+            let sealed = files.iter().filter(|f| f.ends_with(".coffer")).count();
+            let sidecars = files.iter().filter(|f| f.ends_with(".coffer.json")).count();
+            assert_eq!(sealed, want, "{dir:?}: {files:?}");
+            assert_eq!(sidecars, want, "{dir:?}: {files:?}");
+            assert_eq!(files.len(), 2 * want, "leftovers in {dir:?}: {files:?}");
+        }
+        assert_eq!(
+            Self::backups(&self.local),
+            Self::backups(&self.sshd.data_dir())
+        );
+        let out = coffer(&["verify", "-c", &self.cfg]);
+        assert_eq!(
+            code(&out),
+            0,
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        );
+    }
+    fn p(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// `coffer backup` under strace, killed with SIGKILL at the `when`-th call
+/// of `syscall`.
+fn backup_killed_at(rig: &Rig, syscall: &str, when: u32) -> Output {
+    Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+        .arg(format!("trace={syscall}"))
+        .arg("-e")
+        .arg(format!("inject={syscall}:signal=KILL:when={when}"))
+        .arg(bin())
+        .args(["backup", "-c", &rig.cfg])
+        .stdin(Stdio::null())
+        .output()
+        .expect("strace")
+}
+
+#[test]
+fn an_unreachable_server_costs_no_backup_and_is_refilled() {
+    if !root_or_skip("an_unreachable_server_costs_no_backup_and_is_refilled") {
+        return;
+    }
+    let mut rig = Rig::new(10_000);
+    ok(&["backup", "-c", &rig.cfg]);
+    rig.sshd.kill();
+    let out = rig.backup();
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("complete in [local]"), "{err}");
+    assert!(err.contains("failed in remote: cannot connect"), "{err}");
+    assert!(!err.contains("remote: remote:"), "{err}");
+    assert_eq!(Rig::backups(&rig.local).len(), 2);
+    // The local store still serves list, restore and verify; each warns once
+    // about the server, and verify says it could not check it (exit 1).
+    let out = coffer(&["list", "-c", &rig.cfg]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).matches("unreachable").count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+    let to = rig.p().join("restored");
+    let out = coffer(&[
+        "restore",
+        "-c",
+        &rig.cfg,
+        "-i",
+        rig.key.to_str().unwrap(),
+        "latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("remote is unreachable"),
+        "{}",
+        stderr(&out)
+    );
+    let out = coffer(&["verify", "-c", &rig.cfg]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("could not be reached"),
+        "{}",
+        stderr(&out)
+    );
+    // The server comes back: the next run makes its backup everywhere and
+    // refills the one the server missed.
+    rig.sshd.restart();
+    let out = rig.backup();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    rig.assert_clean_and_green(3);
+}
+
+#[test]
+fn a_changed_host_key_is_exit_4_and_the_local_copy_is_made() {
+    if !root_or_skip("a_changed_host_key_is_exit_4_and_the_local_copy_is_made") {
+        return;
+    }
+    let rig = Rig::new(10_000);
+    let pinned = fs::read_to_string(&rig.sshd.known_hosts).unwrap();
+    fs::write(
+        &rig.sshd.known_hosts,
+        format!(
+            "[127.0.0.1]:{} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOmOEFiPx06ZVvO9khHQB51Ik1K+QbQITJ3OCz29uC0U\n",
+            rig.sshd.port
+        ),
+    )
+    .unwrap();
+    let out = rig.backup();
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(
+        stderr(&out).to_lowercase().contains("host key"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(Rig::backups(&rig.local).len(), 1);
+    assert!(Rig::files(&rig.sshd.data_dir()).is_empty());
+    fs::write(&rig.sshd.known_hosts, pinned).unwrap();
+    ok(&["backup", "-c", &rig.cfg]);
+    rig.assert_clean_and_green(2);
+}
+
+#[test]
+fn a_full_disk_at_the_sealed_file_or_the_sidecar_leaves_no_leftover() {
+    if !root_or_skip("a_full_disk_at_the_sealed_file_or_the_sidecar_leaves_no_leftover") {
+        return;
+    }
+    let rig = Rig::new(400_000);
+    // Full at the sealed file: 256 KiB cannot hold 400 KB of ciphertext.
+    let fs_local = Tmpfs::mount(&rig.local, "size=256k,mode=0700");
+    let out = rig.backup();
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("complete in [remote]"), "{err}");
+    assert!(err.contains("failed in local"), "{err}");
+    assert!(err.contains("No space left"), "{err}");
+    assert!(
+        Rig::files(&rig.local).is_empty(),
+        "{:?}",
+        Rig::files(&rig.local)
+    );
+    assert_eq!(Rig::backups(&rig.sshd.data_dir()).len(), 1);
+    // Room again: the next run succeeds, refills, and both are clean.
+    fs_local.remount("size=16m");
+    ok(&["backup", "-c", &rig.cfg]);
+    rig.assert_clean_and_green(2);
+
+    // Full at the sidecar: inodes for the sealed file only.
+    let used = Rig::files(&rig.local).len();
+    fs_local.remount(&format!("nr_inodes={}", used + 2));
+    let out = rig.backup();
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("complete in [remote]"), "{err}");
+    assert!(!err.contains("complete in []"), "{err}");
+    fs_local.remount("nr_inodes=1000");
+    ok(&["backup", "-c", &rig.cfg]);
+    rig.assert_clean_and_green(3);
+    drop(fs_local);
+}
+
+#[test]
+fn kill_9_at_each_commit_and_retention_step_loses_nothing() {
+    if !root_or_skip("kill_9_at_each_commit_and_retention_step_loses_nothing") {
+        return;
+    }
+    let rig = Rig::new(10_000);
+    for _ in 0..3 {
+        ok(&["backup", "-c", &rig.cfg]);
+    }
+    // Local commits are link + unlink per file (sealed file, sidecar);
+    // retention (keep_last = 3, so one old backup goes) then unlinks.
+    // linkat 1: the sealed file; linkat 2: the sidecar; unlink 3: the
+    // first retention delete (sidecar), 4: the sealed file.
+    for (syscall, when) in [("linkat", 1), ("linkat", 2), ("unlink", 3), ("unlink", 4)] {
+        let before = Rig::backups(&rig.local);
+        let out = backup_killed_at(&rig, syscall, when);
+        assert!(
+            !out.status.success(),
+            "{syscall}#{when}: the run was not killed"
+        );
+        // Every complete backup from before is still complete, unless
+        // retention was deleting exactly that one.
+        let now = Rig::backups(&rig.local);
+        let lost: Vec<&String> = before.iter().filter(|b| !now.contains(b)).collect();
+        assert!(lost.len() <= 1, "{syscall}#{when}: lost {lost:?}");
+        let out = rig.backup();
+        assert_eq!(
+            code(&out),
+            0,
+            "after kill at {syscall}#{when}: {}",
+            stderr(&out)
+        );
+        rig.assert_clean_and_green(3);
+    }
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_the_next_run_succeeds() {
+    if !root_or_skip("sigterm_stops_cleanly_and_the_next_run_succeeds") {
+        return;
+    }
+    let rig = Rig::new(10_000);
+    ok(&["backup", "-c", &rig.cfg]);
+    // A slow source, so the run is mid-stream when the signal comes.
+    let slow = rig.p().join("slow.toml");
+    fs::write(
+        &slow,
+        fs::read_to_string(&rig.cfg).unwrap().replace(
+            "[[store]]\ntype = \"local\"",
+            "[[source]]\ntype = \"command\"\nname = \"slow\"\nargv = [\"sh\", \"-c\", \"head -c 100000 /dev/zero; sleep 30\"]\n\
+             [[store]]\ntype = \"local\"",
+        ),
+    )
+    .unwrap();
+    chmod(&slow, 0o600);
+    let child = Command::new(bin())
+        .args(["backup", "-c", slow.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap(),
+        rustix::process::Signal::Term,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert_eq!(Rig::backups(&rig.local).len(), 1);
+    ok(&["backup", "-c", &rig.cfg]);
+    rig.assert_clean_and_green(2);
+}
