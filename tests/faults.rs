@@ -131,9 +131,14 @@ impl Rig {
             let files = Self::files(dir);
             let sealed = files.iter().filter(|f| f.ends_with(".coffer")).count();
             let sidecars = files.iter().filter(|f| f.ends_with(".coffer.json")).count();
-            assert_eq!(sealed, want, "{dir:?}: {files:?}");
-            assert_eq!(sidecars, want, "{dir:?}: {files:?}");
-            assert_eq!(files.len(), 2 * want, "leftovers in {dir:?}: {files:?}");
+            assert_eq!(sealed, want, "{}: {files:?}", dir.display());
+            assert_eq!(sidecars, want, "{}: {files:?}", dir.display());
+            assert_eq!(
+                files.len(),
+                2 * want,
+                "leftovers in {}: {files:?}",
+                dir.display()
+            );
         }
         assert_eq!(
             Self::backups(&self.local),

@@ -91,10 +91,10 @@ pub fn list(store: &dyn Store) -> Result<(Vec<Listed>, Vec<crate::store::Object>
     for (name, seen) in by_name {
         let mut raw = Vec::new();
         let (state, sidecar) = match (seen.size, seen.sidecar_mtime) {
-            // A lone signature: a leftover of an interrupted run.
-            (None, None) => (State::NoSealedFile, None),
             (Some(_), None) => (State::NoSidecar, None),
-            (None, Some(_)) => (State::NoSealedFile, None),
+            // A sidecar, or a lone signature, without the sealed file: a
+            // leftover of an interrupted run or removal.
+            (None, _) => (State::NoSealedFile, None),
             (Some(size), Some(_)) => match read_sidecar(store, &name) {
                 Ok((s, bytes)) => {
                     raw = bytes;
