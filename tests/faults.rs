@@ -371,3 +371,68 @@ fn sigterm_stops_cleanly_and_the_next_run_succeeds() {
     ok(&["backup", "-c", &rig.cfg]);
     rig.assert_clean_and_green(2);
 }
+
+#[test]
+fn jobs_sharing_a_store_leave_each_other_alone() {
+    // No root needed: a plain local store shared by jobs `prod` and `prod-db`.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let key = p.join("backup.key");
+    ok(&["keygen", "--type", "age", "--out", key.to_str().unwrap()]);
+    fs::write(p.join("f"), "x").unwrap();
+    let store = p.join("store");
+    let cfg = |job: &str| {
+        let c = p.join(format!("{job}.toml"));
+        fs::write(
+            &c,
+            format!(
+                "[job]\nname = \"{job}\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\nkeep_last = 1\n\
+                 [[source]]\ntype = \"files\"\npaths = [\"{f}\"]\n[[store]]\ntype = \"local\"\npath = \"{s}\"\n",
+                k = key.display(),
+                l = p.join(format!("{job}.lock")).display(),
+                f = p.join("f").display(),
+                s = store.display(),
+            ),
+        )
+        .unwrap();
+        chmod(&c, 0o600);
+        c.display().to_string()
+    };
+    let (prod, prod_db) = (cfg("prod"), cfg("prod-db"));
+    ok(&["backup", "-c", &prod_db]);
+    // prod-db's upload in flight, and a day-old partial coffer cannot name.
+    let in_flight = store.join("prod-db-20261123T000100Z.coffer.partial");
+    fs::write(&in_flight, "uploading").unwrap();
+    let foreign = store.join("not a coffer name.partial");
+    fs::write(&foreign, "?").unwrap();
+    sh(&format!("touch -d '3 days ago' '{}'", foreign.display()), p);
+    for _ in 0..2 {
+        let out = coffer(&["backup", "-c", &prod]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    assert!(
+        in_flight.exists(),
+        "prod removed prod-db's upload in flight"
+    );
+    assert!(foreign.exists());
+    let files = Rig::files(&store);
+    assert_eq!(
+        files
+            .iter()
+            .filter(|f| f.starts_with("prod-db-") && f.ends_with(".coffer"))
+            .count(),
+        1,
+        "{files:?}"
+    );
+    assert_eq!(
+        files
+            .iter()
+            .filter(|f| f.starts_with("prod-2") && f.ends_with(".coffer"))
+            .count(),
+        1,
+        "{files:?}"
+    );
+    // Its own job's dead partial is prod-db's next run's to remove.
+    ok(&["backup", "-c", &prod_db]);
+    assert!(!in_flight.exists());
+}

@@ -268,9 +268,16 @@ pub fn apply(
     // leftovers of dead runs; anyone else's (another job's, or a name no run
     // makes) are left a day to finish, and one whose age is unknown is kept.
     for p in partials {
-        let ours = partial_owner(&p.name).is_some_and(|n| is_backup_name(job, n));
+        let owner = partial_owner(&p.name);
+        let ours = owner.is_some_and(|n| is_backup_name(job, n));
         let dead_run = protect.is_some() && ours;
-        let old = p.mtime > 0 && now.timestamp() - p.mtime > STALE_PARTIAL_SECS;
+        // Another job's partial may be in flight right now: only a day-old
+        // one under a name coffer writes is removed; anything else is not
+        // coffer's to judge (and must not fail the run).
+        let old = p.mtime > 0
+            && now.timestamp() - p.mtime > STALE_PARTIAL_SECS
+            && owner.is_some()
+            && crate::store::valid_file_name(&p.name);
         if dead_run || old {
             if !dry_run {
                 store.delete(&p.name)?;
