@@ -65,6 +65,26 @@ pub fn read_secret(path: &Path) -> Result<Zeroizing<String>> {
     Ok(s)
 }
 
+/// Reads a small file that someone else may have placed: not through a
+/// symlink, only a regular file (never a FIFO or device that could block or
+/// never end), at most `max` bytes.
+pub fn read_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    if meta.len() > max {
+        return Err(io::Error::other(format!("larger than {max} bytes")));
+    }
+    let mut buf = Vec::new();
+    f.take(max).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
 /// A file being written under `{path}.partial`; [`commit`](Self::commit)
 /// fsyncs it and links it into place, failing if `path` exists. Dropped
 /// without commit, the partial file is removed.

@@ -77,6 +77,14 @@ impl Rig {
         let p = dir.path();
         let key = p.join("backup.key");
         ok(&["keygen", "--type", "age", "--out", key.to_str().unwrap()]);
+        // Signed: refill copies only what this host signed.
+        ok(&[
+            "keygen",
+            "--type",
+            "signing",
+            "--out",
+            p.join("sign.key").to_str().unwrap(),
+        ]);
         fs::create_dir(p.join("data")).unwrap();
         fs::write(p.join("data/blob"), pattern(data, 11)).unwrap();
         let sshd = Sshd::start();
@@ -86,10 +94,12 @@ impl Rig {
             &cfg,
             format!(
                 "[job]\nname = \"prod\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\nkeep_last = 3\n\
+                 signing_key = \"{sk}\"\nsigning_public_key = \"{sk}.pub\"\n\
                  [[source]]\ntype = \"files\"\nname = \"data\"\npaths = [\"{d}\"]\n\
                  [[store]]\ntype = \"local\"\nname = \"local\"\npath = \"{s}\"\n{remote}",
                 k = key.display(),
                 l = p.join("lock").display(),
+                sk = p.join("sign.key").display(),
                 d = p.join("data").display(),
                 s = local.display(),
                 remote = sshd.store_config(""),
@@ -131,11 +141,13 @@ impl Rig {
             let files = Self::files(dir);
             let sealed = files.iter().filter(|f| f.ends_with(".coffer")).count();
             let sidecars = files.iter().filter(|f| f.ends_with(".coffer.json")).count();
+            let sigs = files.iter().filter(|f| f.ends_with(".minisig")).count();
+            assert_eq!(sigs, want, "{}: {files:?}", dir.display());
             assert_eq!(sealed, want, "{}: {files:?}", dir.display());
             assert_eq!(sidecars, want, "{}: {files:?}", dir.display());
             assert_eq!(
                 files.len(),
-                2 * want,
+                3 * want,
                 "leftovers in {}: {files:?}",
                 dir.display()
             );
@@ -307,11 +319,18 @@ fn kill_9_at_each_commit_and_retention_step_loses_nothing() {
     for _ in 0..3 {
         ok(&["backup", "-c", &rig.cfg]);
     }
-    // Local commits are link + unlink per file (sealed file, sidecar);
-    // retention (keep_last = 3, so one old backup goes) then unlinks.
-    // linkat 1: the sealed file; linkat 2: the sidecar; unlink 3: the
-    // first retention delete (sidecar), 4: the sealed file.
-    for (syscall, when) in [("linkat", 1), ("linkat", 2), ("unlink", 3), ("unlink", 4)] {
+    // Local commits are link + unlink per file (sealed file, signature,
+    // sidecar); retention (keep_last = 3, so one old backup goes) then
+    // unlinks its sidecar, signature and sealed file.
+    let steps = [
+        ("linkat", 1),
+        ("linkat", 2),
+        ("linkat", 3),
+        ("unlink", 4),
+        ("unlink", 5),
+        ("unlink", 6),
+    ];
+    for (syscall, when) in steps {
         let before = Rig::backups(&rig.local);
         let out = backup_killed_at(&rig, syscall, when);
         assert!(

@@ -99,6 +99,43 @@ impl Env {
     /// recipient, other content, no signing key. Returns its files' bytes
     /// (sealed file, sidecar JSON).
     fn forge(&self, content: &str) -> (Vec<u8>, serde_json::Value) {
+        self.forge_bytes(content.as_bytes())
+    }
+    /// A forgery of exactly the genuine sealed file's size, for a genuine
+    /// backup made with `compression = "none"`: first a content length that
+    /// gives the same payload (tar blocks), then tries until the header
+    /// (whose age stanza carries random-length grease) is as long too. Only
+    /// the signed SHA-256 can then tell the files apart.
+    fn forge_same_size(&self, genuine: &Path) -> (Vec<u8>, serde_json::Value) {
+        let sizes = |f: &Path| {
+            let out = ok(&["inspect", "--json", f.to_str().unwrap()]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            (
+                v["header_bytes"].as_u64().unwrap(),
+                v["payload_bytes"].as_u64().unwrap(),
+            )
+        };
+        let (header, payload) = sizes(genuine);
+        let tmp = self.p().join("forged.coffer");
+        for blocks in 0..4 {
+            for _ in 0..200 {
+                let (sealed, sidecar) = self.forge_with(&pattern(16 + 512 * blocks, 99), "none");
+                fs::write(&tmp, &sealed).unwrap();
+                let (h, p) = sizes(&tmp);
+                if p != payload {
+                    break;
+                }
+                if h == header {
+                    return (sealed, sidecar);
+                }
+            }
+        }
+        panic!("no forgery as long as {}", genuine.display());
+    }
+    fn forge_bytes(&self, content: &[u8]) -> (Vec<u8>, serde_json::Value) {
+        self.forge_with(content, "zstd")
+    }
+    fn forge_with(&self, content: &[u8], compression: &str) -> (Vec<u8>, serde_json::Value) {
         let f = self.p().join("forger");
         fs::create_dir_all(f.join("data")).unwrap();
         fs::write(f.join("data/file.txt"), content).unwrap();
@@ -107,6 +144,7 @@ impl Env {
             &cfg,
             format!(
                 "[job]\nname = \"prod\"\nrecipients = [\"{pubkey}\"]\nlock_file = \"{lock}\"\n\
+                 compression = \"{compression}\"\n\
                  [[source]]\ntype = \"files\"\nname = \"data\"\npaths = [\"{data}\"]\n\
                  [[store]]\ntype = \"local\"\npath = \"{store}\"\n",
                 pubkey = self.p().join("backup.key.pub").display(),
@@ -293,13 +331,73 @@ fn a_rollback_under_the_newest_name_is_refused() {
     ok(&["backup", "-c", &signed]);
     let names = e.names();
     let (old, new) = (&names[0], &names[1]);
-    // The server serves the old sealed file under the new name, keeping the
-    // new (genuinely signed) sidecar: sizes differ → listed as a bad sidecar.
-    // Pad the old file to the new size so only the hash can tell.
-    let mut bytes = fs::read(e.file(old, ".coffer")).unwrap();
-    let want = fs::metadata(e.file(new, ".coffer")).unwrap().len();
-    bytes.resize(usize::try_from(want).unwrap(), 0);
-    fs::write(e.file(new, ".coffer"), &bytes).unwrap();
+    // The server serves the old sealed file (a complete, valid file) under
+    // the new name, keeping the new, genuinely signed sidecar.
+    fs::copy(e.file(old, ".coffer"), e.file(new, ".coffer")).unwrap();
+    for what in ["latest", new.as_str()] {
+        let to = e.p().join(format!("out-{what}"));
+        let out = coffer(&[
+            "restore",
+            "-c",
+            &signed,
+            "-i",
+            &e.key(),
+            what,
+            "--to",
+            to.to_str().unwrap(),
+        ]);
+        assert!(
+            is_empty_or_absent(&to) || e.restored(&to).as_deref() == Some(SECRET),
+            "{what}"
+        );
+        if what == "latest" {
+            // The newest name is passed over, and said to be.
+            assert_eq!(code(&out), 0, "{}", stderr(&out));
+            assert!(
+                stderr(&out).contains(&format!("passed over {new}")),
+                "{}",
+                stderr(&out)
+            );
+            assert_eq!(e.restored(&to).as_deref(), Some(SECRET));
+        } else {
+            assert_eq!(code(&out), 3, "{}", stderr(&out));
+            assert!(is_empty_or_absent(&to), "a rolled-back file was extracted");
+        }
+    }
+    // The same three files renamed, downloaded and restored as a FILE: the
+    // signed sidecar names the old backup, not the file.
+    let dl = e.p().join("dl");
+    fs::create_dir(&dl).unwrap();
+    for suffix in [".coffer", ".coffer.json", ".coffer.json.minisig"] {
+        fs::copy(e.file(old, suffix), dl.join(format!("{new}{suffix}"))).unwrap();
+    }
+    let file = dl.join(format!("{new}.coffer"));
+    let pubkey = e.p().join("sign.key.pub");
+    let to = e.p().join("out-file");
+    let out = coffer(&[
+        "restore",
+        "-i",
+        &e.key(),
+        "--signing-key",
+        pubkey.to_str().unwrap(),
+        file.to_str().unwrap(),
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stderr(&out).contains("describes"), "{}", stderr(&out));
+    assert!(is_empty_or_absent(&to));
+}
+
+#[test]
+fn a_same_size_forgery_under_a_signed_sidecar_is_never_decrypted_nor_written() {
+    let e = Env::new();
+    let signed = e.config("signed.toml", true, "compression = \"none\"");
+    ok(&["backup", "-c", &signed]);
+    let name = e.names().pop().unwrap();
+    let (sealed, _) = e.forge_same_size(&e.file(&name, ".coffer"));
+    fs::write(e.file(&name, ".coffer"), &sealed).unwrap();
+    // Extracting into a directory, even keeping partial files, writes nothing.
     let to = e.p().join("out");
     let out = coffer(&[
         "restore",
@@ -307,20 +405,86 @@ fn a_rollback_under_the_newest_name_is_refused() {
         &signed,
         "-i",
         &e.key(),
-        new,
+        &name,
         "--to",
         to.to_str().unwrap(),
+        "--keep-partial",
     ]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
-    assert!(is_empty_or_absent(&to), "a rolled-back file was extracted");
-    // And into stdout nothing leaves before the hash matched.
-    let out = coffer(&["restore", "-c", &signed, "-i", &e.key(), new, "--stdout"]);
-    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(is_empty_or_absent(&to), "forged plaintext was written");
+    // Keyed verify checks the hash before it decrypts: the walk never runs.
+    let out = coffer(&["verify", "-c", &signed, "-i", &e.key(), "--json"]);
+    assert_eq!(code(&out), 3);
+    let reports: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mine = reports.iter().find(|r| r["name"] == name.as_str()).unwrap();
+    let problems = mine["problems"].to_string();
+    assert!(problems.contains("SHA-256"), "{problems}");
     assert!(
-        out.stdout.is_empty(),
-        "{} bytes went to stdout",
-        out.stdout.len()
+        !problems.contains("chunk") && !problems.contains("member"),
+        "{problems}"
     );
+}
+
+#[test]
+fn backdated_store_times_never_evict_signed_backups() {
+    let e = Env::new();
+    let signed = e.config("signed.toml", true, "keep_last = 2");
+    for _ in 0..4 {
+        ok(&["backup", "-c", &signed]);
+    }
+    // keep_last = 2 left two; the server backdates both sidecars' mtimes.
+    let names = e.names();
+    assert_eq!(names.len(), 2);
+    for n in &names {
+        sh(
+            &format!(
+                "touch -d 2001-01-01 '{}'",
+                e.file(n, ".coffer.json").display()
+            ),
+            e.p(),
+        );
+    }
+    ok(&["prune", "-c", &signed]);
+    assert_eq!(e.names(), names, "a backdated signed backup was deleted");
+}
+
+#[test]
+fn refill_never_spreads_a_forgery_between_stores() {
+    // Unsigned job, two stores: a forgery planted in one (consistent inside,
+    // under its own name) must not be copied into the other by a later run
+    // — there it would push genuine backups out.
+    let e = Env::new();
+    let unsigned = e.config("unsigned.toml", false, "keep_last = 2");
+    let second = e.p().join("store2");
+    let two = e.p().join("two.toml");
+    fs::write(
+        &two,
+        fs::read_to_string(&unsigned).unwrap()
+            + &format!(
+                "[[store]]\ntype = \"local\"\nname = \"second\"\npath = \"{}\"\n",
+                second.display()
+            ),
+    )
+    .unwrap();
+    chmod(&two, 0o600);
+    let two = two.display().to_string();
+    ok(&["backup", "-c", &two]);
+    // (A second later, so the forgery's name is its own.)
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (sealed, sidecar) = e.forge("the attacker's data");
+    let own = sidecar["name"].as_str().unwrap().to_owned();
+    e.plant(&own, &sealed, sidecar, None);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    ok(&["backup", "-c", &two]);
+    let in_second: Vec<String> = fs::read_dir(&second)
+        .unwrap()
+        .map(|f| f.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        !in_second.iter().any(|f| f.starts_with(&own)),
+        "{in_second:?}"
+    );
+    assert_eq!(in_second.len(), 4, "{in_second:?}");
 }
 
 #[test]

@@ -59,7 +59,7 @@ fn sidecar_beside(
     verifier: Option<&crate::signing::Verifier>,
 ) -> anyhow::Result<Option<Expect>> {
     let path = format!("{file}.json");
-    let raw = match std::fs::read(&path) {
+    let raw = match crate::fsutil::read_regular(std::path::Path::new(&path), 1 << 20) {
         Ok(raw) => raw,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && verifier.is_none() => {
             return Ok(None)
@@ -83,14 +83,33 @@ fn sidecar_beside(
     })?;
     if let Some(v) = verifier {
         let sig_path = format!("{path}{SIGNATURE_SUFFIX}");
-        let sig = std::fs::read_to_string(&sig_path).map_err(|e| Error::Integrity {
+        let sig = crate::fsutil::read_regular(std::path::Path::new(&sig_path), 64 * 1024).map_err(
+            |e| Error::Integrity {
+                what: file.to_owned(),
+                message: format!("unsigned: cannot read {sig_path}: {e}"),
+            },
+        )?;
+        v.verify(&raw, &String::from_utf8_lossy(&sig))
+            .map_err(|e| Error::Integrity {
+                what: path.clone(),
+                message: format!("signature: {e}"),
+            })?;
+    }
+    // The signed name must be this file's: a server that renames an older
+    // backup's three files to a newer name changes nothing that is signed.
+    let base = std::path::Path::new(file)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if base != sidecar.sealed_name() {
+        return Err(Error::Integrity {
             what: file.to_owned(),
-            message: format!("unsigned: cannot read {sig_path}: {e}"),
-        })?;
-        v.verify(&raw, &sig).map_err(|e| Error::Integrity {
-            what: path.clone(),
-            message: format!("signature: {e}"),
-        })?;
+            message: format!(
+                "its sidecar describes {}, not {base} (restore the file under its own name)",
+                sidecar.sealed_name()
+            ),
+        }
+        .into());
     }
     Ok(Some(Expect::of(&sidecar)))
 }
@@ -167,16 +186,10 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
     }
     let input: Box<dyn std::io::Read + Send> =
         Box::new(super::progress::Progress::new(input, total, "restoring"));
-    // Whatever replaces or loads data, or leaves through a pipe, reads an
-    // authenticated private copy; extracting into DIR without --force needs
-    // none (it creates only new files, and removes them on failure).
-    let staged = a.force || a.into_db.is_some() || a.stdout;
-    let input: Box<dyn std::io::Read + Send> = if staged {
-        let copy = stage(input, &what, &identities, expect.as_ref())?;
-        Box::new(std::io::BufReader::new(copy))
-    } else {
-        input
-    };
+    // Nothing is written, replaced, loaded or piped before all of the file
+    // is authenticated: every restore reads a checked private copy.
+    let copy = stage(input, &what, &identities, expect.as_ref())?;
+    let input: Box<dyn std::io::Read + Send> = Box::new(std::io::BufReader::new(copy));
     if let (Some(source), Some(config)) = (&a.into_db, &config) {
         let w = crate::pipeline::load::into_db(
             config,

@@ -662,13 +662,18 @@ fn about(e: &Error, store: &str) -> String {
     rest.to_owned()
 }
 
-/// Heals stores that missed earlier backups (unreachable on a past night):
+/// Heals stores that missed earlier backups (unreachable on a past night),
+/// for jobs that sign their backups:
 /// every backup another store holds that retention keeps there, and that
 /// (with a signing key) carries this host's signature, is copied into each
 /// store this run could write, hash-checked on the way. Failures are
 /// warnings: the next run tries again.
 fn refill(job: &Job, healthy: &[usize], now: chrono::DateTime<chrono::Utc>) -> Vec<String> {
-    let verifier = job.signer.as_ref().and_then(|s| s.verifier().ok());
+    // Only what this host signed is copied: unsigned, a forgery planted in
+    // one store would spread to the others and push their backups out.
+    let Some(verifier) = job.signer.as_ref().and_then(|s| s.verifier().ok()) else {
+        return Vec::new();
+    };
     let name = job.config.job.name.as_str();
     let listed: Vec<Option<Vec<retention::Listed>>> = job
         .stores
@@ -676,7 +681,9 @@ fn refill(job: &Job, healthy: &[usize], now: chrono::DateTime<chrono::Utc>) -> V
         .map(|s| retention::list(s.as_ref()).ok().map(|(l, _)| l))
         .collect();
     let mut notes = Vec::new();
-    for &to in healthy {
+    // A store with `prune = false` is the server's to manage (a write-only
+    // account whose uploads `coffer ingest` moves away): it is not refilled.
+    for &to in healthy.iter().filter(|&&i| job.prune[i]) {
         let Some(have) = &listed[to] else { continue };
         let mut present: Vec<String> = have
             .iter()
@@ -692,30 +699,28 @@ fn refill(job: &Job, healthy: &[usize], now: chrono::DateTime<chrono::Utc>) -> V
                 .iter()
                 .filter(|l| locate::plausible(l, name, now))
                 .collect();
-            wanted.sort_by_key(|l| std::cmp::Reverse(retention::effective_time(l)));
+            wanted.sort_by_key(|l| std::cmp::Reverse(retention::believed_time(l, true)));
             wanted.truncate(usize::try_from(job.policy.keep_last).unwrap_or(usize::MAX));
             for l in wanted {
                 if present.contains(&l.name) {
                     continue;
                 }
                 let from_store = job.stores[from].as_ref();
-                let signed = locate::origin(from_store, l, verifier.as_ref());
-                if matches!(signed, locate::Origin::Refused(_)) {
+                if !matches!(
+                    locate::origin(from_store, l, Some(&verifier)),
+                    locate::Origin::Signed(_)
+                ) {
                     continue;
                 }
                 let Some(sidecar) = l.sidecar.clone() else {
                     continue;
                 };
-                let signature = verifier.as_ref().and_then(|_| {
-                    let mut s = String::new();
-                    from_store
-                        .get(&format!("{}{SIGNATURE_SUFFIX}", sidecar.file_name()))
-                        .ok()?
-                        .take(64 * 1024)
-                        .read_to_string(&mut s)
-                        .ok()?;
-                    Some(s)
-                });
+                let mut text = String::new();
+                let signature = from_store
+                    .get(&format!("{}{SIGNATURE_SUFFIX}", sidecar.file_name()))
+                    .ok()
+                    .and_then(|r| r.take(64 * 1024).read_to_string(&mut text).ok())
+                    .map(|_| text);
                 let files = SidecarFiles {
                     sidecar,
                     json: l.raw.clone(),

@@ -143,24 +143,34 @@ fn one(
             .map(|s| String::from_utf8_lossy(&s).into_owned()),
     };
     let mut sealed = open_regular(dir, &sealed_name, None)?;
+    let mut already = 0;
     for store in stores {
-        if store
+        let held = store
             .stat(&sealed_name)
             .map_err(|e| crate::cli_chain(&e))?
             .is_some()
             || store
                 .stat(&sidecar_name)
                 .map_err(|e| crate::cli_chain(&e))?
-                .is_some()
-        {
+                .is_some();
+        if !held {
+            continue;
+        }
+        // The very same signed sidecar uploaded again (a retried run) is a
+        // duplicate; anything else under that name is refused.
+        if !same_sidecar(store.as_ref(), &sidecar_name, &raw) {
             return Err(format!(
                 "{name} is already in {}: never replaced",
                 store.name()
             ));
         }
+        already += 1;
     }
     if dry_run {
         return Ok(());
+    }
+    if already == stores.len() {
+        return remove_from_incoming(dir, [&sidecar_name, &sig_name, &sealed_name]);
     }
     for store in stores {
         io::Seek::rewind(&mut sealed).map_err(|e| format!("{sealed_name}: {e}"))?;
@@ -173,9 +183,14 @@ fn one(
         )
         .map_err(|e| format!("{}: {e}", store.name()))?;
     }
-    // Taken: only now does it leave incoming, sidecar first (what is left
-    // of an interrupted removal is an incomplete upload, never a backup).
-    for f in [&sidecar_name, &sig_name, &sealed_name] {
+    // Taken: only now does it leave incoming.
+    remove_from_incoming(dir, [&sidecar_name, &sig_name, &sealed_name])
+}
+
+/// Sidecar first: what is left of an interrupted removal is an incomplete
+/// upload, never a backup.
+fn remove_from_incoming(dir: &File, files: [&String; 3]) -> std::result::Result<(), String> {
+    for f in files {
         match rustix::fs::unlinkat(dir, f.as_str(), rustix::fs::AtFlags::empty()) {
             Ok(()) | Err(rustix::io::Errno::NOENT) => {}
             Err(e) => {
@@ -186,6 +201,16 @@ fn one(
         }
     }
     Ok(())
+}
+
+/// Whether `store` holds exactly these sidecar bytes under `file`.
+fn same_sidecar(store: &dyn Store, file: &str, raw: &[u8]) -> bool {
+    let mut held = Vec::new();
+    store
+        .get(file)
+        .ok()
+        .and_then(|r| r.take(1 << 20).read_to_end(&mut held).ok())
+        .is_some_and(|_| held == raw)
 }
 
 /// Copies the sealed file, checking size and hash on the way, then the

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::ledger;
 use crate::manifest::{is_backup_name, Sidecar, SEALED_SUFFIX, SIDECAR_SUFFIX};
 use crate::pipeline::job::build_stores;
-use crate::pipeline::retention::{effective_time, list, Listed, State};
+use crate::pipeline::retention::{believed_time, list, Listed, State};
 use crate::signing::{Verifier, SIGNATURE_SUFFIX};
 use crate::store::Store;
 
@@ -146,6 +146,7 @@ impl Catalog {
         let now = chrono::Utc::now();
         let mut candidates: Vec<(usize, &Listed, &Sidecar)> = Vec::new();
         let mut refused = Vec::new();
+        let mut damaged: Vec<(String, String)> = Vec::new();
         for (i, l) in self.listed.iter().enumerate() {
             for b in l {
                 if wanted != "latest" && b.name != wanted {
@@ -159,6 +160,17 @@ impl Catalog {
                         "{} in {}: sidecar is not valid: {why}",
                         b.name,
                         self.stores[i].name()
+                    )),
+                    // For `latest`, a newer name whose copy is damaged must
+                    // not be skipped in silence: reported if it is newer
+                    // than what is chosen.
+                    (_, State::BadSidecar(why)) if is_backup_name(job, &b.name) => damaged.push((
+                        b.name.clone(),
+                        format!(
+                            "{} in {}: sidecar is not valid: {why}",
+                            b.name,
+                            self.stores[i].name()
+                        ),
                     )),
                     (Some(s), _) if wanted != "latest" && s.job == job => refused.push(format!(
                         "{} in {}: not a name a run makes, or dated in the future ({})",
@@ -175,8 +187,9 @@ impl Catalog {
         // the time the store vouches for; the first store wins a tie.
         let signed = verifier.is_some();
         candidates.sort_by(|a, b| {
-            let key =
-                |c: &(usize, &Listed, &Sidecar)| (c.2.seq.filter(|_| signed), effective_time(c.1));
+            let key = |c: &(usize, &Listed, &Sidecar)| {
+                (c.2.seq.filter(|_| signed), believed_time(c.1, signed))
+            };
             key(b).cmp(&key(a)).then_with(|| a.0.cmp(&b.0))
         });
         for (i, l, s) in candidates {
@@ -185,16 +198,23 @@ impl Catalog {
                     refused.push(format!("{} in {}: {why}", l.name, self.stores[i].name()));
                 }
                 o => {
+                    refused.extend(
+                        damaged
+                            .into_iter()
+                            .filter(|(n, _)| n.as_str() > l.name.as_str())
+                            .map(|(_, m)| m),
+                    );
                     return Ok(Found {
                         store: i,
                         listed: l,
                         sidecar: s,
                         origin: o,
                         passed_over: refused,
-                    })
+                    });
                 }
             }
         }
+        refused.extend(damaged.into_iter().map(|(_, m)| m));
         if !refused.is_empty() {
             return Err(Error::Integrity {
                 what: format!("backup {what:?} of job {job:?}"),

@@ -126,6 +126,7 @@ impl Extractor {
         match m.kind {
             EntryKind::Dir => {
                 match fs::symlink_metadata(&path) {
+                    // A directory that was there keeps its own mode.
                     Ok(md) if md.is_dir() => {}
                     Ok(_) => return Err(refuse("exists and is not a directory".into())),
                     Err(_) => {
@@ -134,9 +135,10 @@ impl Extractor {
                             .create(&path)
                             .map_err(|e| WalkError::Io(format!("{}: {e}", path.display())))?;
                         self.created.push(path.clone());
+                        // Never set-id bits from an archive; sticky may stay.
+                        self.dirs.push((path, m.mode & 0o1777, m.mtime));
                     }
                 }
-                self.dirs.push((path, m.mode & 0o7777, m.mtime));
             }
             EntryKind::Symlink(target) => {
                 if !link_stays_inside(&rel, target) {
@@ -280,17 +282,12 @@ impl Expect {
     }
 }
 
-/// Makes a destructive restore safe from a server that answers differently
-/// on a second read, or cuts the stream short: copies the ciphertext (never
-/// plaintext) into a private unlinked temporary file, checks it against the
-/// sidecar and authenticates every chunk and member in a first pass, and
-/// returns the copy, rewound, for the pass that writes.
-pub fn stage(
-    input: Box<dyn Read + Send>,
-    what: &str,
-    identities: &[Identity],
-    expect: Option<&Expect>,
-) -> Result<File> {
+/// Copies the sealed file (ciphertext, never plaintext) into a private
+/// unlinked temporary file, at most one byte more than the sidecar says, and
+/// checks its size and SHA-256 against the sidecar; returns it rewound. What
+/// is decrypted afterwards is exactly what was checked: a server that
+/// answers a second read differently, or cuts the stream, gets nowhere.
+pub fn spool(input: Box<dyn Read + Send>, what: &str, expect: Option<&Expect>) -> Result<File> {
     let mut spool = tempfile::tempfile().map_err(|e| {
         Error::io(
             std::env::temp_dir(),
@@ -298,7 +295,8 @@ pub fn stage(
             e,
         )
     })?;
-    let mut hashed = crate::pipeline::walk::HashRead::new(input);
+    let limit = expect.map_or(u64::MAX, |x| x.size.saturating_add(1));
+    let mut hashed = crate::pipeline::walk::HashRead::new(input.take(limit));
     io::copy(&mut hashed, &mut spool).map_err(|e| Error::io(what, "read", e))?;
     let len = hashed.len;
     let sha = hashed.hex();
@@ -309,12 +307,22 @@ pub fn stage(
                 message,
             })?;
     }
-    let rewind = |f: &mut File| {
-        io::Seek::seek(f, io::SeekFrom::Start(0))
-            .map(drop)
-            .map_err(|e| Error::io(std::env::temp_dir(), "rewind the private copy in", e))
-    };
-    rewind(&mut spool)?;
+    io::Seek::seek(&mut spool, io::SeekFrom::Start(0))
+        .map_err(|e| Error::io(std::env::temp_dir(), "rewind the private copy in", e))?;
+    Ok(spool)
+}
+
+/// A restore that writes or loads anything first authenticates all of it:
+/// [`spool`], then a pass that checks every chunk and member (and the inner
+/// manifest against the sidecar), and returns the copy, rewound, for the
+/// pass that writes.
+pub fn stage(
+    input: Box<dyn Read + Send>,
+    what: &str,
+    identities: &[Identity],
+    expect: Option<&Expect>,
+) -> Result<File> {
+    let mut spool = spool(input, what, expect)?;
     let copy = spool
         .try_clone()
         .map_err(|e| Error::io(std::env::temp_dir(), "reopen the private copy in", e))?;
@@ -326,7 +334,8 @@ pub fn stage(
             message,
         })?;
     }
-    rewind(&mut spool)?;
+    io::Seek::seek(&mut spool, io::SeekFrom::Start(0))
+        .map_err(|e| Error::io(std::env::temp_dir(), "rewind the private copy in", e))?;
     Ok(spool)
 }
 

@@ -44,8 +44,19 @@ pub struct Listed {
     pub sealed_mtime: i64,
 }
 
-/// How far a sidecar's own `created` is believed: never later than when the
-/// store saw the sidecar written, and never in the future.
+/// The time a backup is ordered by. Signed (`signed`: its signature was
+/// checked), `created` is the backup host's word and stands. Unsigned, it is
+/// believed no later than the store saw the sidecar written: an uploader
+/// cannot make its own backup look newer than it is.
+pub fn believed_time(l: &Listed, signed: bool) -> Option<chrono::DateTime<chrono::Utc>> {
+    if signed {
+        return l.sidecar.as_ref()?.created();
+    }
+    effective_time(l)
+}
+
+/// A sidecar's `created`, but never later than when the store saw the
+/// sidecar written.
 pub fn effective_time(l: &Listed) -> Option<chrono::DateTime<chrono::Utc>> {
     let created = l.sidecar.as_ref()?.created()?;
     let observed = l
@@ -204,7 +215,7 @@ pub fn apply(
         } else {
             None
         };
-        match (why, effective_time(l)) {
+        match (why, believed_time(l, verifier.is_some())) {
             (None, Some(created)) => backups.push(Backup {
                 name: l.name.clone(),
                 created,

@@ -215,16 +215,31 @@ fn check_one(
         }
     };
     let (header, len, sha) = match identities {
-        Some(ids) => match keyed(reader, ids, restore_test, r) {
-            Some(w) => {
-                if w.manifest.name != sidecar.name {
-                    r.problems
-                        .push(format!("the inner manifest names {:?}", w.manifest.name));
+        Some(ids) => {
+            // Decrypt (let alone load into a database) only what matches the
+            // sidecar: a private copy, checked first, is what gets opened.
+            let copy = match crate::pipeline::restore::spool(
+                reader,
+                &sidecar.name,
+                Some(&crate::pipeline::restore::Expect::of(sidecar)),
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    r.problems.push(crate::cli_chain(&e));
+                    return;
                 }
-                (w.header, w.ciphertext_len, w.ciphertext_sha256)
+            };
+            match keyed_checked(
+                Box::new(io::BufReader::new(copy)),
+                ids,
+                restore_test,
+                sidecar,
+                r,
+            ) {
+                Some(x) => x,
+                None => return,
             }
-            None => return,
-        },
+        }
         None => match keyless(reader) {
             Ok(x) => x,
             Err(e) => {
@@ -269,6 +284,25 @@ fn check_one(
         r.problems
             .push("the header's recipients differ from the sidecar's".into());
     }
+}
+
+/// The keyed walk over a checked copy: header, length and hash for the
+/// common checks, or `None` (problems recorded) if the walk failed.
+fn keyed_checked(
+    reader: Box<dyn Read + Send>,
+    ids: &[Identity],
+    restore_test: bool,
+    sidecar: &Sidecar,
+    r: &mut Report,
+) -> Option<(Header, u64, String)> {
+    let w = keyed(reader, ids, restore_test, r)?;
+    if w.manifest.name != sidecar.name || w.manifest.job != sidecar.job {
+        r.problems.push(format!(
+            "the inner manifest names {:?} of job {:?}",
+            w.manifest.name, w.manifest.job
+        ));
+    }
+    Some((w.header, w.ciphertext_len, w.ciphertext_sha256))
 }
 
 /// Decrypts and checks everything; with `restore_test`, loads MariaDB dumps
