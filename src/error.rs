@@ -90,7 +90,7 @@ pub enum Error {
     #[error("{store}: {message}")]
     Store { store: String, message: String },
 
-    #[error("backup {name} is complete in [{}] but failed in {}", .complete.join(", "), .failures.join("; "))]
+    #[error("{}", stores_failed(name, complete, failures))]
     StoresFailed {
         name: String,
         complete: Vec<String>,
@@ -223,8 +223,11 @@ impl Error {
             Error::Integrity { .. } | Error::VerifyFailed { .. } => Some(
                 "do not trust this copy: restore from another backup or another store".into(),
             ),
+            Error::StoresFailed { complete, .. } if complete.is_empty() => Some(
+                "no copy of this backup was made and nothing was deleted; fix the store (space, permissions, network) and run again".into(),
+            ),
             Error::StoresFailed { .. } => Some(
-                "the complete copies are kept and nothing was deleted where the upload failed; fix that store and run again".into(),
+                "the complete copies are kept and nothing was deleted where the upload failed; the next run refills that store (signed jobs) once it is fixed".into(),
             ),
             Error::HostKey { line: None, .. } => Some(
                 "if the server's key really changed, verify the new fingerprint out of band and replace its known_hosts line".into(),
@@ -246,6 +249,18 @@ fn source_hint(e: &crate::source::SourceError) -> Option<String> {
         }
         _ => return None,
     })
+}
+
+fn stores_failed(name: &str, complete: &[String], failures: &[String]) -> String {
+    if complete.is_empty() {
+        format!("backup {name} failed in every store: {}", failures.join("; "))
+    } else {
+        format!(
+            "backup {name} is complete in [{}] but failed in {}",
+            complete.join(", "),
+            failures.join("; ")
+        )
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

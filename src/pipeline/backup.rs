@@ -118,10 +118,20 @@ impl Write for Fanout<'_> {
             }
         }
         if self.slots.iter().all(|s| s.tx.is_none()) {
-            return Err(io::Error::other(format!(
-                "every store failed: {}",
-                self.failures()
-            )));
+            return Err(io::Error::other(EveryStoreFailed {
+                failures: self
+                    .failed
+                    .iter()
+                    .map(|(i, e)| {
+                        let store = self.job.stores[*i].name();
+                        format!("{store}: {}", about(e, store))
+                    })
+                    .collect(),
+                key_problem: self
+                    .failed
+                    .iter()
+                    .any(|(_, e)| e.exit_code() == crate::ExitCode::Key),
+            }));
         }
         self.hash.update(buf);
         self.len += buf.len() as u64;
@@ -132,14 +142,55 @@ impl Write for Fanout<'_> {
     }
 }
 
-impl Fanout<'_> {
-    fn failures(&self) -> String {
-        self.failed
-            .iter()
-            .map(|(_, e)| crate::cli_chain(e))
-            .collect::<Vec<_>>()
-            .join("; ")
+/// Why the stream stopped when the last store dropped out: carried through
+/// the archive and sealer as an `io::Error`, so that the run blames the
+/// stores, not the source that was writing at the time.
+#[derive(Debug, thiserror::Error)]
+#[error("every store failed: {}", .failures.join("; "))]
+struct EveryStoreFailed {
+    failures: Vec<String>,
+    key_problem: bool,
+}
+
+/// The store failure inside a source's error, if that is what stopped it.
+fn every_store_failed(e: &crate::source::SourceError) -> Option<&EveryStoreFailed> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            if let Some(found) = io.get_ref().and_then(|i| i.downcast_ref::<EveryStoreFailed>()) {
+                return Some(found);
+            }
+        }
+        if let Some(found) = err.downcast_ref::<EveryStoreFailed>() {
+            return Some(found);
+        }
+        cur = err.source();
     }
+    None
+}
+
+impl EveryStoreFailed {
+    fn into_error(self, name: &str) -> Error {
+        Error::StoresFailed {
+            name: name.to_owned(),
+            complete: Vec::new(),
+            failures: self.failures,
+            key_problem: self.key_problem,
+        }
+    }
+}
+
+/// A write error of the sealed stream: the stores' failure if that is what
+/// it is, else an I/O error on the sealed file.
+fn sink_error(name: &str, sealed_file: &str, e: io::Error) -> Error {
+    if let Some(f) = e.get_ref().and_then(|i| i.downcast_ref::<EveryStoreFailed>()) {
+        return EveryStoreFailed {
+            failures: f.failures.clone(),
+            key_problem: f.key_problem,
+        }
+        .into_error(name);
+    }
+    Error::io(sealed_file, "write", e)
 }
 
 /// Lets sources write into the archive without knowing it.
@@ -362,7 +413,7 @@ fn seal_and_store(
     let mut archive = ArchiveWriter::new(sealer, compression, mtime)
         .map_err(|e| Error::io(&sealed_file, "start compression", e))?;
 
-    let (source_entries, warnings) = dump_sources(job, &mut archive)?;
+    let (source_entries, warnings) = dump_sources(job, name, &mut archive)?;
     let inner = Inner {
         format: manifest::INNER_FORMAT.into(),
         name: name.to_owned(),
@@ -387,10 +438,10 @@ fn seal_and_store(
     let inner_json = serde_json::to_vec_pretty(&inner).map_err(|e| Error::Usage(e.to_string()))?;
     let sealer = archive
         .finish(manifest::INNER_NAME, &inner_json)
-        .map_err(|e| Error::io(&sealed_file, "write", e))?;
+        .map_err(|e| sink_error(name, &sealed_file, e))?;
     let fanout = sealer
         .finish()
-        .map_err(|e| Error::io(&sealed_file, "write", e))?;
+        .map_err(|e| sink_error(name, &sealed_file, e))?;
     let Fanout {
         slots,
         mut failed,
@@ -517,6 +568,7 @@ fn finish_stores(
 /// Runs every source into the archive; any failure fails the run.
 fn dump_sources<W: Write>(
     job: &Job,
+    name: &str,
     archive: &mut ArchiveWriter<W>,
 ) -> Result<(Vec<SourceEntry>, Vec<String>)> {
     let mut entries = Vec::new();
@@ -524,10 +576,18 @@ fn dump_sources<W: Write>(
     for source in &job.sources {
         let report = source
             .run(&mut ArchiveSink(archive))
-            .map_err(|e| Error::Source {
-                kind: source.kind(),
-                name: source.name().to_owned(),
-                source: e,
+            .map_err(|e| match every_store_failed(&e) {
+                // The source was fine: the stores stopped taking its output.
+                Some(f) => EveryStoreFailed {
+                    failures: f.failures.clone(),
+                    key_problem: f.key_problem,
+                }
+                .into_error(name),
+                None => Error::Source {
+                    kind: source.kind(),
+                    name: source.name().to_owned(),
+                    source: e,
+                },
             })?;
         warnings.extend(
             report
