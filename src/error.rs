@@ -64,6 +64,23 @@ pub enum Error {
         fix: String,
     },
 
+    /// The restore target already had something where a member goes; the
+    /// backup is not at fault.
+    #[error("{}: {problem}", .path.display())]
+    TargetExists {
+        path: PathBuf,
+        problem: &'static str,
+    },
+
+    /// Writing to the restore target failed; the backup is not at fault.
+    #[error("{}: cannot {op} (restore target)", .path.display())]
+    Target {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
     #[error("refusing to write binary data to a terminal")]
     BinaryToTerminal,
 
@@ -162,6 +179,7 @@ impl Error {
             Error::Envelope { source, .. } => source.class(),
             Error::Key { source, .. } => source.class(),
             Error::Io { .. }
+            | Error::Target { .. }
             | Error::Source { .. }
             | Error::Locked { .. }
             | Error::Store { .. }
@@ -184,6 +202,7 @@ impl Error {
             Error::Config(_)
             | Error::Check(_)
             | Error::Exists { .. }
+            | Error::TargetExists { .. }
             | Error::Permissions { .. }
             | Error::BinaryToTerminal
             | Error::Usage(_) => Class::Usage,
@@ -204,6 +223,10 @@ impl Error {
             Error::Exists { .. } => {
                 Some("choose another name, or move the existing file away first".into())
             }
+            Error::TargetExists { .. } => Some(
+                "the backup is fine: restore into a new or empty directory, or use --force to replace existing files".into(),
+            ),
+            Error::Target { source, .. } => Some(target_hint(source)),
             Error::Permissions { fix, .. } => Some(fix.clone()),
             Error::BinaryToTerminal => {
                 Some("redirect the output to a file or pipe, or use -o FILE".into())
@@ -235,6 +258,21 @@ impl Error {
             Error::Io { .. } | Error::Usage(_) | Error::Store { .. } => None,
         }
     }
+}
+
+/// Why a write to the restore target may have failed; never "do not trust
+/// this copy", which is for the backup itself.
+fn target_hint(e: &io::Error) -> String {
+    let cause = match e.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT) => {
+            "the target is full: free space there (df -h) or restore elsewhere"
+        }
+        Some(libc::EACCES | libc::EPERM | libc::EROFS) => {
+            "check the target's permissions (and that it is not mounted read-only)"
+        }
+        _ => "check free space and permissions on the target",
+    };
+    format!("the backup is not at fault; {cause}, then restore again")
 }
 
 fn source_hint(e: &crate::source::SourceError) -> Option<String> {
