@@ -81,6 +81,15 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// A file or directory that the configuration or command line names is
+    /// missing, unreadable, or of the wrong kind.
+    #[error("{}: {problem}", .path.display())]
+    Named {
+        path: PathBuf,
+        problem: String,
+        fix: String,
+    },
+
     #[error("refusing to write binary data to a terminal")]
     BinaryToTerminal,
 
@@ -160,6 +169,29 @@ impl Error {
         }
     }
 
+    /// `what` (e.g. "recipients file") at `path` cannot be used: a missing or
+    /// unreadable file the operator named is a configuration error (exit 2),
+    /// not a failed job. Other I/O errors stay I/O errors.
+    pub fn named(path: impl AsRef<Path>, what: &str, source: io::Error) -> Self {
+        let path = path.as_ref().to_path_buf();
+        let (problem, fix) = match source.kind() {
+            io::ErrorKind::NotFound => (
+                format!("no such file (the {what})"),
+                "check the path; relative paths in a config are taken from the config file's directory"
+                    .to_owned(),
+            ),
+            io::ErrorKind::PermissionDenied => (
+                format!("cannot be read (the {what}): permission denied"),
+                format!(
+                    "make it readable by the user coffer runs as (uid {})",
+                    rustix::process::geteuid().as_raw()
+                ),
+            ),
+            _ => return Error::io(path, "read", source),
+        };
+        Error::Named { path, problem, fix }
+    }
+
     pub fn envelope(path: impl AsRef<Path>, source: EnvelopeError) -> Self {
         Error::Envelope {
             path: path.as_ref().to_path_buf(),
@@ -203,6 +235,7 @@ impl Error {
             | Error::Check(_)
             | Error::Exists { .. }
             | Error::TargetExists { .. }
+            | Error::Named { .. }
             | Error::Permissions { .. }
             | Error::BinaryToTerminal
             | Error::Usage(_) => Class::Usage,
@@ -227,7 +260,7 @@ impl Error {
                 "the backup is fine: restore into a new or empty directory, or use --force to replace existing files".into(),
             ),
             Error::Target { source, .. } => Some(target_hint(source)),
-            Error::Permissions { fix, .. } => Some(fix.clone()),
+            Error::Permissions { fix, .. } | Error::Named { fix, .. } => Some(fix.clone()),
             Error::BinaryToTerminal => {
                 Some("redirect the output to a file or pipe, or use -o FILE".into())
             }

@@ -198,3 +198,136 @@ fn restore_onto_a_full_disk_blames_the_target_not_the_backup() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// Runs coffer as `nobody`, for what root could always read.
+fn as_nobody(args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn config_check(cfg: &Path) -> Output {
+    Command::new(bin())
+        .args(["config", "check", "-c", cfg.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_store_path_that_is_a_file_is_a_config_error() {
+    let e = Env::new();
+    fs::write(e.store(), "not a directory").unwrap();
+    let cfg = e.config("", "echo x", "");
+    let store = e.store().display().to_string();
+    for out in [
+        config_check(&cfg),
+        e.run(&["backup", "-c", cfg.to_str().unwrap()]),
+    ] {
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(&store) && err.contains("is not a directory"),
+            "{err}"
+        );
+        assert!(!err.contains("does not exist"), "{err}");
+    }
+}
+
+#[test]
+fn a_missing_recipients_file_says_no_such_file() {
+    let e = Env::new();
+    let cfg = e.config("", "echo x", "");
+    let missing = e.p().join("keys/backup-public-key-that-is-not-there.pem");
+    let text = fs::read_to_string(&cfg).unwrap().replace(
+        &format!("{}.pub", e.key.display()),
+        &missing.display().to_string(),
+    );
+    fs::write(&cfg, text).unwrap();
+    for out in [
+        config_check(&cfg),
+        e.run(&["backup", "-c", cfg.to_str().unwrap()]),
+    ] {
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(&missing.display().to_string()) && err.contains("no such file"),
+            "{err}"
+        );
+        assert!(!err.contains("not a recognised recipient"), "{err}");
+    }
+    assert!(!e.store().exists());
+}
+
+#[test]
+fn a_missing_known_hosts_is_refused_before_anything_is_created() {
+    let e = Env::new();
+    let id = e.p().join("id_ed25519");
+    fs::write(&id, "unused: the run must stop before reading it\n").unwrap();
+    chmod(&id, 0o600);
+    let known_hosts = e.p().join("ssh/known_hosts");
+    let cfg = e.config(
+        "",
+        "echo x",
+        &format!(
+            "\n[[store]]\ntype = \"sftp\"\nhost = \"127.0.0.1\"\nuser = \"backup\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\npath = \"backups\"\n",
+            id.display(),
+            known_hosts.display()
+        ),
+    );
+    let out = e.run(&["backup", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&known_hosts.display().to_string()) && err.contains("no such file"),
+        "{err}"
+    );
+    assert!(
+        !e.store().exists(),
+        "a refused run created the local store directory"
+    );
+    assert!(
+        !e.p().join("coffer.lock").exists(),
+        "a refused run made its lock"
+    );
+    let out = config_check(&cfg);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("no such file"), "{}", stderr(&out));
+}
+
+#[test]
+fn an_unreadable_recipients_file_is_the_same_error_from_backup_and_check() {
+    if !is_root() {
+        eprintln!("SKIP: making a file unreadable to coffer needs another user (run as root)");
+        return;
+    }
+    let e = Env::new();
+    // nobody must reach the config, but not read the recipients file.
+    chmod(e.p(), 0o755);
+    let recipients = e.p().join("recipients.txt");
+    fs::copy(format!("{}.pub", e.key.display()), &recipients).unwrap();
+    chmod(&recipients, 0o600);
+    let cfg = e.config("", "echo x", "");
+    let text = fs::read_to_string(&cfg).unwrap().replace(
+        &format!("{}.pub", e.key.display()),
+        &recipients.display().to_string(),
+    );
+    fs::write(&cfg, text).unwrap();
+    chmod(&cfg, 0o644);
+
+    let check = as_nobody(&["config", "check", "-c", cfg.to_str().unwrap()]);
+    let backup = as_nobody(&["backup", "-c", cfg.to_str().unwrap()]);
+    for out in [&check, &backup] {
+        assert_eq!(code(out), 2, "{}", stderr(out));
+        let err = stderr(out);
+        assert!(
+            err.contains(&recipients.display().to_string()) && err.contains("permission denied"),
+            "{err}"
+        );
+    }
+    assert!(!e.store().exists());
+}

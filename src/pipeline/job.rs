@@ -176,7 +176,16 @@ fn store_files(st: &config::Store) -> Vec<(PathBuf, bool)> {
 }
 
 fn check_store_files(st: &config::Store) -> Result<()> {
+    if let config::Store::Local { path, .. } = st {
+        fsutil::require_dir_or_absent(path, "store directory")?;
+    }
     for (path, secret) in store_files(st) {
+        let what = if secret {
+            "SSH identity"
+        } else {
+            "known_hosts file"
+        };
+        fsutil::require_file(&path, what)?;
         if secret {
             fsutil::check_private(&path)?;
         } else {
@@ -205,8 +214,12 @@ pub fn prepare(config: Config, create_dirs: bool) -> Result<Job> {
         stores.push(st);
         prune.push(p);
     }
+    // Every store is checked before any directory is made: a refused run
+    // leaves nothing behind.
     for st in &config.stores {
         check_store_files(st)?;
+    }
+    for st in &config.stores {
         if let (true, config::Store::Local { path, .. }) = (create_dirs, st) {
             LocalStore::new(st.name(), path).ensure_dir()?;
         }
@@ -258,12 +271,22 @@ pub fn check(config: &Config) -> Vec<String> {
         let config::Store::Local { path, .. } = st else {
             continue;
         };
+        if path.exists() && !path.is_dir() {
+            // Already reported by check_store_files.
+            continue;
+        }
         let probe = if path.exists() {
             path.clone()
         } else {
             path.parent().map(PathBuf::from).unwrap_or_default()
         };
-        if !probe.is_dir() {
+        if probe.exists() && !probe.is_dir() {
+            problems.push(format!(
+                "store {}: {} is not a directory",
+                st.name(),
+                probe.display()
+            ));
+        } else if !probe.is_dir() {
             problems.push(format!(
                 "store {}: {} does not exist",
                 st.name(),
