@@ -46,8 +46,9 @@ pub struct Job {
     pub keep_weekly: Option<u32>,
     #[serde(default)]
     pub keep_monthly: Option<u32>,
-    /// Where the run lock lives; default `/run/lock/coffer-{name}.lock` for
-    /// root, else in `$XDG_RUNTIME_DIR` or the temporary directory.
+    /// Where the run lock lives, in a directory only coffer's user can write;
+    /// default `coffer-{name}.lock` in `$RUNTIME_DIRECTORY`, else
+    /// `/run/coffer` for root, else `$XDG_RUNTIME_DIR` or `$TMPDIR/coffer-UID`.
     #[serde(default)]
     pub lock_file: Option<PathBuf>,
     /// A minisign secret key (unencrypted, mode 0600): each sidecar gets a

@@ -331,3 +331,113 @@ fn an_unreadable_recipients_file_is_the_same_error_from_backup_and_check() {
     }
     assert!(!e.store().exists());
 }
+
+/// Holds `flock` on `path` as `nobody` until dropped.
+struct HeldByNobody(std::process::Child);
+
+impl HeldByNobody {
+    fn start(path: &Path) -> Self {
+        let child = Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .args(["flock", "-n"])
+            .arg(path)
+            .args(["sleep", "60"])
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if path.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // flock creates the file before it locks it.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        HeldByNobody(child)
+    }
+}
+
+impl Drop for HeldByNobody {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_lock_another_user_can_make_is_refused_not_honoured() {
+    if !is_root() {
+        eprintln!("SKIP: acting as another user (nobody) needs root");
+        return;
+    }
+    let e = Env::new();
+    // A world-writable, sticky directory like /run/lock: nobody makes the
+    // lock file there first and holds it.
+    let shared = e.p().join("shared");
+    fs::create_dir(&shared).unwrap();
+    chmod(&shared, 0o1777);
+    chmod(e.p(), 0o755);
+    let squatted = shared.join("coffer-prod.lock");
+    let held = HeldByNobody::start(&squatted);
+    let cfg = e.config("", "echo x", "");
+    let text = fs::read_to_string(&cfg).unwrap().replace(
+        &e.p().join("coffer.lock").display().to_string(),
+        &squatted.display().to_string(),
+    );
+    fs::write(&cfg, text).unwrap();
+    let out = e.run(&["backup", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        !err.contains("holds the lock"),
+        "the squatter's lock was honoured: {err}"
+    );
+    assert!(
+        err.contains(&shared.display().to_string()) && err.contains("writable by others"),
+        "{err}"
+    );
+    assert!(!e.store().exists(), "a refused run created the store");
+    drop(held);
+
+    // The default lock lives in the runtime directory (systemd's
+    // RuntimeDirectory=); a lock file there that another user owns is refused.
+    let runtime = e.p().join("runtime");
+    fs::create_dir(&runtime).unwrap();
+    chmod(&runtime, 0o700);
+    let planted = runtime.join("coffer-prod.lock");
+    fs::write(&planted, "").unwrap();
+    Command::new("chown")
+        .args(["nobody:nogroup"])
+        .arg(&planted)
+        .status()
+        .unwrap();
+    let cfg = e.config("", "echo x", "");
+    let text = fs::read_to_string(&cfg)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("lock_file"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    fs::write(&cfg, text).unwrap();
+    let run = |env_dir: &Path| {
+        Command::new(bin())
+            .args(["backup", "-c", cfg.to_str().unwrap()])
+            .env("RUNTIME_DIRECTORY", env_dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run(&runtime);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&planted.display().to_string())
+            && stderr(&out).contains("owned by uid 65534"),
+        "{}",
+        stderr(&out)
+    );
+    // Once it is gone, the run makes its own lock there, private.
+    fs::remove_file(&planted).unwrap();
+    let out = run(&runtime);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let meta = fs::metadata(&planted).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::mode(&meta) & 0o777, 0o600);
+}
