@@ -441,3 +441,45 @@ fn a_lock_another_user_can_make_is_refused_not_honoured() {
     let meta = fs::metadata(&planted).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::mode(&meta) & 0o777, 0o600);
 }
+
+#[test]
+fn a_hook_whose_background_child_keeps_stderr_open_does_not_hang_the_run() {
+    let e = Env::new();
+    let pidfile = e.p().join("hook-child.pid");
+    let cfg = e.config(
+        &format!(
+            "on_success = [\"sh\", \"-c\", \"sleep 300 & echo $! > {}\"]",
+            pidfile.display()
+        ),
+        "echo x",
+        "",
+    );
+    let mut child = Command::new(bin())
+        .args(["backup", "-c", cfg.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    if let Ok(pid) = fs::read_to_string(&pidfile) {
+        let _ = Command::new("kill").arg(pid.trim()).status();
+    }
+    let status = status.expect("the backup hung on its hook's background child");
+    assert!(status.success());
+    assert!(
+        pidfile.exists(),
+        "the hook did not run, so this test proved nothing"
+    );
+}
