@@ -443,6 +443,45 @@ fn a_lock_another_user_can_make_is_refused_not_honoured() {
 }
 
 #[test]
+fn the_config_comes_from_coffer_config_or_the_default_path() {
+    let e = Env::new();
+    let cfg = e.config("", "echo x", "");
+    let check = |env: Option<&Path>| {
+        let mut c = Command::new(bin());
+        c.args(["config", "check"]).env_remove("COFFER_CONFIG");
+        if let Some(p) = env {
+            c.env("COFFER_CONFIG", p);
+        }
+        c.stdin(Stdio::null()).output().unwrap()
+    };
+    let out = check(Some(&cfg));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&cfg.display().to_string()),
+        "checked another file"
+    );
+    // An explicit -c wins over the environment.
+    let out = Command::new(bin())
+        .args(["config", "check", "-c", cfg.to_str().unwrap()])
+        .env("COFFER_CONFIG", e.p().join("absent.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = check(None);
+    if Path::new("/etc/coffer/coffer.toml").exists() {
+        eprintln!("/etc/coffer/coffer.toml exists here: not checking that it is the default");
+    } else {
+        assert_ne!(code(&out), 0);
+        assert!(
+            stderr(&out).contains("/etc/coffer/coffer.toml"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
 fn a_hook_whose_background_child_keeps_stderr_open_does_not_hang_the_run() {
     let e = Env::new();
     let pidfile = e.p().join("hook-child.pid");
