@@ -482,6 +482,35 @@ fn the_config_comes_from_coffer_config_or_the_default_path() {
 }
 
 #[test]
+fn a_files_path_with_glob_characters_that_exists_is_taken_literally() {
+    let e = Env::new();
+    let odd = e.p().join("app[old]");
+    fs::create_dir(&odd).unwrap();
+    fs::write(odd.join("settings.ini"), "kept=1\n").unwrap();
+    let cfg = e.config("", "echo x", "");
+    let text = fs::read_to_string(&cfg).unwrap().replace(
+        "[[store]]",
+        &format!(
+            "[[source]]\ntype = \"files\"\npaths = [{:?}]\n\n[[store]]",
+            odd.display().to_string()
+        ),
+    );
+    fs::write(&cfg, text).unwrap();
+    let out = e.run(&["backup", "-c", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("matches nothing"),
+        "{}",
+        stderr(&out)
+    );
+    let target = e.p().join("restored");
+    let out = e.restore_to(&cfg, &target, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let member = target.join(format!("files/files{}/settings.ini", odd.display()));
+    assert_eq!(fs::read_to_string(&member).unwrap(), "kept=1\n");
+}
+
+#[test]
 fn a_hook_whose_background_child_keeps_stderr_open_does_not_hang_the_run() {
     let e = Env::new();
     let pidfile = e.p().join("hook-child.pid");
