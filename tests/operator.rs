@@ -511,6 +511,50 @@ fn a_files_path_with_glob_characters_that_exists_is_taken_literally() {
 }
 
 #[test]
+fn list_columns_line_up_with_long_names() {
+    let e = Env::new();
+    let long_store = "offsite-copy-on-the-second-array-in-rack-7";
+    let cfg = e.config(
+        "",
+        "echo x",
+        &format!(
+            "\n[[store]]\ntype = \"local\"\nname = \"{long_store}\"\npath = \"{}\"\n",
+            e.p().join("store2").display()
+        ),
+    );
+    let text = fs::read_to_string(&cfg).unwrap().replace(
+        "name = \"prod\"",
+        "name = \"production-database-cluster-eu-west-primary\"",
+    );
+    fs::write(&cfg, text).unwrap();
+    let out = e.run(&["backup", "-c", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = e.run(&["list", "-c", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    let size_end = header.find("SIZE").unwrap() + "SIZE".len();
+    let store_at = header.find("STORE").unwrap();
+    let status_at = header.find("STATUS").unwrap();
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    for row in &rows {
+        assert_eq!(row.get(status_at..), Some("complete"), "{text}");
+        assert!(
+            row[..size_end].ends_with(|c: char| c.is_ascii_digit())
+                && row[size_end..store_at].trim().is_empty(),
+            "size not right-aligned under SIZE:\n{text}"
+        );
+        let store = row[store_at..status_at].trim_end();
+        assert!(
+            store == long_store || store.starts_with("local:"),
+            "store column cut or shifted:\n{text}"
+        );
+    }
+}
+
+#[test]
 fn a_hook_whose_background_child_keeps_stderr_open_does_not_hang_the_run() {
     let e = Env::new();
     let pidfile = e.p().join("hook-child.pid");
