@@ -3,6 +3,7 @@
 //! and never call a good backup damaged.
 
 mod common;
+mod harness;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -594,4 +595,50 @@ fn a_hook_whose_background_child_keeps_stderr_open_does_not_hang_the_run() {
         pidfile.exists(),
         "the hook did not run, so this test proved nothing"
     );
+}
+
+#[test]
+fn a_full_sftp_disk_is_named_as_such_once_per_store() {
+    if !is_root() {
+        eprintln!("SKIP: filling the server's disk needs a tmpfs mount (root)");
+        return;
+    }
+    let sshd = harness::Sshd::start();
+    let full = match Tmpfs::mount(&sshd.data_dir(), "1m") {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("SKIP: cannot mount a tmpfs here: {why}");
+            return;
+        }
+    };
+    chmod(&full.0, 0o755);
+    let e = Env::new();
+    let cfg = e.config("", "head -c 3145728 /dev/urandom", &sshd.store_config(""));
+    let out = e.run(&["backup", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("remote") && err.contains("refused the write") && err.contains("full disk"),
+        "{err}"
+    );
+    assert!(!err.contains("failed: failure"), "{err}");
+    assert!(!err.contains("remote: remote:"), "{err}");
+    // The local store still got its copy, and the server kept no partial.
+    assert_eq!(
+        fs::read_dir(e.store())
+            .unwrap()
+            .filter(|f| f
+                .as_ref()
+                .unwrap()
+                .path()
+                .to_string_lossy()
+                .ends_with(".coffer"))
+            .count(),
+        1
+    );
+    let left: Vec<_> = fs::read_dir(&full.0)
+        .unwrap()
+        .map(|f| f.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left on the server: {left:?}");
 }
