@@ -334,8 +334,16 @@ impl Config {
     /// Reads, checks (a config others can modify is refused) and parses the
     /// configuration; relative paths in it are taken from its directory.
     pub fn load(path: &Path) -> crate::Result<Config> {
+        if !path.exists() {
+            return Err(crate::Error::Named {
+                path: path.to_path_buf(),
+                problem: "no such file (the configuration)".into(),
+                fix: "give the configuration with -c FILE or in COFFER_CONFIG (the default is /etc/coffer/coffer.toml)".into(),
+            });
+        }
         crate::fsutil::check_not_writable_by_others(path)?;
-        let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, "read", e))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| crate::Error::named(path, "configuration", e))?;
         let mut c = Config::parse(path, &text)?;
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,

@@ -473,9 +473,10 @@ fn the_config_comes_from_coffer_config_or_the_default_path() {
     if Path::new("/etc/coffer/coffer.toml").exists() {
         eprintln!("/etc/coffer/coffer.toml exists here: not checking that it is the default");
     } else {
-        assert_ne!(code(&out), 0);
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
         assert!(
-            stderr(&out).contains("/etc/coffer/coffer.toml"),
+            stderr(&out).contains("/etc/coffer/coffer.toml: no such file")
+                && stderr(&out).contains("COFFER_CONFIG"),
             "{}",
             stderr(&out)
         );
