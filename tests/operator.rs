@@ -220,6 +220,50 @@ fn config_check(cfg: &Path) -> Output {
 }
 
 #[test]
+fn restore_to_stdout_on_a_full_disk_blames_the_output_not_the_backup() {
+    if !is_root() {
+        eprintln!("SKIP: mounting a small tmpfs needs root");
+        return;
+    }
+    let e = Env::new();
+    let cfg = e.backup("head -c 3145728 /dev/urandom");
+    let full = match Tmpfs::mount(&e.p().join("small"), "1m") {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("SKIP: cannot mount a tmpfs here: {why}");
+            return;
+        }
+    };
+    for member in [None, Some("command/data")] {
+        let sink = full.0.join("out");
+        let _ = fs::remove_file(&sink);
+        let mut args = vec![
+            "restore",
+            "-c",
+            cfg.to_str().unwrap(),
+            "-i",
+            e.key.to_str().unwrap(),
+            "latest",
+            "--stdout",
+        ];
+        args.extend(member.iter().flat_map(|m| ["--member", *m]));
+        let out = Command::new(bin())
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&sink).unwrap())
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 1, "{member:?}: {}", stderr(&out));
+        assert_not_called_damaged(&out);
+        let err = stderr(&out);
+        assert!(
+            err.contains("<stdout>: cannot write") && err.contains("not at fault"),
+            "{member:?}: {err}"
+        );
+    }
+}
+
+#[test]
 fn a_store_path_that_is_a_file_is_a_config_error() {
     let e = Env::new();
     fs::write(e.store(), "not a directory").unwrap();

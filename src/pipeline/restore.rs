@@ -436,7 +436,11 @@ pub fn restore(
                 Ok(())
             })
             .map_err(|e| e.into_error(what))?;
-            out.flush().map_err(|e| Error::io("<stdout>", "write", e))?;
+            out.flush().map_err(|e| Error::Target {
+                path: "<stdout>".into(),
+                op: "write",
+                source: e,
+            })?;
             if let Some(x) = expect {
                 x.check(&w).map_err(mismatch)?;
             }
@@ -475,8 +479,12 @@ fn tar_out(
     })?;
     let mut dec = crate::archive::decompressor(io::BufReader::new(plain), compression)
         .map_err(|e| Error::io(what, "decompress", e))?;
-    io::copy(&mut dec, out).map_err(|e| Error::io(what, "read", e))?;
-    out.flush().map_err(|e| Error::io("<stdout>", "write", e))?;
+    copy_out(&mut dec, out, Path::new("<stdout>")).map_err(|e| e.into_error(what))?;
+    out.flush().map_err(|e| Error::Target {
+        path: "<stdout>".into(),
+        op: "write",
+        source: e,
+    })?;
     Ok(())
 }
 
