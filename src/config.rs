@@ -46,8 +46,9 @@ pub struct Job {
     pub keep_weekly: Option<u32>,
     #[serde(default)]
     pub keep_monthly: Option<u32>,
-    /// Where the run lock lives; default `/run/lock/coffer-{name}.lock` for
-    /// root, else in `$XDG_RUNTIME_DIR` or the temporary directory.
+    /// Where the run lock lives, in a directory only coffer's user can write;
+    /// default `coffer-{name}.lock` in `$RUNTIME_DIRECTORY`, else
+    /// `/run/coffer` for root, else `$XDG_RUNTIME_DIR` or `$TMPDIR/coffer-UID`.
     #[serde(default)]
     pub lock_file: Option<PathBuf>,
     /// A minisign secret key (unencrypted, mode 0600): each sidecar gets a
@@ -333,8 +334,16 @@ impl Config {
     /// Reads, checks (a config others can modify is refused) and parses the
     /// configuration; relative paths in it are taken from its directory.
     pub fn load(path: &Path) -> crate::Result<Config> {
+        if !path.exists() {
+            return Err(crate::Error::Named {
+                path: path.to_path_buf(),
+                problem: "no such file (the configuration)".into(),
+                fix: "give the configuration with -c FILE or in COFFER_CONFIG (the default is /etc/coffer/coffer.toml)".into(),
+            });
+        }
         crate::fsutil::check_not_writable_by_others(path)?;
-        let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, "read", e))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| crate::Error::named(path, "configuration", e))?;
         let mut c = Config::parse(path, &text)?;
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,

@@ -64,6 +64,32 @@ pub enum Error {
         fix: String,
     },
 
+    /// The restore target already had something where a member goes; the
+    /// backup is not at fault.
+    #[error("{}: {problem}", .path.display())]
+    TargetExists {
+        path: PathBuf,
+        problem: &'static str,
+    },
+
+    /// Writing to the restore target failed; the backup is not at fault.
+    #[error("{}: cannot {op} (restore target)", .path.display())]
+    Target {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
+    /// A file or directory that the configuration or command line names is
+    /// missing, unreadable, or of the wrong kind.
+    #[error("{}: {problem}", .path.display())]
+    Named {
+        path: PathBuf,
+        problem: String,
+        fix: String,
+    },
+
     #[error("refusing to write binary data to a terminal")]
     BinaryToTerminal,
 
@@ -143,6 +169,29 @@ impl Error {
         }
     }
 
+    /// `what` (e.g. "recipients file") at `path` cannot be used: a missing or
+    /// unreadable file the operator named is a configuration error (exit 2),
+    /// not a failed job. Other I/O errors stay I/O errors.
+    pub fn named(path: impl AsRef<Path>, what: &str, source: io::Error) -> Self {
+        let path = path.as_ref().to_path_buf();
+        let (problem, fix) = match source.kind() {
+            io::ErrorKind::NotFound => (
+                format!("no such file (the {what})"),
+                "check the path; relative paths in a config are taken from the config file's directory"
+                    .to_owned(),
+            ),
+            io::ErrorKind::PermissionDenied => (
+                format!("cannot be read (the {what}): permission denied"),
+                format!(
+                    "make it readable by the user coffer runs as (uid {})",
+                    rustix::process::geteuid().as_raw()
+                ),
+            ),
+            _ => return Error::io(path, "read", source),
+        };
+        Error::Named { path, problem, fix }
+    }
+
     pub fn envelope(path: impl AsRef<Path>, source: EnvelopeError) -> Self {
         Error::Envelope {
             path: path.as_ref().to_path_buf(),
@@ -162,6 +211,7 @@ impl Error {
             Error::Envelope { source, .. } => source.class(),
             Error::Key { source, .. } => source.class(),
             Error::Io { .. }
+            | Error::Target { .. }
             | Error::Source { .. }
             | Error::Locked { .. }
             | Error::Store { .. }
@@ -184,6 +234,8 @@ impl Error {
             Error::Config(_)
             | Error::Check(_)
             | Error::Exists { .. }
+            | Error::TargetExists { .. }
+            | Error::Named { .. }
             | Error::Permissions { .. }
             | Error::BinaryToTerminal
             | Error::Usage(_) => Class::Usage,
@@ -204,7 +256,11 @@ impl Error {
             Error::Exists { .. } => {
                 Some("choose another name, or move the existing file away first".into())
             }
-            Error::Permissions { fix, .. } => Some(fix.clone()),
+            Error::TargetExists { .. } => Some(
+                "the backup is fine: restore into a new or empty directory, or use --force to replace existing files".into(),
+            ),
+            Error::Target { source, .. } => Some(target_hint(source)),
+            Error::Permissions { fix, .. } | Error::Named { fix, .. } => Some(fix.clone()),
             Error::BinaryToTerminal => {
                 Some("redirect the output to a file or pipe, or use -o FILE".into())
             }
@@ -238,6 +294,21 @@ impl Error {
             Error::Io { .. } | Error::Usage(_) | Error::Store { .. } => None,
         }
     }
+}
+
+/// Why a write to the restore target may have failed; never "do not trust
+/// this copy", which is for the backup itself.
+fn target_hint(e: &io::Error) -> String {
+    let cause = match e.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT) => {
+            "the target is full: free space there (df -h) or restore elsewhere"
+        }
+        Some(libc::EACCES | libc::EPERM | libc::EROFS) => {
+            "check the target's permissions (and that it is not mounted read-only)"
+        }
+        _ => "check free space and permissions on the target",
+    };
+    format!("the backup is not at fault; {cause}, then restore again")
 }
 
 fn source_hint(e: &crate::source::SourceError) -> Option<String> {

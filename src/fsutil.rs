@@ -10,6 +10,36 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 
+/// Requires `path` to be an existing regular file (following symlinks), or
+/// says which file is missing or of the wrong kind.
+pub fn require_file(path: &Path, what: &str) -> Result<()> {
+    let meta = fs::metadata(path).map_err(|e| Error::named(path, what, e))?;
+    if meta.is_file() {
+        Ok(())
+    } else {
+        Err(Error::Named {
+            path: path.to_path_buf(),
+            problem: format!("is not a regular file (the {what})"),
+            fix: "name a file in the configuration".into(),
+        })
+    }
+}
+
+/// Requires `path`, if it exists, to be a directory: a store that is a
+/// regular file is a configuration error, found before anything is created.
+pub fn require_dir_or_absent(path: &Path, what: &str) -> Result<()> {
+    match fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(Error::Named {
+            path: path.to_path_buf(),
+            problem: format!("is not a directory (the {what})"),
+            fix: "point the store's path at a directory, or move the file away".into(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::named(path, what, e)),
+    }
+}
+
 /// Refuses a secret (private key, passphrase file) that group or others can
 /// read or write.
 pub fn check_private(path: &Path) -> Result<()> {

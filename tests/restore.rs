@@ -209,7 +209,7 @@ fn restore_from_local_and_sftp_into_fresh_databases() {
         "--to",
         target.to_str().unwrap(),
     ]);
-    assert_eq!(code(&again), 3, "{}", stderr(&again));
+    assert_eq!(code(&again), 2, "{}", stderr(&again));
     assert!(
         stderr(&again).contains("already exists"),
         "{}",

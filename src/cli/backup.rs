@@ -5,7 +5,7 @@ use crate::pipeline::{backup, notify};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The configuration file
-    #[arg(short = 'c', long, value_name = "CONFIG")]
+    #[arg(short = 'c', long, value_name = "CONFIG", env = "COFFER_CONFIG", default_value = super::DEFAULT_CONFIG)]
     config: PathBuf,
     /// Run the job under this name instead of [job] name
     #[arg(long)]

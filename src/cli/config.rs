@@ -8,7 +8,7 @@ use crate::pipeline::job::check;
 pub enum Command {
     /// Validate the configuration, files, permissions, keys and tools without running a backup
     Check {
-        #[arg(short = 'c', long, value_name = "CONFIG")]
+        #[arg(short = 'c', long, value_name = "CONFIG", env = "COFFER_CONFIG", default_value = super::DEFAULT_CONFIG)]
         config: PathBuf,
     },
 }

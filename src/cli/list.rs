@@ -6,7 +6,7 @@ use crate::pipeline::retention::{list, State};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(short = 'c', long, value_name = "CONFIG")]
+    #[arg(short = 'c', long, value_name = "CONFIG", env = "COFFER_CONFIG", default_value = super::DEFAULT_CONFIG)]
     config: PathBuf,
     /// Only this store
     #[arg(long)]
@@ -69,22 +69,44 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!(
-        "{:<40} {:<21} {:>14}  {:<24} STATUS",
-        "NAME", "CREATED", "SIZE", "STORE"
-    );
-    for r in rows {
-        println!(
-            "{:<40} {:<21} {:>14}  {:<24} {}",
-            r["name"].as_str().unwrap_or(""),
-            r["created"].as_str().unwrap_or(""),
-            r["size"]
+    print_table(&rows);
+    Ok(())
+}
+
+/// Columns as wide as their widest cell, so long job and store names line up.
+fn print_table(rows: &[serde_json::Value]) {
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            let text = |k: &str| r[k].as_str().unwrap_or("").to_owned();
+            let size = r["size"]
                 .as_u64()
                 .map(|n| n.to_string())
-                .unwrap_or_default(),
-            r["store"].as_str().unwrap_or(""),
-            r["status"].as_str().unwrap_or("")
-        );
+                .unwrap_or_default();
+            [
+                text("name"),
+                text("created"),
+                size,
+                text("store"),
+                text("status"),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "CREATED", "SIZE", "STORE", "STATUS"].map(str::to_owned);
+    let mut w = [0usize; 4];
+    for row in std::iter::once(&header).chain(&cells) {
+        for (i, c) in row.iter().take(4).enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
     }
-    Ok(())
+    for [name, created, size, store, status] in std::iter::once(&header).chain(&cells) {
+        let line = format!(
+            "{name:<w0$}  {created:<w1$}  {size:>w2$}  {store:<w3$}  {status}",
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3],
+        );
+        println!("{}", line.trim_end());
+    }
 }

@@ -20,6 +20,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::error::{Error, ExitCode};
 
+/// Where `-c` looks when neither it nor `COFFER_CONFIG` is given: where the
+/// packages install the configuration.
+pub const DEFAULT_CONFIG: &str = "/etc/coffer/coffer.toml";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "coffer",

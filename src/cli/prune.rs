@@ -6,7 +6,7 @@ use crate::pipeline::retention::apply;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(short = 'c', long, value_name = "CONFIG")]
+    #[arg(short = 'c', long, value_name = "CONFIG", env = "COFFER_CONFIG", default_value = super::DEFAULT_CONFIG)]
     config: PathBuf,
     /// Override the configured keep_last
     #[arg(long)]

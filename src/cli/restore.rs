@@ -13,7 +13,7 @@ use crate::signing::SIGNATURE_SUFFIX;
 #[command(group(clap::ArgGroup::new("target").required(true).args(["to", "stdout", "into_db"])))]
 pub struct Args {
     /// The configuration naming the stores (not needed for a FILE)
-    #[arg(short = 'c', long, value_name = "CONFIG")]
+    #[arg(short = 'c', long, value_name = "CONFIG", env = "COFFER_CONFIG")]
     config: Option<PathBuf>,
     /// The private key(s)
     #[arg(

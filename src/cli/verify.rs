@@ -7,7 +7,7 @@ use crate::pipeline::verify::{verify, Select};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(short = 'c', long, value_name = "CONFIG")]
+    #[arg(short = 'c', long, value_name = "CONFIG", env = "COFFER_CONFIG", default_value = super::DEFAULT_CONFIG)]
     config: PathBuf,
     /// A backup name, or `latest`; every backup in every store if absent
     what: Option<String>,

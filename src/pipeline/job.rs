@@ -2,7 +2,7 @@
 //! that can fail before a byte is dumped.
 
 use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::config::{self, Config};
@@ -176,7 +176,16 @@ fn store_files(st: &config::Store) -> Vec<(PathBuf, bool)> {
 }
 
 fn check_store_files(st: &config::Store) -> Result<()> {
+    if let config::Store::Local { path, .. } = st {
+        fsutil::require_dir_or_absent(path, "store directory")?;
+    }
     for (path, secret) in store_files(st) {
+        let what = if secret {
+            "SSH identity"
+        } else {
+            "known_hosts file"
+        };
+        fsutil::require_file(&path, what)?;
         if secret {
             fsutil::check_private(&path)?;
         } else {
@@ -205,8 +214,13 @@ pub fn prepare(config: Config, create_dirs: bool) -> Result<Job> {
         stores.push(st);
         prune.push(p);
     }
+    // Every store and the lock's place are checked before any directory is
+    // made: a refused run leaves nothing behind.
     for st in &config.stores {
         check_store_files(st)?;
+    }
+    check_lock_dir(&config)?;
+    for st in &config.stores {
         if let (true, config::Store::Local { path, .. }) = (create_dirs, st) {
             LocalStore::new(st.name(), path).ensure_dir()?;
         }
@@ -250,6 +264,10 @@ pub fn check(config: &Config) -> Vec<String> {
             problems.push(format!("{} source {:?}: {p}", src.kind(), src.name()));
         }
     }
+    if let Err(e) = check_lock_dir(config) {
+        let hint = e.hint().map(|h| format!(" ({h})")).unwrap_or_default();
+        problems.push(format!("lock: {e}{hint}"));
+    }
     for st in &config.stores {
         if let Err(e) = check_store_files(st) {
             let hint = e.hint().map(|h| format!(" ({h})")).unwrap_or_default();
@@ -258,12 +276,22 @@ pub fn check(config: &Config) -> Vec<String> {
         let config::Store::Local { path, .. } = st else {
             continue;
         };
+        if path.exists() && !path.is_dir() {
+            // Already reported by check_store_files.
+            continue;
+        }
         let probe = if path.exists() {
             path.clone()
         } else {
             path.parent().map(PathBuf::from).unwrap_or_default()
         };
-        if !probe.is_dir() {
+        if probe.exists() && !probe.is_dir() {
+            problems.push(format!(
+                "store {}: {} is not a directory",
+                st.name(),
+                probe.display()
+            ));
+        } else if !probe.is_dir() {
             problems.push(format!(
                 "store {}: {} does not exist",
                 st.name(),
@@ -283,21 +311,105 @@ pub fn check(config: &Config) -> Vec<String> {
 /// Held for the whole run; released when dropped (or when the process dies).
 pub struct Lock(#[allow(dead_code)] std::fs::File);
 
-pub fn lock_path(c: &Config) -> PathBuf {
+/// The default lock directory: one only the running user can write, so that
+/// no other local user can create or hold the lock and stop the backups (as
+/// anyone could in the world-writable `/run/lock`).
+fn default_lock_dir(
+    root: bool,
+    runtime_directory: Option<&std::ffi::OsStr>,
+    xdg_runtime_dir: Option<&std::ffi::OsStr>,
+    uid: u32,
+) -> PathBuf {
+    // systemd's RuntimeDirectory= (it may list several, colon-separated).
+    let first = runtime_directory
+        .and_then(|v| v.to_str())
+        .and_then(|v| v.split(':').next())
+        .filter(|v| !v.is_empty());
+    if let Some(d) = first {
+        return PathBuf::from(d);
+    }
+    if root {
+        return PathBuf::from("/run/coffer");
+    }
+    match xdg_runtime_dir.filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => std::env::temp_dir().join(format!("coffer-{uid}")),
+    }
+}
+
+/// The lock file and whether its directory is coffer's own default (which it
+/// may create).
+fn lock_location(c: &Config) -> (PathBuf, bool) {
     if let Some(p) = &c.job.lock_file {
-        return p.clone();
+        return (p.clone(), false);
     }
-    let file = format!("coffer-{}.lock", c.job.name);
-    if rustix::process::geteuid().is_root() {
-        return PathBuf::from("/run/lock").join(file);
-    }
-    std::env::var_os("XDG_RUNTIME_DIR")
-        .map_or_else(std::env::temp_dir, PathBuf::from)
-        .join(file)
+    let dir = default_lock_dir(
+        rustix::process::geteuid().is_root(),
+        std::env::var_os("RUNTIME_DIRECTORY").as_deref(),
+        std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
+        rustix::process::geteuid().as_raw(),
+    );
+    (dir.join(format!("coffer-{}.lock", c.job.name)), true)
+}
+
+/// Refuses a lock directory that someone else could write: whoever can
+/// create the lock file can hold it and stop every run. An absent default
+/// directory is fine (the run creates it, 0700).
+pub fn check_lock_dir(c: &Config) -> Result<()> {
+    let (path, default) = lock_location(c);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && default => return Ok(()),
+        Err(e) => return Err(Error::named(dir, "lock directory", e)),
+    };
+    let fix = if default {
+        format!(
+            "make {} a directory only you can write (chmod 700), or set lock_file in [job]",
+            dir.display()
+        )
+    } else {
+        "set lock_file in [job] to a path in a directory only coffer's user can write".into()
+    };
+    let me = rustix::process::geteuid().as_raw();
+    let problem = if !meta.is_dir() {
+        "is not a directory (the lock directory)".to_owned()
+    } else if meta.uid() != me && meta.uid() != 0 {
+        format!(
+            "is owned by uid {}: another user could hold the run lock and stop the backups",
+            meta.uid()
+        )
+    } else if meta.mode() & 0o022 != 0 {
+        format!(
+            "is writable by others (mode {:04o}): anyone could hold the run lock and stop the backups",
+            meta.mode() & 0o7777
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Error::Permissions {
+        path: dir.to_path_buf(),
+        problem,
+        fix,
+    })
 }
 
 pub fn lock(job: &Job) -> Result<Lock> {
-    let path = lock_path(&job.config);
+    let (path, default) = lock_location(&job.config);
+    if default {
+        if let Some(dir) = path.parent() {
+            // Not recursive: the parent of a runtime directory is the system's.
+            match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io(dir, "create the lock directory", e)),
+            }
+        }
+    }
+    check_lock_dir(&job.config)?;
     let f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -307,6 +419,23 @@ pub fn lock(job: &Job) -> Result<Lock> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .map_err(|e| Error::io(&path, "open the lock file", e))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| Error::io(&path, "inspect the lock file", e))?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(Error::Permissions {
+            problem: format!(
+                "is owned by uid {}, not by this user: someone else made the lock file",
+                meta.uid()
+            ),
+            fix: format!(
+                "check who made it; if no coffer is running, remove it: rm {}",
+                path.display()
+            ),
+            path,
+        });
+    }
     match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(Lock(f)),
         Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(Error::Locked {
@@ -321,4 +450,41 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_lock_dir;
+    use std::ffi::OsStr;
+    use std::path::PathBuf;
+
+    #[test]
+    fn the_default_lock_is_never_in_a_shared_directory() {
+        let rt = Some(OsStr::new("/run/coffer:/run/other"));
+        let xdg = Some(OsStr::new("/run/user/1000"));
+        assert_eq!(
+            default_lock_dir(true, None, None, 0),
+            PathBuf::from("/run/coffer")
+        );
+        assert_eq!(
+            default_lock_dir(true, None, xdg, 0),
+            PathBuf::from("/run/coffer")
+        );
+        assert_eq!(
+            default_lock_dir(false, rt, xdg, 999),
+            PathBuf::from("/run/coffer")
+        );
+        assert_eq!(
+            default_lock_dir(false, None, xdg, 1000),
+            PathBuf::from("/run/user/1000")
+        );
+        assert_eq!(
+            default_lock_dir(false, None, None, 1000),
+            std::env::temp_dir().join("coffer-1000")
+        );
+        assert_ne!(
+            default_lock_dir(true, None, None, 0),
+            PathBuf::from("/run/lock")
+        );
+    }
 }

@@ -39,7 +39,15 @@ pub fn load_recipients(args: &[String], files: &[impl AsRef<Path>]) -> Result<Ve
         if path.is_file() {
             out.extend(recipients_file(path, &cb)?);
         } else {
-            out.extend(envelope::parse_recipients(arg, &cb).map_err(|e| Error::key(arg, e))?);
+            match envelope::parse_recipients(arg, &cb) {
+                Ok(r) => out.extend(r),
+                // Meant as a file: say it is missing, not that its name is a bad key.
+                Err(e) if looks_like_path(arg) => {
+                    fsutil::require_file(path, "recipients file")?;
+                    return Err(Error::key(arg, e));
+                }
+                Err(e) => return Err(Error::key(arg, e)),
+            }
         }
     }
     for f in files {
@@ -53,9 +61,21 @@ pub fn load_recipients(args: &[String], files: &[impl AsRef<Path>]) -> Result<Ve
     Ok(out)
 }
 
+/// An `age1…` recipient has no slash or dot, and an ssh key line has spaces;
+/// a file name usually has a slash (config paths always do) or a key-file
+/// extension.
+fn looks_like_path(arg: &str) -> bool {
+    !arg.contains(char::is_whitespace)
+        && (arg.contains('/')
+            || Path::new(arg)
+                .extension()
+                .is_some_and(|e| ["pub", "pem", "txt", "key"].iter().any(|k| e == *k)))
+}
+
 fn recipients_file(path: &Path, cb: &PassphraseFn) -> Result<Vec<Recipient>> {
     fsutil::check_not_writable_by_others(path)?;
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Error::named(path, "recipients file", e))?;
     envelope::parse_recipients_file(&text, cb).map_err(|e| Error::key(path, e))
 }
 

@@ -50,34 +50,71 @@ fn safe_relative(name: &str) -> std::result::Result<PathBuf, String> {
 
 /// Creates the parents of `rel` under `root`, refusing to pass through any
 /// symlink (a link planted earlier in the archive could point anywhere).
+/// Whether a refusal is the archive's fault or the target's depends on who
+/// made the thing in the way: this restore (`created`) or someone before it.
 fn safe_parents(
     root: &Path,
     rel: &Path,
     created: &mut Vec<PathBuf>,
-) -> std::result::Result<PathBuf, String> {
+) -> std::result::Result<PathBuf, WalkError> {
     let mut at = root.to_path_buf();
     let parent = rel.parent().unwrap_or(Path::new(""));
     for c in parent.components() {
         at.push(c);
         match fs::symlink_metadata(&at) {
             Ok(m) if m.file_type().is_symlink() => {
-                return Err(format!(
-                    "{} is a symlink; refusing to write through it",
-                    at.display()
+                return Err(in_the_way(
+                    created,
+                    &at,
+                    "is a symlink; refusing to write through it",
                 ))
             }
             Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(format!("{} is not a directory", at.display())),
+            Ok(_) => return Err(in_the_way(created, &at, "is not a directory")),
             Err(_) => {
                 fs::DirBuilder::new()
                     .mode(0o700)
                     .create(&at)
-                    .map_err(|e| format!("{}: {e}", at.display()))?;
+                    .map_err(|e| WalkError::target(&at, "create directory", e))?;
                 created.push(at.clone());
             }
         }
     }
     Ok(root.join(rel))
+}
+
+/// Something at `path` stops a member from being written: if this restore
+/// made it, the archive contradicts itself (or is hostile); otherwise it was
+/// in the target before, and the backup is not at fault.
+fn in_the_way(created: &[PathBuf], path: &Path, problem: &'static str) -> WalkError {
+    if created.iter().any(|c| c == path) {
+        WalkError::Refused(format!("{} {problem}", path.display()))
+    } else {
+        WalkError::TargetExists {
+            path: path.to_path_buf(),
+            problem,
+        }
+    }
+}
+
+/// Copies a member out, telling a damaged backup (the read side) from a
+/// target that cannot take it (the write side).
+fn copy_out(
+    data: &mut dyn Read,
+    out: &mut dyn Write,
+    path: &Path,
+) -> std::result::Result<(), WalkError> {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match data.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        out.write_all(&buf[..n])
+            .map_err(|e| WalkError::target(path, "write", e))?;
+    }
 }
 
 /// A symlink target must stay inside the target directory.
@@ -122,18 +159,24 @@ impl Extractor {
     ) -> std::result::Result<(), WalkError> {
         let refuse = |why: String| WalkError::Refused(format!("{}: {why}", m.name));
         let rel = safe_relative(m.name).map_err(refuse)?;
-        let path = safe_parents(&self.root, &rel, &mut self.created).map_err(refuse)?;
+        let path = safe_parents(&self.root, &rel, &mut self.created)?;
         match m.kind {
             EntryKind::Dir => {
                 match fs::symlink_metadata(&path) {
                     // A directory that was there keeps its own mode.
                     Ok(md) if md.is_dir() => {}
-                    Ok(_) => return Err(refuse("exists and is not a directory".into())),
+                    Ok(_) => {
+                        return Err(in_the_way(
+                            &self.created,
+                            &path,
+                            "exists and is not a directory",
+                        ))
+                    }
                     Err(_) => {
                         fs::DirBuilder::new()
                             .mode(0o700)
                             .create(&path)
-                            .map_err(|e| WalkError::Io(format!("{}: {e}", path.display())))?;
+                            .map_err(|e| WalkError::target(&path, "create directory", e))?;
                         self.created.push(path.clone());
                         // Never set-id bits from an archive; sticky may stay.
                         self.dirs.push((path, m.mode & 0o1777, m.mtime));
@@ -149,7 +192,7 @@ impl Extractor {
                 }
                 self.make_room(&path)?;
                 std::os::unix::fs::symlink(target, &path)
-                    .map_err(|e| WalkError::Io(format!("{}: {e}", path.display())))?;
+                    .map_err(|e| WalkError::target(&path, "create symlink", e))?;
                 self.created.push(path);
             }
             EntryKind::File => {
@@ -165,11 +208,11 @@ impl Extractor {
                     .mode(0o600)
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&path)
-                    .map_err(|e| WalkError::Io(format!("{}: {e}", path.display())))?;
+                    .map_err(|e| WalkError::target(&path, "create", e))?;
                 if !append {
                     self.created.push(path.clone());
                 }
-                io::copy(data, &mut f)?;
+                copy_out(data, &mut f, &path)?;
                 // Streams (dumps) keep 0600; files get their recorded mode,
                 // without set-id bits.
                 let mode = if m.part.is_some() || !m.name.starts_with("files/") {
@@ -179,7 +222,7 @@ impl Extractor {
                 };
                 f.set_permissions(fs::Permissions::from_mode(mode))
                     .and_then(|()| f.set_modified(mtime_of(m.mtime)))
-                    .map_err(|e| WalkError::Io(format!("{}: {e}", path.display())))?;
+                    .map_err(|e| WalkError::target(&path, "set mode and time of", e))?;
             }
         }
         Ok(())
@@ -190,12 +233,13 @@ impl Extractor {
         match fs::symlink_metadata(path) {
             Err(_) => Ok(()),
             Ok(m) if self.force && !m.is_dir() => {
-                fs::remove_file(path).map_err(|e| WalkError::Io(format!("{}: {e}", path.display())))
+                fs::remove_file(path).map_err(|e| WalkError::target(path, "replace", e))
             }
-            Ok(_) => Err(WalkError::Refused(format!(
-                "{} already exists (use --force to replace files)",
-                path.display()
-            ))),
+            Ok(_) => Err(in_the_way(
+                &self.created,
+                path,
+                "already exists (use --force to replace files)",
+            )),
         }
     }
 
@@ -359,7 +403,11 @@ pub fn restore(
             force,
             keep_partial,
         } => {
-            fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "create directory", e))?;
+            fs::create_dir_all(&dir).map_err(|e| Error::Target {
+                path: dir.clone(),
+                op: "create directory",
+                source: e,
+            })?;
             let root = fs::canonicalize(&dir).map_err(|e| Error::io(&dir, "resolve", e))?;
             let mut ex = Extractor {
                 root,
@@ -392,12 +440,16 @@ pub fn restore(
             let w = walk(input, identities, |m, data| {
                 if m.name == name {
                     found = true;
-                    io::copy(data, out)?;
+                    copy_out(data, out, Path::new("<stdout>"))?;
                 }
                 Ok(())
             })
             .map_err(|e| e.into_error(what))?;
-            out.flush().map_err(|e| Error::io("<stdout>", "write", e))?;
+            out.flush().map_err(|e| Error::Target {
+                path: "<stdout>".into(),
+                op: "write",
+                source: e,
+            })?;
             if let Some(x) = expect {
                 x.check(&w).map_err(mismatch)?;
             }
@@ -436,8 +488,12 @@ fn tar_out(
     })?;
     let mut dec = crate::archive::decompressor(io::BufReader::new(plain), compression)
         .map_err(|e| Error::io(what, "decompress", e))?;
-    io::copy(&mut dec, out).map_err(|e| Error::io(what, "read", e))?;
-    out.flush().map_err(|e| Error::io("<stdout>", "write", e))?;
+    copy_out(&mut dec, out, Path::new("<stdout>")).map_err(|e| e.into_error(what))?;
+    out.flush().map_err(|e| Error::Target {
+        path: "<stdout>".into(),
+        op: "write",
+        source: e,
+    })?;
     Ok(())
 }
 

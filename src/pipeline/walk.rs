@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read};
+use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
@@ -65,9 +66,25 @@ pub enum WalkError {
     /// A read or write failed (exit 1).
     #[error("{0}")]
     Io(String),
-    /// The consumer refused a member (e.g. a path outside the target).
+    /// The consumer refused a member (e.g. a path outside the target): the
+    /// archive itself is hostile or malformed (exit 3).
     #[error("{0}")]
     Refused(String),
+    /// The restore target already had something where a member goes (exit
+    /// 2): the backup is fine, the target is in the way.
+    #[error("{}: {problem}", .path.display())]
+    TargetExists {
+        path: PathBuf,
+        problem: &'static str,
+    },
+    /// Writing to the restore target failed (exit 1): a full disk or missing
+    /// permission says nothing about the backup.
+    #[error("{}: cannot {op}: {source}", .path.display())]
+    Target {
+        path: PathBuf,
+        op: &'static str,
+        source: io::Error,
+    },
 }
 
 impl WalkError {
@@ -85,6 +102,19 @@ impl WalkError {
                 store: what.to_owned(),
                 message,
             },
+            WalkError::TargetExists { path, problem } => {
+                crate::Error::TargetExists { path, problem }
+            }
+            WalkError::Target { path, op, source } => crate::Error::Target { path, op, source },
+        }
+    }
+
+    /// A write to the restore target at `path` failed.
+    pub fn target(path: impl Into<PathBuf>, op: &'static str, source: io::Error) -> Self {
+        WalkError::Target {
+            path: path.into(),
+            op,
+            source,
         }
     }
 }
@@ -168,10 +198,14 @@ pub fn walk<R: Read>(
     let (header, mut plain, compression) = open_backup(&mut raw, identities)?;
     let mut seen: BTreeMap<String, Logical> = BTreeMap::new();
     let mut manifest_bytes: Option<Vec<u8>> = None;
+    // The tar reader only carries its own error type; the consumer's error is
+    // kept here so that a full target disk is not reported as a damaged
+    // backup.
+    let mut consumer_error: Option<WalkError> = None;
     {
         let mut buffered = BufReader::with_capacity(1 << 20, &mut plain);
         let dec = archive::decompressor(&mut buffered, compression)?;
-        let mut dec = archive::read_members(dec, |m| {
+        let dec = archive::read_members(dec, |m| {
             if manifest_bytes.is_some() {
                 return Err(ReadError::Refused {
                     path: m.path,
@@ -188,10 +222,7 @@ pub fn walk<R: Read>(
                     mode: m.mode,
                     mtime: m.mtime,
                 };
-                consume(&member, &mut &b[..]).map_err(|e| ReadError::Refused {
-                    path: m.path.clone(),
-                    reason: e.to_string(),
-                })?;
+                consume(&member, &mut &b[..]).map_err(|e| keep(&mut consumer_error, &m.path, e))?;
                 manifest_bytes = Some(b);
                 return Ok(());
             }
@@ -224,19 +255,12 @@ pub fn walk<R: Read>(
                 mode: m.mode,
                 mtime: m.mtime,
             };
-            consume(&member, &mut hashing).map_err(|e| match e {
-                WalkError::Io(msg) | WalkError::Refused(msg) | WalkError::Integrity(msg) => {
-                    ReadError::Refused {
-                        path: m.path.clone(),
-                        reason: msg,
-                    }
-                }
-                WalkError::Envelope(env) => ReadError::Io(env.into_io()),
-            })?;
+            consume(&member, &mut hashing).map_err(|e| keep(&mut consumer_error, &m.path, e))?;
             // Whatever the consumer skipped still counts toward the hash.
             io::copy(&mut hashing, &mut io::sink())?;
             Ok(())
-        })?;
+        });
+        let mut dec = dec.map_err(|e| consumer_error.take().unwrap_or_else(|| e.into()))?;
         // The end of the tar is not the end of the stream: read on, so the
         // final chunk is authenticated and the whole ciphertext hashed.
         io::copy(&mut dec, &mut io::sink())?;
@@ -261,6 +285,17 @@ pub fn walk<R: Read>(
         ciphertext_len,
         ciphertext_sha256,
     })
+}
+
+/// Keeps the consumer's error for the caller and gives the tar reader one of
+/// its own to stop on.
+fn keep(slot: &mut Option<WalkError>, path: &str, e: WalkError) -> ReadError {
+    let stop = ReadError::Refused {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    *slot = Some(e);
+    stop
 }
 
 /// Every member the manifest lists is present with its size and hash, and

@@ -16,7 +16,9 @@ pub struct FilesSource {
 
 fn expand(pattern: &str) -> Result<Vec<PathBuf>, SourceError> {
     let has_glob = pattern.contains(['*', '?', '[']);
-    if !has_glob {
+    // A path that exists as written is that path, even with glob characters
+    // in its name (`/srv/app[old]`): as a pattern it would match nothing.
+    if !has_glob || Path::new(pattern).symlink_metadata().is_ok() {
         return Ok(vec![PathBuf::from(pattern)]);
     }
     let paths = glob::glob(pattern)

@@ -324,6 +324,19 @@ fn is_not_found(e: &ssh2::Error) -> bool {
     matches!(e.code(), ssh2::ErrorCode::SFTP(SFTP_NO_SUCH_FILE))
 }
 
+/// Says what a failed SFTP write usually means. OpenSSH's sftp-server speaks
+/// protocol version 3, which has no "disk full" status: ENOSPC and EDQUOT
+/// arrive as the bare FAILURE status, which libssh2 words as just "failure".
+fn write_error(e: &io::Error, partial: &Path) -> io::Error {
+    let said = e.to_string();
+    let meaning = match said.as_str() {
+        "failure" => "the server refused the write (SFTP status FAILURE), most often a full disk or quota on the server".to_owned(),
+        "no space on filesystem" | "quota exceeded" => format!("the server refused the write: {said}"),
+        _ => said,
+    };
+    io::Error::new(e.kind(), format!("{}: {meaning}", partial.display()))
+}
+
 struct SftpUpload {
     store: String,
     file: Option<ssh2::File>,
@@ -339,7 +352,7 @@ impl Write for SftpUpload {
             .file
             .as_mut()
             .ok_or_else(|| io::Error::other("upload already finished"))?;
-        let n = f.write(buf)?;
+        let n = f.write(buf).map_err(|e| write_error(&e, &self.partial))?;
         self.written += n as u64;
         Ok(n)
     }
