@@ -322,9 +322,24 @@ fn source_hint(e: &crate::source::SourceError) -> Option<String> {
     })
 }
 
+/// An error's message without the store's name in front, for a line that
+/// names the store once itself.
+pub fn about(e: &dyn std::error::Error, store: &str) -> String {
+    let text = crate::cli_chain(e);
+    let prefix = format!("{store}: ");
+    let mut rest = text.as_str();
+    while let Some(r) = rest.strip_prefix(&prefix) {
+        rest = r;
+    }
+    rest.to_owned()
+}
+
 fn stores_failed(name: &str, complete: &[String], failures: &[String]) -> String {
     if complete.is_empty() {
-        format!("backup {name} failed in every store: {}", failures.join("; "))
+        format!(
+            "backup {name} failed in every store: {}",
+            failures.join("; ")
+        )
     } else {
         format!(
             "backup {name} is complete in [{}] but failed in {}",

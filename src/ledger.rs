@@ -232,6 +232,15 @@ mod tests {
                 .any(|p| p.contains("both claim sequence number 4")),
             "{f:?}"
         );
+        // A replay under a later number: same predecessor, other number.
+        let mut c = chain(4);
+        let mut replay = c[3].clone();
+        replay.name = "j-replay".into();
+        replay.seq = 5;
+        replay.digest = digest(b"replay");
+        replay.created = t(5 * 24);
+        c.push(replay);
+        let f = run(&c, t(5 * 24));
         assert!(
             f.problems
                 .iter()

@@ -33,7 +33,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
                 eprintln!(
                     "coffer: warning: {} is unreachable, its backups are left out: {}",
                     store.name(),
-                    crate::cli_chain(&e)
+                    crate::error::about(&e, store.name())
                 );
                 failed += 1;
                 continue;

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::archive::{ArchiveWriter, EntryKind, EntryMeta};
 use crate::config::Config;
 use crate::envelope::{self, Metadata, Recipient, SealError, DEFAULT_CHUNK_SIZE};
-use crate::error::{Error, Result};
+use crate::error::{about, Error, Result};
 use crate::ledger;
 use crate::manifest::{self, Inner, MemberEntry, Sidecar, SourceEntry};
 use crate::pipeline::job::{self, Job};
@@ -157,7 +157,10 @@ fn every_store_failed(e: &crate::source::SourceError) -> Option<&EveryStoreFaile
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<io::Error>() {
-            if let Some(found) = io.get_ref().and_then(|i| i.downcast_ref::<EveryStoreFailed>()) {
+            if let Some(found) = io
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<EveryStoreFailed>())
+            {
                 return Some(found);
             }
         }
@@ -183,7 +186,10 @@ impl EveryStoreFailed {
 /// A write error of the sealed stream: the stores' failure if that is what
 /// it is, else an I/O error on the sealed file.
 fn sink_error(name: &str, sealed_file: &str, e: io::Error) -> Error {
-    if let Some(f) = e.get_ref().and_then(|i| i.downcast_ref::<EveryStoreFailed>()) {
+    if let Some(f) = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<EveryStoreFailed>())
+    {
         return EveryStoreFailed {
             failures: f.failures.clone(),
             key_problem: f.key_problem,
@@ -574,21 +580,22 @@ fn dump_sources<W: Write>(
     let mut entries = Vec::new();
     let mut warnings = Vec::new();
     for source in &job.sources {
-        let report = source
-            .run(&mut ArchiveSink(archive))
-            .map_err(|e| match every_store_failed(&e) {
-                // The source was fine: the stores stopped taking its output.
-                Some(f) => EveryStoreFailed {
-                    failures: f.failures.clone(),
-                    key_problem: f.key_problem,
-                }
-                .into_error(name),
-                None => Error::Source {
-                    kind: source.kind(),
-                    name: source.name().to_owned(),
-                    source: e,
-                },
-            })?;
+        let report =
+            source
+                .run(&mut ArchiveSink(archive))
+                .map_err(|e| match every_store_failed(&e) {
+                    // The source was fine: the stores stopped taking its output.
+                    Some(f) => EveryStoreFailed {
+                        failures: f.failures.clone(),
+                        key_problem: f.key_problem,
+                    }
+                    .into_error(name),
+                    None => Error::Source {
+                        kind: source.kind(),
+                        name: source.name().to_owned(),
+                        source: e,
+                    },
+                })?;
         warnings.extend(
             report
                 .warnings
@@ -708,18 +715,6 @@ fn copy_backup(from: &dyn Store, to: &dyn Store, files: &SidecarFiles) -> Result
         delay *= 2;
     }
     Err(last.unwrap_or_else(|| Error::Usage("cancelled".into())))
-}
-
-/// An error's message without the store's name in front (the caller names
-/// the store once).
-fn about(e: &Error, store: &str) -> String {
-    let text = crate::cli_chain(e);
-    let prefix = format!("{store}: ");
-    let mut rest = text.as_str();
-    while let Some(r) = rest.strip_prefix(&prefix) {
-        rest = r;
-    }
-    rest.to_owned()
 }
 
 /// Heals stores that missed earlier backups (unreachable on a past night),

@@ -120,7 +120,7 @@ impl Catalog {
                     unreachable.push(format!(
                         "{} is unreachable, its backups are left out: {}",
                         s.name(),
-                        crate::cli_chain(&e)
+                        crate::error::about(&e, s.name())
                     ));
                     listed.push(Vec::new());
                     first_error.get_or_insert(e);
