@@ -681,3 +681,33 @@ fn a_forced_restore_destroys_nothing_before_the_whole_file_is_authenticated() {
         "an existing file was replaced by an unauthenticated stream"
     );
 }
+
+#[test]
+fn store_file_names_never_reach_the_terminal_raw() {
+    // A server that names a file with an escape sequence could overwrite a
+    // FAIL line on the operator's terminal.
+    let e = Env::new();
+    let signed = e.config("signed.toml", true, "");
+    ok(&["backup", "-c", &signed]);
+    let evil = "prod-\u{1b}[2K\u{1b}[1Aok    all good";
+    fs::write(e.store().join(format!("{evil}.coffer")), b"x").unwrap();
+    fs::write(e.store().join(format!("{evil}.coffer.json")), b"{}").unwrap();
+    for args in [
+        vec!["list", "-c", &signed],
+        vec!["verify", "-c", &signed],
+        vec!["prune", "-c", &signed, "--dry-run"],
+    ] {
+        let out = coffer(&args);
+        for stream in [&out.stdout, &out.stderr] {
+            assert!(
+                !stream.contains(&0x1b),
+                "{args:?}: a raw ESC reached the terminal"
+            );
+        }
+        if args[0] != "prune" {
+            // Shown, escaped (prune ignores it silently: no name a run makes).
+            let all = String::from_utf8_lossy(&out.stdout).into_owned() + &stderr(&out);
+            assert!(all.contains("\\u{1b}"), "{args:?}: {all}");
+        }
+    }
+}

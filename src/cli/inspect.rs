@@ -17,11 +17,12 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&i)?);
         return Ok(());
     }
-    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    // The header is unauthenticated: nothing in it reaches the terminal raw.
+    let opt = |v: &Option<String>| super::one_line(v.as_deref().unwrap_or("-"));
     let num = |v: Option<u64>| v.map_or_else(|| "unknown".into(), |n| n.to_string());
-    println!("file:        {}", i.file);
+    println!("file:        {}", super::one_line(&i.file));
     println!("format:      coffer v{}", i.format_version);
-    println!("created:     {}", i.metadata.created);
+    println!("created:     {}", super::one_line(&i.metadata.created));
     println!("job:         {}", opt(&i.metadata.job));
     println!("compression: {}", opt(&i.metadata.compression));
     println!("content:     {}", opt(&i.metadata.content));
@@ -35,7 +36,10 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     );
     println!("recipients:");
     for r in &i.recipients {
-        println!("  {} {}", r.kind, r.fingerprint);
+        println!(
+            "  {}",
+            super::one_line(&format!("{} {}", r.kind, r.fingerprint))
+        );
     }
     println!("(unauthenticated until opened with a key: coffer open -i KEY)");
     Ok(())

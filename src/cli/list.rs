@@ -78,7 +78,9 @@ fn print_table(rows: &[serde_json::Value]) {
     let cells: Vec<[String; 5]> = rows
         .iter()
         .map(|r| {
-            let text = |k: &str| r[k].as_str().unwrap_or("").to_owned();
+            // Names come from the store: a server must not be able to
+            // write escape sequences to the operator's terminal.
+            let text = |k: &str| super::one_line(r[k].as_str().unwrap_or(""));
             let size = r["size"]
                 .as_u64()
                 .map(|n| n.to_string())

@@ -19,6 +19,11 @@ pub struct Args {
     store: Option<String>,
 }
 
+/// Store file names are the server's: escaped, never raw to a terminal.
+fn say(line: &str) {
+    println!("{}", super::one_line(line));
+}
+
 pub fn run(a: &Args) -> anyhow::Result<()> {
     let config = Config::load(&a.config)?;
     let mut p = policy(&config.job);
@@ -51,10 +56,10 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
             verifier.as_ref(),
         )?;
         for (name, why) in &r.ignored {
-            println!(
+            say(&format!(
                 "{}: ignore {name} (never counted, never deleted: {why})",
                 r.store
-            );
+            ));
         }
         let verb = if a.dry_run { "would delete" } else { "deleted" };
         for d in &r.decisions {
@@ -63,13 +68,18 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
             } else {
                 verb.to_owned()
             };
-            println!("{}: {what} {} ({})", r.store, d.name, d.reasons.join(", "));
+            say(&format!(
+                "{}: {what} {} ({})",
+                r.store,
+                d.name,
+                d.reasons.join(", ")
+            ));
         }
         for s in &r.stale_partials {
-            println!(
+            say(&format!(
                 "{}: {verb} {s} (left by an interrupted upload or removal)",
                 r.store
-            );
+            ));
         }
     }
     Ok(())

@@ -48,20 +48,27 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
     } else {
         for r in reports {
             if r.ok {
+                // Names and messages quote the store: never raw to a terminal.
                 println!(
-                    "ok    {} ({}, {}): {}",
-                    r.name,
-                    r.store,
-                    r.level,
-                    r.checks.join("; ")
+                    "{}",
+                    super::one_line(&format!(
+                        "ok    {} ({}, {}): {}",
+                        r.name,
+                        r.store,
+                        r.level,
+                        r.checks.join("; ")
+                    ))
                 );
             } else {
                 println!(
-                    "FAIL  {} ({}, {}): {}",
-                    r.name,
-                    r.store,
-                    r.level,
-                    r.problems.join("; ")
+                    "{}",
+                    super::one_line(&format!(
+                        "FAIL  {} ({}, {}): {}",
+                        r.name,
+                        r.store,
+                        r.level,
+                        r.problems.join("; ")
+                    ))
                 );
             }
         }
