@@ -104,7 +104,8 @@ impl Env {
     /// A forgery of exactly the genuine sealed file's size, for a genuine
     /// backup made with `compression = "none"`: first a content length that
     /// gives the same payload (tar blocks), then tries until the header
-    /// (whose age stanza carries random-length grease) is as long too. Only
+    /// (whose age stanza carries random-length grease; a few dozen tries on
+    /// average) is as long too. Only
     /// the signed SHA-256 can then tell the files apart.
     fn forge_same_size(&self, genuine: &Path) -> (Vec<u8>, serde_json::Value) {
         let sizes = |f: &Path| {
@@ -118,7 +119,7 @@ impl Env {
         let (header, payload) = sizes(genuine);
         let tmp = self.p().join("forged.coffer");
         for blocks in 0..4 {
-            for _ in 0..200 {
+            for _ in 0..3000 {
                 let (sealed, sidecar) = self.forge_with(&pattern(16 + 512 * blocks, 99), "none");
                 fs::write(&tmp, &sealed).unwrap();
                 let (h, p) = sizes(&tmp);
