@@ -165,7 +165,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(c) => config::run(&c),
         Command::Keyscan(a) => keyscan::run(&a),
         Command::Restore(a) => restore::run(&a, &out),
-        Command::Verify(a) => verify::run(&a),
+        Command::Verify(a) => verify::run(&a, &out),
         Command::LegacyDecrypt(a) => legacy::decrypt(&a, &out),
         Command::LegacyImport(a) => legacy::import(&a, &out),
         Command::Keygen(a) => keygen::run(&a),
