@@ -77,6 +77,9 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
     let input: Box<dyn std::io::Read + Send> =
         Box::new(super::progress::Progress::new(input, total, "restoring"));
     if let (Some(source), Some(config)) = (&a.into_db, &config) {
+        if let Some(w) = crate::pipeline::load::warning(config, source) {
+            out.warn(&w);
+        }
         let w = crate::pipeline::load::into_db(
             config,
             source,
