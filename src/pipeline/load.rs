@@ -351,7 +351,7 @@ fn into_mysql(
              and the dump would run with it: a forged backup could read or write the server's files. \
              Load through an account whose privileges cover only {target} \
              (GRANT ALL ON `{target}`.* TO …), or load a backup you trust yourself: \
-             coffer restore … --stdout --member mysql/{source}.sql | mariadb --binary-mode {target}",
+             coffer restore … --stdout --member mysql/{source}.sql | mariadb --binary-mode",
             held.join(" and ")
         )));
     }
