@@ -583,3 +583,39 @@ fn the_scratch_server_runs_unprivileged_in_a_private_directory() {
         meta.mode()
     );
 }
+
+#[test]
+fn the_scratch_server_needs_a_directory_its_user_can_reach() {
+    let e = Env::new();
+    let maria = MariaDb::start();
+    let (cfg, _) = backed_up(&e, &maria);
+    // A TMPDIR only coffer's own user may enter, as /root/tmp would be.
+    let private = e.p().join("private");
+    fs::create_dir(&private).unwrap();
+    chmod(&private, 0o700);
+    let out = Command::new(bin())
+        .args([
+            "verify",
+            "-c",
+            cfg.to_str().unwrap(),
+            "latest",
+            "-i",
+            e.key(),
+            "--restore-test",
+        ])
+        .env("TMPDIR", &private)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    if rustix::process::geteuid().is_root() {
+        assert!(!out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains("cannot enter") && text(&out).contains("set TMPDIR"),
+            "{}",
+            text(&out)
+        );
+    } else {
+        // The server runs as coffer's own user, who may.
+        assert!(out.status.success(), "{}", text(&out));
+    }
+}
