@@ -346,6 +346,20 @@ fn restore_test_of_a_forged_dump_runs_no_command_and_touches_no_file() {
     // The real dump, with its trigger and procedure (DELIMITER), still loads.
     let out = e.run(&["verify", "-c", c, "latest", "-i", e.key(), "--restore-test"]);
     assert!(out.status.success(), "{}", text(&out));
+    // Sandboxed where the client can be, and said where it cannot.
+    let help = Command::new("mariadb")
+        .args(["--no-defaults", "--help"])
+        .output()
+        .unwrap();
+    let sandbox = String::from_utf8_lossy(&help.stdout)
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some("--sandbox"));
+    assert_eq!(
+        stderr(&out).contains("has no --sandbox"),
+        !sandbox,
+        "{}",
+        text(&out)
+    );
     assert!(
         text(&out).contains("restore test: mysql/main.sql loaded"),
         "{}",

@@ -42,7 +42,7 @@ fn has_sandbox(program: &PathBuf) -> bool {
         .is_ok_and(|o| {
             String::from_utf8_lossy(&o.stdout)
                 .lines()
-                .any(|l| l.trim_start().starts_with("--sandbox "))
+                .any(|l| l.split_whitespace().next() == Some("--sandbox"))
         })
 }
 
