@@ -621,6 +621,25 @@ fn the_scratch_server_needs_a_directory_its_user_can_reach() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
+    // A relative TMPDIR works too, although the server runs from inside
+    // its directory.
+    let relative = Command::new(bin())
+        .args([
+            "verify",
+            "-c",
+            cfg.to_str().unwrap(),
+            "latest",
+            "-i",
+            e.key(),
+            "--restore-test",
+        ])
+        .env("TMPDIR", "tmp")
+        .current_dir(e.p())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(relative.status.success(), "{}", text(&relative));
+
     if rustix::process::geteuid().is_root() {
         assert!(!out.status.success(), "{}", text(&out));
         assert!(

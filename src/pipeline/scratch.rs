@@ -133,25 +133,31 @@ impl ScratchMariaDb {
             .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir()
             .map_err(|e| format!("scratch directory: {e}"))?;
+        // Resolved, so that the check below walks the directories the
+        // server really passes through when TMPDIR holds a symlink.
+        let base = dir
+            .path()
+            .canonicalize()
+            .map_err(|e| format!("scratch directory: {e}"))?;
         if let Some(w) = &who {
-            reachable(dir.path(), w)?;
-            std::os::unix::fs::chown(dir.path(), Some(w.uid), Some(w.gid))
+            reachable(&base, w)?;
+            std::os::unix::fs::chown(&base, Some(w.uid), Some(w.gid))
                 .map_err(|e| format!("scratch directory: {e}"))?;
         }
-        let data = dir.path().join("data");
+        let data = base.join("data");
         // A private tmpdir: servers sharing /tmp have been seen losing each
         // other's internal temporary tables.
-        let tmp = subdir(dir.path(), "tmp", who.as_ref(), 0o700)?;
+        let tmp = subdir(&base, "tmp", who.as_ref(), 0o700)?;
         // SELECT … INTO OUTFILE, LOAD DATA INFILE and LOAD_FILE() are
         // confined to an empty directory the server may not write: a dump
         // gets no file in or out, and a restore test never needs one.
-        let files = subdir(dir.path(), "files", who.as_ref(), 0o500)?;
+        let files = subdir(&base, "files", who.as_ref(), 0o500)?;
         // No plugin to INSTALL: the system's directory holds engines such
         // as FEDERATED and CONNECT, which reach other servers and files.
-        let plugins = subdir(dir.path(), "plugins", who.as_ref(), 0o500)?;
+        let plugins = subdir(&base, "plugins", who.as_ref(), 0o500)?;
         let tmpdir = format!("--tmpdir={}", tmp.display());
         let as_user = |c: &mut Command| {
-            c.current_dir(dir.path());
+            c.current_dir(&base);
             if let Some(w) = &who {
                 c.uid(w.uid).gid(w.gid);
             }
@@ -175,7 +181,7 @@ impl ScratchMariaDb {
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
-        let socket = dir.path().join("mysqld.sock");
+        let socket = base.join("mysqld.sock");
         let mut server = Command::new(server);
         server.args([
             "--no-defaults",
@@ -186,8 +192,8 @@ impl ScratchMariaDb {
             &format!("--secure-file-priv={}", files.display()),
             &format!("--plugin-dir={}", plugins.display()),
             "--local-infile=0",
-            &format!("--log-error={}", dir.path().join("error.log").display()),
-            &format!("--pid-file={}", dir.path().join("mysqld.pid").display()),
+            &format!("--log-error={}", base.join("error.log").display()),
+            &format!("--pid-file={}", base.join("mysqld.pid").display()),
             // DATA DIRECTORY and INDEX DIRECTORY are ignored: a table's files
             // stay in the data directory.
             "--skip-symbolic-links",
