@@ -115,6 +115,8 @@ fn file_privileges(options_file: Option<&PathBuf>) -> Result<Vec<&'static str>> 
         c.args(["-N", "-B", "-e", sql]);
         query(c)
     };
+    // Unset or empty leaves FILE unconfined on MariaDB. (MySQL's NULL turns
+    // FILE off instead; taking it as unset errs on the side of refusing.)
     let confined = !ask("SELECT IFNULL(@@secure_file_priv, '')")?.is_empty();
     let mut held = Vec::new();
     // Roles granted to the account can be switched on by the dump itself
@@ -123,8 +125,14 @@ fn file_privileges(options_file: Option<&PathBuf>) -> Result<Vec<&'static str>> 
     let mut pending = vec![None];
     let mut seen = std::collections::BTreeSet::new();
     while let Some(role) = pending.pop() {
-        if !seen.insert(role.clone()) || seen.len() > 64 {
+        if !seen.insert(role.clone()) {
             continue;
+        }
+        if seen.len() > 64 {
+            return Err(Error::Usage(
+                "the loading account has more than 64 roles to check; load through a plainer one"
+                    .into(),
+            ));
         }
         let grants = match &role {
             None => ask("SHOW GRANTS")?,
