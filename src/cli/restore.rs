@@ -191,14 +191,21 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
     let copy = stage(input, &what, &identities, expect.as_ref())?;
     let input: Box<dyn std::io::Read + Send> = Box::new(std::io::BufReader::new(copy));
     if let (Some(source), Some(config)) = (&a.into_db, &config) {
+        if let Some(w) = crate::pipeline::load::warning(config, source) {
+            out.warn(&w);
+        }
         let w = crate::pipeline::load::into_db(
             config,
             source,
             a.database.as_deref(),
             a.force,
-            input,
-            &what,
-            &identities,
+            crate::pipeline::load::Walk {
+                input,
+                what: &what,
+                identities: &identities,
+                // Reaching here with a signing key means its signature held.
+                authenticated: verifier.is_some(),
+            },
         )?;
         out.summary(
             &format!(

@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use crate::config::Config;
 use crate::error::Error;
 use crate::pipeline::keys::load_identities;
+use crate::pipeline::sqlclient::{mysql_client, MysqlClient};
 use crate::pipeline::verify::{verify, Select};
 
 #[derive(Debug, clap::Args)]
@@ -38,6 +39,11 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
         Some("latest") => Select::Latest,
         Some(n) => Select::Name(n.to_owned()),
     };
+    if a.restore_test {
+        if let Some(w) = mysql_client().and_then(MysqlClient::warning) {
+            out.warn(&w);
+        }
+    }
     let outcome = verify(&config, &select, identities.as_deref(), a.restore_test)?;
     for u in &outcome.unreachable {
         out.warn(u);

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use crate::config::{self, Config};
 use crate::envelope::Identity;
 use crate::error::{Error, Result};
+use crate::pipeline::sqlclient::{self, MysqlClient};
 use crate::pipeline::walk::{walk, WalkError, Walked};
 use crate::source::find_program;
 
@@ -83,15 +84,94 @@ fn engine(config: &Config, source: &str) -> Result<Engine> {
 }
 
 fn mysql_client(options_file: Option<&PathBuf>) -> Result<Command> {
-    let program = find_program("mariadb")
-        .or_else(|| find_program("mysql"))
-        .ok_or_else(|| Error::Usage("neither mariadb nor mysql client is installed".into()))?;
-    let mut c = Command::new(program);
+    let mut c = mysql_program()?.command();
     if let Some(f) = options_file {
         c.arg(format!("--defaults-extra-file={}", f.display()));
     }
-    c.env_remove("MYSQL_PWD");
     Ok(c)
+}
+
+fn mysql_program() -> Result<&'static MysqlClient> {
+    sqlclient::mysql_client()
+        .ok_or_else(|| Error::Usage("neither mariadb nor mysql client is installed".into()))
+}
+
+/// A warning to show before loading SOURCE, if its client cannot be
+/// sandboxed.
+pub fn warning(config: &Config, source: &str) -> Option<String> {
+    match engine(config, source) {
+        Ok(Engine::Mysql { .. }) => sqlclient::mysql_client().and_then(MysqlClient::warning),
+        _ => None,
+    }
+}
+
+/// Global privileges that reach past the database being loaded, and so past
+/// what a dump from a backup may touch: FILE reads and writes the server's
+/// files (unless `secure_file_priv` confines it), SUPER can point the
+/// server's logs at any path.
+fn file_privileges(options_file: Option<&PathBuf>) -> Result<Vec<&'static str>> {
+    let ask = |sql: &str| -> Result<String> {
+        let mut c = mysql_client(options_file)?;
+        c.args(["-N", "-B", "-e", sql]);
+        query(c)
+    };
+    // Unset or empty leaves FILE unconfined on MariaDB. (MySQL's NULL turns
+    // FILE off instead; taking it as unset errs on the side of refusing.)
+    let confined = !ask("SELECT IFNULL(@@secure_file_priv, '')")?.is_empty();
+    let mut held = Vec::new();
+    // Roles granted to the account can be switched on by the dump itself
+    // (SET ROLE), so theirs count too; an account may not always look at a
+    // role's grants, but it may always switch it on and look at its own.
+    let mut pending = vec![None];
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(role) = pending.pop() {
+        if !seen.insert(role.clone()) {
+            continue;
+        }
+        if seen.len() > 64 {
+            return Err(Error::Usage(
+                "the loading account has more than 64 roles to check; load through a plainer one"
+                    .into(),
+            ));
+        }
+        let grants = match &role {
+            None => ask("SHOW GRANTS")?,
+            Some(r) => ask(&format!("SET ROLE {r}; SHOW GRANTS")).map_err(|e| {
+                Error::Usage(format!(
+                    "cannot tell what role {r} may do on the database server, so the load \
+                     is refused: {}",
+                    crate::cli_chain(&e)
+                ))
+            })?,
+        };
+        for line in grants.lines() {
+            let Some(rest) = line.strip_prefix("GRANT ") else {
+                continue;
+            };
+            match rest.split_once(" ON ") {
+                Some((privs, target)) if target.starts_with("*.* ") => {
+                    for p in privs.split(", ") {
+                        let p = p.trim();
+                        if (p == "FILE" || p == "ALL PRIVILEGES") && !confined {
+                            held.push("the FILE privilege");
+                        }
+                        if p == "SUPER" || p == "ALL PRIVILEGES" {
+                            held.push("SUPER");
+                        }
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    if let Some((granted, _)) = rest.split_once(" TO ") {
+                        pending.push(Some(granted.to_owned()));
+                    }
+                }
+            }
+        }
+    }
+    held.sort_unstable();
+    held.dedup();
+    Ok(held)
 }
 
 fn pg_command(program: &str, passfile: Option<&PathBuf>, args: &[String]) -> Result<Command> {
@@ -203,15 +283,8 @@ pub fn into_db(
     source: &str,
     database: Option<&str>,
     force: bool,
-    input: Box<dyn Read + Send>,
-    what: &str,
-    identities: &[Identity],
+    walk_in: Walk<'_>,
 ) -> Result<Walked> {
-    let walk_in = Walk {
-        input,
-        what,
-        identities,
-    };
     match engine(config, source)? {
         Engine::Mysql {
             options_file,
@@ -241,10 +314,14 @@ pub fn into_db(
 }
 
 /// The backup to read, for the loaders.
-struct Walk<'a> {
-    input: Box<dyn Read + Send>,
-    what: &'a str,
-    identities: &'a [Identity],
+pub struct Walk<'a> {
+    pub input: Box<dyn Read + Send>,
+    /// The backup's name, for messages.
+    pub what: &'a str,
+    pub identities: &'a [Identity],
+    /// The backup host's signature was checked: the dump is its, not a
+    /// forger's, and may run with the account's full rights.
+    pub authenticated: bool,
 }
 
 fn into_mysql(
@@ -259,6 +336,7 @@ fn into_mysql(
         input,
         what,
         identities,
+        authenticated,
     } = w;
 
     let target = match (database, original) {
@@ -272,6 +350,22 @@ fn into_mysql(
         }
     };
     check_name(&target)?;
+    let held = if authenticated {
+        Vec::new()
+    } else {
+        file_privileges(options_file)?
+    };
+    if !held.is_empty() {
+        return Err(Error::Usage(format!(
+            "source {source:?} loads through an account with {} on the whole database server, \
+             and the dump would run with it: a forged backup could read or write the server's files. \
+             Load through an account whose privileges cover only {target} \
+             (GRANT ALL ON `{target}`.* TO …), restore a signed backup with its signing \
+             public key (signing_public_key or --signing-key), or load a backup you trust yourself: \
+             coffer restore … --stdout --member mysql/{source}.sql | mariadb --binary-mode",
+            held.join(" and ")
+        )));
+    }
     let count = |sql: String| -> Result<u64> {
         let mut probe = mysql_client(options_file)?;
         probe.args(["-N", "-B", "-e"]).arg(sql);
@@ -294,7 +388,9 @@ fn into_mysql(
         .arg(format!("CREATE DATABASE IF NOT EXISTS `{target}`"));
     query(create)?;
     let mut client = mysql_client(options_file)?;
-    client.arg(&target);
+    client
+        .args(mysql_program()?.dump_loader_args())
+        .arg(&target);
     let mut loader = Loader::start(client)?;
     let member = format!("mysql/{source}.sql");
     let result = walk(input, identities, |m, data| {
@@ -332,6 +428,7 @@ fn into_postgres(
         input,
         what,
         identities,
+        ..
     } = w;
 
     let from = match (database, databases) {

@@ -17,5 +17,6 @@ pub mod restore;
 pub mod retention;
 pub mod scratch;
 pub mod seal;
+pub mod sqlclient;
 pub mod verify;
 pub mod walk;

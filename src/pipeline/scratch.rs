@@ -2,19 +2,38 @@
 //! a private temporary directory (mode 0700) on a socket only, never on the
 //! network, used to load a dump and count its rows, then stopped and removed.
 //! It needs no privilege on any production server.
+//!
+//! The dump it loads may be forged, so the server is fenced in: it runs as an
+//! unprivileged user when coffer runs as root, its file import and export
+//! are confined to an empty directory it cannot write, it loads no plugins,
+//! and its client runs no client commands and sends no local files.
 
 use std::io::{self, Read};
-use std::path::PathBuf;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::pipeline::sqlclient::{mysql_client, MysqlClient};
 use crate::source::find_program;
+
+/// The account the scratch server runs as when coffer runs as root, unless
+/// `COFFER_SCRATCH_USER` names another (a dedicated one is better still:
+/// `nobody` is shared with other daemons).
+const DEFAULT_USER: &str = "nobody";
 
 pub struct ScratchMariaDb {
     dir: tempfile::TempDir,
     socket: PathBuf,
     child: Child,
+    client: &'static MysqlClient,
+    /// Who coffer connects as: root to set the server up, then [`LOADER`].
+    user: &'static str,
 }
+
+/// The one account left once the server is set up.
+const LOADER: &str = "coffer";
 
 fn program(name: &str) -> Result<PathBuf, String> {
     find_program(name)
@@ -29,35 +48,130 @@ fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// Who the server runs as: an unprivileged account when coffer is root, so
+/// that a hostile dump that gets past every other fence still acts as nobody
+/// in particular; otherwise coffer's own user.
+struct RunAs {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+fn run_as() -> Result<Option<RunAs>, String> {
+    if !is_root() {
+        return Ok(None);
+    }
+    let name = std::env::var("COFFER_SCRATCH_USER").unwrap_or_else(|_| DEFAULT_USER.to_owned());
+    let passwd = std::fs::read_to_string("/etc/passwd").map_err(|e| format!("/etc/passwd: {e}"))?;
+    let (uid, gid) = passwd
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split(':');
+            (f.next() == Some(name.as_str())).then_some(())?;
+            let uid = f.nth(1)?.parse().ok()?;
+            let gid = f.next()?.parse().ok()?;
+            Some((uid, gid))
+        })
+        .ok_or_else(|| {
+            format!("no user {name:?} in /etc/passwd to run the scratch server as; set COFFER_SCRATCH_USER")
+        })?;
+    if uid == 0 {
+        return Err(format!(
+            "the scratch server must not run as root, and {name:?} is uid 0; set COFFER_SCRATCH_USER"
+        ));
+    }
+    Ok(Some(RunAs { name, uid, gid }))
+}
+
+/// The server must be able to reach its directory through every parent.
+fn reachable(dir: &Path, who: &RunAs) -> Result<(), String> {
+    for parent in dir.ancestors().skip(1) {
+        let m = std::fs::metadata(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        let mode = m.mode();
+        let ok = mode & 0o001 != 0
+            || (m.uid() == who.uid && mode & 0o100 != 0)
+            || (m.gid() == who.gid && mode & 0o010 != 0);
+        if !ok {
+            return Err(format!(
+                "the scratch server runs as {:?}, which cannot enter {}: set TMPDIR to a \
+                 directory it can reach (such as /tmp), or COFFER_SCRATCH_USER to another user",
+                who.name,
+                parent.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A directory inside the scratch directory, the server's own.
+fn subdir(dir: &Path, name: &str, who: Option<&RunAs>, mode: u32) -> Result<PathBuf, String> {
+    let p = dir.join(name);
+    std::fs::create_dir(&p).map_err(|e| format!("scratch directory: {e}"))?;
+    if let Some(w) = who {
+        std::os::unix::fs::chown(&p, Some(w.uid), Some(w.gid))
+            .map_err(|e| format!("scratch directory: {e}"))?;
+    }
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("scratch directory: {e}"))?;
+    Ok(p)
+}
+
 impl ScratchMariaDb {
     pub fn start() -> Result<Self, String> {
         let install = program("mariadb-install-db")?;
         let server = program("mariadbd")?;
-        program("mariadb")?;
+        let client = mysql_client().ok_or_else(|| {
+            "--restore-test needs the mariadb client (Debian: apt install mariadb-client)"
+                .to_owned()
+        })?;
+        let who = run_as()?;
+        // Mode 0700 (tempfile's default follows the umask: 0755 would let
+        // any local user reach the socket, where root has no password), and
+        // owned by the server's user: no one else gets in.
         let dir = tempfile::Builder::new()
             .prefix("coffer-restore-test-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir()
             .map_err(|e| format!("scratch directory: {e}"))?;
-        let data = dir.path().join("data");
+        // Resolved, so that the check below walks the directories the
+        // server really passes through when TMPDIR holds a symlink.
+        let base = dir
+            .path()
+            .canonicalize()
+            .map_err(|e| format!("scratch directory: {e}"))?;
+        if let Some(w) = &who {
+            reachable(&base, w)?;
+            std::os::unix::fs::chown(&base, Some(w.uid), Some(w.gid))
+                .map_err(|e| format!("scratch directory: {e}"))?;
+        }
+        let data = base.join("data");
         // A private tmpdir: servers sharing /tmp have been seen losing each
         // other's internal temporary tables.
-        let tmp = dir.path().join("tmp");
-        std::fs::create_dir(&tmp).map_err(|e| format!("scratch directory: {e}"))?;
+        let tmp = subdir(&base, "tmp", who.as_ref(), 0o700)?;
+        // SELECT … INTO OUTFILE, LOAD DATA INFILE and LOAD_FILE() are
+        // confined to an empty directory the server may not write: a dump
+        // gets no file in or out, and a restore test never needs one.
+        let files = subdir(&base, "files", who.as_ref(), 0o500)?;
+        // No plugin to INSTALL: the system's directory holds engines such
+        // as FEDERATED and CONNECT, which reach other servers and files.
+        let plugins = subdir(&base, "plugins", who.as_ref(), 0o500)?;
         let tmpdir = format!("--tmpdir={}", tmp.display());
-        let user = if is_root() {
-            vec!["--user=root".to_owned()]
-        } else {
-            Vec::new()
+        let as_user = |c: &mut Command| {
+            c.current_dir(&base);
+            if let Some(w) = &who {
+                c.uid(w.uid).gid(w.gid);
+            }
         };
-        let out = Command::new(install)
-            .args([
-                "--no-defaults",
-                &format!("--datadir={}", data.display()),
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-                &tmpdir,
-            ])
-            .args(&user)
+        let mut install = Command::new(install);
+        install.args([
+            "--no-defaults",
+            &format!("--datadir={}", data.display()),
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+            &tmpdir,
+        ]);
+        as_user(&mut install);
+        let out = install
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("mariadb-install-db: {e}"))?;
@@ -67,30 +181,44 @@ impl ScratchMariaDb {
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
-        let socket = dir.path().join("mysqld.sock");
-        let child = Command::new(server)
-            .args([
-                "--no-defaults",
-                &format!("--datadir={}", data.display()),
-                &format!("--socket={}", socket.display()),
-                "--skip-networking",
-                &tmpdir,
-                &format!("--log-error={}", dir.path().join("error.log").display()),
-                &format!("--pid-file={}", dir.path().join("mysqld.pid").display()),
-                "--skip-log-bin",
-                "--innodb-buffer-pool-size=64M",
-                "--innodb-flush-log-at-trx-commit=0",
-            ])
-            .args(&user)
+        let socket = base.join("mysqld.sock");
+        let mut server = Command::new(server);
+        server.args([
+            "--no-defaults",
+            &format!("--datadir={}", data.display()),
+            &format!("--socket={}", socket.display()),
+            "--skip-networking",
+            &tmpdir,
+            &format!("--secure-file-priv={}", files.display()),
+            &format!("--plugin-dir={}", plugins.display()),
+            "--local-infile=0",
+            &format!("--log-error={}", base.join("error.log").display()),
+            &format!("--pid-file={}", base.join("mysqld.pid").display()),
+            // DATA DIRECTORY and INDEX DIRECTORY are ignored: a table's files
+            // stay in the data directory.
+            "--skip-symbolic-links",
+            "--skip-log-bin",
+            "--innodb-buffer-pool-size=64M",
+            "--innodb-flush-log-at-trx-commit=0",
+        ]);
+        as_user(&mut server);
+        let child = server
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("mariadbd: {e}"))?;
-        let db = ScratchMariaDb { dir, socket, child };
+        let mut db = ScratchMariaDb {
+            dir,
+            socket,
+            child,
+            client,
+            user: "root",
+        };
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(60) {
             if db.query("SELECT 1").is_ok() {
+                db.lock_down()?;
                 return Ok(db);
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -105,15 +233,47 @@ impl ScratchMariaDb {
         ))
     }
 
+    /// Leaves one account, [`LOADER`], with every privilege a dump needs on
+    /// its own databases and none over the server: no SUPER (SET GLOBAL,
+    /// which can point the general or slow log at any path), no FILE, no
+    /// replication (CHANGE MASTER connects out), no SHUTDOWN, no GRANT. The
+    /// root accounts go: a dump may name any DEFINER (it needs to, to load
+    /// its views and triggers), and a routine defined by root would run as
+    /// root.
+    fn lock_down(&mut self) -> Result<(), String> {
+        let who = format!("'{LOADER}'@'localhost'");
+        self.query(&format!(
+            "CREATE USER {who}; \
+             GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, REFERENCES, INDEX, ALTER, \
+             SHOW DATABASES, CREATE TEMPORARY TABLES, LOCK TABLES, EXECUTE, CREATE VIEW, \
+             SHOW VIEW, CREATE ROUTINE, ALTER ROUTINE, EVENT, TRIGGER ON *.* TO {who}"
+        ))
+        .map_err(|e| format!("setting up the scratch server: {e}"))?;
+        // Newer servers split these out of SUPER; an older one that lacks
+        // them fails only those dumps that need them.
+        for optional in ["SET USER", "DELETE HISTORY"] {
+            let _ = self.query(&format!("GRANT {optional} ON *.* TO {who}"));
+        }
+        self.query("DELETE FROM mysql.global_priv WHERE User = 'root'; FLUSH PRIVILEGES")
+            .map_err(|e| format!("setting up the scratch server: {e}"))?;
+        self.user = LOADER;
+        self.query("SELECT 1")
+            .map_err(|e| format!("setting up the scratch server: {e}"))?;
+        Ok(())
+    }
+
+    /// Queries name tables from the (untrusted) manifest, so they get the
+    /// same fences as the load itself.
     fn client(&self) -> Command {
-        let mut c = Command::new("mariadb");
+        let mut c = self.client.command();
         c.args([
             "--no-defaults",
             &format!("--socket={}", self.socket.display()),
-            "-uroot",
+            &format!("--user={}", self.user),
             "--batch",
             "--skip-column-names",
-        ]);
+        ])
+        .args(self.client.dump_loader_args());
         c
     }
 

@@ -1,0 +1,654 @@
+//! A forged backup's dump is hostile SQL: loading it (`verify --restore-test`
+//! into the scratch server, `restore --into-db` into a real one) must never
+//! run a command, write a file or read one outside the load. Anyone with the
+//! public backup key can seal such a backup, so these are forged the way an
+//! attacker would: a real backup with its dump replaced and its manifest made
+//! consistent again.
+#![allow(clippy::too_many_lines)] // end-to-end scenarios read best in one piece
+
+mod common;
+mod harness;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use harness::MariaDb;
+use sha2::{Digest, Sha256};
+
+struct Env {
+    dir: tempfile::TempDir,
+    key: PathBuf,
+    /// World-writable, like /tmp: only coffer's own confinement can keep a
+    /// server or client from writing here.
+    drop: PathBuf,
+    /// A world-readable file a hostile dump tries to read.
+    secret: PathBuf,
+    /// coffer's TMPDIR, where the scratch server's directory is made.
+    tmp: PathBuf,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // Others may pass through, as through /tmp, so that the files below
+        // are reachable by an unprivileged server: what stops it must be
+        // coffer's confinement, not this directory's mode.
+        chmod(dir.path(), 0o755);
+        let key = dir.path().join("backup.key");
+        ok(&["keygen", "--type", "age", "--out", key.to_str().unwrap()]);
+        let drop = dir.path().join("drop");
+        fs::create_dir(&drop).unwrap();
+        chmod(&drop, 0o1777);
+        let secret = dir.path().join("secret.txt");
+        // Valid SQL, so that sourcing it would succeed and show.
+        fs::write(&secret, "INSERT INTO t VALUES ('read');\n").unwrap();
+        chmod(&secret, 0o644);
+        let tmp = dir.path().join("tmp");
+        fs::create_dir(&tmp).unwrap();
+        chmod(&tmp, 0o1777);
+        Env {
+            dir,
+            key,
+            drop,
+            secret,
+            tmp,
+        }
+    }
+    fn p(&self) -> &Path {
+        self.dir.path()
+    }
+    fn key(&self) -> &str {
+        self.key.to_str().unwrap()
+    }
+    fn store(&self) -> PathBuf {
+        self.p().join("store")
+    }
+    /// A configuration with the one mysql source `main` (database `shop`)
+    /// connecting through `options`.
+    fn config(&self, name: &str, options: &Path) -> PathBuf {
+        let p = self.p().join(name);
+        fs::write(
+            &p,
+            format!(
+                "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{dir}/lock\"\nkeep_last = 10\n\
+                 [[source]]\ntype = \"mysql\"\nname = \"main\"\ndatabases = [\"shop\"]\noptions_file = \"{opt}\"\n\
+                 [[store]]\ntype = \"local\"\nname = \"local\"\npath = \"{store}\"\n",
+                key = self.key.display(),
+                dir = self.p().display(),
+                opt = options.display(),
+                store = self.store().display()
+            ),
+        )
+        .unwrap();
+        chmod(&p, 0o600);
+        p
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(args)
+            .env("TMPDIR", &self.tmp)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+    /// Records any file a hostile dump made in `drop`, and removes it so
+    /// that the next case starts clean.
+    fn take_pwned(&self, what: &str, failures: &mut Vec<String>) {
+        for f in fs::read_dir(&self.drop).unwrap() {
+            let f = f.unwrap();
+            failures.push(format!("{what}: created {}", f.path().display()));
+            if f.file_type().unwrap().is_dir() {
+                fs::remove_dir_all(f.path()).unwrap();
+            } else {
+                fs::remove_file(f.path()).unwrap();
+            }
+        }
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A `[client]` options file for `user`.
+fn options_file(maria: &MariaDb, dir: &Path, user: &str, password: &str, extra: &str) -> PathBuf {
+    let path = dir.join(format!("{user}.cnf"));
+    fs::write(
+        &path,
+        format!(
+            "[client]\nuser={user}\npassword={password}\nhost=127.0.0.1\nport={}\n{extra}",
+            maria.port
+        ),
+    )
+    .unwrap();
+    chmod(&path, 0o600);
+    path
+}
+
+/// A database with a trigger and a procedure (so that the dump needs
+/// DELIMITER), backed up; returns the configuration and the sealed file.
+fn backed_up(e: &Env, maria: &MariaDb) -> (PathBuf, PathBuf) {
+    // The restore account: everything on the databases it restores into and
+    // nothing on the server as a whole, as a careful operator sets it up.
+    maria.sql(
+        "CREATE USER 'restorer'@'127.0.0.1' IDENTIFIED BY 'restorer-pw'; \
+         GRANT ALL ON `shop`.* TO 'restorer'@'127.0.0.1'; \
+         GRANT ALL ON `hostile\\_%`.* TO 'restorer'@'127.0.0.1';",
+    );
+    maria.sql(
+        "CREATE DATABASE shop; USE shop; \
+         CREATE TABLE t (id INT PRIMARY KEY, v TEXT); \
+         CREATE TABLE audit (n INT); \
+         INSERT INTO t SELECT seq, CONCAT('v', seq) FROM seq_1_to_300; \
+         CREATE DEFINER='restorer'@'127.0.0.1' TRIGGER t_ins AFTER INSERT ON t FOR EACH ROW INSERT INTO audit VALUES (NEW.id);",
+    );
+    let procedure = e.p().join("procedure.sql");
+    fs::write(
+        &procedure,
+        "USE shop;\nDELIMITER ;;\n\
+         CREATE DEFINER='restorer'@'127.0.0.1' PROCEDURE p() BEGIN SELECT COUNT(*) FROM t; SELECT 1; END;;\n\
+         DELIMITER ;\n",
+    )
+    .unwrap();
+    maria.load(&procedure);
+    let backup = maria.user_with_options_file("backup", "backup-pw", e.p());
+    let cfg = e.config("backup.toml", &backup);
+    let out = e.run(&["backup", "-c", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let sealed = fs::read_dir(e.store())
+        .unwrap()
+        .map(|x| x.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".coffer"))
+        .unwrap();
+    (cfg, sealed)
+}
+
+/// The backup's tar with `mysql/main.sql` replaced by `dump`, the manifest
+/// updated to match (hash, size, no row counts), sealed to the backup key.
+fn forge(e: &Env, sealed: &Path, dump: &str) -> Vec<u8> {
+    let out = ok(&[
+        "restore",
+        "-i",
+        e.key(),
+        sealed.to_str().unwrap(),
+        "--stdout",
+    ]);
+    let mut archive = tar::Archive::new(&out.stdout[..]);
+    let mut b = tar::Builder::new(Vec::new());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        if path == "mysql/main.sql" {
+            data = dump.as_bytes().to_vec();
+        } else if path == "MANIFEST.json" {
+            let mut m: serde_json::Value = serde_json::from_slice(&data).unwrap();
+            for member in m["members"].as_array_mut().unwrap() {
+                if member["path"] == "mysql/main.sql" {
+                    member["size"] = dump.len().into();
+                    member["sha256"] = hex::encode(Sha256::digest(dump.as_bytes())).into();
+                }
+            }
+            for source in m["sources"].as_array_mut().unwrap() {
+                source["row_counts"] = serde_json::json!({});
+            }
+            data = serde_json::to_vec(&m).unwrap();
+        }
+        let mut h = entry.header().clone();
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, &path, &data[..]).unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+
+    let key = fs::read_to_string(format!("{}.pub", e.key.display())).unwrap();
+    let recipients =
+        coffer::envelope::parse_recipients_file(&key, &coffer::envelope::no_passphrase()).unwrap();
+    let meta = coffer::envelope::Metadata {
+        created: "2026-11-22T00:00:00Z".into(),
+        job: Some("prod".into()),
+        compression: Some("none".into()),
+        content: Some("tar".into()),
+        ..Default::default()
+    };
+    let mut w = coffer::envelope::seal(&recipients, meta, 65536, Vec::new()).unwrap();
+    w.write_all(&tar).unwrap();
+    w.finish().unwrap()
+}
+
+/// Puts a forged backup in place of the stored one, sidecar updated, as a
+/// hostile backup server would.
+fn substitute(sealed: &Path, forged: &[u8]) {
+    fs::write(sealed, forged).unwrap();
+    let sidecar_path = format!("{}.json", sealed.display());
+    let mut sidecar: serde_json::Value =
+        serde_json::from_slice(&fs::read(&sidecar_path).unwrap()).unwrap();
+    sidecar["sha256"] = sha256_file(sealed).into();
+    sidecar["size"] = fs::metadata(sealed).unwrap().len().into();
+    fs::write(&sidecar_path, serde_json::to_vec(&sidecar).unwrap()).unwrap();
+}
+
+/// A dump around one hostile line, shaped like mariadb-dump's.
+fn dump_with(db: &str, line: &str) -> String {
+    format!(
+        "CREATE DATABASE IF NOT EXISTS `{db}`;\nUSE `{db}`;\n\
+         CREATE TABLE t (x TEXT NOT NULL);\n{line}\nINSERT INTO t VALUES ('after');\n"
+    )
+}
+
+/// The hostile lines: (what, line). Each would run a command, write a file
+/// or read one, were the client or server let.
+fn attacks(e: &Env) -> Vec<(&'static str, String)> {
+    let d = e.drop.display();
+    let s = e.secret.display();
+    vec![
+        ("shell escape", format!("\\! touch {d}/pwned1")),
+        ("system command", format!("system touch {d}/pwned2")),
+        (
+            "shell escape mid-line",
+            format!("SELECT 1; \\! touch {d}/pwned3"),
+        ),
+        ("outfile", format!("SELECT 'x' INTO OUTFILE '{d}/pwned4';")),
+        (
+            "dumpfile",
+            format!("SELECT 'x' INTO DUMPFILE '{d}/pwned5';"),
+        ),
+        (
+            "outfile through a role",
+            format!("SET ROLE filer; SELECT 'x' INTO OUTFILE '{d}/pwned7';"),
+        ),
+        ("load data", format!("LOAD DATA INFILE '{s}' INTO TABLE t;")),
+        (
+            "load data local",
+            format!("LOAD DATA LOCAL INFILE '{s}' INTO TABLE t;"),
+        ),
+        (
+            "load_file",
+            format!("INSERT INTO t VALUES (LOAD_FILE('{s}'));"),
+        ),
+        ("tee", format!("tee {d}/pwned6")),
+        ("source", format!("source {s}")),
+        ("plugin", "INSTALL SONAME 'ha_federatedx';".to_owned()),
+        (
+            "general log",
+            format!("SET GLOBAL general_log_file = '{d}/pwned8'; SET GLOBAL general_log = 1;"),
+        ),
+        (
+            "slow log",
+            format!(
+                "SET GLOBAL slow_query_log_file = '{d}/pwned9'; SET GLOBAL slow_query_log = 1;"
+            ),
+        ),
+        (
+            "a routine that runs as root",
+            format!(
+                "DELIMITER ;;\n\
+                 CREATE DEFINER=`root`@`localhost` PROCEDURE up() SQL SECURITY DEFINER BEGIN \
+                 SET GLOBAL general_log_file = '{d}/pwned10'; SET GLOBAL general_log = 1; \
+                 SELECT 1; END;;\n\
+                 DELIMITER ;\n\
+                 CALL up();"
+            ),
+        ),
+        (
+            "an account written into the grant tables",
+            format!(
+                "INSERT INTO mysql.global_priv (Host, User, Priv) \
+                 VALUES ('localhost', 'evil', '{{\"access\":18446744073709551615}}');\n\
+                 CREATE USER someone@localhost;\n\
+                 DELIMITER ;;\n\
+                 CREATE DEFINER=`evil`@`localhost` PROCEDURE up2() SQL SECURITY DEFINER BEGIN \
+                 SET GLOBAL general_log_file = '{d}/pwned11'; SET GLOBAL general_log = 1; \
+                 SELECT 1; END;;\n\
+                 DELIMITER ;\n\
+                 CALL up2();"
+            ),
+        ),
+        (
+            "replication",
+            "CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = 9; START SLAVE;".to_owned(),
+        ),
+    ]
+}
+
+/// Tables whose files a dump asks for outside the data directory. The scratch
+/// server ignores the request (and the load goes on); see docs/THREAT-MODEL.md
+/// for `--into-db`, where it is the server's own setting.
+fn elsewhere(e: &Env) -> Vec<(&'static str, String)> {
+    let d = e.drop.display();
+    ["InnoDB", "MyISAM", "Aria"]
+        .into_iter()
+        .map(|engine| {
+            (
+                engine,
+                format!("CREATE TABLE t_{engine} (x INT) ENGINE={engine} DATA DIRECTORY = '{d}';"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn restore_test_of_a_forged_dump_runs_no_command_and_touches_no_file() {
+    let e = Env::new();
+    let maria = MariaDb::start();
+    let (cfg, sealed) = backed_up(&e, &maria);
+    let c = cfg.to_str().unwrap();
+    let original = fs::read(&sealed).unwrap();
+
+    // The real dump, with its trigger and procedure (DELIMITER), still loads.
+    let out = e.run(&["verify", "-c", c, "latest", "-i", e.key(), "--restore-test"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Sandboxed where the client can be, and said where it cannot.
+    let help = Command::new("mariadb")
+        .args(["--no-defaults", "--help"])
+        .output()
+        .unwrap();
+    let sandbox = String::from_utf8_lossy(&help.stdout)
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some("--sandbox"));
+    assert_eq!(
+        stderr(&out).contains("has no --sandbox"),
+        !sandbox,
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("restore test: mysql/main.sql loaded"),
+        "{}",
+        text(&out)
+    );
+
+    let mut failures = Vec::new();
+    for (what, line) in attacks(&e) {
+        let forged = forge(&e, &sealed, &dump_with("hostile", &line));
+        substitute(&sealed, &forged);
+        let out = e.run(&["verify", "-c", c, "latest", "-i", e.key(), "--restore-test"]);
+        if out.status.success() {
+            failures.push(format!("{what}: passed the restore test"));
+        }
+        if !text(&out).contains("restore test: loading mysql/main.sql failed") {
+            failures.push(format!("{what}: the load did not fail:\n{}", text(&out)));
+        }
+        e.take_pwned(what, &mut failures);
+    }
+    for (engine, line) in elsewhere(&e) {
+        let forged = forge(&e, &sealed, &dump_with("hostile", &line));
+        substitute(&sealed, &forged);
+        let out = e.run(&["verify", "-c", c, "latest", "-i", e.key(), "--restore-test"]);
+        e.take_pwned(&format!("{engine} DATA DIRECTORY"), &mut failures);
+        if !out.status.success() {
+            failures.push(format!(
+                "{engine}: ignoring DATA DIRECTORY should not fail the load: {}",
+                text(&out)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // The scratch servers are gone with their directories.
+    let left: Vec<_> = fs::read_dir(&e.tmp).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    fs::write(&sealed, original).unwrap();
+}
+
+#[test]
+fn restore_into_db_of_a_forged_dump_runs_no_command_and_touches_no_file() {
+    let e = Env::new();
+    let maria = MariaDb::start();
+    let (_, sealed) = backed_up(&e, &maria);
+    // An operator's options file may well allow LOCAL INFILE for their own
+    // use; a dump from a backup must not get it.
+    let scoped = options_file(&maria, e.p(), "restorer", "restorer-pw", "local-infile=1\n");
+    let scoped_cfg = e.config("scoped.toml", &scoped);
+    maria.sql(
+        "CREATE USER 'admin'@'127.0.0.1' IDENTIFIED BY 'admin-pw'; \
+         GRANT ALL ON *.* TO 'admin'@'127.0.0.1' WITH GRANT OPTION;",
+    );
+    let admin = options_file(&maria, e.p(), "admin", "admin-pw", "");
+    let admin_cfg = e.config("admin.toml", &admin);
+    // FILE through a role that is granted but not active: the dump could
+    // switch it on with SET ROLE.
+    maria.sql(
+        "CREATE ROLE filer; GRANT FILE ON *.* TO filer; \
+         CREATE USER 'roled'@'127.0.0.1' IDENTIFIED BY 'roled-pw'; \
+         GRANT ALL ON `hostile\\_%`.* TO 'roled'@'127.0.0.1'; \
+         GRANT filer TO 'roled'@'127.0.0.1';",
+    );
+    let roled = options_file(&maria, e.p(), "roled", "roled-pw", "");
+    let roled_cfg = e.config("roled.toml", &roled);
+
+    // The real dump loads, trigger and procedure included.
+    let out = e.run(&[
+        "restore",
+        "-c",
+        scoped_cfg.to_str().unwrap(),
+        "-i",
+        e.key(),
+        sealed.to_str().unwrap(),
+        "--into-db",
+        "main",
+        "--database",
+        "hostile_ok",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(maria.sql("SELECT COUNT(*) FROM hostile_ok.t").trim(), "300");
+    assert_eq!(
+        maria
+            .sql("SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = 'hostile_ok'")
+            .trim(),
+        "1"
+    );
+
+    let exists = |db: &str| {
+        maria
+            .sql(&format!(
+                "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{db}'"
+            ))
+            .trim()
+            == "1"
+    };
+    let mut failures = Vec::new();
+    for (i, (what, line)) in attacks(&e).into_iter().enumerate() {
+        let forged = e.p().join(format!("forged{i}.coffer"));
+        fs::write(&forged, forge(&e, &sealed, &dump_with("shop", &line))).unwrap();
+        let restore = |cfg: &Path, db: &str| {
+            e.run(&[
+                "restore",
+                "-c",
+                cfg.to_str().unwrap(),
+                "-i",
+                e.key(),
+                forged.to_str().unwrap(),
+                "--into-db",
+                "main",
+                "--database",
+                db,
+            ])
+        };
+
+        // Through an account that cannot reach the server's files: the
+        // client refuses its own commands and LOCAL files, the server the rest.
+        let db = format!("hostile_{i}");
+        let out = restore(&scoped_cfg, &db);
+        if out.status.success() {
+            failures.push(format!("{what}: loaded"));
+        } else if !text(&out).contains("loading failed") {
+            failures.push(format!("{what}: the load did not fail:\n{}", text(&out)));
+        }
+        if exists(&db) {
+            failures.push(format!("{what}: the half-loaded {db} was left behind"));
+        }
+        e.take_pwned(what, &mut failures);
+
+        // Through an account that can (FILE privilege, no secure_file_priv on
+        // this server): coffer does not hand it a dump at all.
+        for (account, cfg) in [("admin", &admin_cfg), ("roled", &roled_cfg)] {
+            let db = format!("hostile_{account}_{i}");
+            let out = restore(cfg, &db);
+            if code(&out) != 2 || !text(&out).contains("FILE privilege") {
+                failures.push(format!(
+                    "{what}: loaded through {account}, who has the FILE privilege:\n{}",
+                    text(&out)
+                ));
+            }
+            if exists(&db) {
+                failures.push(format!("{what}: {db} was created"));
+            }
+            e.take_pwned(&format!("{what} ({account})"), &mut failures);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The uid and scratch directory of the `mariadbd` whose command line
+/// mentions `under`, once one runs.
+fn scratch_server(under: &Path, deadline: Duration) -> Option<(u32, PathBuf)> {
+    let under = under.to_string_lossy().into_owned();
+    let started = Instant::now();
+    while started.elapsed() < deadline {
+        for p in fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(cmdline) = fs::read(p.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let is_server = args
+                .first()
+                .is_some_and(|a| a.ends_with("/mariadbd") || a == "mariadbd");
+            let datadir = args
+                .iter()
+                .find_map(|a| a.strip_prefix("--datadir="))
+                .filter(|d| d.starts_with(&under));
+            let (true, Some(datadir)) = (is_server, datadir) else {
+                continue;
+            };
+            let Ok(status) = fs::read_to_string(p.path().join("status")) else {
+                continue;
+            };
+            let uid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|u| u.parse().ok())?;
+            let scratch = Path::new(datadir).parent()?.to_owned();
+            return Some((uid, scratch));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn the_scratch_server_runs_unprivileged_in_a_private_directory() {
+    use std::os::unix::fs::MetadataExt;
+
+    let e = Env::new();
+    let maria = MariaDb::start();
+    let (cfg, sealed) = backed_up(&e, &maria);
+    // Slow enough to be caught running.
+    let forged = forge(&e, &sealed, &dump_with("slow", "SELECT SLEEP(8);"));
+    substitute(&sealed, &forged);
+    let child = Command::new(bin())
+        .args([
+            "verify",
+            "-c",
+            cfg.to_str().unwrap(),
+            "latest",
+            "-i",
+            e.key(),
+            "--restore-test",
+        ])
+        .env("TMPDIR", &e.tmp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let found = scratch_server(&e.tmp, Duration::from_secs(60));
+    let (uid, scratch) = found.expect("no scratch mariadbd seen");
+    let meta = fs::metadata(&scratch).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    let me = rustix::process::geteuid().as_raw();
+    if me == 0 {
+        assert_ne!(uid, 0, "the scratch server runs as root");
+    } else {
+        assert_eq!(uid, me);
+    }
+    assert_eq!(
+        meta.uid(),
+        uid,
+        "the scratch directory belongs to its server"
+    );
+    assert_eq!(
+        meta.mode() & 0o077,
+        0,
+        "the scratch directory is open to others: {:o}",
+        meta.mode()
+    );
+}
+
+#[test]
+fn the_scratch_server_needs_a_directory_its_user_can_reach() {
+    let e = Env::new();
+    let maria = MariaDb::start();
+    let (cfg, _) = backed_up(&e, &maria);
+    // A TMPDIR only coffer's own user may enter, as /root/tmp would be.
+    let private = e.p().join("private");
+    fs::create_dir(&private).unwrap();
+    chmod(&private, 0o700);
+    let out = Command::new(bin())
+        .args([
+            "verify",
+            "-c",
+            cfg.to_str().unwrap(),
+            "latest",
+            "-i",
+            e.key(),
+            "--restore-test",
+        ])
+        .env("TMPDIR", &private)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    // A relative TMPDIR works too, although the server runs from inside
+    // its directory.
+    let relative = Command::new(bin())
+        .args([
+            "verify",
+            "-c",
+            cfg.to_str().unwrap(),
+            "latest",
+            "-i",
+            e.key(),
+            "--restore-test",
+        ])
+        .env("TMPDIR", "tmp")
+        .current_dir(e.p())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(relative.status.success(), "{}", text(&relative));
+
+    if rustix::process::geteuid().is_root() {
+        assert!(!out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains("cannot enter") && text(&out).contains("set TMPDIR"),
+            "{}",
+            text(&out)
+        );
+    } else {
+        // The server runs as coffer's own user, who may.
+        assert!(out.status.success(), "{}", text(&out));
+    }
+}
