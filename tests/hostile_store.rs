@@ -76,6 +76,13 @@ impl Env {
     fn key(&self) -> String {
         self.p().join("backup.key").display().to_string()
     }
+    /// `coffer restore -c CFG -i KEY WHAT --to TO [EXTRA…]`.
+    fn restore(&self, cfg: &str, what: &str, to: &Path, extra: &[&str]) -> std::process::Output {
+        let key = self.key();
+        let mut args = vec!["restore", "-c", cfg, "-i", &key, what, "--to", to.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        coffer(&args)
+    }
     /// Backups in the store, oldest first by name.
     fn names(&self) -> Vec<String> {
         let mut v: Vec<String> = fs::read_dir(self.store())
@@ -220,48 +227,21 @@ fn a_forgery_under_the_newest_name_is_refused_before_anything_is_written() {
     {
         let what = newest.as_str();
         let to = e.p().join(format!("out-{what}"));
-        let out = coffer(&[
-            "restore",
-            "-c",
-            &signed,
-            "-i",
-            &e.key(),
-            what,
-            "--to",
-            to.to_str().unwrap(),
-        ]);
+        let out = e.restore(&signed, what, &to, &[]);
         assert_eq!(code(&out), 3, "{what}: {}", stderr(&out));
         assert!(stderr(&out).contains("signature"), "{}", stderr(&out));
         assert!(is_empty_or_absent(&to), "{what}: something was written");
     }
     fs::remove_file(e.file(&newest, ".coffer.json.minisig")).unwrap();
     let to = e.p().join("out-unsigned");
-    let out = coffer(&[
-        "restore",
-        "-c",
-        &signed,
-        "-i",
-        &e.key(),
-        &newest,
-        "--to",
-        to.to_str().unwrap(),
-    ]);
+    let out = e.restore(&signed, &newest, &to, &[]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     assert!(stderr(&out).contains("unsigned"), "{}", stderr(&out));
     assert!(is_empty_or_absent(&to));
     // `latest` is the newest validly signed backup: the older genuine one,
     // and the forgery passed over is named.
     let to = e.p().join("out-latest");
-    let out = coffer(&[
-        "restore",
-        "-c",
-        &signed,
-        "-i",
-        &e.key(),
-        "latest",
-        "--to",
-        to.to_str().unwrap(),
-    ]);
+    let out = e.restore(&signed, "latest", &to, &[]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(
         stderr(&out).contains(&format!("passed over {newest}")),
@@ -288,16 +268,7 @@ fn a_forgery_under_the_newest_name_is_refused_before_anything_is_written() {
     let own = sidecar["name"].as_str().unwrap().to_owned();
     e.plant(&own, &sealed, sidecar, None);
     let to = e.p().join("out-no-key");
-    let out = coffer(&[
-        "restore",
-        "-c",
-        &unsigned,
-        "-i",
-        &e.key(),
-        &own,
-        "--to",
-        to.to_str().unwrap(),
-    ]);
+    let out = e.restore(&unsigned, &own, &to, &[]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(
         stderr(&out).contains("not authenticated"),
@@ -309,16 +280,7 @@ fn a_forgery_under_the_newest_name_is_refused_before_anything_is_written() {
         Some("the attacker's data")
     );
     let to = e.p().join("out-own-signed");
-    let out = coffer(&[
-        "restore",
-        "-c",
-        &signed,
-        "-i",
-        &e.key(),
-        &own,
-        "--to",
-        to.to_str().unwrap(),
-    ]);
+    let out = e.restore(&signed, &own, &to, &[]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     assert!(is_empty_or_absent(&to));
 }
@@ -337,16 +299,7 @@ fn a_rollback_under_the_newest_name_is_refused() {
     fs::copy(e.file(old, ".coffer"), e.file(new, ".coffer")).unwrap();
     for what in ["latest", new.as_str()] {
         let to = e.p().join(format!("out-{what}"));
-        let out = coffer(&[
-            "restore",
-            "-c",
-            &signed,
-            "-i",
-            &e.key(),
-            what,
-            "--to",
-            to.to_str().unwrap(),
-        ]);
+        let out = e.restore(&signed, what, &to, &[]);
         assert!(
             is_empty_or_absent(&to) || e.restored(&to).as_deref() == Some(SECRET),
             "{what}"
@@ -400,17 +353,7 @@ fn a_same_size_forgery_under_a_signed_sidecar_is_never_decrypted_nor_written() {
     fs::write(e.file(&name, ".coffer"), &sealed).unwrap();
     // Extracting into a directory, even keeping partial files, writes nothing.
     let to = e.p().join("out");
-    let out = coffer(&[
-        "restore",
-        "-c",
-        &signed,
-        "-i",
-        &e.key(),
-        &name,
-        "--to",
-        to.to_str().unwrap(),
-        "--keep-partial",
-    ]);
+    let out = e.restore(&signed, &name, &to, &["--keep-partial"]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     assert!(is_empty_or_absent(&to), "forged plaintext was written");
     // Keyed verify checks the hash before it decrypts: the walk never runs.
@@ -515,16 +458,7 @@ fn future_dated_forgeries_never_become_latest_nor_evict_genuine_backups() {
     e.plant("zzz-20261123T000000Z", &sealed, sidecar, None);
     for cfg in [&unsigned, &signed] {
         let to = e.p().join(format!("out-{}", cfg.len()));
-        let out = coffer(&[
-            "restore",
-            "-c",
-            cfg,
-            "-i",
-            &e.key(),
-            "latest",
-            "--to",
-            to.to_str().unwrap(),
-        ]);
+        let out = e.restore(&cfg, "latest", &to, &[]);
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         assert_eq!(e.restored(&to).as_deref(), Some(SECRET), "{cfg}");
         let out = coffer(&["prune", "-c", cfg]);

@@ -346,14 +346,23 @@ pub fn spool(input: Box<dyn Read + Send>, what: &str, expect: Option<&Expect>) -
     let sha = hashed.hex();
     if let Some(x) = expect {
         x.check_ciphertext(len, &sha)
-            .map_err(|message| Error::Integrity {
-                what: what.to_owned(),
-                message,
-            })?;
+            .map_err(|message| integrity(what, message))?;
     }
-    io::Seek::seek(&mut spool, io::SeekFrom::Start(0))
-        .map_err(|e| Error::io(std::env::temp_dir(), "rewind the private copy in", e))?;
+    rewind(&mut spool)?;
     Ok(spool)
+}
+
+fn integrity(what: &str, message: String) -> Error {
+    Error::Integrity {
+        what: what.to_owned(),
+        message,
+    }
+}
+
+fn rewind(f: &mut File) -> Result<()> {
+    io::Seek::seek(f, io::SeekFrom::Start(0))
+        .map(drop)
+        .map_err(|e| Error::io(std::env::temp_dir(), "rewind the private copy in", e))
 }
 
 /// A restore that writes or loads anything first authenticates all of it:
@@ -373,13 +382,9 @@ pub fn stage(
     let w = walk(io::BufReader::new(copy), identities, |_, _| Ok(()))
         .map_err(|e| e.into_error(what))?;
     if let Some(x) = expect {
-        x.check(&w).map_err(|message| Error::Integrity {
-            what: what.to_owned(),
-            message,
-        })?;
+        x.check(&w).map_err(|message| integrity(what, message))?;
     }
-    io::Seek::seek(&mut spool, io::SeekFrom::Start(0))
-        .map_err(|e| Error::io(std::env::temp_dir(), "rewind the private copy in", e))?;
+    rewind(&mut spool)?;
     Ok(spool)
 }
 
@@ -393,10 +398,7 @@ pub fn restore(
     out: &mut dyn Write,
     expect: Option<&Expect>,
 ) -> Result<Option<Walked>> {
-    let mismatch = |message: String| Error::Integrity {
-        what: what.to_owned(),
-        message,
-    };
+    let mismatch = |message: String| integrity(what, message);
     match target {
         Target::Dir {
             dir,
