@@ -79,7 +79,16 @@ impl Env {
     /// `coffer restore -c CFG -i KEY WHAT --to TO [EXTRA…]`.
     fn restore(&self, cfg: &str, what: &str, to: &Path, extra: &[&str]) -> std::process::Output {
         let key = self.key();
-        let mut args = vec!["restore", "-c", cfg, "-i", &key, what, "--to", to.to_str().unwrap()];
+        let mut args = vec![
+            "restore",
+            "-c",
+            cfg,
+            "-i",
+            &key,
+            what,
+            "--to",
+            to.to_str().unwrap(),
+        ];
         args.extend_from_slice(extra);
         coffer(&args)
     }

@@ -37,7 +37,8 @@ pub struct Args {
     /// Replace existing files in DIR, or load into a database that is not empty
     #[arg(long)]
     force: bool,
-    /// On failure, keep what was extracted instead of removing it
+    /// If writing into DIR fails (a full disk), keep what was written instead
+    /// of removing it (the backup is authenticated before anything is written)
     #[arg(long, requires = "to")]
     keep_partial: bool,
     /// Write to stdout: one member with --member, else the whole tar archive
