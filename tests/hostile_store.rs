@@ -467,7 +467,7 @@ fn future_dated_forgeries_never_become_latest_nor_evict_genuine_backups() {
     e.plant("zzz-20261123T000000Z", &sealed, sidecar, None);
     for cfg in [&unsigned, &signed] {
         let to = e.p().join(format!("out-{}", cfg.len()));
-        let out = e.restore(&cfg, "latest", &to, &[]);
+        let out = e.restore(cfg, "latest", &to, &[]);
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         assert_eq!(e.restored(&to).as_deref(), Some(SECRET), "{cfg}");
         let out = coffer(&["prune", "-c", cfg]);
