@@ -455,3 +455,46 @@ fn jobs_sharing_a_store_leave_each_other_alone() {
     ok(&["backup", "-c", &prod_db]);
     assert!(!in_flight.exists());
 }
+
+#[test]
+fn a_run_whose_only_store_is_full_blames_the_store_not_the_source() {
+    if !root_or_skip("a_run_whose_only_store_is_full_blames_the_store_not_the_source") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let key = p.join("backup.key");
+    ok(&["keygen", "--type", "age", "--out", key.to_str().unwrap()]);
+    fs::write(p.join("blob"), pattern(2_000_000, 5)).unwrap();
+    let store = p.join("store");
+    let full = Tmpfs::mount(&store, "size=256k,mode=0700");
+    let cfg = p.join("c.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[job]\nname = \"prod\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\n\
+             [[source]]\ntype = \"files\"\nname = \"data\"\npaths = [\"{b}\"]\n\
+             [[store]]\ntype = \"local\"\nname = \"local\"\npath = \"{s}\"\n",
+            k = key.display(),
+            l = p.join("lock").display(),
+            b = p.join("blob").display(),
+            s = store.display(),
+        ),
+    )
+    .unwrap();
+    chmod(&cfg, 0o600);
+    let out = coffer(&["backup", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("failed in every store"), "{err}");
+    assert!(err.contains("local: "), "{err}");
+    assert!(err.contains("No space left"), "{err}");
+    assert!(
+        !err.contains("files source"),
+        "the source was blamed: {err}"
+    );
+    assert!(!err.contains("complete in []"), "{err}");
+    assert!(err.contains("no copy of this backup was made"), "{err}");
+    assert!(Rig::files(&store).is_empty(), "{:?}", Rig::files(&store));
+    drop(full);
+}

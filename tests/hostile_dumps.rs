@@ -652,3 +652,73 @@ fn the_scratch_server_needs_a_directory_its_user_can_reach() {
         assert!(out.status.success(), "{}", text(&out));
     }
 }
+
+#[test]
+fn a_backup_whose_signature_was_checked_may_load_through_a_privileged_account() {
+    // FILE and SUPER are refused for a dump that anyone with the public key
+    // could have written; one the backup host signed is its own dump.
+    let e = Env::new();
+    let maria = MariaDb::start();
+    let (cfg, _) = backed_up(&e, &maria);
+    let sign = e.p().join("sign.key");
+    ok(&[
+        "keygen",
+        "--type",
+        "signing",
+        "--out",
+        sign.to_str().unwrap(),
+    ]);
+    let signed_cfg = e.p().join("signed.toml");
+    fs::write(
+        &signed_cfg,
+        fs::read_to_string(&cfg).unwrap().replacen(
+            "[job]\n",
+            &format!("[job]\nsigning_key = \"{}\"\n", sign.display()),
+            1,
+        ),
+    )
+    .unwrap();
+    chmod(&signed_cfg, 0o600);
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = e.run(&["backup", "-c", signed_cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut sealed: Vec<PathBuf> = fs::read_dir(e.store())
+        .unwrap()
+        .map(|x| x.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".coffer"))
+        .collect();
+    sealed.sort();
+    let signed = sealed.pop().unwrap();
+    maria.sql(
+        "CREATE USER 'admin'@'127.0.0.1' IDENTIFIED BY 'admin-pw'; \
+         GRANT ALL ON *.* TO 'admin'@'127.0.0.1' WITH GRANT OPTION;",
+    );
+    let admin = options_file(&maria, e.p(), "admin", "admin-pw", "");
+    let admin_cfg = e.config("admin.toml", &admin);
+    let restore = |extra: &[&str], db: &str| {
+        let mut args = vec![
+            "restore",
+            "-c",
+            admin_cfg.to_str().unwrap(),
+            "-i",
+            e.key(),
+            signed.to_str().unwrap(),
+            "--into-db",
+            "main",
+            "--database",
+            db,
+        ];
+        args.extend_from_slice(extra);
+        e.run(&args)
+    };
+    let out = restore(&[], "hostile_unsigned");
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("FILE privilege"), "{}", text(&out));
+    let pubkey = format!("{}.pub", sign.display());
+    let out = restore(&["--signing-key", &pubkey], "hostile_signed");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        maria.sql("SELECT COUNT(*) FROM hostile_signed.t").trim(),
+        "300"
+    );
+}
