@@ -498,3 +498,35 @@ fn a_run_whose_only_store_is_full_blames_the_store_not_the_source() {
     assert!(Rig::files(&store).is_empty(), "{:?}", Rig::files(&store));
     drop(full);
 }
+
+#[test]
+fn an_unreachable_server_is_tried_once_per_run_not_at_every_step() {
+    if !root_or_skip("an_unreachable_server_is_tried_once_per_run_not_at_every_step") {
+        return;
+    }
+    // The ledger, the upload, the copy from the local store and retention
+    // each need the server; once every attempt to connect has failed, the
+    // rest of the run fails fast with the same error instead of waiting out
+    // the retries (and their backoff) again at each step.
+    let mut rig = Rig::new(10_000);
+    rig.sshd.kill();
+    let trace = rig.p().join("connects");
+    let out = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=connect", "-o"])
+        .arg(&trace)
+        .arg(bin())
+        .args(["backup", "-c", &rig.cfg])
+        .stdin(Stdio::null())
+        .output()
+        .expect("strace");
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let port = format!("htons({})", rig.sshd.port);
+    let attempts = fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&port))
+        .count();
+    // `retries = 2` in the harness's store block: one run, two attempts.
+    assert_eq!(attempts, 2, "connected {attempts} times");
+    assert_eq!(Rig::backups(&rig.local).len(), 1);
+}

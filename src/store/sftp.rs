@@ -183,6 +183,20 @@ struct Conn {
 pub struct SftpStore {
     cfg: SftpConfig,
     conn: Mutex<Option<Conn>>,
+    /// Why connecting failed, once every attempt had: the rest of the run
+    /// fails fast with the same error instead of waiting out the retries
+    /// again at every listing, upload and copy.
+    unreachable: Mutex<Option<Unreachable>>,
+}
+
+/// A connection failure, kept to be given again.
+#[derive(Clone)]
+enum Unreachable {
+    HostKey {
+        message: String,
+        line: Option<String>,
+    },
+    Other(String),
 }
 
 impl SftpStore {
@@ -190,6 +204,7 @@ impl SftpStore {
         SftpStore {
             cfg,
             conn: Mutex::new(None),
+            unreachable: Mutex::new(None),
         }
     }
 
@@ -249,6 +264,34 @@ impl SftpStore {
     }
 
     fn connect(&self) -> Result<Conn> {
+        let known = self.unreachable.lock().ok().and_then(|g| g.clone());
+        if let Some(u) = known {
+            return Err(match u {
+                Unreachable::HostKey { message, line } => Error::HostKey {
+                    store: self.cfg.name.clone(),
+                    message,
+                    line,
+                },
+                Unreachable::Other(m) => self.err(m),
+            });
+        }
+        let result = self.connect_retrying();
+        if let Err(e) = &result {
+            let kept = match e {
+                Error::HostKey { message, line, .. } => Unreachable::HostKey {
+                    message: message.clone(),
+                    line: line.clone(),
+                },
+                other => Unreachable::Other(crate::error::about(other, &self.cfg.name)),
+            };
+            if let Ok(mut g) = self.unreachable.lock() {
+                *g = Some(kept);
+            }
+        }
+        result
+    }
+
+    fn connect_retrying(&self) -> Result<Conn> {
         let mut delay = Duration::from_millis(500);
         let attempts = self.cfg.retries.max(1);
         for attempt in 1..=attempts {
