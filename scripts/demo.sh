@@ -26,6 +26,9 @@ run() { printf '$ %s\n' "$*"; "$@"; }
 say "the backup key pair: the public half goes on the database server, the private half stays offline"
 run "$coffer" keygen --type age --out backup.key
 
+say "a signing key pair: the database host signs each backup, the restore side believes only what it signed"
+run "$coffer" keygen --type signing --out signing.key
+
 say "a live application database"
 run "$demo_db" create app.db
 
@@ -37,6 +40,8 @@ recipients = ["backup.key.pub"]
 keep_last = 7
 compression = "gzip"            # zstd is the default; gzip lets plain tar unpack the demo
 lock_file = "$PWD/coffer.lock"  # keeps the demo self-contained
+signing_key = "signing.key"             # on the database host
+signing_public_key = "signing.key.pub"  # where you verify and restore
 
 [[source]]
 type = "sqlite"
@@ -62,7 +67,15 @@ latest=$(ls backups/*.coffer | tail -n 1)
 say "inspect needs no key: the sealing side can never read its backups"
 run "$coffer" inspect "$latest"
 
-say "restore on the offline machine: open with the private key, unpack, look at the rows"
+say "verify: without a key (signature, size, SHA-256, header, the job's ledger), then with it (every chunk and member)"
+run "$coffer" verify -c coffer.toml
+run "$coffer" verify -c coffer.toml latest -i backup.key
+
+say "restore the newest signed backup into a directory"
+run "$coffer" restore -c coffer.toml -i backup.key latest --to restored-by-coffer
+run "$demo_db" show restored-by-coffer/sqlite/app.db
+
+say "or with standard tools: open with the private key, unpack with tar"
 mkdir -p restored
 printf '$ coffer open -i backup.key %s | tar -xz -C restored\n' "$latest"
 "$coffer" open -i backup.key "$latest" | tar -xz -C restored

@@ -35,6 +35,9 @@ step "memory (release build): seal/open 1 GiB within 32 MiB of RSS, backup withi
 cargo build --release --quiet
 COFFER_BIN=target/release/coffer SIZE_MIB=1024 LIMIT_MIB=32 BACKUP_LIMIT_MIB=64 scripts/measure-memory.sh
 
+step "the README's demo: keys, a database, a signed backup, verify, restore, a tamper check"
+scripts/demo.sh > target/demo.log 2>&1 || { cat target/demo.log; exit 1; }
+
 step "Debian package: cargo deb, dpkg -i, checks, purge"
 scripts/test-deb.sh
 

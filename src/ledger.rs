@@ -111,10 +111,8 @@ pub fn check(entries: &[Entry], keep_last: u32, max_age: Duration, now: DateTime
         .collect();
     if missing.is_empty() {
         f.checks.push(format!(
-            "ledger: the newest {} entries are present, up to #{} ({})",
-            newest.seq - window_start + 1,
-            newest.seq,
-            newest.name
+            "ledger: #{window_start} to #{} present, the newest is {}",
+            newest.seq, newest.name
         ));
     } else {
         f.problems.push(format!(
