@@ -812,7 +812,7 @@ fn write_header_rule_vectors(g: &Gen, good: &[u8]) {
         &["invalid format version 0"],
         &put_together(&v0),
     );
-    let mut meta = base;
+    let mut meta = base.clone();
     meta.meta = br#"{"job":"vectors"}"#.to_vec();
     g.fail(
         "metadata-no-created",
@@ -822,6 +822,183 @@ fn write_header_rule_vectors(g: &Gen, good: &[u8]) {
         &["lacks the required member \"created\""],
         &put_together(&meta),
     );
+    write_metadata_and_kind_vectors(g, good, &base);
+}
+
+/// Replaces the header MAC of `file` with the right one under `key`, for a
+/// header that a writer could have made (the reader must accept it).
+fn remac(file: &mut [u8], key: &coffer::envelope::DataKey) {
+    use hmac::{Hmac, Mac};
+    let end = 12 + u32::from_be_bytes(file[8..12].try_into().unwrap()) as usize;
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(key.header_key(&file[16..48]).as_slice()).unwrap();
+    mac.update(&file[..end]);
+    file[end..end + 32].copy_from_slice(&mac.finalize().into_bytes());
+}
+
+/// The metadata rules of FORMAT.md 1.2, the stanza kind rules of section 2
+/// and the short inputs of section 1, each once.
+#[allow(clippy::too_many_lines)] // one table of cases reads better than many helpers
+fn write_metadata_and_kind_vectors(g: &Gen, good: &[u8], base: &RawHeader) {
+    // Every header below carries a good MAC, so a reader that lacks a rule
+    // opens the file instead of failing on the MAC.
+    let cb = coffer::envelope::no_passphrase();
+    let rsa_id = coffer::envelope::parse_identities(
+        &zeroize::Zeroizing::new(fs::read_to_string(g.dir.join("keys/rsa.pem")).unwrap()),
+        "rsa",
+        &cb,
+    )
+    .unwrap();
+    let ids = std::slice::from_ref(&rsa_id);
+    let (header, raw) = coffer::envelope::Header::read(&mut &good[..]).unwrap();
+    let key = header.unwrap_key(ids, &raw).unwrap();
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(
+        &mut coffer::envelope::open(ids, good).unwrap().1,
+        &mut plain,
+    )
+    .unwrap();
+    let with_meta = |json: &[u8]| {
+        let mut h = base.clone();
+        h.meta = json.to_vec();
+        let mut file = put_together(&h);
+        remac(&mut file, &key);
+        file
+    };
+    let created = r#""created":"2026-11-22T00:00:00Z""#;
+    let deep = format!("{{{created},\"x\":{}{}}}", "[".repeat(127), "]".repeat(127));
+    let refused: [(&str, &str, String, &str); 6] = [
+        (
+            "metadata-job-number",
+            "job is a number, not a string",
+            format!(r#"{{{created},"job":5}}"#),
+            "member of the wrong type",
+        ),
+        (
+            "metadata-nan",
+            "NaN is not JSON",
+            format!(r#"{{{created},"x":NaN}}"#),
+            "metadata is not valid JSON",
+        ),
+        (
+            "metadata-out-of-range",
+            "a number beyond the double range",
+            format!(r#"{{{created},"x":1e400}}"#),
+            "number out of range",
+        ),
+        (
+            "metadata-surrogate",
+            "a string with an unpaired surrogate escape",
+            format!(r#"{{{created},"x":"\udc00"}}"#),
+            "metadata is not valid JSON",
+        ),
+        (
+            "metadata-too-deep",
+            "arrays nested to level 128 (the object is level 1)",
+            deep,
+            "recursion limit exceeded",
+        ),
+        (
+            "metadata-array",
+            "metadata that is JSON but not an object",
+            r#"["created"]"#.to_owned(),
+            "not a JSON object",
+        ),
+    ];
+    for (name, comment, json, err) in refused {
+        g.fail(
+            name,
+            comment,
+            "rsa.pem",
+            3,
+            &["header is malformed", err],
+            &with_meta(json.as_bytes()),
+        );
+    }
+    for (name, comment, kind) in [
+        (
+            "stanza-kind-space",
+            "a stanza kind with a space in it spoils the whole header",
+            &b"rsa-oaep sha256"[..],
+        ),
+        ("stanza-kind-empty", "a stanza kind of length 0", b""),
+    ] {
+        // Added next to the stanzas a key can open, which stay intact.
+        let mut h = base.clone();
+        h.stanzas.push((kind.to_vec(), vec![9; 32], vec![1, 2, 3]));
+        let mut file = put_together(&h);
+        remac(&mut file, &key);
+        g.fail(
+            name,
+            comment,
+            "rsa.pem",
+            3,
+            &["stanza 2 has an invalid kind"],
+            &file,
+        );
+    }
+    g.fail(
+        "short-magic-prefix",
+        "the six magic bytes and nothing more",
+        "rsa.pem",
+        3,
+        &["header is truncated"],
+        b"COFFER",
+    );
+    g.fail(
+        "short-not-coffer",
+        "three bytes that are not a prefix of the magic",
+        "rsa.pem",
+        3,
+        &["not a coffer file"],
+        b"CAT",
+    );
+    let header_len = layout(good).header;
+    g.fail(
+        "no-payload-wrong-key",
+        "a header and nothing else, opened with a key that is not a recipient: the key is checked first",
+        "other.key",
+        4,
+        &["no identity given can open this file"],
+        &good[..header_len],
+    );
+
+    // Headers a writer may make: a reader must open them.
+    let accepted: [(&str, &str, String); 3] = [
+        (
+            "metadata-depth-127",
+            "arrays nested to level 127, the most a reader accepts",
+            format!(
+                "{{{created},\"x\":{}{}}}",
+                "[".repeat(126),
+                "]".repeat(126)
+            ),
+        ),
+        (
+            "metadata-lenient",
+            "created that is not RFC 3339, job null, and unknown members (Created is one) are all accepted",
+            r#"{"created":"yesterday","job":null,"Created":5,"future":{"a":[1,2.5,null,true]}}"#
+                .to_owned(),
+        ),
+        (
+            "metadata-duplicate",
+            "job twice: the last one counts (the first, a number, would be refused)",
+            format!(r#"{{{created},"job":5,"job":"vectors"}}"#),
+        ),
+    ];
+    for (name, comment, json) in accepted {
+        let file = with_meta(json.as_bytes());
+        g.write(
+            name,
+            &[
+                ("comment", comment.into()),
+                ("identity", "rsa.pem".into()),
+                ("exit", "0".into()),
+                ("payload-sha256", hex::encode(Sha256::digest(&plain))),
+            ],
+            &file,
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------
