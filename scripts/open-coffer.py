@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import hmac
 import json
+import math
 import os
 import struct
 import subprocess
@@ -34,6 +35,8 @@ TAG = 16
 RSA_KIND = "rsa-oaep-sha256"
 AGE_KIND = "age"
 MAX_RSA_STANZAS = 16
+MAX_JSON_DEPTH = 127
+OPTIONAL_MEMBERS = ("job", "compression", "content")
 
 
 class Fail(Exception):
@@ -48,6 +51,54 @@ def integrity(msg):
 
 class Header:
     pass
+
+
+def reject_constant(name):
+    raise ValueError("%s is not JSON" % name)
+
+
+def finite(text):
+    # FORMAT.md 1.2: a number beyond the double range is refused, as coffer does.
+    if math.isinf(float(text)):
+        raise ValueError("number %s... is out of range" % text[:20])
+    return text
+
+
+def check_json(value, depth=1):
+    """The rules of FORMAT.md 1.2 that json.loads does not apply itself."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError("nested deeper than %d levels" % MAX_JSON_DEPTH)
+    if isinstance(value, str):
+        if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+            raise ValueError("a string holds an unpaired surrogate")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_json(k, depth)
+            check_json(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            check_json(v, depth + 1)
+
+
+def parse_metadata(raw):
+    try:
+        meta = json.loads(
+            raw.decode("utf-8"),
+            parse_constant=reject_constant,
+            parse_float=lambda t: float(finite(t)),
+            parse_int=lambda t: int(finite(t)),
+        )
+        check_json(meta)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise integrity("header is malformed: metadata: %s" % e)
+    if not isinstance(meta, dict):
+        raise integrity("header is malformed: metadata is not an object")
+    if not isinstance(meta.get("created"), str):
+        raise integrity('header is malformed: metadata lacks the required string member "created"')
+    for name in OPTIONAL_MEMBERS:
+        if not isinstance(meta.get(name), (str, type(None))):
+            raise integrity('header is malformed: metadata member "%s" is not a string' % name)
+    return meta
 
 
 def read_exact(f, n):
@@ -88,21 +139,18 @@ def parse_header(f):
         raise integrity("header is malformed: chunk size %d" % h.chunk_size)
     h.salt = take(32, "salt")
     (meta_len,) = struct.unpack(">I", take(4, "metadata length"))
-    try:
-        h.metadata = json.loads(take(meta_len, "metadata").decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise integrity("header is malformed: metadata: %s" % e)
-    if not isinstance(h.metadata, dict):
-        raise integrity("header is malformed: metadata is not an object")
-    if not isinstance(h.metadata.get("created"), str):
-        raise integrity('header is malformed: metadata lacks the required string member "created"')
+    h.metadata = parse_metadata(take(meta_len, "metadata"))
     (count,) = struct.unpack(">H", take(2, "stanza count"))
     if not 1 <= count <= 1024:
         raise integrity("header is malformed: %d stanzas" % count)
     h.stanzas = []
-    for _ in range(count):
+    for index in range(count):
         (kind_len,) = take(1, "stanza kind length")
-        kind = take(kind_len, "stanza kind").decode("ascii", "replace")
+        kind = take(kind_len, "stanza kind")
+        # Printable ASCII without the space; anything else spoils the header.
+        if not kind or not all(0x21 <= b <= 0x7E for b in kind):
+            raise integrity("header is malformed: stanza %d has an invalid kind" % index)
+        kind = kind.decode("ascii")
         fingerprint = take(32, "fingerprint")
         (blen,) = struct.unpack(">I", take(4, "stanza body length"))
         h.stanzas.append((kind, fingerprint, take(blen, "stanza body")))

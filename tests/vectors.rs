@@ -812,7 +812,7 @@ fn write_header_rule_vectors(g: &Gen, good: &[u8]) {
         &["invalid format version 0"],
         &put_together(&v0),
     );
-    let mut meta = base;
+    let mut meta = base.clone();
     meta.meta = br#"{"job":"vectors"}"#.to_vec();
     g.fail(
         "metadata-no-created",
@@ -821,5 +821,449 @@ fn write_header_rule_vectors(g: &Gen, good: &[u8]) {
         3,
         &["lacks the required member \"created\""],
         &put_together(&meta),
+    );
+    write_metadata_and_kind_vectors(g, good, &base);
+}
+
+/// Replaces the header MAC of `file` with the right one under `key`, for a
+/// header that a writer could have made (the reader must accept it).
+fn remac(file: &mut [u8], key: &coffer::envelope::DataKey) {
+    use hmac::{Hmac, Mac};
+    let end = 12 + u32::from_be_bytes(file[8..12].try_into().unwrap()) as usize;
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(key.header_key(&file[16..48]).as_slice()).unwrap();
+    mac.update(&file[..end]);
+    file[end..end + 32].copy_from_slice(&mac.finalize().into_bytes());
+}
+
+/// The metadata rules of FORMAT.md 1.2, the stanza kind rules of section 2
+/// and the short inputs of section 1, each once.
+#[allow(clippy::too_many_lines)] // one table of cases reads better than many helpers
+fn write_metadata_and_kind_vectors(g: &Gen, good: &[u8], base: &RawHeader) {
+    // Every header below carries a good MAC, so a reader that lacks a rule
+    // opens the file instead of failing on the MAC.
+    let cb = coffer::envelope::no_passphrase();
+    let rsa_id = coffer::envelope::parse_identities(
+        &zeroize::Zeroizing::new(fs::read_to_string(g.dir.join("keys/rsa.pem")).unwrap()),
+        "rsa",
+        &cb,
+    )
+    .unwrap();
+    let ids = std::slice::from_ref(&rsa_id);
+    let (header, raw) = coffer::envelope::Header::read(&mut &good[..]).unwrap();
+    let key = header.unwrap_key(ids, &raw).unwrap();
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(
+        &mut coffer::envelope::open(ids, good).unwrap().1,
+        &mut plain,
+    )
+    .unwrap();
+    let with_meta = |json: &[u8]| {
+        let mut h = base.clone();
+        h.meta = json.to_vec();
+        let mut file = put_together(&h);
+        remac(&mut file, &key);
+        file
+    };
+    let created = r#""created":"2026-11-22T00:00:00Z""#;
+    let deep = format!("{{{created},\"x\":{}{}}}", "[".repeat(127), "]".repeat(127));
+    let refused: [(&str, &str, String, &str); 6] = [
+        (
+            "metadata-job-number",
+            "job is a number, not a string",
+            format!(r#"{{{created},"job":5}}"#),
+            "member of the wrong type",
+        ),
+        (
+            "metadata-nan",
+            "NaN is not JSON",
+            format!(r#"{{{created},"x":NaN}}"#),
+            "metadata is not valid JSON",
+        ),
+        (
+            "metadata-out-of-range",
+            "a number beyond the double range",
+            format!(r#"{{{created},"x":1e400}}"#),
+            "number out of range",
+        ),
+        (
+            "metadata-surrogate",
+            "a string with an unpaired surrogate escape",
+            format!(r#"{{{created},"x":"\udc00"}}"#),
+            "metadata is not valid JSON",
+        ),
+        (
+            "metadata-too-deep",
+            "arrays nested to level 128 (the object is level 1)",
+            deep,
+            "recursion limit exceeded",
+        ),
+        (
+            "metadata-array",
+            "metadata that is JSON but not an object",
+            r#"["created"]"#.to_owned(),
+            "not a JSON object",
+        ),
+    ];
+    for (name, comment, json, err) in refused {
+        g.fail(
+            name,
+            comment,
+            "rsa.pem",
+            3,
+            &["header is malformed", err],
+            &with_meta(json.as_bytes()),
+        );
+    }
+    for (name, comment, kind) in [
+        (
+            "stanza-kind-space",
+            "a stanza kind with a space in it spoils the whole header",
+            &b"rsa-oaep sha256"[..],
+        ),
+        ("stanza-kind-empty", "a stanza kind of length 0", b""),
+    ] {
+        // Added next to the stanzas a key can open, which stay intact.
+        let mut h = base.clone();
+        h.stanzas.push((kind.to_vec(), vec![9; 32], vec![1, 2, 3]));
+        let mut file = put_together(&h);
+        remac(&mut file, &key);
+        g.fail(
+            name,
+            comment,
+            "rsa.pem",
+            3,
+            &["stanza 2 has an invalid kind"],
+            &file,
+        );
+    }
+    g.fail(
+        "short-magic-prefix",
+        "the six magic bytes and nothing more",
+        "rsa.pem",
+        3,
+        &["header is truncated"],
+        b"COFFER",
+    );
+    g.fail(
+        "short-not-coffer",
+        "three bytes that are not a prefix of the magic",
+        "rsa.pem",
+        3,
+        &["not a coffer file"],
+        b"CAT",
+    );
+    let header_len = layout(good).header;
+    g.fail(
+        "no-payload-wrong-key",
+        "a header and nothing else, opened with a key that is not a recipient: the key is checked first",
+        "other.key",
+        4,
+        &["no identity given can open this file"],
+        &good[..header_len],
+    );
+
+    // Headers a writer may make: a reader must open them.
+    let accepted: [(&str, &str, String); 3] = [
+        (
+            "metadata-depth-127",
+            "arrays nested to level 127, the most a reader accepts",
+            format!(
+                "{{{created},\"x\":{}{}}}",
+                "[".repeat(126),
+                "]".repeat(126)
+            ),
+        ),
+        (
+            "metadata-lenient",
+            "created that is not RFC 3339, job null, and unknown members (Created is one) are all accepted",
+            r#"{"created":"yesterday","job":null,"Created":5,"future":{"a":[1,2.5,null,true]}}"#
+                .to_owned(),
+        ),
+        (
+            "metadata-duplicate",
+            "job twice: the last one counts (the first, a number, would be refused)",
+            format!(r#"{{{created},"job":5,"job":"vectors"}}"#),
+        ),
+    ];
+    for (name, comment, json) in accepted {
+        let file = with_meta(json.as_bytes());
+        g.write(
+            name,
+            &[
+                ("comment", comment.into()),
+                ("identity", "rsa.pem".into()),
+                ("exit", "0".into()),
+                ("payload-sha256", hex::encode(Sha256::digest(&plain))),
+            ],
+            &file,
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The worked example of docs/FORMAT.md section 9.1, read out of the document
+// itself so that the document cannot drift from what coffer does.
+
+/// The fields of the two fenced blocks, in the order the document gives them.
+const EXAMPLE_INPUTS: [&str; 8] = [
+    "data_key",
+    "salt",
+    "plaintext",
+    "header_key",
+    "payload_key",
+    "nonce_0",
+    "nonce_1",
+    "file_sha256",
+];
+const EXAMPLE_FILE: [&str; 18] = [
+    "magic",
+    "version",
+    "body_len",
+    "chunk_size",
+    "salt",
+    "meta_len",
+    "metadata",
+    "stanza_count",
+    "kind_len",
+    "kind",
+    "fingerprint",
+    "stanza_len",
+    "stanza_body",
+    "mac",
+    "chunk_0",
+    "tag_0",
+    "chunk_1",
+    "tag_1",
+];
+
+fn format_md() -> String {
+    fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/FORMAT.md")).unwrap()
+}
+
+/// One block's fields, and the offset in `doc` of every hex digit in it.
+type Fields = (Vec<(String, Vec<u8>)>, Vec<usize>);
+
+/// Parses the fenced block opened by ```` ```coffer-vector {block} ````: lines
+/// `name hex`, continued on lines that start with a space. Only lowercase hex
+/// is accepted, so that every edit of a digit changes a value.
+fn example_block(doc: &str, block: &str, names: &[&str]) -> Result<Fields, String> {
+    let fence = format!("```coffer-vector {block}");
+    let mut lines = Vec::new();
+    let mut at = 0;
+    for line in doc.split_inclusive('\n') {
+        lines.push((at, line.trim_end_matches('\n')));
+        at += line.len();
+    }
+    let opens: Vec<usize> = (0..lines.len()).filter(|&i| lines[i].1 == fence).collect();
+    let [open] = opens[..] else {
+        return Err(format!("{} lines {fence:?}; want one", opens.len()));
+    };
+    let close = (open + 1..lines.len())
+        .find(|&i| lines[i].1 == "```")
+        .ok_or_else(|| format!("{fence:?} is never closed"))?;
+    let mut fields: Vec<(String, String)> = Vec::new();
+    let mut digits = Vec::new();
+    for &(start, line) in &lines[open + 1..close] {
+        let (name, hex_part) = if line.starts_with(' ') {
+            let (_, last) = fields
+                .last_mut()
+                .ok_or_else(|| format!("{block}: a continuation line comes first"))?;
+            (None, last)
+        } else {
+            let name = line.split(' ').next().unwrap_or_default();
+            fields.push((name.to_owned(), String::new()));
+            (Some(name), &mut fields.last_mut().unwrap().1)
+        };
+        let skip = name.map_or(0, str::len);
+        for (i, c) in line.char_indices().skip(skip) {
+            match c {
+                ' ' => {}
+                '0'..='9' | 'a'..='f' => {
+                    hex_part.push(c);
+                    digits.push(start + i);
+                }
+                _ => return Err(format!("{block}: {c:?} in {line:?} is not lowercase hex")),
+            }
+        }
+    }
+    let got: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+    if got != names {
+        return Err(format!("{block}: fields {got:?}, want {names:?}"));
+    }
+    let fields = fields
+        .into_iter()
+        .map(|(n, h)| match hex::decode(&h) {
+            Ok(v) if !v.is_empty() => Ok((n, v)),
+            _ => Err(format!("{block}: {n} is not whole bytes of hex")),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((fields, digits))
+}
+
+struct Example {
+    data_key: Vec<u8>,
+    plaintext: Vec<u8>,
+    file: Vec<u8>,
+}
+
+fn field<'a>(fields: &'a [(String, Vec<u8>)], name: &str) -> &'a [u8] {
+    &fields
+        .iter()
+        .find(|(n, _)| n == name)
+        .expect("field checked")
+        .1
+}
+
+fn ensure(ok: bool, what: &str) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{what} does not match"))
+    }
+}
+
+/// Checks every value of the worked example against coffer's own code, and
+/// returns the sealed file it describes.
+fn check_example(doc: &str) -> Result<Example, String> {
+    use coffer::envelope::{DataKey, Header};
+    let (inputs, _) = example_block(doc, "inputs", &EXAMPLE_INPUTS)?;
+    let (parts, _) = example_block(doc, "file", &EXAMPLE_FILE)?;
+    let input = |name| field(&inputs, name);
+    let part = |name| field(&parts, name);
+    let file: Vec<u8> = parts.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+
+    let (header, len) = Header::parse(&file).map_err(|e| format!("coffer: {e}"))?;
+    let header_fields = EXAMPLE_FILE.iter().position(|&n| n == "mac").unwrap();
+    let header_len: usize = parts[..=header_fields].iter().map(|(_, v)| v.len()).sum();
+    ensure(
+        len == header_len,
+        "the header's length (its fields up to mac)",
+    )?;
+    let salt = input("salt");
+    ensure(header.salt == salt && part("salt") == salt, "salt")?;
+    let key = DataKey::from_bytes(input("data_key")).ok_or("data_key is not 32 bytes")?;
+    ensure(
+        key.header_key(salt).as_slice() == input("header_key"),
+        "header_key",
+    )?;
+    let payload_key = key.payload_key(salt);
+    ensure(
+        payload_key.as_slice() == input("payload_key"),
+        "payload_key",
+    )?;
+    header
+        .verify_mac(&key, &file[..len])
+        .map_err(|e| format!("mac: {e}"))?;
+    ensure(header.mac == part("mac"), "mac")?;
+    // coffer's own writer, given the same values, must produce these bytes.
+    let rewritten = Header::new(
+        header.chunk_size,
+        header.salt,
+        header.metadata.clone(),
+        header.stanzas.clone(),
+    )
+    .map_err(|e| format!("coffer refuses to write the example's header: {e}"))?
+    .to_bytes(&key);
+    ensure(rewritten == file[..len], "the header coffer writes")?;
+
+    let plaintext = input("plaintext");
+    let cs = header.chunk_size as usize;
+    ensure(
+        plaintext.len() > cs && plaintext.len() <= 2 * cs,
+        "a plaintext of exactly two chunks",
+    )?;
+    let aead = Aes256Gcm::new(payload_key.as_slice().into());
+    let chunks = [
+        (&plaintext[..cs], "nonce_0", "chunk_0", "tag_0", false),
+        (&plaintext[cs..], "nonce_1", "chunk_1", "tag_1", true),
+    ];
+    for (i, (plain, nonce_name, chunk_name, tag_name, last)) in (0u64..).zip(chunks) {
+        // Built as section 4 says, not copied from the document.
+        let mut nonce = [0u8; 12];
+        nonce[3..11].copy_from_slice(&i.to_be_bytes());
+        nonce[11] = u8::from(last);
+        ensure(input(nonce_name) == nonce, nonce_name)?;
+        let mut sealed = plain.to_vec();
+        let tag = aead
+            .encrypt_in_place_detached(&nonce.into(), b"", &mut sealed)
+            .unwrap();
+        ensure(part(chunk_name) == sealed, chunk_name)?;
+        ensure(part(tag_name) == tag.as_slice(), tag_name)?;
+    }
+    // Last, so that an edit elsewhere is reported by the field it changed.
+    ensure(
+        Sha256::digest(&file)[..] == *input("file_sha256"),
+        "file_sha256",
+    )?;
+    Ok(Example {
+        data_key: input("data_key").to_vec(),
+        plaintext: plaintext.to_vec(),
+        file,
+    })
+}
+
+#[test]
+fn the_worked_example_in_format_md_opens_with_coffer_and_the_python_reader() {
+    let ex = check_example(&format_md()).unwrap_or_else(|e| panic!("FORMAT.md 9.1: {e}"));
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("example.coffer");
+    fs::write(&file, &ex.file).unwrap();
+    let key = tmp.path().join("rsa.pem");
+    fs::copy(vector_dir().join("keys/rsa.pem"), &key).unwrap();
+    chmod(&key, 0o600);
+
+    // coffer finds the data key the real way, through the stanza.
+    let out = coffer(&["open", "-i", key.to_str().unwrap(), file.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "coffer open: {}", stderr(&out));
+    assert!(
+        out.stdout == ex.plaintext,
+        "coffer opened another plaintext"
+    );
+
+    assert!(
+        python_ok(),
+        "the independent reader needs python3 with `cryptography` (scripts/install-test-deps.sh)"
+    );
+    let data_key = tmp.path().join("data.key");
+    fs::write(&data_key, &ex.data_key).unwrap();
+    let py = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/open-coffer.py"))
+        .args(["open", "--data-key", data_key.to_str().unwrap()])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        py.status.code(),
+        Some(0),
+        "open-coffer.py: {}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    assert!(
+        py.stdout == ex.plaintext,
+        "open-coffer.py opened another plaintext"
+    );
+}
+
+#[test]
+fn every_digit_of_the_worked_example_is_checked() {
+    let doc = format_md();
+    check_example(&doc).unwrap_or_else(|e| panic!("FORMAT.md 9.1: {e}"));
+    let mut digits = example_block(&doc, "inputs", &EXAMPLE_INPUTS).unwrap().1;
+    digits.extend(example_block(&doc, "file", &EXAMPLE_FILE).unwrap().1);
+    // 541 bytes of file and 265 of inputs: a parser that found less has
+    // lost part of a block.
+    assert_eq!(digits.len(), 2 * (541 + 265));
+    let unnoticed: Vec<usize> = digits
+        .into_iter()
+        .filter(|&at| {
+            let mut edited = doc.clone().into_bytes();
+            edited[at] = if edited[at] == b'0' { b'1' } else { b'0' };
+            check_example(&String::from_utf8(edited).unwrap()).is_ok()
+        })
+        .collect();
+    assert!(
+        unnoticed.is_empty(),
+        "edits at these byte offsets of FORMAT.md went unnoticed: {unnoticed:?}"
     );
 }
