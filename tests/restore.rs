@@ -315,9 +315,52 @@ fn hostile_archives_write_nothing_outside_the_target() {
             "refusing to write through it",
         ),
         (
-            "absolute-symlink",
-            &[("l", Symlink, Some("/etc/passwd"), b"")],
-            "outside the target",
+            // An absolute link is restored as recorded; what is refused is
+            // writing through it.
+            "absolute-symlink-then-file",
+            &[
+                ("l", Symlink, Some("/tmp"), b""),
+                ("l/coffer-hostile-link", Regular, None, b"pwned"),
+            ],
+            "refusing to write through it",
+        ),
+        (
+            "absolute-symlink-then-dir",
+            &[
+                ("l", Symlink, Some("/tmp"), b""),
+                ("l/coffer-hostile-link", Directory, None, b""),
+            ],
+            "refusing to write through it",
+        ),
+        (
+            "directory-over-a-symlink",
+            &[
+                ("l", Symlink, Some("/tmp"), b""),
+                ("l", Directory, None, b""),
+            ],
+            "exists and is not a directory",
+        ),
+        (
+            // `s -> .` makes `s/s/../../..` climb three levels above the
+            // target, to this test's directory: x/etc/pwned would land in
+            // etc/pwned there.
+            "self-link-chain",
+            &[
+                ("s", Symlink, Some("."), b""),
+                ("x", Symlink, Some("s/s/../../.."), b""),
+                ("x/etc/pwned", Regular, None, b"pwned"),
+            ],
+            "refusing to write through it",
+        ),
+        (
+            // The same climb, which a lexical check reckons stays inside.
+            "self-link-chain-lexically-inside",
+            &[
+                ("s", Symlink, Some("."), b""),
+                ("x", Symlink, Some("s/s/s/../../.."), b""),
+                ("x/etc/pwned", Regular, None, b"pwned"),
+            ],
+            "refusing to write through it",
         ),
         (
             "hardlink",
@@ -367,6 +410,8 @@ fn hostile_archives_write_nothing_outside_the_target() {
         assert!(!e.p().join(format!("t-{name}/etc/x")).exists(), "{name}");
         assert!(!e.p().join(format!("t-{name}/deep/x")).exists(), "{name}");
         assert!(!Path::new("/tmp/coffer-hostile-abs").exists(), "{name}");
+        assert!(!Path::new("/tmp/coffer-hostile-link").exists(), "{name}");
+        assert!(!e.p().join("etc").exists(), "{name}");
         let left: Vec<_> = fs::read_dir(&target)
             .map(|d| d.map(|x| x.unwrap().file_name()).collect())
             .unwrap_or_default();
@@ -859,4 +904,104 @@ fn a_bad_chunk_mid_restore_writes_nothing_even_with_keep_partial() {
         !kept.join("command/big").exists(),
         "unauthenticated data was written"
     );
+}
+
+/// A backup of an /etc-like tree restores: links come back as links with the
+/// very bytes recorded (absolute, relative, dangling, to a directory), and no
+/// set-uid or set-gid bit comes back from an archive.
+#[test]
+fn a_backup_of_etc_restores_its_links_as_recorded_without_set_id_bits() {
+    use std::os::unix::fs::{symlink, MetadataExt};
+    let e = Env::new();
+    let tree = e.p().join("etc");
+    fs::create_dir_all(tree.join("sub")).unwrap();
+    fs::create_dir_all(tree.join("system/multi-user.target.wants")).unwrap();
+    fs::create_dir_all(tree.join("shared")).unwrap();
+    fs::write(tree.join("app.conf"), "key = value\n").unwrap();
+    chmod(&tree.join("app.conf"), 0o640);
+    fs::write(tree.join("sub/inner"), "inner").unwrap();
+    fs::write(tree.join("shared/f"), "f").unwrap();
+    fs::write(tree.join("suid"), "#!/bin/sh\n").unwrap();
+    chmod(&tree.join("suid"), 0o6755);
+    chmod(&tree.join("shared"), 0o7777);
+    let links = [
+        ("localtime", "/usr/share/zoneinfo/Europe/Paris"),
+        (
+            "system/multi-user.target.wants/coffer.timer",
+            "/lib/systemd/system/coffer.timer",
+        ),
+        ("rel", "app.conf"),
+        ("dangling", "no/such/file"),
+        ("subdir", "sub/"),
+        ("odd", "./sub//./inner"),
+    ];
+    for (name, target) in links {
+        symlink(target, tree.join(name)).unwrap();
+    }
+    let cfg = e.config(
+        "coffer.toml",
+        &format!(
+            "[[source]]\ntype = \"files\"\nname = \"conf\"\npaths = [\"{}\"]\n{}",
+            tree.display(),
+            e.local_store()
+        ),
+    );
+    ok(&["backup", "-c", cfg.to_str().unwrap()]);
+
+    let target = e.p().join("restored");
+    let at = target.join(format!(
+        "files/conf/{}",
+        tree.strip_prefix("/").unwrap().display()
+    ));
+    // A directory that was there before keeps its own mode.
+    fs::create_dir_all(at.join("sub")).unwrap();
+    chmod(&at.join("sub"), 0o750);
+    let out = run(&[
+        "restore",
+        "-c",
+        cfg.to_str().unwrap(),
+        "-i",
+        e.key(),
+        "latest",
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for (name, want) in links {
+        let got = fs::read_link(at.join(name)).unwrap_or_else(|err| panic!("{name}: {err}"));
+        assert_eq!(got.as_os_str(), std::ffi::OsStr::new(want), "{name}");
+    }
+    let mode = |p: &str| fs::symlink_metadata(at.join(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("suid"), 0o755);
+    assert_eq!(mode("shared"), 0o1777);
+    assert_eq!(mode("app.conf"), 0o640);
+    assert_eq!(mode("sub"), 0o750);
+    assert_eq!(fs::read(at.join("sub/inner")).unwrap(), b"inner");
+    assert_eq!(fs::read(at.join("shared/f")).unwrap(), b"f");
+
+    // A link already in the target is not written through either: the
+    // restore stops there (the target's fault, exit 2) and writes nothing
+    // where it points.
+    let elsewhere = e.p().join("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    let linked = e.p().join("linked");
+    fs::create_dir_all(&linked).unwrap();
+    symlink(&elsewhere, linked.join("files")).unwrap();
+    let out = run(&[
+        "restore",
+        "-c",
+        cfg.to_str().unwrap(),
+        "-i",
+        e.key(),
+        "latest",
+        "--to",
+        linked.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("refusing to write through it"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
 }
