@@ -268,11 +268,12 @@ fn raw_entry(
     kind: tar::EntryType,
     link: Option<&str>,
     data: &[u8],
+    mode: u32,
 ) {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
     h.set_size(data.len() as u64);
-    h.set_mode(0o644);
+    h.set_mode(mode);
     let gnu = h.as_gnu_mut().unwrap();
     gnu.name[..name.len()].copy_from_slice(name.as_bytes());
     if let Some(l) = link {
@@ -280,6 +281,36 @@ fn raw_entry(
     }
     h.set_cksum();
     b.append(&h, data).unwrap();
+}
+
+/// A sealed backup of `ok.txt` and `entries`, all with `mode`, with a
+/// manifest that agrees with the archive, as a forger would write it: the
+/// authenticating pass passes, and the extractor's own checks are what
+/// refuse.
+fn forge(e: &Env, name: &str, entries: &[RawEntry], mode: u32) -> PathBuf {
+    let mut b = tar::Builder::new(Vec::new());
+    raw_entry(&mut b, "ok.txt", Regular, None, b"fine", mode);
+    for (n, kind, link, data) in entries {
+        raw_entry(&mut b, n, *kind, *link, data, mode);
+    }
+    let members: Vec<serde_json::Value> = std::iter::once(("ok.txt", 4))
+        .chain(entries.iter().map(|(n, _, _, d)| (*n, d.len())))
+        .map(|(n, size)| serde_json::json!({"path": n, "kind": "file", "size": size}))
+        .collect();
+    let manifest = serde_json::json!({
+        "format": "coffer-manifest/1", "name": name, "job": "prod",
+        "created": "2026-11-23T00:00:00.000Z", "tool_version": "0", "host": "h",
+        "sources": [], "members": members,
+    });
+    raw_entry(
+        &mut b,
+        "MANIFEST.json",
+        tar::EntryType::Regular,
+        None,
+        &serde_json::to_vec(&manifest).unwrap(),
+        0o644,
+    );
+    seal_tar(e, &b.into_inner().unwrap(), &format!("{name}.coffer"))
 }
 
 #[test]
@@ -370,31 +401,7 @@ fn hostile_archives_write_nothing_outside_the_target() {
         ("device", &[("dev", Char, None, b"")], "not allowed"),
     ];
     for (name, entries, message) in cases {
-        let mut b = tar::Builder::new(Vec::new());
-        raw_entry(&mut b, "ok.txt", Regular, None, b"fine");
-        for (n, kind, link, data) in *entries {
-            raw_entry(&mut b, n, *kind, *link, data);
-        }
-        // A manifest that agrees with the archive, as a forger would write
-        // it: the authenticating pass passes, and the extractor's own
-        // confinement is what refuses.
-        let members: Vec<serde_json::Value> = std::iter::once(("ok.txt", 4))
-            .chain(entries.iter().map(|(n, _, _, d)| (*n, d.len())))
-            .map(|(n, size)| serde_json::json!({"path": n, "kind": "file", "size": size}))
-            .collect();
-        let manifest = serde_json::json!({
-            "format": "coffer-manifest/1", "name": name, "job": "prod",
-            "created": "2026-11-23T00:00:00.000Z", "tool_version": "0", "host": "h",
-            "sources": [], "members": members,
-        });
-        raw_entry(
-            &mut b,
-            "MANIFEST.json",
-            tar::EntryType::Regular,
-            None,
-            &serde_json::to_vec(&manifest).unwrap(),
-        );
-        let sealed = seal_tar(&e, &b.into_inner().unwrap(), &format!("{name}.coffer"));
+        let sealed = forge(&e, name, entries, 0o644);
         let target = e.p().join(format!("t-{name}/deep/target"));
         let out = run(&[
             "restore",
@@ -1004,4 +1011,36 @@ fn a_backup_of_etc_restores_its_links_as_recorded_without_set_id_bits() {
         stderr(&out)
     );
     assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+}
+
+/// A directory's entry may come after its contents (any tar, not coffer's):
+/// the directory this restore had to make first still gets the recorded
+/// mode, without set-id bits, as do files.
+#[test]
+fn a_directory_made_before_its_entry_gets_its_mode_without_set_id_bits() {
+    use std::os::unix::fs::MetadataExt;
+    let e = Env::new();
+    let sealed = forge(
+        &e,
+        "late-dir",
+        &[
+            ("files/d/f", Regular, None, b"x"),
+            ("files/d", Directory, None, b""),
+        ],
+        0o6750,
+    );
+    let target = e.p().join("t");
+    ok(&[
+        "restore",
+        "-i",
+        e.key(),
+        sealed.to_str().unwrap(),
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    let mode = |p: &str| fs::symlink_metadata(target.join(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("files/d"), 0o750);
+    assert_eq!(mode("files/d/f"), 0o750);
+    // Not a file of a `files` source: kept private, whatever it says.
+    assert_eq!(mode("ok.txt"), 0o600);
 }

@@ -134,11 +134,13 @@ fn mtime_of(secs: i64) -> SystemTime {
 
 impl Extractor {
     fn open(root: PathBuf, force: bool) -> Result<Self> {
-        let root_fd = rustix::fs::openat(rustix::fs::CWD, &root, TRAVERSE, Mode::empty())
-            .map_err(|e| Error::Target {
-                path: root.clone(),
-                op: "open",
-                source: e.into(),
+        let root_fd =
+            rustix::fs::openat(rustix::fs::CWD, &root, TRAVERSE, Mode::empty()).map_err(|e| {
+                Error::Target {
+                    path: root.clone(),
+                    op: "open",
+                    source: e.into(),
+                }
             })?;
         Ok(Extractor {
             root,
