@@ -986,6 +986,27 @@ fn a_backup_of_etc_restores_its_links_as_recorded_without_set_id_bits() {
     assert_eq!(fs::read(at.join("sub/inner")).unwrap(), b"inner");
     assert_eq!(fs::read(at.join("shared/f")).unwrap(), b"f");
 
+    // --force replaces a link in the way, never what it points to.
+    let outside = e.p().join("outside.conf");
+    fs::write(&outside, "mine").unwrap();
+    fs::remove_file(at.join("app.conf")).unwrap();
+    symlink(&outside, at.join("app.conf")).unwrap();
+    let out = run(&[
+        "restore",
+        "-c",
+        cfg.to_str().unwrap(),
+        "-i",
+        e.key(),
+        "latest",
+        "--to",
+        target.to_str().unwrap(),
+        "--force",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fs::read(&outside).unwrap(), b"mine");
+    assert!(fs::symlink_metadata(at.join("app.conf")).unwrap().is_file());
+    assert_eq!(fs::read(at.join("app.conf")).unwrap(), b"key = value\n");
+
     // A link already in the target is not written through either: the
     // restore stops there (the target's fault, exit 2) and writes nothing
     // where it points.
