@@ -945,6 +945,10 @@ fn a_backup_of_etc_restores_its_links_as_recorded_without_set_id_bits() {
     for (name, target) in links {
         symlink(target, tree.join(name)).unwrap();
     }
+    sh(
+        "find . -type l -exec touch -h -d '2020-01-02 03:04:05 UTC' {} +",
+        &tree,
+    );
     let cfg = e.config(
         "coffer.toml",
         &format!(
@@ -977,6 +981,8 @@ fn a_backup_of_etc_restores_its_links_as_recorded_without_set_id_bits() {
     for (name, want) in links {
         let got = fs::read_link(at.join(name)).unwrap_or_else(|err| panic!("{name}: {err}"));
         assert_eq!(got.as_os_str(), std::ffi::OsStr::new(want), "{name}");
+        let mtime = |p: &Path| fs::symlink_metadata(p.join(name)).unwrap().mtime();
+        assert_eq!(mtime(&at), mtime(&tree), "{name}");
     }
     let mode = |p: &str| fs::symlink_metadata(at.join(p)).unwrap().mode() & 0o7777;
     assert_eq!(mode("suid"), 0o755);

@@ -243,7 +243,7 @@ impl Extractor {
                     .map_err(|e| WalkError::target(&path, "create symlink", e.into()))?;
                 self.created.push(rel);
                 let t = Timespec {
-                    tv_sec: m.mtime,
+                    tv_sec: m.mtime.max(0),
                     tv_nsec: 0,
                 };
                 let times = Timestamps {
