@@ -287,7 +287,33 @@ impl<W: Write> ArchiveWriter<W> {
             EntryKind::Symlink(target) => {
                 h.set_entry_type(tar::EntryType::Symlink);
                 h.set_size(0);
-                self.tar.append_link(&mut h, e.path, target)?;
+                // The tar crate tidies a target as a path ("./a//./b"
+                // becomes "./a/b"); a link is restored byte for byte, so its
+                // bytes go in as they are. One longer than the header's field
+                // goes first in a GNU long-link entry, as GNU tar writes it.
+                let bytes = std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str());
+                let gnu = h
+                    .as_gnu_mut()
+                    .ok_or_else(|| io::Error::other("not a GNU tar header"))?;
+                let room = gnu.linkname.len();
+                if bytes.len() > room {
+                    let mut long = tar::Header::new_gnu();
+                    let name = b"././@LongLink";
+                    if let Some(g) = long.as_gnu_mut() {
+                        g.name[..name.len()].copy_from_slice(name);
+                    }
+                    long.set_mode(0o644);
+                    long.set_uid(0);
+                    long.set_gid(0);
+                    long.set_mtime(0);
+                    long.set_size(bytes.len() as u64 + 1);
+                    long.set_entry_type(tar::EntryType::GNULongLink);
+                    long.set_cksum();
+                    self.tar.append(&long, bytes.chain(&[0u8][..]))?;
+                }
+                let n = bytes.len().min(room);
+                gnu.linkname[..n].copy_from_slice(&bytes[..n]);
+                self.tar.append_data(&mut h, e.path, io::empty())?;
                 ("symlink", None)
             }
             EntryKind::File => {
@@ -415,6 +441,47 @@ mod tests {
             size: 10,
         };
         assert!(a.append_entry(&e, &mut &b"abc"[..]).is_err());
+    }
+
+    #[test]
+    fn link_targets_keep_their_bytes() {
+        let long = format!("/usr/share/{}/./x/", "d".repeat(120));
+        // 101 bytes, 98 once tidied: would fit the header's field.
+        let tidied = format!("./{}//./x", "d".repeat(94));
+        let exact = "e".repeat(100);
+        let targets = [
+            "sub/",
+            "./a//./b",
+            "../..",
+            "/etc/x",
+            long.as_str(),
+            tidied.as_str(),
+            exact.as_str(),
+        ];
+        let mut a = ArchiveWriter::new(Vec::new(), Compression::None, 0).unwrap();
+        for (i, t) in targets.iter().enumerate() {
+            let path = format!("files/l{i}");
+            let e = EntryMeta {
+                path: &path,
+                kind: EntryKind::Symlink(std::path::Path::new(t)),
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+                size: 0,
+            };
+            a.append_entry(&e, &mut io::empty()).unwrap();
+        }
+        let bytes = a.finish("MANIFEST.json", b"{}").unwrap();
+        let mut got = Vec::new();
+        read_members(&bytes[..], |m| {
+            if let EntryKind::Symlink(t) = m.kind {
+                got.push(t.display().to_string());
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, targets);
     }
 
     #[test]

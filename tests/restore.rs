@@ -268,11 +268,12 @@ fn raw_entry(
     kind: tar::EntryType,
     link: Option<&str>,
     data: &[u8],
+    mode: u32,
 ) {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
     h.set_size(data.len() as u64);
-    h.set_mode(0o644);
+    h.set_mode(mode);
     let gnu = h.as_gnu_mut().unwrap();
     gnu.name[..name.len()].copy_from_slice(name.as_bytes());
     if let Some(l) = link {
@@ -280,6 +281,36 @@ fn raw_entry(
     }
     h.set_cksum();
     b.append(&h, data).unwrap();
+}
+
+/// A sealed backup of `ok.txt` and `entries`, all with `mode`, with a
+/// manifest that agrees with the archive, as a forger would write it: the
+/// authenticating pass passes, and the extractor's own checks are what
+/// refuse.
+fn forge(e: &Env, name: &str, entries: &[RawEntry], mode: u32) -> PathBuf {
+    let mut b = tar::Builder::new(Vec::new());
+    raw_entry(&mut b, "ok.txt", Regular, None, b"fine", mode);
+    for (n, kind, link, data) in entries {
+        raw_entry(&mut b, n, *kind, *link, data, mode);
+    }
+    let members: Vec<serde_json::Value> = std::iter::once(("ok.txt", 4))
+        .chain(entries.iter().map(|(n, _, _, d)| (*n, d.len())))
+        .map(|(n, size)| serde_json::json!({"path": n, "kind": "file", "size": size}))
+        .collect();
+    let manifest = serde_json::json!({
+        "format": "coffer-manifest/1", "name": name, "job": "prod",
+        "created": "2026-11-23T00:00:00.000Z", "tool_version": "0", "host": "h",
+        "sources": [], "members": members,
+    });
+    raw_entry(
+        &mut b,
+        "MANIFEST.json",
+        tar::EntryType::Regular,
+        None,
+        &serde_json::to_vec(&manifest).unwrap(),
+        0o644,
+    );
+    seal_tar(e, &b.into_inner().unwrap(), &format!("{name}.coffer"))
 }
 
 #[test]
@@ -315,9 +346,52 @@ fn hostile_archives_write_nothing_outside_the_target() {
             "refusing to write through it",
         ),
         (
-            "absolute-symlink",
-            &[("l", Symlink, Some("/etc/passwd"), b"")],
-            "outside the target",
+            // An absolute link is restored as recorded; what is refused is
+            // writing through it.
+            "absolute-symlink-then-file",
+            &[
+                ("l", Symlink, Some("/tmp"), b""),
+                ("l/coffer-hostile-link", Regular, None, b"pwned"),
+            ],
+            "refusing to write through it",
+        ),
+        (
+            "absolute-symlink-then-dir",
+            &[
+                ("l", Symlink, Some("/tmp"), b""),
+                ("l/coffer-hostile-link", Directory, None, b""),
+            ],
+            "refusing to write through it",
+        ),
+        (
+            "directory-over-a-symlink",
+            &[
+                ("l", Symlink, Some("/tmp"), b""),
+                ("l", Directory, None, b""),
+            ],
+            "exists and is not a directory",
+        ),
+        (
+            // `s -> .` makes `s/s/../../..` climb three levels above the
+            // target, to this test's directory: x/etc/pwned would land in
+            // etc/pwned there.
+            "self-link-chain",
+            &[
+                ("s", Symlink, Some("."), b""),
+                ("x", Symlink, Some("s/s/../../.."), b""),
+                ("x/etc/pwned", Regular, None, b"pwned"),
+            ],
+            "refusing to write through it",
+        ),
+        (
+            // The same climb, which a lexical check reckons stays inside.
+            "self-link-chain-lexically-inside",
+            &[
+                ("s", Symlink, Some("."), b""),
+                ("x", Symlink, Some("s/s/s/../../.."), b""),
+                ("x/etc/pwned", Regular, None, b"pwned"),
+            ],
+            "refusing to write through it",
         ),
         (
             "hardlink",
@@ -327,31 +401,7 @@ fn hostile_archives_write_nothing_outside_the_target() {
         ("device", &[("dev", Char, None, b"")], "not allowed"),
     ];
     for (name, entries, message) in cases {
-        let mut b = tar::Builder::new(Vec::new());
-        raw_entry(&mut b, "ok.txt", Regular, None, b"fine");
-        for (n, kind, link, data) in *entries {
-            raw_entry(&mut b, n, *kind, *link, data);
-        }
-        // A manifest that agrees with the archive, as a forger would write
-        // it: the authenticating pass passes, and the extractor's own
-        // confinement is what refuses.
-        let members: Vec<serde_json::Value> = std::iter::once(("ok.txt", 4))
-            .chain(entries.iter().map(|(n, _, _, d)| (*n, d.len())))
-            .map(|(n, size)| serde_json::json!({"path": n, "kind": "file", "size": size}))
-            .collect();
-        let manifest = serde_json::json!({
-            "format": "coffer-manifest/1", "name": name, "job": "prod",
-            "created": "2026-11-23T00:00:00.000Z", "tool_version": "0", "host": "h",
-            "sources": [], "members": members,
-        });
-        raw_entry(
-            &mut b,
-            "MANIFEST.json",
-            tar::EntryType::Regular,
-            None,
-            &serde_json::to_vec(&manifest).unwrap(),
-        );
-        let sealed = seal_tar(&e, &b.into_inner().unwrap(), &format!("{name}.coffer"));
+        let sealed = forge(&e, name, entries, 0o644);
         let target = e.p().join(format!("t-{name}/deep/target"));
         let out = run(&[
             "restore",
@@ -367,6 +417,8 @@ fn hostile_archives_write_nothing_outside_the_target() {
         assert!(!e.p().join(format!("t-{name}/etc/x")).exists(), "{name}");
         assert!(!e.p().join(format!("t-{name}/deep/x")).exists(), "{name}");
         assert!(!Path::new("/tmp/coffer-hostile-abs").exists(), "{name}");
+        assert!(!Path::new("/tmp/coffer-hostile-link").exists(), "{name}");
+        assert!(!e.p().join("etc").exists(), "{name}");
         let left: Vec<_> = fs::read_dir(&target)
             .map(|d| d.map(|x| x.unwrap().file_name()).collect())
             .unwrap_or_default();
@@ -859,4 +911,163 @@ fn a_bad_chunk_mid_restore_writes_nothing_even_with_keep_partial() {
         !kept.join("command/big").exists(),
         "unauthenticated data was written"
     );
+}
+
+/// A backup of an /etc-like tree restores: links come back as links with the
+/// very bytes recorded (absolute, relative, dangling, to a directory), and no
+/// set-uid or set-gid bit comes back from an archive.
+#[test]
+fn a_backup_of_etc_restores_its_links_as_recorded_without_set_id_bits() {
+    use std::os::unix::fs::{symlink, MetadataExt};
+    let e = Env::new();
+    let tree = e.p().join("etc");
+    fs::create_dir_all(tree.join("sub")).unwrap();
+    fs::create_dir_all(tree.join("system/multi-user.target.wants")).unwrap();
+    fs::create_dir_all(tree.join("shared")).unwrap();
+    fs::write(tree.join("app.conf"), "key = value\n").unwrap();
+    chmod(&tree.join("app.conf"), 0o640);
+    fs::write(tree.join("sub/inner"), "inner").unwrap();
+    fs::write(tree.join("shared/f"), "f").unwrap();
+    fs::write(tree.join("suid"), "#!/bin/sh\n").unwrap();
+    chmod(&tree.join("suid"), 0o6755);
+    chmod(&tree.join("shared"), 0o7777);
+    let links = [
+        ("localtime", "/usr/share/zoneinfo/Europe/Paris"),
+        (
+            "system/multi-user.target.wants/coffer.timer",
+            "/lib/systemd/system/coffer.timer",
+        ),
+        ("rel", "app.conf"),
+        ("dangling", "no/such/file"),
+        ("subdir", "sub/"),
+        ("odd", "./sub//./inner"),
+    ];
+    for (name, target) in links {
+        symlink(target, tree.join(name)).unwrap();
+    }
+    sh(
+        "find . -type l -exec touch -h -d '2020-01-02 03:04:05 UTC' {} +",
+        &tree,
+    );
+    let cfg = e.config(
+        "coffer.toml",
+        &format!(
+            "[[source]]\ntype = \"files\"\nname = \"conf\"\npaths = [\"{}\"]\n{}",
+            tree.display(),
+            e.local_store()
+        ),
+    );
+    ok(&["backup", "-c", cfg.to_str().unwrap()]);
+
+    let target = e.p().join("restored");
+    let at = target.join(format!(
+        "files/conf/{}",
+        tree.strip_prefix("/").unwrap().display()
+    ));
+    // A directory that was there before keeps its own mode.
+    fs::create_dir_all(at.join("sub")).unwrap();
+    chmod(&at.join("sub"), 0o750);
+    let out = run(&[
+        "restore",
+        "-c",
+        cfg.to_str().unwrap(),
+        "-i",
+        e.key(),
+        "latest",
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for (name, want) in links {
+        let got = fs::read_link(at.join(name)).unwrap_or_else(|err| panic!("{name}: {err}"));
+        assert_eq!(got.as_os_str(), std::ffi::OsStr::new(want), "{name}");
+        let mtime = |p: &Path| fs::symlink_metadata(p.join(name)).unwrap().mtime();
+        assert_eq!(mtime(&at), mtime(&tree), "{name}");
+    }
+    let mode = |p: &str| fs::symlink_metadata(at.join(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("suid"), 0o755);
+    assert_eq!(mode("shared"), 0o1777);
+    assert_eq!(mode("app.conf"), 0o640);
+    assert_eq!(mode("sub"), 0o750);
+    assert_eq!(fs::read(at.join("sub/inner")).unwrap(), b"inner");
+    assert_eq!(fs::read(at.join("shared/f")).unwrap(), b"f");
+
+    // --force replaces a link in the way, never what it points to.
+    let outside = e.p().join("outside.conf");
+    fs::write(&outside, "mine").unwrap();
+    fs::remove_file(at.join("app.conf")).unwrap();
+    symlink(&outside, at.join("app.conf")).unwrap();
+    let out = run(&[
+        "restore",
+        "-c",
+        cfg.to_str().unwrap(),
+        "-i",
+        e.key(),
+        "latest",
+        "--to",
+        target.to_str().unwrap(),
+        "--force",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fs::read(&outside).unwrap(), b"mine");
+    assert!(fs::symlink_metadata(at.join("app.conf")).unwrap().is_file());
+    assert_eq!(fs::read(at.join("app.conf")).unwrap(), b"key = value\n");
+
+    // A link already in the target is not written through either: the
+    // restore stops there (the target's fault, exit 2) and writes nothing
+    // where it points.
+    let elsewhere = e.p().join("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    let linked = e.p().join("linked");
+    fs::create_dir_all(&linked).unwrap();
+    symlink(&elsewhere, linked.join("files")).unwrap();
+    let out = run(&[
+        "restore",
+        "-c",
+        cfg.to_str().unwrap(),
+        "-i",
+        e.key(),
+        "latest",
+        "--to",
+        linked.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("refusing to write through it"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+}
+
+/// A directory's entry may come after its contents (any tar, not coffer's):
+/// the directory this restore had to make first still gets the recorded
+/// mode, without set-id bits, as do files.
+#[test]
+fn a_directory_made_before_its_entry_gets_its_mode_without_set_id_bits() {
+    use std::os::unix::fs::MetadataExt;
+    let e = Env::new();
+    let sealed = forge(
+        &e,
+        "late-dir",
+        &[
+            ("files/d/f", Regular, None, b"x"),
+            ("files/d", Directory, None, b""),
+        ],
+        0o6750,
+    );
+    let target = e.p().join("t");
+    ok(&[
+        "restore",
+        "-i",
+        e.key(),
+        sealed.to_str().unwrap(),
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    let mode = |p: &str| fs::symlink_metadata(target.join(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("files/d"), 0o750);
+    assert_eq!(mode("files/d/f"), 0o750);
+    // Not a file of a `files` source: kept private, whatever it says.
+    assert_eq!(mode("ok.txt"), 0o600);
 }

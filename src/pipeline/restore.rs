@@ -1,17 +1,31 @@
 //! `coffer restore`: decrypt, authenticate and unpack a backup — into a
 //! directory, or one member to stdout.
 //!
-//! Extraction never writes outside the target: absolute paths, `..`,
-//! symlinks pointing out of the target, writing through a symlink, hard links
-//! and device files are all refused. Existing files are not replaced without
-//! `--force`. If anything fails (a bad chunk, a member that does not match
-//! the inner manifest), what was extracted is removed unless `--keep-partial`.
+//! Extraction never writes outside the target. Member paths must be relative
+//! without `..`; hard links and device files are refused. Symlinks are
+//! restored exactly as recorded, absolute or not (a backup of /etc is full of
+//! them), and coffer never follows one: every member is created relative to
+//! a directory opened one component at a time with `O_NOFOLLOW`, and a member
+//! whose parent chain holds a link — one already in the target, or one made
+//! earlier in the same archive — is refused. Whether a link's target lies
+//! inside the directory is not checked: that cannot be decided by looking at
+//! its text (`s -> .` makes `s/s/../..` climb), and does not matter when no
+//! link is followed. Modes never carry set-uid or set-gid bits; a directory
+//! that was already there keeps its own mode. Existing files are not
+//! replaced without `--force`. If anything fails (a bad chunk, a member that
+//! does not match the inner manifest), what was extracted is removed unless
+//! `--keep-partial`.
 
-use std::fs::{self, File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, UTIME_OMIT};
+use rustix::io::Errno;
 
 use crate::archive::EntryKind;
 use crate::envelope::Identity;
@@ -48,55 +62,6 @@ fn safe_relative(name: &str) -> std::result::Result<PathBuf, String> {
     Ok(out)
 }
 
-/// Creates the parents of `rel` under `root`, refusing to pass through any
-/// symlink (a link planted earlier in the archive could point anywhere).
-/// Whether a refusal is the archive's fault or the target's depends on who
-/// made the thing in the way: this restore (`created`) or someone before it.
-fn safe_parents(
-    root: &Path,
-    rel: &Path,
-    created: &mut Vec<PathBuf>,
-) -> std::result::Result<PathBuf, WalkError> {
-    let mut at = root.to_path_buf();
-    let parent = rel.parent().unwrap_or(Path::new(""));
-    for c in parent.components() {
-        at.push(c);
-        match fs::symlink_metadata(&at) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(in_the_way(
-                    created,
-                    &at,
-                    "is a symlink; refusing to write through it",
-                ))
-            }
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(in_the_way(created, &at, "is not a directory")),
-            Err(_) => {
-                fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(&at)
-                    .map_err(|e| WalkError::target(&at, "create directory", e))?;
-                created.push(at.clone());
-            }
-        }
-    }
-    Ok(root.join(rel))
-}
-
-/// Something at `path` stops a member from being written: if this restore
-/// made it, the archive contradicts itself (or is hostile); otherwise it was
-/// in the target before, and the backup is not at fault.
-fn in_the_way(created: &[PathBuf], path: &Path, problem: &'static str) -> WalkError {
-    if created.iter().any(|c| c == path) {
-        WalkError::Refused(format!("{} {problem}", path.display()))
-    } else {
-        WalkError::TargetExists {
-            path: path.to_path_buf(),
-            problem,
-        }
-    }
-}
-
 /// Copies a member out, telling a damaged backup (the read side) from a
 /// target that cannot take it (the write side).
 fn copy_out(
@@ -117,30 +82,46 @@ fn copy_out(
     }
 }
 
-/// A symlink target must stay inside the target directory.
-fn link_stays_inside(rel: &Path, target: &Path) -> bool {
-    if target.is_absolute() {
-        return false;
+/// Flags to open a directory only to work inside it. `NOFOLLOW` with
+/// `DIRECTORY` fails on a symlink instead of resolving it, so a link put in
+/// place after a check still cannot redirect anything.
+const TRAVERSE: OFlags = OFlags::PATH
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// What is at `name` in `dir`, without following a link; `None` if nothing.
+fn kind_at(dir: &OwnedFd, name: &OsStr) -> io::Result<Option<FileType>> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(FileType::from_raw_mode(st.st_mode))),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
     }
-    let mut depth = i64::try_from(rel.components().count()).unwrap_or(i64::MAX) - 1;
-    for c in target.components() {
-        match c {
-            Component::ParentDir => depth -= 1,
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => return false,
-        }
-        if depth < 0 {
-            return false;
-        }
+}
+
+/// The directory `rel` under `root`, opened without following any link on
+/// the way; `None` if it is gone. Used to finish and undo.
+fn open_below(root: &OwnedFd, rel: &Path, last: OFlags) -> Option<OwnedFd> {
+    let mut dir = rustix::fs::openat(root, ".", TRAVERSE, Mode::empty()).ok()?;
+    let mut parts = rel.components().peekable();
+    while let Some(c) = parts.next() {
+        let flags = if parts.peek().is_some() {
+            TRAVERSE
+        } else {
+            last
+        };
+        dir = rustix::fs::openat(&dir, c.as_os_str(), flags, Mode::empty()).ok()?;
     }
-    true
+    Some(dir)
 }
 
 struct Extractor {
+    /// The target directory, for messages.
     root: PathBuf,
+    /// Every member is created relative to this, one component at a time.
+    root_fd: OwnedFd,
     force: bool,
-    /// Everything created, to undo on failure.
+    /// Everything created (relative to the root), to undo on failure.
     created: Vec<PathBuf>,
     /// Directory modes and mtimes, applied last (a read-only directory would
     /// refuse its own contents).
@@ -152,65 +133,151 @@ fn mtime_of(secs: i64) -> SystemTime {
 }
 
 impl Extractor {
+    fn open(root: PathBuf, force: bool) -> Result<Self> {
+        let root_fd =
+            rustix::fs::openat(rustix::fs::CWD, &root, TRAVERSE, Mode::empty()).map_err(|e| {
+                Error::Target {
+                    path: root.clone(),
+                    op: "open",
+                    source: e.into(),
+                }
+            })?;
+        Ok(Extractor {
+            root,
+            root_fd,
+            force,
+            created: Vec::new(),
+            dirs: Vec::new(),
+        })
+    }
+
+    /// Something at `rel` stops a member from being written: if this restore
+    /// made it, the archive contradicts itself (or is hostile); otherwise it
+    /// was in the target before, and the backup is not at fault.
+    fn in_the_way(&self, rel: &Path, problem: &'static str) -> WalkError {
+        let path = self.root.join(rel);
+        if self.created.iter().any(|c| c == rel) {
+            WalkError::Refused(format!("{} {problem}", path.display()))
+        } else {
+            WalkError::TargetExists { path, problem }
+        }
+    }
+
+    /// Opens the directory that will hold `rel`, creating what is missing
+    /// (0700 until `finish`), and refusing to pass through any symlink: one
+    /// planted earlier in the archive, or already in the target, could point
+    /// anywhere.
+    fn parent_of(&mut self, rel: &Path) -> std::result::Result<OwnedFd, WalkError> {
+        let mut dir = rustix::fs::openat(&self.root_fd, ".", TRAVERSE, Mode::empty())
+            .map_err(|e| WalkError::target(&self.root, "open", e.into()))?;
+        let mut at = PathBuf::new();
+        for c in rel.parent().unwrap_or(Path::new("")).components() {
+            let name = c.as_os_str();
+            at.push(name);
+            match kind_at(&dir, name) {
+                Ok(Some(FileType::Symlink)) => {
+                    return Err(self.in_the_way(&at, "is a symlink; refusing to write through it"))
+                }
+                Ok(Some(FileType::Directory)) => {}
+                Ok(Some(_)) => return Err(self.in_the_way(&at, "is not a directory")),
+                Ok(None) => {
+                    rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o700)).map_err(|e| {
+                        WalkError::target(self.root.join(&at), "create directory", e.into())
+                    })?;
+                    self.created.push(at.clone());
+                }
+                Err(e) => return Err(WalkError::target(self.root.join(&at), "inspect", e)),
+            }
+            dir = match rustix::fs::openat(&dir, name, TRAVERSE, Mode::empty()) {
+                Ok(d) => d,
+                // Swapped for a link or a file since it was looked at.
+                Err(Errno::LOOP | Errno::NOTDIR) => {
+                    return Err(
+                        self.in_the_way(&at, "changed during the restore; refusing to follow it")
+                    )
+                }
+                Err(e) => return Err(WalkError::target(self.root.join(&at), "open", e.into())),
+            };
+        }
+        Ok(dir)
+    }
+
     fn member(
         &mut self,
         m: &Member<'_>,
         data: &mut dyn Read,
     ) -> std::result::Result<(), WalkError> {
-        let refuse = |why: String| WalkError::Refused(format!("{}: {why}", m.name));
-        let rel = safe_relative(m.name).map_err(refuse)?;
-        let path = safe_parents(&self.root, &rel, &mut self.created)?;
+        let refuse = |why: &str| WalkError::Refused(format!("{}: {why}", m.name));
+        let rel = safe_relative(m.name).map_err(|why| refuse(&why))?;
+        let name = rel
+            .file_name()
+            .ok_or_else(|| refuse("no file name"))?
+            .to_owned();
+        let name = name.as_os_str();
+        let dir = self.parent_of(&rel)?;
+        let path = self.root.join(&rel);
         match m.kind {
-            EntryKind::Dir => {
-                match fs::symlink_metadata(&path) {
-                    // A directory that was there keeps its own mode.
-                    Ok(md) if md.is_dir() => {}
-                    Ok(_) => {
-                        return Err(in_the_way(
-                            &self.created,
-                            &path,
-                            "exists and is not a directory",
-                        ))
-                    }
-                    Err(_) => {
-                        fs::DirBuilder::new()
-                            .mode(0o700)
-                            .create(&path)
-                            .map_err(|e| WalkError::target(&path, "create directory", e))?;
-                        self.created.push(path.clone());
-                        // Never set-id bits from an archive; sticky may stay.
-                        self.dirs.push((path, m.mode & 0o1777, m.mtime));
+            EntryKind::Dir => match kind_at(&dir, name) {
+                // A directory that was there before keeps its own mode; one
+                // this restore made as a parent takes the recorded one.
+                Ok(Some(FileType::Directory)) => {
+                    if self.created.contains(&rel) {
+                        self.dirs.push((rel, dir_mode(m.mode), m.mtime));
                     }
                 }
-            }
+                Ok(Some(_)) => return Err(self.in_the_way(&rel, "exists and is not a directory")),
+                Ok(None) => {
+                    rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o700))
+                        .map_err(|e| WalkError::target(&path, "create directory", e.into()))?;
+                    self.created.push(rel.clone());
+                    self.dirs.push((rel, dir_mode(m.mode), m.mtime));
+                }
+                Err(e) => return Err(WalkError::target(&path, "inspect", e)),
+            },
             EntryKind::Symlink(target) => {
-                if !link_stays_inside(&rel, target) {
-                    return Err(refuse(format!(
-                        "symlink to {} points outside the target",
-                        target.display()
-                    )));
-                }
-                self.make_room(&path)?;
-                std::os::unix::fs::symlink(target, &path)
-                    .map_err(|e| WalkError::target(&path, "create symlink", e))?;
-                self.created.push(path);
+                // Restored as recorded, wherever it points (/etc/localtime ->
+                // /usr/share/zoneinfo/...): what keeps a link from being an
+                // escape is that nothing is ever written through one.
+                self.make_room(&dir, name, &rel)?;
+                rustix::fs::symlinkat(target, &dir, name)
+                    .map_err(|e| WalkError::target(&path, "create symlink", e.into()))?;
+                self.created.push(rel);
+                let t = Timespec {
+                    tv_sec: m.mtime.max(0),
+                    tv_nsec: 0,
+                };
+                let times = Timestamps {
+                    last_access: Timespec {
+                        tv_sec: 0,
+                        tv_nsec: UTIME_OMIT,
+                    },
+                    last_modification: t,
+                };
+                rustix::fs::utimensat(&dir, name, &times, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| WalkError::target(&path, "set the time of", e.into()))?;
             }
             EntryKind::File => {
                 // Later parts of a split stream append to the file part 0 made.
                 let append = m.part.is_some_and(|n| n > 0);
-                if !append {
-                    self.make_room(&path)?;
+                let mut flags = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                if append {
+                    flags |= OFlags::APPEND;
+                } else {
+                    self.make_room(&dir, name, &rel)?;
+                    flags |= OFlags::CREATE | OFlags::EXCL;
                 }
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(!append)
-                    .append(append)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&path)
-                    .map_err(|e| WalkError::target(&path, "create", e))?;
+                let fd = match rustix::fs::openat(&dir, name, flags, Mode::from_raw_mode(0o600)) {
+                    Ok(fd) => fd,
+                    Err(Errno::LOOP) => {
+                        return Err(
+                            self.in_the_way(&rel, "is a symlink; refusing to write through it")
+                        )
+                    }
+                    Err(e) => return Err(WalkError::target(&path, "create", e.into())),
+                };
+                let mut f = File::from(fd);
                 if !append {
-                    self.created.push(path.clone());
+                    self.created.push(rel);
                 }
                 copy_out(data, &mut f, &path)?;
                 // Streams (dumps) keep 0600; files get their recorded mode,
@@ -228,43 +295,60 @@ impl Extractor {
         Ok(())
     }
 
-    /// An existing file is an error, or with `--force` is removed first.
-    fn make_room(&self, path: &Path) -> std::result::Result<(), WalkError> {
-        match fs::symlink_metadata(path) {
-            Err(_) => Ok(()),
-            Ok(m) if self.force && !m.is_dir() => {
-                fs::remove_file(path).map_err(|e| WalkError::target(path, "replace", e))
+    /// An existing file or link is an error, or with `--force` is removed
+    /// first (the link itself, never what it points to).
+    fn make_room(
+        &self,
+        dir: &OwnedFd,
+        name: &OsStr,
+        rel: &Path,
+    ) -> std::result::Result<(), WalkError> {
+        let path = self.root.join(rel);
+        match kind_at(dir, name) {
+            Ok(None) => Ok(()),
+            Ok(Some(kind)) if self.force && kind != FileType::Directory => {
+                rustix::fs::unlinkat(dir, name, AtFlags::empty())
+                    .map_err(|e| WalkError::target(&path, "replace", e.into()))
             }
-            Ok(_) => Err(in_the_way(
-                &self.created,
-                path,
-                "already exists (use --force to replace files)",
-            )),
+            Ok(Some(_)) => {
+                Err(self.in_the_way(rel, "already exists (use --force to replace files)"))
+            }
+            Err(e) => Err(WalkError::target(&path, "inspect", e)),
         }
     }
 
     fn finish(&self) {
-        for (p, mode, mtime) in self.dirs.iter().rev() {
-            let _ = fs::set_permissions(p, fs::Permissions::from_mode(*mode));
-            if let Ok(d) = File::open(p) {
+        let last = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        for (rel, mode, mtime) in self.dirs.iter().rev() {
+            if let Some(fd) = open_below(&self.root_fd, rel, last) {
+                let d = File::from(fd);
+                let _ = d.set_permissions(fs::Permissions::from_mode(*mode));
                 let _ = d.set_modified(mtime_of(*mtime));
             }
         }
     }
 
     fn undo(&self) {
-        for p in self.created.iter().rev() {
-            match fs::symlink_metadata(p) {
-                Ok(m) if m.is_dir() => {
-                    let _ = fs::remove_dir(p);
-                }
-                Ok(_) => {
-                    let _ = fs::remove_file(p);
-                }
-                Err(_) => {}
-            }
+        for rel in self.created.iter().rev() {
+            let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+                continue;
+            };
+            let Some(dir) = open_below(&self.root_fd, parent, TRAVERSE) else {
+                continue;
+            };
+            let flags = match kind_at(&dir, name) {
+                Ok(Some(FileType::Directory)) => AtFlags::REMOVEDIR,
+                Ok(Some(_)) => AtFlags::empty(),
+                Ok(None) | Err(_) => continue,
+            };
+            let _ = rustix::fs::unlinkat(&dir, name, flags);
         }
     }
+}
+
+/// Never set-id bits from an archive on a directory; sticky may stay (/tmp).
+fn dir_mode(recorded: u32) -> u32 {
+    recorded & 0o1777
 }
 
 /// What the sidecar (signed, where signatures are configured) says the
@@ -411,12 +495,7 @@ pub fn restore(
                 source: e,
             })?;
             let root = fs::canonicalize(&dir).map_err(|e| Error::io(&dir, "resolve", e))?;
-            let mut ex = Extractor {
-                root,
-                force,
-                created: Vec::new(),
-                dirs: Vec::new(),
-            };
+            let mut ex = Extractor::open(root, force)?;
             match walk(input, identities, |m, data| ex.member(m, data)) {
                 Ok(w) => {
                     if let Some(Err(message)) = expect.map(|x| x.check(&w)) {
@@ -511,14 +590,5 @@ mod tests {
         assert!(safe_relative("a/../../x").is_err());
         assert!(safe_relative("/etc/passwd").is_err());
         assert!(safe_relative("").is_err());
-    }
-
-    #[test]
-    fn symlink_targets_are_confined() {
-        let rel = Path::new("files/etc/link");
-        assert!(link_stays_inside(rel, Path::new("other")));
-        assert!(link_stays_inside(rel, Path::new("../../x")));
-        assert!(!link_stays_inside(rel, Path::new("../../../x")));
-        assert!(!link_stays_inside(rel, Path::new("/etc/passwd")));
     }
 }
