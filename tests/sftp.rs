@@ -310,6 +310,30 @@ fn revoked_certificate_only_and_portless_pins_are_refused() {
 }
 
 #[test]
+fn list_refuses_a_known_hosts_others_can_write_before_authenticating() {
+    let sshd = Sshd::start();
+    let j = Job::new();
+    let cfg = j.config("", &j.sqlite(), &sshd.store_config(""));
+    // Not only a backup checks it: list, prune and restore connect too.
+    chmod(&sshd.known_hosts, 0o666);
+    let out = coffer(&["list", "-c", cfg.to_str().unwrap(), "--store", "remote"]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&sshd.known_hosts.display().to_string())
+            && err.contains("writable by group or others"),
+        "{err}"
+    );
+    assert!(
+        !sshd.log().contains("Accepted publickey"),
+        "the client authenticated through an unchecked known_hosts"
+    );
+    chmod(&sshd.known_hosts, 0o644);
+    let out = coffer(&["list", "-c", cfg.to_str().unwrap(), "--store", "remote"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
 fn keyscan_prints_the_line_that_pins_the_server() {
     let sshd = Sshd::start();
     let out = ok(&["keyscan", "127.0.0.1", "--port", &sshd.port.to_string()]);

@@ -213,18 +213,20 @@ impl SftpStore {
         let (sess, key) = handshake(&c.host, c.port, c.timeout).map_err(|m| (true, self.err(m)))?;
         self.check_host_key(&key).map_err(|e| (false, e))?;
         match &c.auth {
-            Auth::KeyFile(p) => sess
-                .userauth_pubkey_file(&c.user, None, p, None)
-                .map_err(|e| {
-                    (
-                        false,
-                        self.err(format!(
-                            "key authentication as {} with {} failed: {e}",
-                            c.user,
-                            p.display()
-                        )),
-                    )
-                })?,
+            Auth::KeyFile(p) => {
+                crate::fsutil::check_private(p).map_err(|e| (false, e))?;
+                sess.userauth_pubkey_file(&c.user, None, p, None)
+                    .map_err(|e| {
+                        (
+                            false,
+                            self.err(format!(
+                                "key authentication as {} with {} failed: {e}",
+                                c.user,
+                                p.display()
+                            )),
+                        )
+                    })?;
+            }
             Auth::Agent => sess.userauth_agent(&c.user).map_err(|e| {
                 (
                     false,
@@ -266,6 +268,10 @@ impl SftpStore {
     fn check_host_key(&self, key: &HostKey) -> Result<()> {
         let c = &self.cfg;
         let file = c.known_hosts.display();
+        // Checked here, not only when a backup starts: list, prune and
+        // restore connect too, and whoever can edit this file picks the
+        // server they talk to.
+        crate::fsutil::check_not_writable_by_others(&c.known_hosts)?;
         let text = std::fs::read_to_string(&c.known_hosts).map_err(|e| Error::HostKey {
             store: c.name.clone(),
             message: format!("cannot read known_hosts {file}: {e}"),
