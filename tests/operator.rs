@@ -696,13 +696,9 @@ fn assert_refused(out: &Output, words: &[&str]) {
     }
 }
 
-#[test]
-fn an_options_file_another_user_owns_is_refused_even_through_a_symlink() {
-    if !is_root() {
-        eprintln!("SKIP: giving a file to another user needs root");
-        return;
-    }
-    let e = Env::new();
+/// A private options file owned by `nobody`, reached through a symlink in
+/// the test directory: (the link, the file, nobody's uid).
+fn nobodys_options_file(e: &Env) -> (PathBuf, PathBuf, String) {
     // Private by mode, but nobody's: root's mariadb-dump would take
     // plugin-dir or default-auth from it.
     let theirs = e.p().join("theirs");
@@ -728,6 +724,17 @@ fn an_options_file_another_user_owns_is_refused_even_through_a_symlink() {
         .success());
     let link = e.p().join("my.cnf");
     std::os::unix::fs::symlink(&target, &link).unwrap();
+    (link, target, nobody)
+}
+
+#[test]
+fn an_options_file_another_user_owns_is_refused_even_through_a_symlink() {
+    if !is_root() {
+        eprintln!("SKIP: giving a file to another user needs root");
+        return;
+    }
+    let e = Env::new();
+    let (link, target, nobody) = nobodys_options_file(&e);
     let cfg = e.config("", "echo x", "");
     let text = fs::read_to_string(&cfg).unwrap().replace(
         "[[store]]",
@@ -840,4 +847,41 @@ fn a_job_name_given_on_the_command_line_must_be_a_name() {
     // A valid override still works.
     let out = e.run(&["backup", "-c", cfg.to_str().unwrap(), "--job", "other"]);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn restore_into_db_refuses_an_options_file_another_user_owns() {
+    if !is_root() {
+        eprintln!("SKIP: giving a file to another user needs root");
+        return;
+    }
+    let e = Env::new();
+    let cfg = e.backup("echo x");
+    let (link, _, nobody) = nobodys_options_file(&e);
+    let text = fs::read_to_string(&cfg).unwrap().replace(
+        "[[store]]",
+        &format!(
+            "[[source]]\ntype = \"mysql\"\nname = \"db\"\ndatabases = [\"app\"]\noptions_file = \"{}\"\n\n[[store]]",
+            link.display()
+        ),
+    );
+    fs::write(&cfg, text).unwrap();
+    // The client that loads the dump would read it with the restorer's rights.
+    let out = e.run(&[
+        "restore",
+        "-c",
+        cfg.to_str().unwrap(),
+        "-i",
+        e.key.to_str().unwrap(),
+        "latest",
+        "--into-db",
+        "db",
+    ]);
+    assert_refused(
+        &out,
+        &[
+            &link.display().to_string(),
+            &format!("owned by uid {nobody}"),
+        ],
+    );
 }
