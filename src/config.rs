@@ -215,6 +215,25 @@ impl Store {
     }
 }
 
+/// A job or source name goes into file and member names (backups, the
+/// lock, archive members): letters, digits, `-`, `_` and `.`, not starting
+/// with a dot, so never a path.
+pub fn check_job_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "job name {name:?} must be 1-64 letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
 /// A configuration error with where it is and what to do.
 #[derive(Debug, thiserror::Error)]
 #[error("{}{}: {message}", .path.display(), .line.map(|l| format!(":{l}")).unwrap_or_default())]
@@ -251,19 +270,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        let valid_name = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 64
-                && !s.starts_with('.')
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        };
-        if !valid_name(&self.job.name) {
-            return Err(format!(
-                "job name {:?} must be 1-64 letters, digits, '-', '_' or '.'",
-                self.job.name
-            ));
-        }
+        check_job_name(&self.job.name)?;
         if self.stores.is_empty() {
             return Err("no [[store]]: nowhere to keep backups".into());
         }
@@ -277,7 +284,7 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for s in &self.sources {
             let name = s.name();
-            if !valid_name(&name) {
+            if check_job_name(&name).is_err() {
                 return Err(format!(
                     "{} source name {name:?} must be letters, digits, '-', '_' or '.'",
                     s.kind()

@@ -150,6 +150,15 @@ pub enum Error {
         /// The known_hosts line that would trust the offered key (unknown host only).
         line: Option<String>,
     },
+
+    /// A host key refused for a reason other than being unknown or changed
+    /// (revoked, or trusted only through a certificate authority).
+    #[error("{store}: {message}")]
+    HostKeyRefused {
+        store: String,
+        message: String,
+        fix: String,
+    },
 }
 
 impl Error {
@@ -227,6 +236,7 @@ impl Error {
                 _ => Class::Integrity,
             },
             Error::HostKey { .. }
+            | Error::HostKeyRefused { .. }
             | Error::Signing { .. }
             | Error::StoresFailed {
                 key_problem: true, ..
@@ -260,7 +270,9 @@ impl Error {
                 "the backup is fine: restore into a new or empty directory, or use --force to replace existing files".into(),
             ),
             Error::Target { source, .. } => Some(target_hint(source)),
-            Error::Permissions { fix, .. } | Error::Named { fix, .. } => Some(fix.clone()),
+            Error::Permissions { fix, .. }
+            | Error::Named { fix, .. }
+            | Error::HostKeyRefused { fix, .. } => Some(fix.clone()),
             Error::BinaryToTerminal => {
                 Some("redirect the output to a file or pipe, or use -o FILE".into())
             }

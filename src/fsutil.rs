@@ -40,12 +40,52 @@ pub fn require_dir_or_absent(path: &Path, what: &str) -> Result<()> {
     }
 }
 
-/// Refuses a secret (private key, passphrase file) that group or others can
-/// read or write.
+/// Refuses a secret (private key, passphrase file, database options file)
+/// that group or others can read or write, or that someone other than root
+/// or this user could replace (see [`check_not_writable_by_others`]).
 pub fn check_private(path: &Path) -> Result<()> {
-    let meta = fs::metadata(path).map_err(|e| Error::io(path, "read", e))?;
+    check_trusted(path, true)
+}
+
+/// Refuses a file others could modify (a config, recipients or known_hosts
+/// file, a signing public key: whoever can edit it can redirect the backups
+/// to their own key or decide what a restore trusts).
+///
+/// OpenSSH's StrictModes, after symlinks are resolved: the file must be
+/// owned by root or this user and not writable by group or others, and so
+/// must every directory above it up to `/`, both as named and as resolved
+/// (whoever can write a directory can replace what is in it). One exception:
+/// a sticky directory such as `/tmp` may be writable by all, since others
+/// cannot rename or remove what root or this user owns there, and what is
+/// below it is checked in turn.
+pub fn check_not_writable_by_others(path: &Path) -> Result<()> {
+    check_trusted(path, false)
+}
+
+/// Symlink hops followed before giving up, as the kernel's MAXSYMLINKS.
+const MAX_SYMLINKS: usize = 40;
+
+fn check_trusted(path: &Path, secret: bool) -> Result<()> {
+    let me = current_uid();
+    let abs = std::path::absolute(path).map_err(|e| Error::io(path, "resolve", e))?;
+    let mut hop = abs.clone();
+    // Every directory holding a name on the way to the file, link by link:
+    // replacing a symlink redirects the file as surely as replacing it.
+    for _ in 0..MAX_SYMLINKS {
+        if let Some(dir) = hop.parent() {
+            check_dirs(path, dir, me)?;
+        }
+        let meta = fs::symlink_metadata(&hop).map_err(|e| Error::io(path, "read", e))?;
+        if !meta.file_type().is_symlink() {
+            break;
+        }
+        let target = fs::read_link(&hop).map_err(|e| Error::io(&hop, "read the link", e))?;
+        hop = hop.parent().unwrap_or(Path::new("/")).join(target);
+    }
+    let real = fs::canonicalize(path).map_err(|e| Error::io(path, "read", e))?;
+    let meta = fs::metadata(&real).map_err(|e| Error::io(path, "read", e))?;
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    if secret && mode & 0o077 != 0 {
         return Err(Error::Permissions {
             path: path.to_path_buf(),
             problem: format!(
@@ -54,14 +94,6 @@ pub fn check_private(path: &Path) -> Result<()> {
             fix: format!("chmod 600 {}", path.display()),
         });
     }
-    Ok(())
-}
-
-/// Refuses a file others could modify (a config or recipients file: whoever
-/// can edit it can redirect the backups to their own key).
-pub fn check_not_writable_by_others(path: &Path) -> Result<()> {
-    let meta = fs::metadata(path).map_err(|e| Error::io(path, "read", e))?;
-    let mode = meta.permissions().mode() & 0o777;
     if mode & 0o022 != 0 {
         return Err(Error::Permissions {
             path: path.to_path_buf(),
@@ -69,20 +101,68 @@ pub fn check_not_writable_by_others(path: &Path) -> Result<()> {
             fix: format!("chmod go-w {}", path.display()),
         });
     }
-    let me = current_uid();
     if meta.uid() != 0 && meta.uid() != me {
+        let subject = if real == abs {
+            "is".to_owned()
+        } else {
+            format!("resolves to {}, which is", real.display())
+        };
         return Err(Error::Permissions {
             path: path.to_path_buf(),
-            problem: format!("is owned by uid {}, neither root nor you", meta.uid()),
-            fix: format!("chown {me} {}", path.display()),
+            problem: format!(
+                "{subject} owned by uid {}, neither root nor the user coffer runs as (uid {me}): its owner could change it",
+                meta.uid()
+            ),
+            fix: format!(
+                "make it owned by root or uid {me} (chown {me} {}), or name a file that is",
+                real.display()
+            ),
+        });
+    }
+    if let Some(dir) = real.parent() {
+        check_dirs(path, dir, me)?;
+    }
+    Ok(())
+}
+
+/// Checks `dir` and every directory above it, both as named (each followed
+/// through symlinks) and fully resolved.
+fn check_dirs(path: &Path, dir: &Path, me: u32) -> Result<()> {
+    let resolved = fs::canonicalize(dir).map_err(|e| Error::io(dir, "resolve", e))?;
+    for d in dir.ancestors().chain(resolved.ancestors()) {
+        if d.as_os_str().is_empty() {
+            continue;
+        }
+        let meta = fs::metadata(d).map_err(|e| Error::io(d, "read", e))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        let problem = if meta.uid() != 0 && meta.uid() != me {
+            format!(
+                "is in {}, owned by uid {}, neither root nor the user coffer runs as (uid {me}): that user could replace it",
+                d.display(),
+                meta.uid()
+            )
+        } else if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            format!(
+                "is in {}, which is writable by group or others (mode {mode:04o}): anyone who can write there could replace it",
+                d.display()
+            )
+        } else {
+            continue;
+        };
+        return Err(Error::Permissions {
+            path: path.to_path_buf(),
+            problem,
+            fix: format!(
+                "chmod go-w {} (and make it owned by root or uid {me}), or keep the file in a directory only root or uid {me} can write",
+                d.display()
+            ),
         });
     }
     Ok(())
 }
 
 fn current_uid() -> u32 {
-    // The owner of a file we just created is our effective uid.
-    fs::metadata("/proc/self").map_or(0, |m| m.uid())
+    rustix::process::geteuid().as_raw()
 }
 
 /// Reads a secret after checking its permissions. The buffer is zeroized on drop.
@@ -291,5 +371,38 @@ mod tests {
         }
         fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(read_secret(&p).unwrap().as_str(), "x");
+    }
+
+    #[test]
+    fn a_directory_others_can_write_exposes_what_is_in_it_unless_sticky() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        let p = shared.join("key");
+        fs::write(&p, "x").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        let links = dir.path().join("links");
+        fs::create_dir(&links).unwrap();
+        let link = links.join("link");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o770)).unwrap();
+        for named in [&p, &link] {
+            match check_private(named) {
+                Err(Error::Permissions { problem, .. }) => {
+                    assert!(problem.contains("shared"), "{problem}");
+                }
+                other => panic!("{}: {other:?}", named.display()),
+            }
+            assert!(check_not_writable_by_others(named).is_err());
+        }
+        // Sticky, as /tmp: others cannot replace what root or this user owns.
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+        check_private(&p).unwrap();
+        check_private(&link).unwrap();
+        // The link's own directory counts too: there it can be swapped.
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::set_permissions(&links, fs::Permissions::from_mode(0o777)).unwrap();
+        check_private(&p).unwrap();
+        assert!(check_private(&link).is_err());
     }
 }

@@ -687,3 +687,201 @@ fn a_full_sftp_disk_is_named_as_such_once_per_store() {
         .collect();
     assert!(left.is_empty(), "left on the server: {left:?}");
 }
+
+fn assert_refused(out: &Output, words: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(code(out), 2, "{err}");
+    for w in words {
+        assert!(err.contains(w), "{w:?} missing: {err}");
+    }
+}
+
+/// A private options file owned by `nobody`, reached through a symlink in
+/// the test directory: (the link, the file, nobody's uid).
+fn nobodys_options_file(e: &Env) -> (PathBuf, PathBuf, String) {
+    // Private by mode, but nobody's: root's mariadb-dump would take
+    // plugin-dir or default-auth from it.
+    let theirs = e.p().join("theirs");
+    fs::create_dir(&theirs).unwrap();
+    let target = theirs.join("my.cnf");
+    fs::write(&target, "[client]\nplugin-dir=/tmp/evil\n").unwrap();
+    chmod(&target, 0o600);
+    let nobody = String::from_utf8(
+        Command::new("id")
+            .args(["-u", "nobody"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    assert!(Command::new("chown")
+        .args(["nobody"])
+        .arg(&target)
+        .status()
+        .unwrap()
+        .success());
+    let link = e.p().join("my.cnf");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    (link, target, nobody)
+}
+
+#[test]
+fn an_options_file_another_user_owns_is_refused_even_through_a_symlink() {
+    if !is_root() {
+        eprintln!("SKIP: giving a file to another user needs root");
+        return;
+    }
+    let e = Env::new();
+    let (link, target, nobody) = nobodys_options_file(&e);
+    let cfg = e.config("", "echo x", "");
+    let text = fs::read_to_string(&cfg).unwrap().replace(
+        "[[store]]",
+        &format!(
+            "[[source]]\ntype = \"mysql\"\nname = \"db\"\ndatabases = [\"app\"]\noptions_file = \"{}\"\n\n[[store]]",
+            link.display()
+        ),
+    );
+    fs::write(&cfg, text).unwrap();
+    let out = e.run(&["backup", "-c", cfg.to_str().unwrap()]);
+    assert_refused(
+        &out,
+        &[
+            &link.display().to_string(),
+            &format!("resolves to {}", target.display()),
+            &format!("owned by uid {nobody}"),
+        ],
+    );
+    assert!(!e.store().exists(), "a refused run made its store");
+    let out = config_check(&cfg);
+    assert_refused(&out, &[&format!("owned by uid {nobody}")]);
+}
+
+#[test]
+fn a_secret_in_a_group_writable_directory_is_refused() {
+    let e = Env::new();
+    let sealed = seal_sample(e.p(), &format!("{}.pub", e.key.display()), b"hello");
+    // The key itself is 0600, but its directory's group could swap it.
+    let shared = e.p().join("shared");
+    fs::create_dir(&shared).unwrap();
+    let key = shared.join("backup.key");
+    fs::copy(&e.key, &key).unwrap();
+    chmod(&key, 0o600);
+    chmod(&shared, 0o770);
+    let out_file = e.p().join("out");
+    let open = |k: &Path| {
+        e.run(&[
+            "open",
+            "-i",
+            k.to_str().unwrap(),
+            "-o",
+            out_file.to_str().unwrap(),
+            sealed.to_str().unwrap(),
+        ])
+    };
+    assert_refused(
+        &open(&key),
+        &[
+            &key.display().to_string(),
+            &format!(
+                "is in {}, which is writable by group or others",
+                shared.display()
+            ),
+            &format!("chmod go-w {}", shared.display()),
+        ],
+    );
+    assert!(!out_file.exists());
+    // Sticky, as /tmp: the key is accepted.
+    chmod(&shared, 0o1777);
+    let out = open(&key);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fs::read(&out_file).unwrap(), b"hello");
+}
+
+#[test]
+fn a_signing_public_key_others_can_write_is_refused() {
+    let e = Env::new();
+    let cfg = e.backup("echo x");
+    let sign = e.p().join("sign.key");
+    ok(&["keygen", "--type", "signing", "-o", sign.to_str().unwrap()]);
+    let public = e.p().join("sign.key.pub");
+    chmod(&public, 0o666);
+    let text = fs::read_to_string(&cfg).unwrap().replace(
+        "[job]\n",
+        &format!("[job]\nsigning_public_key = \"{}\"\n", public.display()),
+    );
+    fs::write(&cfg, text).unwrap();
+    // Whoever can swap it decides which backups verify and restore believe.
+    let out = e.run(&["verify", "-c", cfg.to_str().unwrap()]);
+    assert_refused(
+        &out,
+        &[
+            &public.display().to_string(),
+            "writable by group or others",
+            "chmod go-w",
+        ],
+    );
+    let out = e.restore_to(&cfg, &e.p().join("restored"), &[]);
+    assert_refused(&out, &["writable by group or others"]);
+    assert!(!e.p().join("restored").exists());
+}
+
+#[test]
+fn a_job_name_given_on_the_command_line_must_be_a_name() {
+    let e = Env::new();
+    let cfg = e.config("", "echo x", "");
+    for bad in ["../x", "/tmp/x", ".hidden", ""] {
+        let out = e.run(&["backup", "-c", cfg.to_str().unwrap(), "--job", bad]);
+        assert_refused(&out, &["--job", "job name"]);
+    }
+    assert!(!e.store().exists(), "a refused run made its store");
+    assert!(
+        !fs::read_dir(e.p()).unwrap().any(|d| d
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("x-")),
+        "a backup escaped the store"
+    );
+    // A valid override still works.
+    let out = e.run(&["backup", "-c", cfg.to_str().unwrap(), "--job", "other"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn restore_into_db_refuses_an_options_file_another_user_owns() {
+    if !is_root() {
+        eprintln!("SKIP: giving a file to another user needs root");
+        return;
+    }
+    let e = Env::new();
+    let cfg = e.backup("echo x");
+    let (link, _, nobody) = nobodys_options_file(&e);
+    let text = fs::read_to_string(&cfg).unwrap().replace(
+        "[[store]]",
+        &format!(
+            "[[source]]\ntype = \"mysql\"\nname = \"db\"\ndatabases = [\"app\"]\noptions_file = \"{}\"\n\n[[store]]",
+            link.display()
+        ),
+    );
+    fs::write(&cfg, text).unwrap();
+    // The client that loads the dump would read it with the restorer's rights.
+    let out = e.run(&[
+        "restore",
+        "-c",
+        cfg.to_str().unwrap(),
+        "-i",
+        e.key.to_str().unwrap(),
+        "latest",
+        "--into-db",
+        "db",
+    ]);
+    assert_refused(
+        &out,
+        &[
+            &link.display().to_string(),
+            &format!("owned by uid {nobody}"),
+        ],
+    );
+}

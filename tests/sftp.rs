@@ -212,6 +212,127 @@ fn unknown_and_changed_host_keys_are_refused() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// A backup through a store whose known_hosts holds `lines`: refused with
+/// exit 4 before the client authenticates, and the error.
+fn refused_with_known_hosts(sshd: &Sshd, j: &Job, name: &str, lines: &str) -> String {
+    let kh = j.dir.path().join(name);
+    fs::write(&kh, lines).unwrap();
+    let store = sshd
+        .store_config("")
+        .replace(sshd.known_hosts.to_str().unwrap(), kh.to_str().unwrap());
+    let cfg = j.config("", &j.sqlite(), &store);
+    let out = j.backup(&cfg);
+    let err = stderr(&out);
+    assert_eq!(code(&out), 4, "{name}: {err}");
+    assert!(files(&sshd.data_dir()).is_empty(), "{name}: uploaded");
+    assert!(
+        !sshd.log().contains("Accepted publickey"),
+        "{name}: the client authenticated to a refused server"
+    );
+    err
+}
+
+#[test]
+fn revoked_certificate_only_and_portless_pins_are_refused() {
+    let sshd = Sshd::start();
+    let j = Job::new();
+    let host_pub = fs::read_to_string(sshd.dir.path().join("host_ed25519.pub")).unwrap();
+    let b64 = host_pub.split_whitespace().nth(1).unwrap();
+    let trusted = fs::read_to_string(&sshd.known_hosts).unwrap();
+
+    // A revocation wins over a trust line for the same key, before or after it.
+    for (name, lines) in [
+        (
+            "kh-revoked-after",
+            format!("{trusted}@revoked * ssh-ed25519 {b64}\n"),
+        ),
+        (
+            "kh-revoked-before",
+            format!("@revoked * ssh-ed25519 {b64}\n{trusted}"),
+        ),
+    ] {
+        let err = refused_with_known_hosts(&sshd, &j, name, &lines);
+        assert!(err.contains("REVOKED"), "{name}: {err}");
+    }
+
+    // Only a certificate authority names the host: refused with the reason,
+    // not silently treated as unknown.
+    let ca = format!(
+        "@cert-authority [127.0.0.1]:{} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOmOEFiPx06ZVvO9khHQB51Ik1K+QbQITJ3OCz29uC0U\n",
+        sshd.port
+    );
+    let err = refused_with_known_hosts(&sshd, &j, "kh-ca", &ca);
+    assert!(err.contains("does not support host certificates"), "{err}");
+    assert!(
+        err.contains(&trusted.trim().to_string()),
+        "no pin line: {err}"
+    );
+
+    // A pin without a port is for port 22; the server listens elsewhere.
+    assert_ne!(sshd.port, 22);
+    let err = refused_with_known_hosts(
+        &sshd,
+        &j,
+        "kh-portless",
+        &format!("127.0.0.1 ssh-ed25519 {b64}\n"),
+    );
+    assert!(
+        err.contains(&format!("host [127.0.0.1]:{} is not in", sshd.port)),
+        "{err}"
+    );
+
+    // The same key pinned with its port is accepted, also hashed.
+    let hashed = j.dir.path().join("kh-hashed-revoked");
+    fs::write(&hashed, &trusted).unwrap();
+    sh(
+        &format!(
+            "ssh-keygen -q -H -f {} && rm -f {}.old",
+            hashed.display(),
+            hashed.display()
+        ),
+        j.dir.path(),
+    );
+    let hashed_line = fs::read_to_string(&hashed).unwrap();
+    assert!(hashed_line.starts_with("|1|"));
+    let err = refused_with_known_hosts(
+        &sshd,
+        &j,
+        "kh-hashed-revoked",
+        &format!("{hashed_line}@revoked * ssh-ed25519 {b64}\n"),
+    );
+    assert!(err.contains("REVOKED"), "{err}");
+    let store = sshd
+        .store_config("")
+        .replace(sshd.known_hosts.to_str().unwrap(), hashed.to_str().unwrap());
+    fs::write(&hashed, &hashed_line).unwrap();
+    let out = j.backup(&j.config("", &j.sqlite(), &store));
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn list_refuses_a_known_hosts_others_can_write_before_authenticating() {
+    let sshd = Sshd::start();
+    let j = Job::new();
+    let cfg = j.config("", &j.sqlite(), &sshd.store_config(""));
+    // Not only a backup checks it: list, prune and restore connect too.
+    chmod(&sshd.known_hosts, 0o666);
+    let out = coffer(&["list", "-c", cfg.to_str().unwrap(), "--store", "remote"]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&sshd.known_hosts.display().to_string())
+            && err.contains("writable by group or others"),
+        "{err}"
+    );
+    assert!(
+        !sshd.log().contains("Accepted publickey"),
+        "the client authenticated through an unchecked known_hosts"
+    );
+    chmod(&sshd.known_hosts, 0o644);
+    let out = coffer(&["list", "-c", cfg.to_str().unwrap(), "--store", "remote"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 #[test]
 fn keyscan_prints_the_line_that_pins_the_server() {
     let sshd = Sshd::start();

@@ -34,11 +34,17 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
     }
     let job = match &config {
         Ok(c) => c.job.name.clone(),
-        Err(_) => a.job.clone().unwrap_or_else(|| {
-            a.config
-                .file_stem()
-                .map_or_else(|| "coffer".into(), |s| s.to_string_lossy().into_owned())
-        }),
+        // A refused --job names nothing: it would otherwise reach the
+        // metrics labels and the hook's environment unchecked.
+        Err(_) => a
+            .job
+            .clone()
+            .filter(|n| crate::config::check_job_name(n).is_ok())
+            .unwrap_or_else(|| {
+                a.config
+                    .file_stem()
+                    .map_or_else(|| "coffer".into(), |s| s.to_string_lossy().into_owned())
+            }),
     };
     let outcome = notify::Outcome::new(config.as_ref().ok(), &job, started, &result);
     if let Some(path) = &a.metrics_file {

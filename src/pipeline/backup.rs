@@ -290,6 +290,8 @@ fn unique_name(job: &Job, now: chrono::DateTime<chrono::Utc>) -> Result<String> 
 pub fn load_config(config_path: &Path, job_name: Option<&str>) -> Result<Config> {
     let mut config = Config::load(config_path)?;
     if let Some(n) = job_name {
+        // The same rule as the file's name: it becomes part of file names.
+        crate::config::check_job_name(n).map_err(|m| Error::Usage(format!("--job: {m}")))?;
         n.clone_into(&mut config.job.name);
     }
     Ok(config)

@@ -64,8 +64,11 @@ pub fn load_signer(c: &Config) -> Result<Option<Signer>> {
         })
 }
 
-/// A signing public key for `verify`.
+/// A signing public key for `verify`, `restore` and `prune`. Whoever can
+/// replace it decides which backups they believe, so it is held to the
+/// same ownership rules as the configuration.
 pub fn load_verifier(path: &Path) -> Result<Verifier> {
+    fsutil::check_not_writable_by_others(path)?;
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
     Verifier::parse(&text).map_err(|message| Error::Signing {
         path: path.to_path_buf(),

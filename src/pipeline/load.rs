@@ -45,6 +45,21 @@ enum Engine {
 
 fn engine(config: &Config, source: &str) -> Result<Engine> {
     let found = config.sources.iter().find(|s| s.name() == source);
+    // The client runs with the restoring user's privileges and takes
+    // settings (plugin-dir, default-auth) from the options file: it must be
+    // a secret that only root or this user can change, as for a backup.
+    if let Some(
+        config::Source::Mysql {
+            options_file: Some(f),
+            ..
+        }
+        | config::Source::Postgres {
+            passfile: Some(f), ..
+        },
+    ) = found
+    {
+        crate::fsutil::check_private(f)?;
+    }
     match found {
         Some(config::Source::Mysql {
             options_file,

@@ -2,6 +2,7 @@
 //!
 //! A leaf: stores move opaque bytes and know nothing of their content.
 
+mod known_hosts;
 mod local;
 mod sftp;
 

@@ -1,9 +1,11 @@
 //! A directory on a backup server, over SFTP (libssh2), with a dedicated key
 //! and a pinned host key.
 //!
-//! - Host keys are checked strictly against `known_hosts` (hashed entries and
-//!   `[host]:port` supported): an unknown or changed key refuses the connection,
-//!   and the error shows the offered key and the line that would trust it.
+//! - Host keys are checked strictly against `known_hosts` with OpenSSH's
+//!   semantics (see `known_hosts.rs`: a portless entry pins port 22 only,
+//!   `@revoked` keys are refused, host certificates are not supported): an
+//!   unknown or changed key refuses the connection, and the error shows the
+//!   offered key and the line that would trust it.
 //! - Only modern algorithms are offered: curve25519/ECDH key exchange,
 //!   ed25519/ECDSA/RSA-SHA2 host keys, chacha20-poly1305/AES-GCM/AES-CTR with
 //!   ETM MACs. No ssh-dss, CBC, 3DES or arcfour. libssh2 ≥ 1.11.1 implements
@@ -21,8 +23,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
-use ssh2::{CheckResult, KnownHostFileKind, MethodType, OpenFlags, OpenType, Session, Sftp};
+use ssh2::{MethodType, OpenFlags, OpenType, Session, Sftp};
 
+use super::known_hosts::{self, Verdict};
 use super::{valid_file_name, Object, Store, Upload};
 use crate::error::{Error, Result};
 
@@ -103,11 +106,7 @@ impl HostKey {
 }
 
 fn host_pattern(host: &str, port: u16) -> String {
-    if port == 22 {
-        host.to_owned()
-    } else {
-        format!("[{host}]:{port}")
-    }
+    known_hosts::lookup_name(host, port)
 }
 
 fn key_kind(t: ssh2::HostKeyType, blob: &[u8]) -> String {
@@ -227,20 +226,22 @@ impl SftpStore {
     fn connect_once(&self) -> std::result::Result<Conn, (bool, Error)> {
         let c = &self.cfg;
         let (sess, key) = handshake(&c.host, c.port, c.timeout).map_err(|m| (true, self.err(m)))?;
-        self.check_host_key(&sess, &key).map_err(|e| (false, e))?;
+        self.check_host_key(&key).map_err(|e| (false, e))?;
         match &c.auth {
-            Auth::KeyFile(p) => sess
-                .userauth_pubkey_file(&c.user, None, p, None)
-                .map_err(|e| {
-                    (
-                        false,
-                        self.err(format!(
-                            "key authentication as {} with {} failed: {e}",
-                            c.user,
-                            p.display()
-                        )),
-                    )
-                })?,
+            Auth::KeyFile(p) => {
+                crate::fsutil::check_private(p).map_err(|e| (false, e))?;
+                sess.userauth_pubkey_file(&c.user, None, p, None)
+                    .map_err(|e| {
+                        (
+                            false,
+                            self.err(format!(
+                                "key authentication as {} with {} failed: {e}",
+                                c.user,
+                                p.display()
+                            )),
+                        )
+                    })?;
+            }
             Auth::Agent => sess.userauth_agent(&c.user).map_err(|e| {
                 (
                     false,
@@ -307,37 +308,63 @@ impl SftpStore {
         Err(self.err("no connection attempts made"))
     }
 
-    fn check_host_key(&self, sess: &Session, key: &HostKey) -> Result<()> {
+    fn check_host_key(&self, key: &HostKey) -> Result<()> {
         let c = &self.cfg;
-        let mut kh = sess.known_hosts().map_err(|e| self.err(e.to_string()))?;
-        kh.read_file(&c.known_hosts, KnownHostFileKind::OpenSSH)
-            .map_err(|e| Error::HostKey {
+        let file = c.known_hosts.display();
+        // Checked here, not only when a backup starts: list, prune and
+        // restore connect too, and whoever can edit this file picks the
+        // server they talk to.
+        crate::fsutil::check_not_writable_by_others(&c.known_hosts)?;
+        let text = std::fs::read_to_string(&c.known_hosts).map_err(|e| Error::HostKey {
+            store: c.name.clone(),
+            message: format!("cannot read known_hosts {file}: {e}"),
+            line: None,
+        })?;
+        let verdict = known_hosts::check(&text, &c.host, c.port, &key.blob).map_err(|e| {
+            Error::HostKeyRefused {
                 store: c.name.clone(),
-                message: format!("cannot read known_hosts {}: {e}", c.known_hosts.display()),
-                line: None,
-            })?;
+                message: format!("known_hosts {file}: {e}"),
+                fix: "correct or remove that line (a skipped line could be a revocation)".into(),
+            }
+        })?;
+        let host = host_pattern(&c.host, c.port);
         let offered = format!("{} {}", key.kind, key.fingerprint());
-        match kh.check_port(&c.host, c.port, &key.blob) {
-            CheckResult::Match => Ok(()),
-            CheckResult::NotFound => Err(Error::HostKey {
+        match verdict {
+            Verdict::Trusted => Ok(()),
+            Verdict::Revoked { line } => Err(Error::HostKeyRefused {
                 store: c.name.clone(),
                 message: format!(
-                    "host {} is not in {}; it offered {offered}",
-                    host_pattern(&c.host, c.port),
-                    c.known_hosts.display()
+                    "host {host} offered {offered}, a key REVOKED by {file}:{line}; refusing it whatever other lines say"
                 ),
+                fix: "the server must get a new host key; pin that one after checking its fingerprint out of band".into(),
+            }),
+            Verdict::CertAuthorityOnly { line } => Err(Error::HostKeyRefused {
+                store: c.name.clone(),
+                message: format!(
+                    "host {host} is trusted in {file} only through @cert-authority (line {line}); coffer does not support host certificates; it offered {offered}"
+                ),
+                fix: format!(
+                    "pin the host key itself, after checking it out of band: {}",
+                    key.known_hosts_line(&c.host, c.port)
+                ),
+            }),
+            Verdict::Unknown => Err(Error::HostKey {
+                store: c.name.clone(),
+                message: format!("host {host} is not in {file}; it offered {offered}"),
                 line: Some(key.known_hosts_line(&c.host, c.port)),
             }),
-            CheckResult::Mismatch => Err(Error::HostKey {
+            Verdict::Changed { ca_lines } => Err(Error::HostKey {
                 store: c.name.clone(),
                 message: format!(
-                    "HOST KEY CHANGED for {}: it offered {offered}, which does not match {}; someone may be intercepting the connection",
-                    host_pattern(&c.host, c.port),
-                    c.known_hosts.display()
+                    "HOST KEY CHANGED for {host}: it offered {offered}, which does not match {file}; someone may be intercepting the connection{}",
+                    if ca_lines {
+                        " (its @cert-authority lines are not used: coffer does not support host certificates)"
+                    } else {
+                        ""
+                    }
                 ),
                 line: None,
             }),
-            CheckResult::Failure => Err(self.err("host key check failed")),
         }
     }
 
