@@ -185,17 +185,7 @@ pub struct SftpStore {
     /// Why connecting failed, once every attempt had: the rest of the run
     /// fails fast with the same error instead of waiting out the retries
     /// again at every listing, upload and copy.
-    unreachable: Mutex<Option<Unreachable>>,
-}
-
-/// A connection failure, kept to be given again.
-#[derive(Clone)]
-enum Unreachable {
-    HostKey {
-        message: String,
-        line: Option<String>,
-    },
-    Other(String),
+    unreachable: Mutex<Option<String>>,
 }
 
 impl SftpStore {
@@ -266,33 +256,27 @@ impl SftpStore {
 
     fn connect(&self) -> Result<Conn> {
         let known = self.unreachable.lock().ok().and_then(|g| g.clone());
-        if let Some(u) = known {
-            return Err(match u {
-                Unreachable::HostKey { message, line } => Error::HostKey {
-                    store: self.cfg.name.clone(),
-                    message,
-                    line,
-                },
-                Unreachable::Other(m) => self.err(m),
-            });
+        if let Some(message) = known {
+            return Err(self.err(message));
         }
-        let result = self.connect_retrying();
-        if let Err(e) = &result {
-            let kept = match e {
-                Error::HostKey { message, line, .. } => Unreachable::HostKey {
-                    message: message.clone(),
-                    line: line.clone(),
-                },
-                other => Unreachable::Other(crate::error::about(other, &self.cfg.name)),
-            };
-            if let Ok(mut g) = self.unreachable.lock() {
-                *g = Some(kept);
+        match self.connect_retrying() {
+            Ok(c) => Ok(c),
+            // Only a server that could not be reached after every retry is
+            // remembered: host key, authentication and permission failures
+            // come at once (and keep their own exit code) every time.
+            Err((true, e)) => {
+                if let Ok(mut g) = self.unreachable.lock() {
+                    *g = Some(crate::error::about(&e, &self.cfg.name));
+                }
+                Err(e)
             }
+            Err((false, e)) => Err(e),
         }
-        result
     }
 
-    fn connect_retrying(&self) -> Result<Conn> {
+    /// Connects with retries and backoff; the error says whether the last
+    /// attempt failed for a transient (network) reason.
+    fn connect_retrying(&self) -> std::result::Result<Conn, (bool, Error)> {
         let mut delay = Duration::from_millis(500);
         let attempts = self.cfg.retries.max(1);
         for attempt in 1..=attempts {
@@ -302,10 +286,10 @@ impl SftpStore {
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
-                Err((_, e)) => return Err(e),
+                Err(e) => return Err(e),
             }
         }
-        Err(self.err("no connection attempts made"))
+        Err((false, self.err("no connection attempts made")))
     }
 
     fn check_host_key(&self, key: &HostKey) -> Result<()> {
