@@ -8,7 +8,12 @@
 //! descriptor. A directory swapped for a symlink after it was listed then
 //! fails to open instead of pulling another tree into the backup, and a file
 //! swapped for a FIFO is opened without blocking, seen for what it is and
-//! skipped.
+//! skipped. A name that vanishes before it is opened is skipped with a
+//! warning too, as GNU tar does; any other error fails the run.
+//!
+//! Each level of the walk holds its directory open, so a tree nested deeper
+//! than the open-file limit (`ulimit -n`) fails with "too many open files"
+//! naming the path, rather than being backed up in part.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::{self, File};
