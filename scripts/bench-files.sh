@@ -9,8 +9,8 @@
 #   scripts/bench-files.sh 100000     # fewer
 #   COFFER=/path/to/coffer scripts/bench-files.sh 100000   # another build
 #
-# Needs: python3, GNU tar, GNU time (apt install time). The tree is N files of 8 to
-# 200 bytes, 1000 to a directory, in a temporary directory under $TMPDIR
+# Needs: python3, GNU tar, GNU time (apt install time). The tree is N files of 2 to
+# 280 bytes, 1000 to a directory, in a temporary directory under $TMPDIR
 # (removed afterwards). Nothing here is a pass/fail test; a run that does not
 # restore exactly N files is reported as a failure, though.
 set -euo pipefail
