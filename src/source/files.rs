@@ -122,8 +122,10 @@ fn describe(ft: FileType) -> &'static str {
 /// What opening a listed name found.
 #[derive(Debug)]
 enum Opened {
-    File(File),
-    Dir(File),
+    /// With the descriptor's own metadata, which describes exactly what is
+    /// read.
+    File(File, fs::Metadata),
+    Dir(File, fs::Metadata),
     /// Not read; the reason goes into the run's report.
     Skipped(String),
 }
@@ -143,10 +145,10 @@ fn open_entry(dir: BorrowedFd<'_>, name: &CStr, listed: Listed) -> io::Result<Op
         Err(e) => return skipped_or(e, listed),
     };
     let file = File::from(fd);
-    let now = FileType::from_raw_mode(file.metadata()?.mode());
-    Ok(match (listed, now) {
-        (Listed::File, FileType::RegularFile) => Opened::File(file),
-        (Listed::Dir, FileType::Directory) => Opened::Dir(file),
+    let meta = file.metadata()?;
+    Ok(match (listed, FileType::from_raw_mode(meta.mode())) {
+        (Listed::File, FileType::RegularFile) => Opened::File(file, meta),
+        (Listed::Dir, FileType::Directory) => Opened::Dir(file, meta),
         (_, now) => Opened::Skipped(format!(
             "skipped: listed as {} but is now {}",
             describe(listed_type(listed)),
@@ -247,17 +249,14 @@ impl FilesSource {
             Listed::Symlink => return self.link(dir, name, p, sink, report),
             Listed::File | Listed::Dir => open_entry(dir, name, listed).map_err(io_err)?,
         };
-        let (file, is_dir) = match opened {
+        let (file, meta, is_dir) = match opened {
             Opened::Skipped(reason) => {
                 skip(&reason);
                 return Ok(());
             }
-            Opened::File(f) => (f, false),
-            Opened::Dir(f) => (f, true),
+            Opened::File(f, meta) => (f, meta, false),
+            Opened::Dir(f, meta) => (f, meta, true),
         };
-        // The descriptor's metadata, not the listing's: it describes exactly
-        // what is read.
-        let meta = file.metadata().map_err(io_err)?;
         let mut entry = Entry {
             path: self.member(p),
             kind: EntryKind::File,
@@ -473,11 +472,11 @@ mod tests {
         }
         assert!(matches!(
             open_bounded(t.path(), "was-a-dir", Listed::File),
-            Opened::File(_)
+            Opened::File(..)
         ));
         assert!(matches!(
             open_bounded(t.path(), "was-a-file", Listed::Dir),
-            Opened::Dir(_)
+            Opened::Dir(..)
         ));
     }
 }
