@@ -4,7 +4,7 @@
 //! the inner manifest. `verify` and `restore` are this walk with different
 //! consumers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{self, BufReader, Read};
 use std::path::PathBuf;
 
@@ -213,8 +213,7 @@ pub fn walk<R: Read>(
                 });
             }
             if m.path == INNER_NAME {
-                let mut b = Vec::new();
-                m.data.take(64 << 20).read_to_end(&mut b)?;
+                let b = read_manifest(&mut *m.data, manifest_limit(&seen))?;
                 let member = Member {
                     name: INNER_NAME,
                     part: None,
@@ -287,6 +286,46 @@ pub fn walk<R: Read>(
     })
 }
 
+/// What MANIFEST.json may not exceed whatever the archive holds: 1 GiB,
+/// about four million members. Past it a backup is refused, not truncated.
+pub const MANIFEST_CAP: u64 = 1 << 30;
+/// What the manifest may take beyond its members (the sources, their
+/// commands and warnings): the limit that held before it grew with them.
+const MANIFEST_BASE: u64 = 64 << 20;
+
+/// The most MANIFEST.json may take once the walk has seen `seen`: the
+/// manifest is the last member, so every entry it can honestly list is
+/// known. Each entry gets room for its path escaped at the worst (six bytes
+/// a byte, `\u001f`), its fixed fields pretty-printed, and the names of its
+/// parts. Memory stays proportional to the archive, never to what a hostile
+/// manifest claims.
+fn manifest_limit(seen: &BTreeMap<String, Logical>) -> u64 {
+    let members: u64 = seen
+        .iter()
+        .map(|(name, l)| {
+            let escaped = 6 * name.len() as u64;
+            let parts = u64::from(l.next_part.unwrap_or(0));
+            512 + escaped + parts * (escaped + 32)
+        })
+        .sum();
+    MANIFEST_BASE.saturating_add(members).min(MANIFEST_CAP)
+}
+
+/// Reads the whole manifest, or refuses it if it is longer than `limit`.
+fn read_manifest(data: &mut dyn Read, limit: u64) -> Result<Vec<u8>, ReadError> {
+    let mut b = Vec::new();
+    data.take(limit.saturating_add(1)).read_to_end(&mut b)?;
+    if b.len() as u64 > limit {
+        return Err(ReadError::Refused {
+            path: INNER_NAME.to_owned(),
+            reason: format!(
+                "longer than the {limit} bytes a manifest of this archive's members can take"
+            ),
+        });
+    }
+    Ok(b)
+}
+
 /// Keeps the consumer's error for the caller and gives the tar reader one of
 /// its own to stop on.
 fn keep(slot: &mut Option<WalkError>, path: &str, e: WalkError) -> ReadError {
@@ -326,8 +365,15 @@ fn check_against(manifest: &Inner, seen: &BTreeMap<String, Logical>) -> Result<u
             }
         }
     }
+    // A set, not a scan per name: archives hold hundreds of thousands.
+    let mut listed = HashSet::with_capacity(manifest.members.len());
+    for m in &manifest.members {
+        if !listed.insert(m.path.as_str()) {
+            problems.push(format!("{} is listed twice in the manifest", m.path));
+        }
+    }
     for name in seen.keys() {
-        if !manifest.members.iter().any(|m| &m.path == name) {
+        if !listed.contains(name.as_str()) {
             problems.push(format!("{name} is in the archive but not in the manifest"));
         }
     }
@@ -335,5 +381,106 @@ fn check_against(manifest: &Inner, seen: &BTreeMap<String, Logical>) -> Result<u
         Ok(manifest.members.len())
     } else {
         Err(WalkError::Integrity(problems.join("; ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::MemberEntry;
+
+    fn logical(parts: Option<u32>) -> Logical {
+        Logical {
+            hash: Sha256::new(),
+            size: 0,
+            next_part: parts,
+        }
+    }
+
+    fn manifest(members: Vec<MemberEntry>) -> Inner {
+        Inner {
+            format: crate::manifest::INNER_FORMAT.into(),
+            name: "j-20261123T000100Z".into(),
+            job: "j".into(),
+            created: "2026-11-23T00:01:00.000Z".into(),
+            tool_version: "0".into(),
+            host: "h".into(),
+            sources: vec![],
+            members,
+        }
+    }
+
+    fn file(path: &str) -> MemberEntry {
+        MemberEntry {
+            path: path.into(),
+            kind: "file".into(),
+            size: 0,
+            sha256: Some(hex::encode(Sha256::digest(b""))),
+            parts: vec![],
+        }
+    }
+
+    /// About 400 000 files make a manifest past the 64 MiB that once was
+    /// the fixed limit; what the walk has seen must admit it.
+    #[test]
+    fn a_manifest_of_many_members_fits_its_limit() {
+        let n = 400_000;
+        let mut seen = BTreeMap::new();
+        let mut members = Vec::with_capacity(n);
+        for i in 0..n {
+            let path = format!("files/home/srv/app/d{:04}/f{i:07}", i / 1000);
+            members.push(file(&path));
+            seen.insert(path, logical(None));
+        }
+        let json = serde_json::to_vec_pretty(&manifest(members)).unwrap();
+        assert!(json.len() > 64 << 20, "{} bytes", json.len());
+        let limit = manifest_limit(&seen);
+        assert!(json.len() as u64 <= limit, "{} > {limit}", json.len());
+        let read = read_manifest(&mut &json[..], limit).unwrap();
+        assert_eq!(read.len(), json.len());
+    }
+
+    #[test]
+    fn escaped_names_and_parts_fit_too() {
+        let name: String = (1u8..32).map(char::from).collect::<String>().repeat(8);
+        let stream = "command/\u{1}\u{2}";
+        let mut split = file(stream);
+        split.parts = (0..10).map(|n| format!("{stream}.{n:06}")).collect();
+        let mut seen = BTreeMap::new();
+        seen.insert(name.clone(), logical(None));
+        seen.insert(stream.to_owned(), logical(Some(10)));
+        let json = serde_json::to_vec_pretty(&manifest(vec![file(&name), split])).unwrap();
+        let limit = manifest_limit(&seen) - MANIFEST_BASE;
+        assert!(json.len() as u64 <= limit, "{} > {limit}", json.len());
+    }
+
+    #[test]
+    fn a_manifest_past_its_limit_is_refused_not_truncated() {
+        let data = vec![b' '; 1000];
+        assert_eq!(read_manifest(&mut &data[..], 1000).unwrap().len(), 1000);
+        match read_manifest(&mut &data[..], 999) {
+            Err(ReadError::Refused { path, .. }) => assert_eq!(path, INNER_NAME),
+            other => panic!("{other:?}"),
+        }
+        let mut huge = BTreeMap::new();
+        huge.insert("x".repeat(1 << 20), logical(Some(u32::MAX)));
+        assert_eq!(manifest_limit(&huge), MANIFEST_CAP);
+    }
+
+    #[test]
+    fn members_are_matched_both_ways() {
+        let mut seen = BTreeMap::new();
+        seen.insert("a".to_owned(), logical(None));
+        seen.insert("extra".to_owned(), logical(None));
+        let m = manifest(vec![file("a"), file("a"), file("missing")]);
+        let Err(WalkError::Integrity(problems)) = check_against(&m, &seen) else {
+            panic!("accepted");
+        };
+        assert!(problems.contains("a is listed twice"), "{problems}");
+        assert!(problems.contains("missing is in the manifest but not in the archive"));
+        assert!(problems.contains("extra is in the archive but not in the manifest"));
+        seen.remove("extra");
+        let m = manifest(vec![file("a")]);
+        assert_eq!(check_against(&m, &seen).unwrap(), 1);
     }
 }

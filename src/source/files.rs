@@ -1,11 +1,29 @@
 //! Files and directories, with modes, owners and mtimes. Symbolic links are
 //! stored as links and never followed, so nothing outside the named trees is
 //! read. Sockets, FIFOs and devices are skipped with a warning.
+//!
+//! The walk goes by directory handle, not by name: each entry is opened
+//! relative to its parent's open descriptor with `O_NOFOLLOW`, and what is
+//! recorded (type, mode, owner, size, mtime) comes from `fstat` of that
+//! descriptor. A directory swapped for a symlink after it was listed then
+//! fails to open instead of pulling another tree into the backup, and a file
+//! swapped for a FIFO is opened without blocking, seen for what it is and
+//! skipped. A name that vanishes before it is opened is skipped with a
+//! warning too, as GNU tar does; any other error fails the run.
+//!
+//! Each level of the walk holds its directory open, so a tree nested deeper
+//! than the open-file limit (`ulimit -n`) fails with "too many open files"
+//! naming the path, rather than being backed up in part.
 
+use std::ffi::{CStr, CString, OsStr};
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use super::{Entry, EntryKind, Report, Sink, Source, SourceError};
 
@@ -67,6 +85,136 @@ impl<R: Read> Read for Exact<R> {
     }
 }
 
+/// What the listing (the directory entry's type, else `lstat`) said a name is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listed {
+    File,
+    Dir,
+    Symlink,
+    /// A FIFO, socket or device: never opened.
+    Special(FileType),
+}
+
+impl Listed {
+    fn of(ft: FileType) -> Self {
+        match ft {
+            FileType::RegularFile => Listed::File,
+            FileType::Directory => Listed::Dir,
+            FileType::Symlink => Listed::Symlink,
+            other => Listed::Special(other),
+        }
+    }
+}
+
+fn describe(ft: FileType) -> &'static str {
+    match ft {
+        FileType::RegularFile => "a regular file",
+        FileType::Directory => "a directory",
+        FileType::Symlink => "a symbolic link",
+        FileType::Fifo => "a FIFO",
+        FileType::Socket => "a socket",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        FileType::Unknown => "of an unknown type",
+    }
+}
+
+/// What opening a listed name found.
+#[derive(Debug)]
+enum Opened {
+    /// With the descriptor's own metadata, which describes exactly what is
+    /// read.
+    File(File, fs::Metadata),
+    Dir(File, fs::Metadata),
+    /// Not read; the reason goes into the run's report.
+    Skipped(String),
+}
+
+/// Opens `name` under `dir` as what the listing said it was, without
+/// following a symlink and without blocking: `O_NONBLOCK` makes opening a
+/// FIFO return at once and `O_NOCTTY` keeps a terminal from becoming ours.
+/// Whatever the descriptor turns out to be other than `listed` is skipped.
+fn open_entry(dir: BorrowedFd<'_>, name: &CStr, listed: Listed) -> io::Result<Opened> {
+    let mut flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    if listed == Listed::Dir {
+        flags |= OFlags::DIRECTORY;
+    }
+    let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(e) => return skipped_or(e, listed),
+    };
+    let file = File::from(fd);
+    let meta = file.metadata()?;
+    Ok(match (listed, FileType::from_raw_mode(meta.mode())) {
+        (Listed::File, FileType::RegularFile) => Opened::File(file, meta),
+        (Listed::Dir, FileType::Directory) => Opened::Dir(file, meta),
+        (_, now) => Opened::Skipped(format!(
+            "skipped: listed as {} but is now {}",
+            describe(listed_type(listed)),
+            describe(now)
+        )),
+    })
+}
+
+fn listed_type(listed: Listed) -> FileType {
+    match listed {
+        Listed::File => FileType::RegularFile,
+        Listed::Dir => FileType::Directory,
+        Listed::Symlink => FileType::Symlink,
+        Listed::Special(ft) => ft,
+    }
+}
+
+/// An error opening or reading a listed name: one that says the name changed
+/// since it was listed is a skip, anything else (a permission denied, an I/O
+/// error) fails the run, as a backup silently missing data would be worse.
+fn skipped_or(e: rustix::io::Errno, listed: Listed) -> io::Result<Opened> {
+    use rustix::io::Errno;
+    let was = describe(listed_type(listed));
+    let reason = match e {
+        Errno::NOENT => format!("skipped: {was} that vanished before it was read"),
+        // O_NOFOLLOW met a symlink, O_DIRECTORY met something else, a
+        // socket cannot be opened, readlinkat met a non-link.
+        Errno::LOOP | Errno::NOTDIR | Errno::NXIO | Errno::INVAL => {
+            format!("skipped: listed as {was} but changed before it was read")
+        }
+        e => return Err(e.into()),
+    };
+    Ok(Opened::Skipped(reason))
+}
+
+/// The names in an open directory, sorted by bytes, with what the directory
+/// says each is (asking `lstat` relative to `dir` where it does not say).
+/// Names that vanish in between are left out.
+fn list(dir: &File) -> io::Result<Vec<(CString, Listed)>> {
+    let mut names = Vec::new();
+    for e in rustix::fs::Dir::read_from(dir)? {
+        let e = e?;
+        let name = e.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let ft = match e.file_type() {
+            FileType::Unknown => match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => FileType::from_raw_mode(st.st_mode),
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(e.into()),
+            },
+            ft => ft,
+        };
+        names.push((name.to_owned(), Listed::of(ft)));
+    }
+    names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(names)
+}
+
+/// The mtime of an `lstat`, whatever integer type this platform gives it.
+#[allow(clippy::useless_conversion)]
+fn mtime_of(st: &rustix::fs::Stat) -> i64 {
+    i64::try_from(st.st_mtime).unwrap_or(i64::MAX)
+}
+
 impl FilesSource {
     fn member(&self, p: &Path) -> String {
         let abs = absolute(p);
@@ -74,13 +222,41 @@ impl FilesSource {
         format!("files/{}/{}", self.name, rel.display())
     }
 
-    fn walk(&self, p: &Path, sink: &mut dyn Sink, report: &mut Report) -> Result<(), SourceError> {
+    /// Backs up `name` under the directory `dir` (`p` is its path, for the
+    /// member name and messages), and everything below it.
+    fn visit(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        p: &Path,
+        listed: Listed,
+        sink: &mut dyn Sink,
+        report: &mut Report,
+    ) -> Result<(), SourceError> {
         let io_err = |source| SourceError::Io {
             path: p.to_path_buf(),
             source,
         };
-        let meta = fs::symlink_metadata(p).map_err(io_err)?;
-        let ft = meta.file_type();
+        let mut skip = |reason: &str| report.warnings.push(format!("{}: {reason}", p.display()));
+        let opened = match listed {
+            Listed::Special(ft) => {
+                skip(&format!(
+                    "skipped ({}: not a file, directory or link)",
+                    describe(ft)
+                ));
+                return Ok(());
+            }
+            Listed::Symlink => return self.link(dir, name, p, sink, report),
+            Listed::File | Listed::Dir => open_entry(dir, name, listed).map_err(io_err)?,
+        };
+        let (file, meta, is_dir) = match opened {
+            Opened::Skipped(reason) => {
+                skip(&reason);
+                return Ok(());
+            }
+            Opened::File(f, meta) => (f, meta, false),
+            Opened::Dir(f, meta) => (f, meta, true),
+        };
         let mut entry = Entry {
             path: self.member(p),
             kind: EntryKind::File,
@@ -90,51 +266,91 @@ impl FilesSource {
             mtime: meta.mtime(),
             size: 0,
         };
-        if ft.is_symlink() {
-            entry.kind = EntryKind::Symlink(fs::read_link(p).map_err(io_err)?);
-            sink.entry(&entry, &mut io::empty())
-                .map_err(SourceError::Sink)?;
-        } else if ft.is_dir() {
+        if is_dir {
             entry.kind = EntryKind::Dir;
             sink.entry(&entry, &mut io::empty())
                 .map_err(SourceError::Sink)?;
-            let mut children: Vec<_> = fs::read_dir(p)
-                .map_err(io_err)?
-                .map(|e| e.map(|e| e.path()))
-                .collect::<Result<_, _>>()
-                .map_err(io_err)?;
-            children.sort();
-            for c in children {
-                self.walk(&c, sink, report)?;
+            for (child, listed) in list(&file).map_err(io_err)? {
+                let path = p.join(OsStr::from_bytes(child.to_bytes()));
+                self.visit(file.as_fd(), &child, &path, listed, sink, report)?;
             }
-        } else if ft.is_file() {
-            // O_NOFOLLOW: the path was a regular file a moment ago; never let a
-            // swap for a symlink make us read something else.
-            let f = File::options()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(p)
-                .map_err(io_err)?;
-            let size = f.metadata().map_err(io_err)?.len();
-            entry.size = size;
-            let mut exact = Exact {
-                inner: crate::cancel::CancelReader(f),
-                left: size,
-                short: false,
-            };
-            sink.entry(&entry, &mut exact).map_err(SourceError::Sink)?;
-            if exact.short {
-                report
-                    .warnings
-                    .push(format!("{}: file shrank while being read", p.display()));
-            }
-        } else {
-            report.warnings.push(format!(
-                "{}: skipped (not a file, directory or link)",
-                p.display()
-            ));
+            return Ok(());
+        }
+        entry.size = meta.len();
+        let mut exact = Exact {
+            inner: crate::cancel::CancelReader(file),
+            left: entry.size,
+            short: false,
+        };
+        sink.entry(&entry, &mut exact).map_err(SourceError::Sink)?;
+        if exact.short {
+            report
+                .warnings
+                .push(format!("{}: file shrank while being read", p.display()));
         }
         Ok(())
+    }
+
+    /// Records the symlink `name` under `dir` as a link; its target is never
+    /// opened.
+    fn link(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        p: &Path,
+        sink: &mut dyn Sink,
+        report: &mut Report,
+    ) -> Result<(), SourceError> {
+        let mut skip_or_fail = |e| match skipped_or(e, Listed::Symlink) {
+            Ok(Opened::Skipped(reason)) => {
+                report.warnings.push(format!("{}: {reason}", p.display()));
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(source) => Err(SourceError::Io {
+                path: p.to_path_buf(),
+                source,
+            }),
+        };
+        let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(e) => return skip_or_fail(e),
+        };
+        if FileType::from_raw_mode(st.st_mode) != FileType::Symlink {
+            return skip_or_fail(rustix::io::Errno::INVAL);
+        }
+        // Should it change again now, readlinkat fails (EINVAL) on anything
+        // but a link: nothing is ever followed.
+        let target = match rustix::fs::readlinkat(dir, name, Vec::new()) {
+            Ok(t) => t,
+            Err(e) => return skip_or_fail(e),
+        };
+        let entry = Entry {
+            path: self.member(p),
+            kind: EntryKind::Symlink(PathBuf::from(OsStr::from_bytes(target.as_bytes()))),
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mtime: mtime_of(&st),
+            size: 0,
+        };
+        sink.entry(&entry, &mut io::empty())
+            .map_err(SourceError::Sink)
+    }
+
+    /// Backs up a path named in the configuration. The path itself is
+    /// resolved by name (its parents may be links the operator chose);
+    /// everything below it is reached by handle.
+    fn walk(&self, p: &Path, sink: &mut dyn Sink, report: &mut Report) -> Result<(), SourceError> {
+        let io_err = |source| SourceError::Io {
+            path: p.to_path_buf(),
+            source,
+        };
+        let meta = fs::symlink_metadata(p).map_err(io_err)?;
+        let listed = Listed::of(FileType::from_raw_mode(meta.mode()));
+        let name = CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| SourceError::Invalid(format!("{}: a NUL in the path", p.display())))?;
+        self.visit(rustix::fs::CWD, &name, p, listed, sink, report)
     }
 }
 
@@ -176,5 +392,91 @@ impl Source for FilesSource {
             }
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    fn dir_of(p: &Path) -> File {
+        File::open(p).unwrap()
+    }
+
+    /// Runs `open_entry` on a thread, so that a regression that blocks fails
+    /// the test instead of hanging it.
+    fn open_bounded(dir: &Path, name: &str, listed: Listed) -> Opened {
+        let dir = dir_of(dir);
+        let name = CString::new(name).unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(open_entry(dir.as_fd(), &name, listed).unwrap());
+        });
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("opening did not return: it blocked")
+    }
+
+    fn fifo(p: &Path) {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            p,
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_file_swapped_for_a_fifo_is_skipped_without_blocking() {
+        let t = tempfile::tempdir().unwrap();
+        fifo(&t.path().join("f"));
+        // Listed as a file: the walk saw a regular file, then it was swapped.
+        match open_bounded(t.path(), "f", Listed::File) {
+            Opened::Skipped(reason) => assert!(reason.contains("now a FIFO"), "{reason}"),
+            other => panic!("a FIFO was opened as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_swapped_in_symlink_is_never_followed() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir(t.path().join("real")).unwrap();
+        fs::write(t.path().join("real/secret"), "root only").unwrap();
+        std::os::unix::fs::symlink(t.path().join("real"), t.path().join("d")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("real/secret"), t.path().join("f")).unwrap();
+        for (name, listed) in [("d", Listed::Dir), ("f", Listed::File)] {
+            match open_bounded(t.path(), name, listed) {
+                Opened::Skipped(reason) => assert!(reason.contains("changed"), "{reason}"),
+                other => panic!("{name}: the link was followed to {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_type_change_is_seen_on_the_descriptor() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir(t.path().join("was-a-file")).unwrap();
+        fs::write(t.path().join("was-a-dir"), "x").unwrap();
+        for (name, listed, now) in [
+            ("was-a-file", Listed::File, "now a directory"),
+            ("was-a-dir", Listed::Dir, "changed"),
+            ("gone", Listed::File, "vanished"),
+        ] {
+            match open_bounded(t.path(), name, listed) {
+                Opened::Skipped(reason) => assert!(reason.contains(now), "{name}: {reason}"),
+                other => panic!("{name}: opened as {other:?}"),
+            }
+        }
+        assert!(matches!(
+            open_bounded(t.path(), "was-a-dir", Listed::File),
+            Opened::File(..)
+        ));
+        assert!(matches!(
+            open_bounded(t.path(), "was-a-file", Listed::Dir),
+            Opened::Dir(..)
+        ));
     }
 }
