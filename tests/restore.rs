@@ -293,8 +293,19 @@ fn forge(e: &Env, name: &str, entries: &[RawEntry], mode: u32) -> PathBuf {
     for (n, kind, link, data) in entries {
         raw_entry(&mut b, n, *kind, *link, data, mode);
     }
-    let members: Vec<serde_json::Value> = std::iter::once(("ok.txt", 4))
-        .chain(entries.iter().map(|(n, _, _, d)| (*n, d.len())))
+    // One manifest member per name, as the walk counts them (a name the
+    // archive repeats is one member whose bytes add up).
+    let mut sizes: Vec<(&str, usize)> = Vec::new();
+    for (n, size) in
+        std::iter::once(("ok.txt", 4)).chain(entries.iter().map(|(n, _, _, d)| (*n, d.len())))
+    {
+        match sizes.iter_mut().find(|(m, _)| *m == n) {
+            Some((_, total)) => *total += size,
+            None => sizes.push((n, size)),
+        }
+    }
+    let members: Vec<serde_json::Value> = sizes
+        .into_iter()
         .map(|(n, size)| serde_json::json!({"path": n, "kind": "file", "size": size}))
         .collect();
     let manifest = serde_json::json!({
