@@ -655,3 +655,48 @@ fn store_file_names_never_reach_the_terminal_raw() {
         }
     }
 }
+
+#[test]
+fn a_damaged_copy_in_one_store_falls_back_to_the_same_backup_in_another() {
+    // One store's copy was tampered with (same size, so it is listed as
+    // complete); the other store holds the same backup intact. The restore
+    // must not be lost: it says what it found and uses the good copy.
+    let e = Env::new();
+    let signed = e.config("signed.toml", true, "");
+    let second = e.p().join("store2");
+    let two = e.p().join("two.toml");
+    fs::write(
+        &two,
+        fs::read_to_string(&signed).unwrap()
+            + &format!(
+                "[[store]]\ntype = \"local\"\nname = \"second\"\npath = \"{}\"\n",
+                second.display()
+            ),
+    )
+    .unwrap();
+    chmod(&two, 0o600);
+    let two = two.display().to_string();
+    ok(&["backup", "-c", &two]);
+    let name = e.names().pop().unwrap();
+    let mut bytes = fs::read(e.file(&name, ".coffer")).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    fs::write(e.file(&name, ".coffer"), &bytes).unwrap();
+    for what in ["latest", name.as_str()] {
+        let to = e.p().join(format!("out-{what}"));
+        let out = e.restore(&two, what, &to, &[]);
+        assert_eq!(code(&out), 0, "{what}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("trying the same backup in another store"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains("SHA-256"), "{}", stderr(&out));
+        assert_eq!(e.restored(&to).as_deref(), Some(SECRET));
+    }
+    // With only the damaged store, the restore fails (exit 3) and writes nothing.
+    let to = e.p().join("out-one");
+    let out = e.restore(&signed, &name, &to, &[]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(is_empty_or_absent(&to));
+}

@@ -115,6 +115,8 @@ fn sidecar_beside(
     Ok(Some(Expect::of(&sidecar)))
 }
 
+/// One copy of the backup to read: the sealed file, its name for messages,
+/// its size, and what its sidecar says it is.
 type Opened = (
     Box<dyn std::io::Read + Send>,
     String,
@@ -122,48 +124,92 @@ type Opened = (
     Option<Expect>,
 );
 
-/// The sealed file to read, its name for messages, its size, and what its
-/// sidecar says it is.
+/// Every copy to try, best first: a file on disk, or the chosen backup in
+/// the stores followed by the same backup in other stores.
 fn open_backup(
     a: &Args,
     config: Option<&Config>,
     verifier: Option<&crate::signing::Verifier>,
     out: &super::Output,
-) -> anyhow::Result<Opened> {
-    Ok(if is_file(&a.what) {
+) -> anyhow::Result<Vec<Opened>> {
+    if is_file(&a.what) {
         let expect = sidecar_beside(&a.what, verifier)?;
         let f = std::fs::File::open(&a.what).map_err(|e| Error::io(&a.what, "open", e))?;
         let total = f.metadata().ok().map(|m| m.len());
-        (
+        return Ok(vec![(
             Box::new(std::io::BufReader::new(f)) as Box<dyn std::io::Read + Send>,
             a.what.clone(),
             total,
             expect,
-        )
-    } else {
-        let Some(config) = config else {
-            return Err(Error::Usage(format!(
-                "{:?} is not a file; give -c CONFIG to find it in the stores",
-                a.what
-            ))
-            .into());
-        };
-        let catalog = Catalog::load(config)?;
-        for u in &catalog.unreachable {
-            out.warn(u);
+        )]);
+    }
+    let Some(config) = config else {
+        return Err(Error::Usage(format!(
+            "{:?} is not a file; give -c CONFIG to find it in the stores",
+            a.what
+        ))
+        .into());
+    };
+    let catalog = Catalog::load(config)?;
+    for u in &catalog.unreachable {
+        out.warn(u);
+    }
+    let found = catalog.find(&config.job.name, &a.what, verifier)?;
+    for p in &found.passed_over {
+        out.warn(&format!("passed over {p}"));
+    }
+    let mut copies = Vec::new();
+    let mut first_error = None;
+    for (i, sidecar) in std::iter::once((found.store, found.sidecar)).chain(found.alternates) {
+        let store = &catalog.stores[i];
+        match store.get(&sidecar.sealed_name()) {
+            Ok(r) => copies.push((
+                r,
+                format!("{} in {}", sidecar.name, store.name()),
+                Some(sidecar.size),
+                Some(Expect::of(sidecar)),
+            )),
+            Err(e) => {
+                out.warn(&format!(
+                    "{} in {}: {}",
+                    sidecar.name,
+                    store.name(),
+                    crate::error::about(&e, store.name())
+                ));
+                first_error.get_or_insert(e);
+            }
         }
-        let found = catalog.find(&config.job.name, &a.what, verifier)?;
-        for p in &found.passed_over {
-            out.warn(&format!("passed over {p}"));
+    }
+    match (copies.is_empty(), first_error) {
+        (true, Some(e)) => Err(e.into()),
+        _ => Ok(copies),
+    }
+}
+
+/// Authenticates copies in turn until one passes: a copy one store damaged
+/// or a server tampered with must not cost the restore when another store
+/// holds the same backup intact.
+fn stage_first_good(
+    copies: Vec<Opened>,
+    identities: &[crate::envelope::Identity],
+    out: &super::Output,
+) -> anyhow::Result<(std::fs::File, String, Option<Expect>)> {
+    let count = copies.len();
+    for (k, (input, what, total, expect)) in copies.into_iter().enumerate() {
+        let input: Box<dyn std::io::Read + Send> =
+            Box::new(super::progress::Progress::new(input, total, "restoring"));
+        match stage(input, &what, identities, expect.as_ref()) {
+            Ok(copy) => return Ok((copy, what, expect)),
+            Err(e) if k + 1 < count && e.exit_code() == crate::ExitCode::Integrity => {
+                out.warn(&format!(
+                    "{}; trying the same backup in another store",
+                    crate::cli_chain(&e)
+                ));
+            }
+            Err(e) => return Err(e.into()),
         }
-        let store = &catalog.stores[found.store];
-        (
-            store.get(&found.sidecar.sealed_name())?,
-            format!("{} in {}", found.sidecar.name, store.name()),
-            Some(found.sidecar.size),
-            Some(Expect::of(found.sidecar)),
-        )
-    })
+    }
+    Err(Error::Usage("no copy of the backup to read".into()).into())
 }
 
 pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
@@ -178,18 +224,18 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
         .as_deref()
         .map(crate::pipeline::job::load_verifier)
         .transpose()?;
-    let (input, what, total, expect) = open_backup(a, config.as_ref(), verifier.as_ref(), out)?;
+    let copies = open_backup(a, config.as_ref(), verifier.as_ref(), out)?;
     if verifier.is_none() {
-        out.warn(&format!(
-            "the origin of {what} is not authenticated: anyone with the public backup key can make a backup; \
-             set signing_public_key (or --signing-key) to restore only what the backup host signed"
-        ));
+        if let Some((_, what, _, _)) = copies.first() {
+            out.warn(&format!(
+                "the origin of {what} is not authenticated: anyone with the public backup key can make a backup; \
+                 set signing_public_key (or --signing-key) to restore only what the backup host signed"
+            ));
+        }
     }
-    let input: Box<dyn std::io::Read + Send> =
-        Box::new(super::progress::Progress::new(input, total, "restoring"));
     // Nothing is written, replaced, loaded or piped before all of the file
     // is authenticated: every restore reads a checked private copy.
-    let copy = stage(input, &what, &identities, expect.as_ref())?;
+    let (copy, what, expect) = stage_first_good(copies, &identities, out)?;
     let input: Box<dyn std::io::Read + Send> = Box::new(std::io::BufReader::new(copy));
     if let (Some(source), Some(config)) = (&a.into_db, &config) {
         if let Some(w) = crate::pipeline::load::warning(config, source) {

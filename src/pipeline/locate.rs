@@ -101,6 +101,9 @@ pub struct Found<'a> {
     pub origin: Origin,
     /// Newer or other copies refused on the way, with the reason.
     pub passed_over: Vec<String>,
+    /// The same backup in other stores, passing the same checks: where a
+    /// restore turns when this copy fails its own authentication.
+    pub alternates: Vec<(usize, &'a Sidecar)>,
 }
 
 impl Catalog {
@@ -192,12 +195,23 @@ impl Catalog {
             };
             key(b).cmp(&key(a)).then_with(|| a.0.cmp(&b.0))
         });
-        for (i, l, s) in candidates {
+        for (k, &(i, l, s)) in candidates.iter().enumerate() {
             match origin(self.stores[i].as_ref(), l, verifier) {
                 Origin::Refused(why) => {
                     refused.push(format!("{} in {}: {why}", l.name, self.stores[i].name()));
                 }
                 o => {
+                    let alternates = candidates[k + 1..]
+                        .iter()
+                        .filter(|(j, m, _)| *j != i && m.name == l.name)
+                        .filter(|(j, m, _)| {
+                            !matches!(
+                                origin(self.stores[*j].as_ref(), m, verifier),
+                                Origin::Refused(_)
+                            )
+                        })
+                        .map(|&(j, _, t)| (j, t))
+                        .collect();
                     refused.extend(
                         damaged
                             .into_iter()
@@ -210,6 +224,7 @@ impl Catalog {
                         sidecar: s,
                         origin: o,
                         passed_over: refused,
+                        alternates,
                     });
                 }
             }
