@@ -295,18 +295,23 @@ fn forge(e: &Env, name: &str, entries: &[RawEntry], mode: u32) -> PathBuf {
     }
     // One manifest member per name, as the walk counts them (a name the
     // archive repeats is one member whose bytes add up).
-    let mut sizes: Vec<(&str, usize)> = Vec::new();
-    for (n, size) in
-        std::iter::once(("ok.txt", 4)).chain(entries.iter().map(|(n, _, _, d)| (*n, d.len())))
+    let mut sizes: Vec<(&str, &str, usize)> = Vec::new();
+    for (n, kind, size) in std::iter::once(("ok.txt", Regular, 4))
+        .chain(entries.iter().map(|(n, k, _, d)| (*n, *k, d.len())))
     {
-        match sizes.iter_mut().find(|(m, _)| *m == n) {
-            Some((_, total)) => *total += size,
-            None => sizes.push((n, size)),
+        let kind = match kind {
+            Directory => "dir",
+            Symlink => "symlink",
+            _ => "file",
+        };
+        match sizes.iter_mut().find(|(m, _, _)| *m == n) {
+            Some((_, _, total)) => *total += size,
+            None => sizes.push((n, kind, size)),
         }
     }
     let members: Vec<serde_json::Value> = sizes
         .into_iter()
-        .map(|(n, size)| serde_json::json!({"path": n, "kind": "file", "size": size}))
+        .map(|(n, kind, size)| serde_json::json!({"path": n, "kind": kind, "size": size}))
         .collect();
     let manifest = serde_json::json!({
         "format": "coffer-manifest/1", "name": name, "job": "prod",
@@ -380,7 +385,8 @@ fn hostile_archives_write_nothing_outside_the_target() {
                 ("l", Symlink, Some("/tmp"), b""),
                 ("l", Directory, None, b""),
             ],
-            "exists and is not a directory",
+            // Refused before anything is written: no name twice.
+            "a second member of this name",
         ),
         (
             // `s -> .` makes `s/s/../../..` climb three levels above the

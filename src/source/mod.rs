@@ -26,7 +26,8 @@ pub use sqlite::SqliteSource;
 /// One file-system entry for the archive, with what `tar` keeps of it.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub path: String,
+    /// The member name, exactly: a file's name need not be UTF-8.
+    pub path: Vec<u8>,
     pub kind: EntryKind,
     pub mode: u32,
     pub uid: u32,

@@ -129,7 +129,7 @@ impl Source for SqliteSource {
             pos: 0,
         };
         let entry = Entry {
-            path: format!("sqlite/{}.db", self.name),
+            path: format!("sqlite/{}.db", self.name).into_bytes(),
             kind: EntryKind::File,
             mode: 0o600,
             uid: meta.uid(),
