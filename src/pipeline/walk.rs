@@ -409,115 +409,125 @@ fn open_backup<R: Read>(
 pub fn walk<R: Read>(
     input: R,
     identities: &[Identity],
-    mut consume: impl FnMut(&Member<'_>, &mut dyn Read) -> Result<(), WalkError>,
+    consume: impl FnMut(&Member<'_>, &mut dyn Read) -> Result<(), WalkError>,
 ) -> Result<Walked, WalkError> {
     let mut raw = HashRead::new(input);
     let (header, mut plain, compression) = open_backup(&mut raw, identities)?;
+    let (manifest, members) = {
+        let mut buffered = BufReader::with_capacity(1 << 20, &mut plain);
+        let dec = archive::decompressor(&mut buffered, compression)?;
+        let (mut dec, walked) = walk_archive(dec, consume)?;
+        // The end of the tar is not the end of the stream: read on, so the
+        // final chunk is authenticated and the whole ciphertext hashed.
+        io::copy(&mut dec, &mut io::sink())?;
+        drop(dec);
+        io::copy(&mut buffered, &mut io::sink())?;
+        walked
+    };
+    io::copy(&mut plain, &mut io::sink())?;
+    drop(plain);
+    io::copy(&mut raw, &mut io::sink())?;
+    Ok(Walked {
+        header,
+        manifest,
+        members,
+        ciphertext_len: raw.len,
+        ciphertext_sha256: raw.hex(),
+    })
+}
+
+/// The archive half of [`walk`], on a decompressed tar stream: hands each
+/// member to `consume` and checks them all against the member lists and the
+/// inner manifest. Returns the stream, positioned after the tar's end, the
+/// inner manifest and the number of logical members.
+pub fn walk_archive<R: Read>(
+    tar: R,
+    mut consume: impl FnMut(&Member<'_>, &mut dyn Read) -> Result<(), WalkError>,
+) -> Result<(R, (Inner, usize)), WalkError> {
     let mut check = Checker::default();
     let mut manifest: Option<Inner> = None;
     // The tar reader only carries its own error type; the consumer's error is
     // kept here so that a full target disk is not reported as a damaged
     // backup.
     let mut consumer_error: Option<WalkError> = None;
-    {
-        let mut buffered = BufReader::with_capacity(1 << 20, &mut plain);
-        let dec = archive::decompressor(&mut buffered, compression)?;
-        let dec = archive::read_members(dec, |m| {
-            let shown = String::from_utf8_lossy(&m.path).into_owned();
-            let refuse = |reason: String| ReadError::Refused {
-                path: shown.clone(),
-                reason,
+    let rest = archive::read_members(tar, |m| {
+        let shown = String::from_utf8_lossy(&m.path).into_owned();
+        let refuse = |reason: String| ReadError::Refused {
+            path: shown.clone(),
+            reason,
+        };
+        if manifest.is_some() {
+            return Err(refuse(format!("member after {INNER_NAME}")));
+        }
+        let is_manifest = m.path == INNER_NAME.as_bytes();
+        if is_manifest || m.path.starts_with(manifest::LIST_DIR.as_bytes()) {
+            check.close();
+            let (limit, expected) = if is_manifest {
+                (check.limit(MANIFEST_BASE), INNER_NAME.to_owned())
+            } else {
+                (
+                    check.limit(LIST_BASE),
+                    manifest::list_name(check.lists.len()),
+                )
             };
-            if manifest.is_some() {
-                return Err(refuse(format!("member after {INNER_NAME}")));
+            if shown != expected {
+                return Err(refuse(format!("expected {expected} here")));
             }
-            let is_manifest = m.path == INNER_NAME.as_bytes();
-            if is_manifest || m.path.starts_with(manifest::LIST_DIR.as_bytes()) {
-                check.close();
-                let (limit, expected) = if is_manifest {
-                    (check.limit(MANIFEST_BASE), INNER_NAME.to_owned())
-                } else {
-                    (
-                        check.limit(LIST_BASE),
-                        manifest::list_name(check.lists.len()),
+            let b = read_manifest(&mut *m.data, limit, &shown)?;
+            let integrity = |slot: &mut Option<WalkError>, e: String| {
+                keep(slot, &shown, WalkError::Integrity(e))
+            };
+            if is_manifest {
+                let inner: Inner = serde_json::from_slice(&b).map_err(|e| {
+                    integrity(
+                        &mut consumer_error,
+                        format!("{INNER_NAME} is not valid: {e}"),
                     )
-                };
-                if shown != expected {
-                    return Err(refuse(format!("expected {expected} here")));
-                }
-                let b = read_manifest(&mut *m.data, limit, &shown)?;
-                let integrity = |slot: &mut Option<WalkError>, e: String| {
-                    keep(slot, &shown, WalkError::Integrity(e))
-                };
-                if is_manifest {
-                    let inner: Inner = serde_json::from_slice(&b).map_err(|e| {
-                        integrity(
-                            &mut consumer_error,
-                            format!("{INNER_NAME} is not valid: {e}"),
-                        )
-                    })?;
-                    check
-                        .manifest(&inner)
-                        .map_err(|e| integrity(&mut consumer_error, e))?;
-                    manifest = Some(inner);
-                } else {
-                    check
-                        .list(&shown, &b)
-                        .map_err(|e| integrity(&mut consumer_error, e))?;
-                }
-                let member = Member {
-                    name: &shown,
-                    raw: &m.path,
-                    part: None,
-                    kind: m.kind,
-                    mode: m.mode,
-                    mtime: m.mtime,
-                };
-                consume(&member, &mut &b[..]).map_err(|e| keep(&mut consumer_error, &shown, e))?;
-                return Ok(());
+                })?;
+                check
+                    .manifest(&inner)
+                    .map_err(|e| integrity(&mut consumer_error, e))?;
+                manifest = Some(inner);
+            } else {
+                check
+                    .list(&shown, &b)
+                    .map_err(|e| integrity(&mut consumer_error, e))?;
             }
-            let (name, part) = check.start(&m.path, &m.kind).map_err(refuse)?;
-            let logical = check.current.as_mut().expect("just started");
-            let mut hashing = Tee {
-                inner: &mut *m.data,
-                logical,
-            };
-            let lossy = String::from_utf8_lossy(&name);
             let member = Member {
-                name: &lossy,
-                raw: &name,
-                part,
+                name: &shown,
+                raw: &m.path,
+                part: None,
                 kind: m.kind,
                 mode: m.mode,
                 mtime: m.mtime,
             };
-            consume(&member, &mut hashing).map_err(|e| keep(&mut consumer_error, &shown, e))?;
-            // Whatever the consumer skipped still counts toward the hash.
-            io::copy(&mut hashing, &mut io::sink())?;
-            Ok(())
-        });
-        let mut dec = dec.map_err(|e| consumer_error.take().unwrap_or_else(|| e.into()))?;
-        // The end of the tar is not the end of the stream: read on, so the
-        // final chunk is authenticated and the whole ciphertext hashed.
-        io::copy(&mut dec, &mut io::sink())?;
-        drop(dec);
-        io::copy(&mut buffered, &mut io::sink())?;
-    }
-    io::copy(&mut plain, &mut io::sink())?;
-    drop(plain);
-    io::copy(&mut raw, &mut io::sink())?;
-    let ciphertext_len = raw.len;
-    let ciphertext_sha256 = raw.hex();
-
+            consume(&member, &mut &b[..]).map_err(|e| keep(&mut consumer_error, &shown, e))?;
+            return Ok(());
+        }
+        let (name, part) = check.start(&m.path, &m.kind).map_err(refuse)?;
+        let logical = check.current.as_mut().expect("just started");
+        let mut hashing = Tee {
+            inner: &mut *m.data,
+            logical,
+        };
+        let lossy = String::from_utf8_lossy(&name);
+        let member = Member {
+            name: &lossy,
+            raw: &name,
+            part,
+            kind: m.kind,
+            mode: m.mode,
+            mtime: m.mtime,
+        };
+        consume(&member, &mut hashing).map_err(|e| keep(&mut consumer_error, &shown, e))?;
+        // Whatever the consumer skipped still counts toward the hash.
+        io::copy(&mut hashing, &mut io::sink())?;
+        Ok(())
+    });
+    let rest = rest.map_err(|e| consumer_error.take().unwrap_or_else(|| e.into()))?;
     let manifest =
         manifest.ok_or_else(|| WalkError::Integrity(format!("the archive has no {INNER_NAME}")))?;
-    Ok(Walked {
-        header,
-        manifest,
-        members: check.members,
-        ciphertext_len,
-        ciphertext_sha256,
-    })
+    Ok((rest, (manifest, check.members)))
 }
 
 /// What MANIFEST.json or a member list may not exceed whatever the archive
@@ -725,5 +735,98 @@ mod tests {
         check.manifest(&inner).unwrap();
         inner.format = manifest::INNER_FORMAT.into();
         assert!(check.manifest(&inner).is_err());
+    }
+
+    mod prop {
+        use super::*;
+        use crate::archive::{ArchiveWriter, Compression, EntryMeta};
+        use proptest::prelude::*;
+
+        /// Writes `names` (files of a byte each) with a list every `every`.
+        fn archive(names: &[Vec<u8>], every: usize) -> Vec<u8> {
+            let mut a = ArchiveWriter::new(Vec::new(), Compression::None, 0)
+                .unwrap()
+                .list_every(every);
+            for n in names {
+                let e = EntryMeta {
+                    path: n,
+                    kind: EntryKind::File,
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    mtime: 0,
+                    size: 1,
+                };
+                a.append_entry(&e, &mut &n[..1]).unwrap();
+            }
+            a.finish(&mut crate::archive::tests::inner()).unwrap()
+        }
+
+        fn names() -> impl Strategy<Value = Vec<Vec<u8>>> {
+            // Any bytes but NUL and '/', under files/: names tar can carry.
+            proptest::collection::btree_set(
+                proptest::collection::vec(1u8..=255, 1..40).prop_filter("no slash", |v| {
+                    !v.contains(&b'/') && v != b"." && v != b".."
+                }),
+                1..60,
+            )
+            .prop_map(|set| {
+                set.into_iter()
+                    .map(|n| [b"files/t/".as_slice(), &n].concat())
+                    .collect()
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Whatever the names and however the lists fall, what the
+            /// writer writes the reader takes, every name as it was.
+            #[test]
+            fn what_is_written_is_read_back(names in names(), every in 1usize..8) {
+                let bytes = archive(&names, every);
+                let mut seen = Vec::new();
+                let (_, (inner, count)) = walk_archive(&bytes[..], |m, _| {
+                    if !m.raw.starts_with(b"MANIFEST") {
+                        seen.push(m.raw.to_vec());
+                    }
+                    Ok(())
+                })
+                .unwrap();
+                prop_assert_eq!(count, names.len());
+                prop_assert_eq!(&seen, &names);
+                prop_assert_eq!(inner.member_lists.len(), names.len() / every);
+            }
+
+            /// A member list that leaves one member out, or names another,
+            /// fails the walk.
+            #[test]
+            fn a_list_that_differs_is_refused(names in names(), drop_at in 0usize..1000) {
+                prop_assume!(names.len() >= 2);
+                let bytes = archive(&names, names.len());
+                // One list, then MANIFEST.json with no members: edit the list.
+                let mut check = Checker::default();
+                for n in &names {
+                    check.start(n, &EntryKind::File).unwrap();
+                    let l = check.current.as_mut().unwrap();
+                    l.hash.update(&n[..1]);
+                    l.size += 1;
+                }
+                check.close();
+                let mut listed: Vec<MemberEntry> = names
+                    .iter()
+                    .map(|n| {
+                        let mut e = MemberEntry::named(n, "file", 1);
+                        e.sha256 = Some(hex::encode(Sha256::digest(&n[..1])));
+                        e
+                    })
+                    .collect();
+                prop_assert!(check.matches("L", &listed).is_ok());
+                let i = drop_at % listed.len();
+                listed.remove(i);
+                prop_assert!(check.matches("L", &listed).is_err());
+                prop_assert!(walk_archive(&bytes[..], |_, _| Ok(())).is_ok());
+            }
+        }
     }
 }
