@@ -191,13 +191,27 @@ impl<R: Read> Read for Tee<'_, R> {
 /// order, so only those are held; of the rest, a 16-byte key per name
 /// refuses a second member of one name. Memory stays flat with the number
 /// of members (the first manifest format, with no lists, holds them all).
-#[derive(Default)]
 struct Checker {
     current: Option<Logical>,
     pending: Vec<Seen>,
     names: HashSet<[u8; 16]>,
     lists: Vec<ListEntry>,
     members: usize,
+    /// [`PENDING_CAP`], smaller in tests.
+    cap: usize,
+}
+
+impl Default for Checker {
+    fn default() -> Self {
+        Checker {
+            current: None,
+            pending: Vec::new(),
+            names: HashSet::new(),
+            lists: Vec::new(),
+            members: 0,
+            cap: PENDING_CAP,
+        }
+    }
 }
 
 impl Checker {
@@ -222,6 +236,12 @@ impl Checker {
             }
         }
         self.close();
+        if self.pending.len() >= self.cap {
+            return Err(format!(
+                "more than {} members without a member list",
+                self.cap
+            ));
+        }
         let (name, part) = match split {
             Some((base, n)) => (base.as_bytes().to_vec(), Some(n)),
             None => (raw.to_vec(), None),
@@ -538,6 +558,11 @@ pub const MANIFEST_CAP: u64 = 1 << 30;
 /// commands and warnings, the lists' entries): the limit that held before it
 /// grew with them.
 const MANIFEST_BASE: u64 = 64 << 20;
+/// The most members a list or the manifest may have to account for at once:
+/// coffer writes a list every 1024, and its first manifest format, which had
+/// none, held about this many within [`MANIFEST_CAP`]. More is refused before
+/// it can fill the reader's memory.
+const PENDING_CAP: usize = 4 << 20;
 /// What a member list may take beyond its members.
 const LIST_BASE: u64 = 64 << 10;
 
@@ -683,6 +708,29 @@ mod tests {
             )
             .unwrap_err();
         assert!(e.contains("where the archive has"), "{e}");
+    }
+
+    #[test]
+    fn members_with_no_list_for_them_are_bounded() {
+        let mut check = Checker {
+            cap: 3,
+            ..Checker::default()
+        };
+        for n in [b"a", b"b", b"c"] {
+            seen(&mut check, n, b"");
+        }
+        let e = check.start(b"d", &EntryKind::File).unwrap_err();
+        assert!(
+            e.contains("more than 3 members without a member list"),
+            "{e}"
+        );
+        check
+            .list(
+                "MANIFEST.d/000000.json",
+                &list(vec![file(b"a", b""), file(b"b", b""), file(b"c", b"")]),
+            )
+            .unwrap();
+        check.start(b"d", &EntryKind::File).unwrap();
     }
 
     #[test]
