@@ -31,19 +31,51 @@ impl Setup {
 
     /// A job backing up `tree` into a local store.
     fn config(&self, tree: &Path) -> PathBuf {
+        self.config_of(&[tree])
+    }
+
+    /// A job backing up `paths` (one files source) into a local store.
+    fn config_of(&self, paths: &[&Path]) -> PathBuf {
         let p = self.path().join("coffer.toml");
+        let paths: Vec<String> = paths
+            .iter()
+            .map(|t| format!("\"{}\"", t.display()))
+            .collect();
         fs::write(
             &p,
             format!(
-                "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{dir}/coffer.lock\"\n\n[[source]]\ntype = \"files\"\nname = \"tree\"\npaths = [\"{tree}\"]\n\n[[store]]\ntype = \"local\"\npath = \"{dir}/store\"\n",
+                "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{dir}/coffer.lock\"\n\n[[source]]\ntype = \"files\"\nname = \"tree\"\npaths = [{paths}]\n\n[[store]]\ntype = \"local\"\npath = \"{dir}/store\"\n",
                 key = self.key.display(),
                 dir = self.path().display(),
-                tree = tree.display(),
+                paths = paths.join(", "),
             ),
         )
         .unwrap();
         chmod(&p, 0o600);
         p
+    }
+
+    /// Verifies the latest backup with the key (every member against the
+    /// manifest) and restores it into `restored`, which it returns.
+    fn verify_and_restore(&self, config: &Path) -> PathBuf {
+        let key = self.key.to_str().unwrap();
+        let cfg = config.to_str().unwrap();
+        let out = ok(&["verify", "-c", cfg, "-i", key, "latest", "--json"]);
+        let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(reports[0]["ok"], true, "{reports}");
+        assert_eq!(reports[0]["level"], "keyed", "{reports}");
+        let to = self.path().join("restored");
+        ok(&[
+            "restore",
+            "-c",
+            cfg,
+            "-i",
+            key,
+            "latest",
+            "--to",
+            to.to_str().unwrap(),
+        ]);
+        to
     }
 
     /// Runs a backup, killing it (and failing) if it has not ended in a
@@ -194,24 +226,7 @@ fn thousands_of_files_restore_and_verify_exactly() {
     }
     let cfg = s.config(&tree);
     s.backup(&cfg);
-    let key = s.key.to_str().unwrap();
-    let cfg = cfg.to_str().unwrap();
-    let out = ok(&["verify", "-c", cfg, "-i", key, "latest", "--json"]);
-    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(reports[0]["ok"], true, "{reports}");
-    assert_eq!(reports[0]["level"], "keyed", "{reports}");
-
-    let to = s.path().join("restored");
-    ok(&[
-        "restore",
-        "-c",
-        cfg,
-        "-i",
-        key,
-        "latest",
-        "--to",
-        to.to_str().unwrap(),
-    ]);
+    let to = s.verify_and_restore(&cfg);
     let root = to.join(format!("files/tree{}", tree.display()));
     let mut found = 0;
     for dir in fs::read_dir(&root).unwrap() {
@@ -392,37 +407,12 @@ fn a_copy_of_etc_and_zoneinfo_restores_byte_exact() {
     assert!(tree.join("zoneinfo/UTC").exists());
     every_kind_of_entry(&tree.join("extra"));
 
-    let p = s.path().join("coffer.toml");
-    fs::write(
-        &p,
-        format!(
-            "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{dir}/coffer.lock\"\n\n[[source]]\ntype = \"files\"\nname = \"tree\"\npaths = [\"{tree}/etc\", \"{tree}\"]\n\n[[store]]\ntype = \"local\"\npath = \"{dir}/store\"\n",
-            key = s.key.display(),
-            dir = s.path().display(),
-            tree = tree.display(),
-        ),
-    )
-    .unwrap();
-    chmod(&p, 0o600);
+    let p = s.config_of(&[&tree.join("etc"), &tree]);
     let out = s.backup(&p);
     let err = stderr(&out);
     assert!(err.contains("already in the backup under"), "{err}");
     assert!(err.contains("fifo: skipped (a FIFO"), "{err}");
-    let key = s.key.to_str().unwrap();
-    let cfg = p.to_str().unwrap();
-    ok(&["verify", "-c", cfg, "-i", key, "latest"]);
-    let to = s.path().join("restored");
-    ok(&[
-        "restore",
-        "-c",
-        cfg,
-        "-i",
-        key,
-        "latest",
-        "--to",
-        to.to_str().unwrap(),
-    ]);
-
+    let to = s.verify_and_restore(&p);
     let manifest: serde_json::Value =
         serde_json::from_slice(&fs::read(to.join("MANIFEST.json")).unwrap()).unwrap();
     assert_eq!(manifest["format"], "coffer-manifest/2");
