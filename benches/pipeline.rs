@@ -145,6 +145,9 @@ fn main() {
     bench("SHA-256", size, min, || {
         black_box(Sha256::digest(&random));
     });
+    bench("BLAKE3 (member digests)", size, min, || {
+        black_box(blake3::hash(&random));
+    });
 
     let text = sql_like(size);
     for (name, c) in [

@@ -19,7 +19,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{self, Inner, ListEntry, MemberEntry, MemberList};
+use crate::manifest::{self, Hasher, Inner, ListEntry, MemberEntry, MemberHash, MemberList};
 
 /// The most a stream member buffers in memory.
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
@@ -158,8 +158,9 @@ pub struct MemberRecord {
     /// `file`, `dir`, `symlink` or `stream`.
     pub kind: &'static str,
     pub size: u64,
-    /// SHA-256 of the member's whole content (of all parts, concatenated).
-    pub sha256: Option<String>,
+    /// The [`MEMBER_HASH`] digest of the member's whole content (of all
+    /// parts, concatenated), hex.
+    pub digest: Option<String>,
     /// For a stream split into parts, the tar member names in order.
     pub parts: Vec<String>,
 }
@@ -167,11 +168,15 @@ pub struct MemberRecord {
 impl MemberRecord {
     pub fn entry(&self) -> MemberEntry {
         let mut e = MemberEntry::named(&self.path, self.kind, self.size);
-        e.sha256.clone_from(&self.sha256);
+        MEMBER_HASH.set(&mut e, self.digest.clone());
         e.parts.clone_from(&self.parts);
         e
     }
 }
+
+/// The digest archives are written with (the header says so, as
+/// `member_hash`).
+pub const MEMBER_HASH: MemberHash = MemberHash::Blake3;
 
 /// A member list is written once this many members are pending…
 pub const LIST_MEMBERS: usize = 1024;
@@ -216,7 +221,7 @@ pub enum EntryKind<'a> {
 /// Hashes and counts what passes through.
 struct Hashing<R> {
     inner: R,
-    hash: Sha256,
+    hash: Hasher,
     len: u64,
 }
 
@@ -339,7 +344,7 @@ impl<W: Write> ArchiveWriter<W> {
     /// Appends a stream of unknown length, split into parts if it is long.
     pub fn append_stream(&mut self, path: &str, data: &mut dyn Read) -> io::Result<()> {
         self.claim(path.as_bytes())?;
-        let mut hash = Sha256::new();
+        let mut hash = MEMBER_HASH.hasher();
         let mut total = 0u64;
         let mut parts: Vec<String> = Vec::new();
         self.part.clear();
@@ -367,7 +372,7 @@ impl<W: Write> ArchiveWriter<W> {
             path: path.as_bytes().to_vec(),
             kind: "stream",
             size: total,
-            sha256: Some(hex::encode(hash.finalize())),
+            digest: Some(hex::encode(hash.finalize())),
             parts,
         })
     }
@@ -381,7 +386,7 @@ impl<W: Write> ArchiveWriter<W> {
         h.set_uid(u64::from(e.uid));
         h.set_gid(u64::from(e.gid));
         h.set_mtime(u64::try_from(e.mtime).unwrap_or(0));
-        let (kind, sha256) = match e.kind {
+        let (kind, digest) = match e.kind {
             EntryKind::Dir => {
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_size(0);
@@ -425,7 +430,7 @@ impl<W: Write> ArchiveWriter<W> {
                 h.set_size(e.size);
                 let mut hashing = Hashing {
                     inner: data.take(e.size),
-                    hash: Sha256::new(),
+                    hash: MEMBER_HASH.hasher(),
                     len: 0,
                 };
                 self.tar.append_data(&mut h, path, &mut hashing)?;
@@ -447,7 +452,7 @@ impl<W: Write> ArchiveWriter<W> {
             path: e.path.to_vec(),
             kind,
             size: e.size,
-            sha256,
+            digest,
             parts: Vec::new(),
         })
     }
@@ -534,8 +539,8 @@ pub(crate) mod tests {
             );
             assert_eq!(rec.size, big.len() as u64);
             assert_eq!(
-                rec.sha256.as_deref(),
-                Some(hex::encode(Sha256::digest(&big)).as_str())
+                rec.digest.as_deref(),
+                Some(blake3::hash(&big).to_hex().as_str())
             );
             let out = a.finish(&mut inner()).unwrap();
             let members = read_back(&out, c);

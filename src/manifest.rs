@@ -149,8 +149,13 @@ pub struct MemberEntry {
     pub path_b64: Option<String>,
     pub kind: String,
     pub size: u64,
+    /// The content's SHA-256, hex (backups of earlier versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// The content's BLAKE3, hex (backups whose header says `member_hash =
+    /// "blake3"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<String>,
 }
@@ -165,6 +170,7 @@ impl MemberEntry {
             kind: kind.to_owned(),
             size,
             sha256: None,
+            blake3: None,
             parts: Vec::new(),
         }
     }
@@ -204,6 +210,92 @@ pub fn encode_name(name: &[u8]) -> (String, Option<String>) {
             String::from_utf8_lossy(name).into_owned(),
             Some(base64::engine::general_purpose::STANDARD.encode(name)),
         ),
+    }
+}
+
+/// The digest each member's content gets in the inner manifest. BLAKE3 now:
+/// only coffer checks these (the AEAD already authenticates every byte), so
+/// they take the fastest well-reviewed hash; the sealed file keeps SHA-256,
+/// which `sha256sum` can check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberHash {
+    Sha256,
+    Blake3,
+}
+
+impl MemberHash {
+    /// What the header's `member_hash` says; `None` if it names no known
+    /// digest.
+    pub fn of(member_hash: Option<&str>) -> Option<Self> {
+        match member_hash {
+            None | Some("sha256") => Some(MemberHash::Sha256),
+            Some("blake3") => Some(MemberHash::Blake3),
+            Some(_) => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MemberHash::Sha256 => "sha256",
+            MemberHash::Blake3 => "blake3",
+        }
+    }
+
+    /// A running digest of this kind.
+    pub fn hasher(self) -> Hasher {
+        match self {
+            MemberHash::Sha256 => Hasher::Sha256(<sha2::Sha256 as sha2::Digest>::new()),
+            MemberHash::Blake3 => Hasher::Blake3(Box::new(blake3::Hasher::new())),
+        }
+    }
+
+    /// The entry's digest of this kind, or why it has none.
+    pub fn of_entry(self, e: &MemberEntry) -> Result<Option<&str>, String> {
+        let (mine, other) = match self {
+            MemberHash::Sha256 => (&e.sha256, &e.blake3),
+            MemberHash::Blake3 => (&e.blake3, &e.sha256),
+        };
+        if mine.is_none() && other.is_some() {
+            return Err(format!(
+                "{}: a digest other than the archive's {}",
+                e.path,
+                self.name()
+            ));
+        }
+        Ok(mine.as_deref())
+    }
+
+    /// Sets the entry's digest of this kind.
+    pub fn set(self, e: &mut MemberEntry, hex: Option<String>) {
+        match self {
+            MemberHash::Sha256 => e.sha256 = hex,
+            MemberHash::Blake3 => e.blake3 = hex,
+        }
+    }
+}
+
+/// A running member digest.
+#[derive(Clone)]
+pub enum Hasher {
+    Sha256(sha2::Sha256),
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl Hasher {
+    pub fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => sha2::Digest::update(h, data),
+            Hasher::Blake3(h) => {
+                h.update(data);
+            }
+        }
+    }
+
+    pub fn finalize(self) -> [u8; 32] {
+        match self {
+            Hasher::Sha256(h) => sha2::Digest::finalize(h).into(),
+            Hasher::Blake3(h) => *h.finalize().as_bytes(),
+        }
     }
 }
 

@@ -9,7 +9,8 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = coffer::pipeline::walk::walk_archive(data, |_, member| {
+    let hash = coffer::manifest::MemberHash::Blake3;
+    let _ = coffer::pipeline::walk::walk_archive(data, hash, |_, member| {
         let mut sink = [0u8; 4096];
         while let Ok(n) = member.read(&mut sink) {
             if n == 0 {

@@ -410,6 +410,7 @@ fn seal_and_store(
         job: Some(job.config.job.name.clone()),
         compression: Some(compression.name().into()),
         content: Some("tar".into()),
+        member_hash: Some(crate::archive::MEMBER_HASH.name().into()),
         ..Metadata::default()
     };
     let sealer =

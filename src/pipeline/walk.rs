@@ -12,7 +12,9 @@ use sha2::{Digest, Sha256};
 
 use crate::archive::{self, Compression, EntryKind, ReadError};
 use crate::envelope::{self, Header, Identity, OpenError};
-use crate::manifest::{self, Inner, ListEntry, MemberEntry, MemberList, INNER_NAME};
+use crate::manifest::{
+    self, Hasher, Inner, ListEntry, MemberEntry, MemberHash, MemberList, INNER_NAME,
+};
 
 /// Hashes and counts everything read through it.
 pub struct HashRead<R> {
@@ -155,7 +157,7 @@ pub struct Walked {
 struct Logical {
     name: Vec<u8>,
     kind: &'static str,
-    hash: Sha256,
+    hash: Hasher,
     size: u64,
     /// For a split stream, the part expected next.
     next_part: Option<u32>,
@@ -167,7 +169,7 @@ struct Seen {
     name: Vec<u8>,
     kind: &'static str,
     size: u64,
-    sha256: [u8; 32],
+    digest: [u8; 32],
     parts: u32,
 }
 
@@ -192,6 +194,8 @@ impl<R: Read> Read for Tee<'_, R> {
 /// refuses a second member of one name. Memory stays flat with the number
 /// of members (the first manifest format, with no lists, holds them all).
 struct Checker {
+    /// The digest the archive's members carry (the header says which).
+    hash: MemberHash,
     current: Option<Logical>,
     pending: Vec<Seen>,
     names: HashSet<[u8; 16]>,
@@ -204,6 +208,7 @@ struct Checker {
 impl Default for Checker {
     fn default() -> Self {
         Checker {
+            hash: MemberHash::Blake3,
             current: None,
             pending: Vec::new(),
             names: HashSet::new(),
@@ -256,7 +261,7 @@ impl Checker {
                 EntryKind::Symlink(_) => "symlink",
                 EntryKind::File => "file",
             },
-            hash: Sha256::new(),
+            hash: self.hash.hasher(),
             size: 0,
             next_part: part.map(|n| n + 1),
         });
@@ -269,7 +274,7 @@ impl Checker {
                 name: l.name,
                 kind: l.kind,
                 size: l.size,
-                sha256: l.hash.finalize().into(),
+                digest: l.hash.finalize(),
                 parts: l.next_part.unwrap_or(0),
             });
             self.members += 1;
@@ -375,15 +380,20 @@ impl Checker {
             if l.size != s.size {
                 add(format!("{shown}: {} bytes, {what} says {}", s.size, l.size));
             }
-            if let Some(want) = &l.sha256 {
-                let digest = hex::encode(s.sha256);
-                let same: bool =
-                    subtle::ConstantTimeEq::ct_eq(digest.as_bytes(), want.as_bytes()).into();
-                if !same {
-                    add(format!(
-                        "{shown}: SHA-256 {digest} differs from {what}'s {want}"
-                    ));
+            match self.hash.of_entry(l) {
+                Ok(Some(want)) => {
+                    let digest = hex::encode(s.digest);
+                    let same: bool =
+                        subtle::ConstantTimeEq::ct_eq(digest.as_bytes(), want.as_bytes()).into();
+                    if !same {
+                        add(format!(
+                            "{shown}: {} {digest} differs from {what}'s {want}",
+                            self.hash.name()
+                        ));
+                    }
                 }
+                Ok(None) => {}
+                Err(e) => add(format!("{what}: {e}")),
             }
             let parts_ok = l.parts.len() == s.parts as usize
                 && l.parts
@@ -433,10 +443,16 @@ pub fn walk<R: Read>(
 ) -> Result<Walked, WalkError> {
     let mut raw = HashRead::new(input);
     let (header, mut plain, compression) = open_backup(&mut raw, identities)?;
+    let hash = MemberHash::of(header.metadata.member_hash.as_deref()).ok_or_else(|| {
+        WalkError::Integrity(format!(
+            "header: unknown member_hash {:?} (a newer coffer may read it)",
+            header.metadata.member_hash
+        ))
+    })?;
     let (manifest, members) = {
         let mut buffered = BufReader::with_capacity(1 << 20, &mut plain);
         let dec = archive::decompressor(&mut buffered, compression)?;
-        let (mut dec, walked) = walk_archive(dec, consume)?;
+        let (mut dec, walked) = walk_archive(dec, hash, consume)?;
         // The end of the tar is not the end of the stream: read on, so the
         // final chunk is authenticated and the whole ciphertext hashed.
         io::copy(&mut dec, &mut io::sink())?;
@@ -462,9 +478,13 @@ pub fn walk<R: Read>(
 /// inner manifest and the number of logical members.
 pub fn walk_archive<R: Read>(
     tar: R,
+    hash: MemberHash,
     mut consume: impl FnMut(&Member<'_>, &mut dyn Read) -> Result<(), WalkError>,
 ) -> Result<(R, (Inner, usize)), WalkError> {
-    let mut check = Checker::default();
+    let mut check = Checker {
+        hash,
+        ..Checker::default()
+    };
     let mut manifest: Option<Inner> = None;
     // The tar reader only carries its own error type; the consumer's error is
     // kept here so that a full target disk is not reported as a damaged
@@ -606,7 +626,7 @@ mod tests {
 
     fn file(path: &[u8], data: &[u8]) -> MemberEntry {
         let mut e = MemberEntry::named(path, "file", data.len() as u64);
-        e.sha256 = Some(hex::encode(Sha256::digest(data)));
+        e.blake3 = Some(blake3::hash(data).to_hex().to_string());
         e
     }
 
@@ -656,7 +676,7 @@ mod tests {
             name: vec![b'x'; 1 << 20],
             kind: "file",
             size: 0,
-            sha256: [0; 32],
+            digest: [0; 32],
             parts: u32::MAX,
         });
         assert_eq!(huge.limit(0), MANIFEST_CAP);
@@ -676,7 +696,7 @@ mod tests {
                 vec![file(b"b", b"2"), file(b"a", b"1")],
                 "lists b where the archive has a",
             ),
-            (vec![file(b"a", b"1"), file(b"b", b"3")], "b: SHA-256"),
+            (vec![file(b"a", b"1"), file(b"b", b"3")], "b: blake3"),
             (
                 vec![file(b"a", b"1"), file(b"b", b"2"), file(b"c", b"")],
                 "lists 3 members",
@@ -731,6 +751,28 @@ mod tests {
             )
             .unwrap();
         check.start(b"d", &EntryKind::File).unwrap();
+    }
+
+    #[test]
+    fn digests_are_of_the_archive_s_kind() {
+        let mut check = Checker::default();
+        seen(&mut check, b"a", b"1");
+        let mut other = MemberEntry::named(b"a", "file", 1);
+        other.sha256 = Some(hex::encode(Sha256::digest(b"1")));
+        let e = check.matches("L", &[other]).unwrap_err();
+        assert!(
+            e.contains("a digest other than the archive's blake3"),
+            "{e}"
+        );
+        // Archives of earlier versions: SHA-256.
+        let mut old = Checker {
+            hash: MemberHash::Sha256,
+            ..Checker::default()
+        };
+        seen(&mut old, b"a", b"1");
+        let mut entry = MemberEntry::named(b"a", "file", 1);
+        entry.sha256 = Some(hex::encode(Sha256::digest(b"1")));
+        old.matches("L", &[entry]).unwrap();
     }
 
     #[test]
@@ -834,7 +876,7 @@ mod tests {
             fn what_is_written_is_read_back(names in names(), every in 1usize..8) {
                 let bytes = archive(&names, every);
                 let mut seen = Vec::new();
-                let (_, (inner, count)) = walk_archive(&bytes[..], |m, _| {
+                let (_, (inner, count)) = walk_archive(&bytes[..], MemberHash::Blake3, |m, _| {
                     if !m.raw.starts_with(b"MANIFEST") {
                         seen.push(m.raw.to_vec());
                     }
@@ -864,16 +906,14 @@ mod tests {
                 let mut listed: Vec<MemberEntry> = names
                     .iter()
                     .map(|n| {
-                        let mut e = MemberEntry::named(n, "file", 1);
-                        e.sha256 = Some(hex::encode(Sha256::digest(&n[..1])));
-                        e
+                        file(n, &n[..1])
                     })
                     .collect();
                 prop_assert!(check.matches("L", &listed).is_ok());
                 let i = drop_at % listed.len();
                 listed.remove(i);
                 prop_assert!(check.matches("L", &listed).is_err());
-                prop_assert!(walk_archive(&bytes[..], |_, _| Ok(())).is_ok());
+                prop_assert!(walk_archive(&bytes[..], MemberHash::Blake3, |_, _| Ok(())).is_ok());
             }
         }
     }
