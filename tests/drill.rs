@@ -511,3 +511,50 @@ fn mariadb_drill_restores_exact_counts_and_catches_a_row_lost_before_sealing() {
         "{reports:#}"
     );
 }
+
+#[test]
+fn a_postgres_dump_cannot_run_a_program_in_the_scratch_server() {
+    // A dump whose CHECK constraint calls a function that runs a shell
+    // command, as a forged dump could: the function runs for each row
+    // pg_restore loads. The loading role is no superuser: COPY … TO
+    // PROGRAM is refused and the drill fails.
+    let e = Env::new();
+    let drop = e.p().join("drop");
+    fs::create_dir(&drop).unwrap();
+    chmod(&drop, 0o1777);
+    let pwned = drop.join("pwned");
+    let pg = Postgres::start();
+    pg.sql("postgres", "CREATE DATABASE app");
+    pg.sql(
+        "app",
+        &format!(
+            "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2);
+             CREATE FUNCTION public.f(x int) RETURNS int LANGUAGE plpgsql AS $$
+             BEGIN
+               IF current_database() <> 'app' THEN
+                 COPY (SELECT 1) TO PROGRAM 'touch {}';
+               END IF;
+               RETURN x;
+             END $$;
+             ALTER TABLE t ADD CONSTRAINT runs CHECK (public.f(x) > 0);",
+            pwned.display()
+        ),
+    );
+    let passfile = pg.passfile(e.p());
+    let cfg = e.config(&format!(
+        "[[source]]\ntype = \"postgres\"\nname = \"pg\"\ndatabases = [\"app\"]\n\
+         passfile = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"postgres\"\n",
+        passfile.display(),
+        pg.port
+    ));
+    e.backup(&cfg, None);
+    let (out, reports) = e.drill(&cfg, None);
+    assert!(!pwned.exists(), "the dump ran a program: {}", text(&out));
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    let problems = reports[0]["problems"].to_string();
+    assert!(
+        problems.contains("restore test: loading postgres/pg/app.dump failed")
+            && problems.contains("pg_execute_server_program"),
+        "{problems}"
+    );
+}

@@ -9,6 +9,7 @@
 //! superuser: no `COPY … PROGRAM`, no server files, no untrusted language
 //! or C function. Database names are coffer's own, never the dump's.
 
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -231,9 +232,32 @@ impl ScratchPostgres {
         crate::source::parse_counts(&out)
     }
 
-    /// Waits for a loader; its error output if it failed.
-    pub fn finish_loader(child: Child) -> Result<(), String> {
-        super::scratch::ScratchMariaDb::finish_loader(child)
+    /// Waits for a loader; if it failed, pg_restore's error line (its last
+    /// line is the statement, `Command was: …`).
+    pub fn finish_loader(mut child: Child) -> Result<(), String> {
+        drop(child.stdin.take());
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        match child.wait() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(_) => {
+                let lines: Vec<&str> = err
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                let why = lines
+                    .iter()
+                    .find(|l| l.contains("ERROR:"))
+                    .or_else(|| lines.iter().find(|l| l.contains("error:")))
+                    .or(lines.last())
+                    .map_or("the load failed", |l| l);
+                Err(why.to_owned())
+            }
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 

@@ -537,6 +537,9 @@ impl Drilling {
             return;
         };
         let result = match sink {
+            Sink::Loader(child) if matches!(target, Target::Postgres { .. }) => {
+                ScratchPostgres::finish_loader(child)
+            }
             Sink::Loader(child) => ScratchMariaDb::finish_loader(child),
             Sink::File(f) => f.sync_all().map_err(|e| e.to_string()),
         };
