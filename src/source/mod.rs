@@ -19,9 +19,9 @@ use serde::Serialize;
 pub use command::CommandSource;
 pub use files::FilesSource;
 pub use mysql::MysqlSource;
-pub use postgres::PostgresSource;
+pub use postgres::{parse_counts, PostgresSource, COUNT_QUERY, PSQL_QUIET};
 pub use process::{find_program, ChildStream};
-pub use sqlite::SqliteSource;
+pub use sqlite::{check_copy as check_sqlite_copy, SqliteSource};
 
 /// One file-system entry for the archive, with what `tar` keeps of it.
 #[derive(Debug, Clone)]
