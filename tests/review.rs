@@ -1,0 +1,346 @@
+//! Security review of names as bytes, member lists and the extractor's
+//! bookkeeping: hostile archives a public-key holder can seal, and trees a
+//! files source can meet.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use coffer::pipeline::walk::walk_archive;
+use common::*;
+use sha2::{Digest, Sha256};
+
+/// (name bytes, tar type, link target, data)
+type Raw<'a> = (&'a [u8], tar::EntryType, Option<&'a str>, &'a [u8]);
+
+/// A GNU header with `name` exactly as given (no tidying by the tar crate).
+fn raw_entry(b: &mut tar::Builder<Vec<u8>>, e: &Raw<'_>) {
+    let (name, kind, link, data) = *e;
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    let gnu = h.as_gnu_mut().unwrap();
+    gnu.name[..name.len()].copy_from_slice(name);
+    if let Some(l) = link {
+        gnu.linkname[..l.len()].copy_from_slice(l.as_bytes());
+    }
+    h.set_cksum();
+    b.append(&h, data).unwrap();
+}
+
+fn kind_of(k: tar::EntryType) -> &'static str {
+    match k {
+        tar::EntryType::Directory => "dir",
+        tar::EntryType::Symlink => "symlink",
+        _ => "file",
+    }
+}
+
+/// A tar of `entries` and a MANIFEST.json that lists each entry (one
+/// logical member per entry, with its SHA-256), as a forger with the public
+/// key writes it. `logical` overrides the listed members when parts join.
+fn forged_tar(entries: &[Raw<'_>], logical: Option<Vec<serde_json::Value>>) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        raw_entry(&mut b, e);
+    }
+    let members = logical.unwrap_or_else(|| {
+        entries
+            .iter()
+            .map(|(n, k, _, d)| {
+                let mut v = serde_json::json!({
+                    "path": String::from_utf8_lossy(n), "kind": kind_of(*k), "size": d.len(),
+                    "sha256": hex::encode(Sha256::digest(d)),
+                });
+                if std::str::from_utf8(n).is_err() {
+                    use base64::Engine;
+                    v["path_b64"] = base64::engine::general_purpose::STANDARD.encode(n).into();
+                }
+                v
+            })
+            .collect()
+    });
+    let manifest = serde_json::json!({
+        "format": "coffer-manifest/1", "name": "prod-20261123T000000Z", "job": "prod",
+        "created": "2026-11-23T00:00:00.000Z", "tool_version": "0", "host": "h",
+        "sources": [], "members": members,
+    });
+    let m = serde_json::to_vec(&manifest).unwrap();
+    raw_entry(
+        &mut b,
+        &(b"MANIFEST.json", tar::EntryType::Regular, None, &m),
+    );
+    b.into_inner().unwrap()
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    key: PathBuf,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("backup.key");
+        ok(&["keygen", "--type", "age", "--out", key.to_str().unwrap()]);
+        Env { dir, key }
+    }
+    fn p(&self) -> &Path {
+        self.dir.path()
+    }
+    fn key(&self) -> &str {
+        self.key.to_str().unwrap()
+    }
+    fn seal(&self, tar_bytes: &[u8], name: &str) -> PathBuf {
+        let text = fs::read_to_string(format!("{}.pub", self.key.display())).unwrap();
+        let recipients = coffer::envelope::parse_recipients_file(
+            &text,
+            &coffer::envelope::no_passphrase(),
+        )
+        .unwrap();
+        let meta = coffer::envelope::Metadata {
+            created: "2026-11-22T00:00:00Z".into(),
+            job: Some("prod".into()),
+            compression: Some("none".into()),
+            content: Some("tar".into()),
+            ..Default::default()
+        };
+        let mut w = coffer::envelope::seal(&recipients, meta, 65536, Vec::new()).unwrap();
+        w.write_all(tar_bytes).unwrap();
+        let p = self.p().join(format!("{name}.coffer"));
+        fs::write(&p, w.finish().unwrap()).unwrap();
+        p
+    }
+    fn restore_to(&self, sealed: &Path, target: &Path, force: bool) -> std::process::Output {
+        let mut args = vec![
+            "restore",
+            "-i",
+            self.key(),
+            sealed.to_str().unwrap(),
+            "--to",
+            target.to_str().unwrap(),
+        ];
+        if force {
+            args.push("--force");
+        }
+        coffer(&args)
+    }
+}
+
+/// Two members whose names differ in bytes but that the extractor writes to
+/// one path (`//`, `./`, a trailing slash, `/./`) pass the walk — which
+/// refuses "a name twice" — so verify and restore's authenticating pass say
+/// the backup is good, and then restore fails (or, with --force, the later
+/// member silently replaces the earlier). The walk must refuse them as it
+/// refuses one name twice.
+#[test]
+fn names_the_extractor_writes_to_one_path_are_refused_by_the_walk() {
+    let cases: &[(&str, &[Raw<'_>])] = &[
+        (
+            "double-slash",
+            &[
+                (b"files/a", tar::EntryType::Regular, None, b"one"),
+                (b"files//a", tar::EntryType::Regular, None, b"two"),
+            ],
+        ),
+        (
+            "dot-slash",
+            &[
+                (b"files/a", tar::EntryType::Regular, None, b"one"),
+                (b"./files/a", tar::EntryType::Regular, None, b"two"),
+            ],
+        ),
+        (
+            "inner-dot",
+            &[
+                (b"files/a", tar::EntryType::Regular, None, b"one"),
+                (b"files/./a", tar::EntryType::Regular, None, b"two"),
+            ],
+        ),
+        (
+            "trailing-slash",
+            &[
+                (b"files/a", tar::EntryType::Regular, None, b"one"),
+                (b"files/a/", tar::EntryType::Regular, None, b"two"),
+            ],
+        ),
+        (
+            // A member the extractor writes where MANIFEST.json goes.
+            "manifest-alias",
+            &[(b"./MANIFEST.json", tar::EntryType::Regular, None, b"{}")],
+        ),
+    ];
+    let e = Env::new();
+    for (name, entries) in cases {
+        let tar_bytes = forged_tar(entries, None);
+        // End to end: the authenticating pass accepts, the writing pass then
+        // fails — what `verify` reports good cannot be restored.
+        let sealed = e.seal(&tar_bytes, name);
+        let target = e.p().join(format!("t-{name}"));
+        let out = e.restore_to(&sealed, &target, false);
+        let walked = walk_archive(&tar_bytes[..], |_, _| Ok(()));
+        assert!(
+            walked.is_err(),
+            "{name}: the walk (verify) accepts an archive restore then {}: {}",
+            if out.status.success() {
+                "takes".to_owned()
+            } else {
+                format!("refuses (exit {})", code(&out))
+            },
+            stderr(&out)
+        );
+    }
+}
+
+/// With --force, the second alias replaces the first: the archive verified
+/// as holding `files/a` = "one" restores `files/a` = "two".
+#[test]
+fn with_force_an_alias_silently_replaces_a_verified_member() {
+    let e = Env::new();
+    let entries: &[Raw<'_>] = &[
+        (b"files/a", tar::EntryType::Regular, None, b"one"),
+        (b"files//a", tar::EntryType::Regular, None, b"two"),
+    ];
+    let sealed = e.seal(&forged_tar(entries, None), "force-alias");
+    let target = e.p().join("t");
+    let out = e.restore_to(&sealed, &target, true);
+    assert!(
+        !out.status.success(),
+        "restored, files/a = {:?}",
+        fs::read_to_string(target.join("files/a")).unwrap_or_default()
+    );
+}
+
+/// Parts after the first of a split stream are not checked for kind: a
+/// stream whose part 1 is a directory entry (or part 0 a directory) passes
+/// the walk and fails the restore.
+#[test]
+fn a_split_stream_part_of_another_kind_is_refused_by_the_walk() {
+    let big = vec![b'x'; 10];
+    for (name, entries) in [
+        (
+            "part1-dir",
+            vec![
+                (
+                    &b"mysql/x.sql.000000"[..],
+                    tar::EntryType::Regular,
+                    None,
+                    &big[..],
+                ),
+                (b"mysql/x.sql.000001", tar::EntryType::Directory, None, b""),
+            ],
+        ),
+        (
+            "part0-dir",
+            vec![
+                (b"mysql/x.sql.000000", tar::EntryType::Directory, None, b""),
+                (b"mysql/x.sql.000001", tar::EntryType::Regular, None, &big[..]),
+            ],
+        ),
+    ] {
+        let kind = if name == "part0-dir" { "dir" } else { "stream" };
+        let logical = vec![serde_json::json!({
+            "path": "mysql/x.sql", "kind": kind, "size": 10,
+            "sha256": hex::encode(Sha256::digest(&big)),
+            "parts": ["mysql/x.sql.000000", "mysql/x.sql.000001"],
+        })];
+        let tar_bytes = forged_tar(&entries, Some(logical));
+        let e = Env::new();
+        let sealed = e.seal(&tar_bytes, name);
+        let out = e.restore_to(&sealed, &e.p().join("t"), false);
+        let walked = walk_archive(&tar_bytes[..], |_, _| Ok(()));
+        assert!(
+            walked.is_err(),
+            "{name}: the walk accepts; restore exit {}: {}",
+            code(&out),
+            stderr(&out)
+        );
+    }
+}
+
+/// `restore --stdout --member NAME` matches the lossy name: two members
+/// whose names differ only in bytes that are not UTF-8 both match, and their
+/// contents come out concatenated as if one file. Written by coffer itself
+/// for a tree holding `\xff` and `\xfe`.
+#[test]
+fn member_to_stdout_does_not_concatenate_lossy_equal_names() {
+    let entries: &[Raw<'_>] = &[
+        (b"files/t/\xff", tar::EntryType::Regular, None, b"first\n"),
+        (b"files/t/\xfe", tar::EntryType::Regular, None, b"second\n"),
+    ];
+    let tar_bytes = forged_tar(entries, None);
+    walk_archive(&tar_bytes[..], |_, _| Ok(())).expect("a well-formed archive");
+    let e = Env::new();
+    let sealed = e.seal(&tar_bytes, "lossy");
+    let out = coffer(&[
+        "restore",
+        "-i",
+        e.key(),
+        sealed.to_str().unwrap(),
+        "--stdout",
+        "--member",
+        "files/t/\u{fffd}",
+    ]);
+    assert_ne!(
+        out.stdout,
+        b"first\nsecond\n",
+        "two files written out as one"
+    );
+}
+
+/// A configured path through a symlink and `..` is named by its text
+/// (`/t/a/link/..` becomes `/t/a`) but walked as the kernel resolves it
+/// (the link target's parent): the backup holds another directory's files
+/// under `/t/a`, and `/t/a` itself, configured too, is dropped as "already
+/// in the backup".
+#[test]
+fn a_configured_path_through_a_link_and_dotdot_backs_up_what_its_name_says() {
+    let e = Env::new();
+    let t = e.p().join("t");
+    fs::create_dir_all(t.join("a")).unwrap();
+    fs::create_dir_all(t.join("other/sub")).unwrap();
+    fs::write(t.join("a/precious"), "in /t/a").unwrap();
+    fs::write(t.join("other/secret"), "in /t/other").unwrap();
+    symlink(t.join("other/sub"), t.join("a/link")).unwrap();
+    let cfg = e.p().join("coffer.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{dir}/coffer.lock\"\n\n[[source]]\ntype = \"files\"\nname = \"tree\"\npaths = [\"{via}\", \"{a}\"]\n\n[[store]]\ntype = \"local\"\npath = \"{dir}/store\"\n",
+            key = e.key(),
+            dir = e.p().display(),
+            via = t.join("a/link/..").display(),
+            a = t.join("a").display(),
+        ),
+    )
+    .unwrap();
+    chmod(&cfg, 0o600);
+    let out = coffer(&["backup", "-c", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let target = e.p().join("restored");
+    let out = coffer(&[
+        "restore",
+        "-c",
+        cfg.to_str().unwrap(),
+        "-i",
+        e.key(),
+        "latest",
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let under = target.join(format!("files/tree{}", t.join("a").display()));
+    assert!(
+        !under.join("secret").exists(),
+        "/t/other's files restored as /t/a's"
+    );
+    assert_eq!(
+        fs::read_to_string(under.join("precious")).ok().as_deref(),
+        Some("in /t/a"),
+        "/t/a's own files are not in the backup"
+    );
+}
