@@ -222,6 +222,10 @@ impl Checker {
         kind: &EntryKind<'_>,
     ) -> Result<(Vec<u8>, Option<u32>), String> {
         let split = std::str::from_utf8(raw).ok().and_then(archive::split_part);
+        if split.is_some() && !matches!(kind, EntryKind::File) {
+            // Only streams are split, and a stream's parts are files.
+            return Err("a part of a split stream that is not a file".into());
+        }
         if let Some((base, n)) = split {
             if n > 0 {
                 // Parts are written one after another: part n continues the
@@ -246,7 +250,17 @@ impl Checker {
             Some((base, n)) => (base.as_bytes().to_vec(), Some(n)),
             None => (raw.to_vec(), None),
         };
-        if !self.names.insert(archive::name_key(&name)) {
+        // The extractor writes `a//b`, `./a/b`, `a/./b` and `a/b/` all to
+        // `a/b`: one name, as far as a second member of it goes.
+        let path = canonical(&name);
+        let lists = manifest::LIST_DIR.as_bytes();
+        if path == INNER_NAME.as_bytes()
+            || path.starts_with(lists)
+            || path == lists[..lists.len() - 1]
+        {
+            return Err(format!("a member written where {INNER_NAME} or its lists go"));
+        }
+        if !self.names.insert(archive::name_key(&path)) {
             return Err("a second member of this name".into());
         }
         self.current = Some(Logical {
@@ -404,6 +418,22 @@ impl Checker {
             Err(problems.join("; "))
         }
     }
+}
+
+/// A member name as the extractor resolves it: empty and `.` components
+/// dropped (`..` is kept; the extractor refuses it).
+fn canonical(name: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len());
+    for c in name.split(|&b| b == b'/') {
+        if c.is_empty() || c == b"." {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(b'/');
+        }
+        out.extend_from_slice(c);
+    }
+    out
 }
 
 /// Opens the envelope and checks that it holds a backup archive.
