@@ -72,24 +72,65 @@ fn normalized(p: &Path) -> PathBuf {
 /// `/etc/mysql`), or named twice, is already in the backup with the outer
 /// one, and a second member of one name would make the backup unreadable.
 /// Returns the paths to walk and a warning for each one dropped.
-fn outermost(paths: Vec<PathBuf>) -> (Vec<PathBuf>, Vec<String>) {
-    let mut named: Vec<(PathBuf, PathBuf)> =
-        paths.into_iter().map(|p| (normalized(&p), p)).collect();
+fn outermost(paths: Vec<PathBuf>) -> Result<(Vec<PathBuf>, Vec<String>), SourceError> {
+    let mut named: Vec<(PathBuf, PathBuf)> = paths
+        .into_iter()
+        .map(|p| {
+            let p = resolved(&p);
+            (normalized(&p), p)
+        })
+        .collect();
     // Sorted by components, an ancestor comes right before its descendants.
     named.sort_by(|a, b| a.0.components().cmp(b.0.components()));
     let mut kept: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut warnings = Vec::new();
     for (norm, p) in named {
         match kept.last() {
-            Some((outer, op)) if norm.starts_with(outer) => warnings.push(format!(
-                "{}: already in the backup under {}; backed up once",
-                p.display(),
-                op.display()
-            )),
+            Some((outer, op)) if norm.starts_with(outer) => {
+                // A link is backed up as a link, not followed: what is
+                // under it is not in the backup, and would not restore.
+                if norm != *outer
+                    && fs::symlink_metadata(op).is_ok_and(|m| m.file_type().is_symlink())
+                {
+                    return Err(SourceError::Invalid(format!(
+                        "{}: under {}, a symlink the backup keeps as a link; configure the path it points to",
+                        p.display(),
+                        op.display()
+                    )));
+                }
+                warnings.push(format!(
+                    "{}: already in the backup under {}; backed up once",
+                    p.display(),
+                    op.display()
+                ));
+            }
             _ => kept.push((norm, p)),
         }
     }
-    (kept.into_iter().map(|(_, p)| p).collect(), warnings)
+    Ok((kept.into_iter().map(|(_, p)| p).collect(), warnings))
+}
+
+/// `p` with everything up to its last `..` resolved as the kernel resolves
+/// it (through links, `a/link/..` is the link target's parent, not `a`),
+/// so that the name `normalized` gives it is the directory walked. A path
+/// without `..`, or whose start does not exist, is returned as it is.
+fn resolved(p: &Path) -> PathBuf {
+    let parts: Vec<Component<'_>> = p.components().collect();
+    let Some(last) = parts.iter().rposition(|c| *c == Component::ParentDir) else {
+        return p.to_path_buf();
+    };
+    let head: PathBuf = parts[..=last].iter().collect();
+    let Ok(mut out) = fs::canonicalize(&head) else {
+        return p.to_path_buf();
+    };
+    for c in &parts[last + 1..] {
+        out.push(c);
+    }
+    // A trailing slash follows a final link; keep it.
+    if p.as_os_str().as_bytes().ends_with(b"/") && parts.len() > last + 1 {
+        out.as_mut_os_string().push("/");
+    }
+    out
 }
 
 /// Reads exactly `size` bytes: a file that shrinks is padded with zeros and a
@@ -434,7 +475,7 @@ impl Source for FilesSource {
             }
             all.extend(matches);
         }
-        let (roots, dropped) = outermost(all);
+        let (roots, dropped) = outermost(all)?;
         report.warnings.extend(dropped);
         for p in roots {
             self.walk(&p, sink, &mut report)?;
@@ -491,7 +532,8 @@ mod tests {
             .iter()
             .map(PathBuf::from)
             .collect(),
-        );
+        )
+        .unwrap();
         assert_eq!(
             kept,
             [
