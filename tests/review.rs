@@ -392,3 +392,110 @@ fn a_configured_path_under_a_configured_symlink_is_not_silently_dropped() {
         stderr(&out)
     );
 }
+
+/// A sealed archive of a few hundred kilobytes whose one member has a GNU
+/// long name of a gigabyte: the tar reader takes the whole name into
+/// memory, and the walk copies it four times more (lossy form, the name,
+/// the running member, the pending list) — no bound on a name's length or on
+/// the bytes of the names held. Under a 1 GiB address-space limit restore
+/// should refuse the archive (exit 3); it dies instead.
+#[test]
+fn a_tiny_archive_with_a_huge_long_name_is_refused_not_fatal() {
+    let name_len: u64 = std::env::var("REVIEW_NAME_LEN").map_or(1 << 30, |v| v.parse().unwrap());
+    let e = Env::new();
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 19).unwrap();
+    {
+        let mut b = tar::Builder::new(&mut enc);
+        let mut long = tar::Header::new_gnu();
+        long.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+        long.set_entry_type(tar::EntryType::GNULongName);
+        long.set_size(name_len);
+        long.set_mode(0o644);
+        long.set_cksum();
+        let mut data = std::io::Read::take(
+            std::io::Read::chain(&b"files/"[..], std::io::repeat(b'a')),
+            name_len,
+        );
+        b.append(&long, &mut data).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..5].copy_from_slice(b"files");
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, std::io::empty()).unwrap();
+        b.finish().unwrap();
+    }
+    let compressed = enc.finish().unwrap();
+    let text = fs::read_to_string(format!("{}.pub", e.key.display())).unwrap();
+    let recipients =
+        coffer::envelope::parse_recipients_file(&text, &coffer::envelope::no_passphrase())
+            .unwrap();
+    let meta = coffer::envelope::Metadata {
+        created: "2026-11-22T00:00:00Z".into(),
+        job: Some("prod".into()),
+        compression: Some("zstd".into()),
+        content: Some("tar".into()),
+        ..Default::default()
+    };
+    let mut w = coffer::envelope::seal(&recipients, meta, 65536, Vec::new()).unwrap();
+    w.write_all(&compressed).unwrap();
+    let sealed = e.p().join("longname.coffer");
+    fs::write(&sealed, w.finish().unwrap()).unwrap();
+    let size = fs::metadata(&sealed).unwrap().len();
+    if let Ok(keep) = std::env::var("REVIEW_KEEP") {
+        fs::copy(&sealed, &keep).unwrap();
+        fs::copy(&e.key, format!("{keep}.key")).unwrap();
+    }
+    assert!(size < 1 << 20, "{size} bytes sealed");
+    let out = std::process::Command::new("prlimit")
+        .arg(format!("--as={}", 1u64 << 30))
+        .arg(bin())
+        .args(["restore", "-i", e.key(), sealed.to_str().unwrap()])
+        .args(["--stdout", "--member", "files"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a {size}-byte backup: {:?} {}",
+        out.status,
+        stderr(&out)
+    );
+}
+
+/// A GNU long name can carry a NUL: the walk takes `files/a\0b` as a name
+/// (verify says good), and the restore cannot create it and blames the
+/// target (exit 1, "cannot create"), not the archive.
+#[test]
+fn a_name_with_a_nul_is_refused_by_the_walk() {
+    let mut b = tar::Builder::new(Vec::new());
+    let name = b"files/a\0b";
+    let mut long = tar::Header::new_gnu();
+    long.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    long.set_entry_type(tar::EntryType::GNULongName);
+    long.set_size(name.len() as u64 + 1);
+    long.set_mode(0o644);
+    long.set_cksum();
+    b.append(&long, &[&name[..], b"\0"].concat()[..]).unwrap();
+    raw_entry(&mut b, &(b"files/a", tar::EntryType::Regular, None, b"x"));
+    let manifest = serde_json::json!({
+        "format": "coffer-manifest/1", "name": "prod-20261123T000000Z", "job": "prod",
+        "created": "2026-11-23T00:00:00.000Z", "tool_version": "0", "host": "h",
+        "sources": [], "members": [{"path": "files/a\u{0}b", "kind": "file", "size": 1}],
+    });
+    let m = serde_json::to_vec(&manifest).unwrap();
+    raw_entry(&mut b, &(b"MANIFEST.json", tar::EntryType::Regular, None, &m));
+    let tar_bytes = b.into_inner().unwrap();
+    let e = Env::new();
+    let sealed = e.seal(&tar_bytes, "nul");
+    let out = e.restore_to(&sealed, &e.p().join("t"), false);
+    let walked = walk_archive(&tar_bytes[..], |_, _| Ok(()));
+    assert!(
+        walked.is_err(),
+        "the walk accepts; restore exit {}: {}",
+        code(&out),
+        stderr(&out)
+    );
+}
