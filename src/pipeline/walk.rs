@@ -221,6 +221,11 @@ impl Checker {
         raw: &[u8],
         kind: &EntryKind<'_>,
     ) -> Result<(Vec<u8>, Option<u32>), String> {
+        if raw.contains(&0) {
+            // Only a GNU long name or a PAX record can carry one; no file
+            // name holds it, and the extractor could not create it.
+            return Err("a name with a NUL byte".into());
+        }
         let split = std::str::from_utf8(raw).ok().and_then(archive::split_part);
         if split.is_some() && !matches!(kind, EntryKind::File) {
             // Only streams are split, and a stream's parts are files.
