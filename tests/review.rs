@@ -499,3 +499,70 @@ fn a_name_with_a_nul_is_refused_by_the_walk() {
         stderr(&out)
     );
 }
+
+/// The inner manifest may take 64 MiB beyond 512 bytes per member *since
+/// the last list*: with member lists that is at most ~1024 members, so a
+/// source's warnings (one per skipped special file, each naming its path)
+/// past ~64 MiB make a backup that succeeds and that no reader will open.
+/// Before lists, the allowance grew with every member of the archive.
+#[test]
+fn a_backup_whose_warnings_pass_64_mib_can_still_be_restored() {
+    let e = Env::new();
+    let tree = e.p().join("tree");
+    let mut deep = tree.clone();
+    for i in 0..14 {
+        deep.push(format!("{i:02}{}", "d".repeat(248)));
+    }
+    fs::create_dir_all(&deep).unwrap();
+    // 18 500 FIFOs of ~3.8 KB paths: ~70 MB of "skipped" warnings.
+    for i in 0..18_500 {
+        let p = deep.join(format!("{i:05}{}", "f".repeat(245)));
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &p,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+    }
+    fs::write(tree.join("data"), "keep me").unwrap();
+    let cfg = e.p().join("coffer.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{dir}/coffer.lock\"\n\n[[source]]\ntype = \"files\"\nname = \"tree\"\npaths = [\"{tree}\"]\n\n[[store]]\ntype = \"local\"\npath = \"{dir}/store\"\n",
+            key = e.key(),
+            dir = e.p().display(),
+            tree = tree.display(),
+        ),
+    )
+    .unwrap();
+    chmod(&cfg, 0o600);
+    let out = coffer(&["backup", "-c", cfg.to_str().unwrap()]);
+    if !out.status.success() {
+        return; // refused at backup time: fine
+    }
+    let member = format!("files/tree{}", tree.join("data").display());
+    let out = coffer(&[
+        "restore",
+        "-c",
+        cfg.to_str().unwrap(),
+        "-i",
+        e.key(),
+        "latest",
+        "--stdout",
+        "--member",
+        &member,
+    ]);
+    let err = stderr(&out);
+    assert!(
+        out.status.success(),
+        "the backup succeeded; restore: {}",
+        err.lines()
+            .filter(|l| l.contains("error"))
+            .map(|l| &l[..l.len().min(400)])
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
