@@ -606,3 +606,55 @@ fn a_command_source_named_like_a_part_can_be_restored() {
         stderr(&out)
     );
 }
+
+/// A PAX `path` record beside a GNU long name: the tar crate (the walk, and
+/// so verify and restore --to) takes the long name, GNU tar the PAX path —
+/// `restore --stdout | tar -x`, as the README suggests, extracts a name the
+/// walk never checked. coffer never writes PAX headers.
+#[test]
+fn a_pax_path_beside_a_long_name_is_refused() {
+    fn hdr(name: &[u8], kind: tar::EntryType, size: usize) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+        h.set_entry_type(kind);
+        h.set_size(size as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        h
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    let long = b"files/what-coffer-checked\0";
+    b.append(&hdr(b"././@LongLink", tar::EntryType::GNULongName, long.len()), &long[..])
+        .unwrap();
+    let rec = b"30 path=files/what-tar-writes\n";
+    b.append(&hdr(b"PaxHeaders/x", tar::EntryType::XHeader, rec.len()), &rec[..])
+        .unwrap();
+    b.append(&hdr(b"short", tar::EntryType::Regular, 1), &b"x"[..])
+        .unwrap();
+    let manifest = serde_json::json!({
+        "format": "coffer-manifest/1", "name": "prod-20261123T000000Z", "job": "prod",
+        "created": "2026-11-23T00:00:00.000Z", "tool_version": "0", "host": "h",
+        "sources": [], "members": [{"path": "files/what-coffer-checked", "kind": "file", "size": 1}],
+    });
+    let m = serde_json::to_vec(&manifest).unwrap();
+    raw_entry(&mut b, &(b"MANIFEST.json", tar::EntryType::Regular, None, &m));
+    let tar_bytes = b.into_inner().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let listed = std::process::Command::new("tar")
+        .arg("-t")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .current_dir(dir.path())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(&tar_bytes)?;
+            c.wait_with_output()
+        })
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let walked = walk_archive(&tar_bytes[..], |_, _| Ok(()));
+    assert!(
+        walked.is_err(),
+        "the walk accepts files/what-coffer-checked; GNU tar lists {listed:?}"
+    );
+}
