@@ -740,6 +740,15 @@ pub fn read_members<R: Read>(
     let mut ar = tar::Archive::new(input);
     for entry in ar.entries()? {
         let mut entry = entry?;
+        // coffer writes GNU headers only. A PAX record could name a member
+        // one way to this reader (which prefers a GNU long name) and
+        // another to GNU tar (which prefers the record).
+        if entry.pax_extensions()?.is_some() {
+            return Err(ReadError::Refused {
+                path: String::from_utf8_lossy(&entry.path_bytes()).into_owned(),
+                reason: "PAX extended headers are not coffer's".into(),
+            });
+        }
         let path = entry.path_bytes().into_owned();
         let shown = || String::from_utf8_lossy(&path).into_owned();
         let header = entry.header();
