@@ -658,3 +658,33 @@ fn a_pax_path_beside_a_long_name_is_refused() {
         "the walk accepts files/what-coffer-checked; GNU tar lists {listed:?}"
     );
 }
+
+/// `/t/a` (a symlink, kept as a link) and `/t/a/` (followed: the directory
+/// it points to) normalise to one name: one is dropped as "already in the
+/// backup", and with it either the link or everything under it.
+#[test]
+fn a_symlink_configured_with_and_without_a_trailing_slash_is_not_half_dropped() {
+    let e = Env::new();
+    let t = e.p().join("t");
+    fs::create_dir_all(t.join("real")).unwrap();
+    fs::write(t.join("real/f"), "data").unwrap();
+    symlink(t.join("real"), t.join("a")).unwrap();
+    let cfg = e.p().join("coffer.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{dir}/coffer.lock\"\n\n[[source]]\ntype = \"files\"\nname = \"tree\"\npaths = [\"{a}\", \"{a}/\"]\n\n[[store]]\ntype = \"local\"\npath = \"{dir}/store\"\n",
+            key = e.key(),
+            dir = e.p().display(),
+            a = t.join("a").display(),
+        ),
+    )
+    .unwrap();
+    chmod(&cfg, 0o600);
+    let out = coffer(&["backup", "-c", cfg.to_str().unwrap()]);
+    assert!(
+        !out.status.success(),
+        "backed up with only a warning: {}",
+        stderr(&out)
+    );
+}
