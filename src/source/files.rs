@@ -88,13 +88,13 @@ fn outermost(paths: Vec<PathBuf>) -> Result<(Vec<PathBuf>, Vec<String>), SourceE
         match kept.last() {
             Some((outer, op)) if norm.starts_with(outer) => {
                 // A link is backed up as a link, not followed: what is
-                // under it is not in the backup, and would not restore.
-                if norm != *outer
-                    && fs::symlink_metadata(op).is_ok_and(|m| m.file_type().is_symlink())
-                {
+                // under one is not in the backup with `op`, and would not
+                // restore beside it.
+                if let Some(link) = link_between(outer, op, &norm, &p) {
                     return Err(SourceError::Invalid(format!(
-                        "{}: under {}, a symlink the backup keeps as a link; configure the path it points to",
+                        "{}: {} is a symlink the backup keeps as a link, so this is not under {}; configure the path it points to",
                         p.display(),
+                        link.display(),
                         op.display()
                     )));
                 }
@@ -108,6 +108,31 @@ fn outermost(paths: Vec<PathBuf>) -> Result<(Vec<PathBuf>, Vec<String>), SourceE
         }
     }
     Ok((kept.into_iter().map(|(_, p)| p).collect(), warnings))
+}
+
+/// The symlink, if any, that makes `p` (named `norm`) not part of the walk
+/// of `op` (named `outer`, an ancestor of `norm` or `norm` itself): `op`
+/// itself when written without a trailing slash (kept as a link), any
+/// directory between them, or `p` itself when only one of the two is
+/// written to follow it.
+fn link_between(outer: &Path, op: &Path, norm: &Path, p: &Path) -> Option<PathBuf> {
+    let is_link = |q: &Path| fs::symlink_metadata(q).is_ok_and(|m| m.file_type().is_symlink());
+    if norm == outer {
+        return (is_link(op) != is_link(p)).then(|| norm.to_path_buf());
+    }
+    if is_link(op) {
+        return Some(op.to_path_buf());
+    }
+    let mut at = outer.to_path_buf();
+    let rest: Vec<_> = norm.strip_prefix(outer).ok()?.components().collect();
+    for (i, c) in rest.iter().enumerate() {
+        at.push(c);
+        let last = i + 1 == rest.len();
+        if is_link(&at) && (!last || is_link(p) != is_link(&at)) {
+            return Some(at);
+        }
+    }
+    None
 }
 
 /// `p` with everything up to its last `..` resolved as the kernel resolves
@@ -544,6 +569,25 @@ mod tests {
         );
         assert_eq!(warnings.len(), 3, "{warnings:?}");
         assert!(warnings[0].contains("already in the backup under /etc"));
+    }
+
+    #[test]
+    fn a_path_under_a_link_is_not_dropped_as_already_backed_up() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("d");
+        fs::create_dir_all(d.join("real/x")).unwrap();
+        std::os::unix::fs::symlink(d.join("real"), d.join("l")).unwrap();
+        // Under a directory, through a link inside it: refused.
+        assert!(outermost(vec![d.clone(), d.join("l/x")]).is_err());
+        // The link itself, as written, is what walking `d` records: dropped.
+        let (kept, warnings) = outermost(vec![d.clone(), d.join("l")]).unwrap();
+        assert_eq!((kept, warnings.len()), (vec![d.clone()], 1));
+        // Followed (trailing slash), it is not: refused.
+        let mut followed = d.join("l").into_os_string();
+        followed.push("/");
+        assert!(outermost(vec![d.clone(), PathBuf::from(followed)]).is_err());
+        // A plain subdirectory: dropped.
+        assert!(outermost(vec![d.clone(), d.join("real/x")]).is_ok());
     }
 
     #[test]
