@@ -199,6 +199,9 @@ struct Checker {
     members: usize,
     /// [`PENDING_CAP`], smaller in tests.
     cap: usize,
+    /// The bytes of the names (and parts' names) since the last list: a list
+    /// naming more than [`MANIFEST_CAP`] of them could never be read.
+    pending_bytes: u64,
 }
 
 impl Default for Checker {
@@ -210,6 +213,7 @@ impl Default for Checker {
             lists: Vec::new(),
             members: 0,
             cap: PENDING_CAP,
+            pending_bytes: 0,
         }
     }
 }
@@ -230,6 +234,12 @@ impl Checker {
         if split.is_some() && !matches!(kind, EntryKind::File) {
             // Only streams are split, and a stream's parts are files.
             return Err("a part of a split stream that is not a file".into());
+        }
+        self.pending_bytes = self.pending_bytes.saturating_add(raw.len() as u64);
+        if self.pending_bytes > MANIFEST_CAP {
+            return Err(format!(
+                "names of more than {MANIFEST_CAP} bytes without a member list"
+            ));
         }
         if let Some((base, n)) = split {
             if n > 0 {
@@ -326,6 +336,7 @@ impl Checker {
             sha256: hex::encode(Sha256::digest(bytes)),
         });
         self.pending.clear();
+        self.pending_bytes = 0;
         Ok(())
     }
 
