@@ -689,7 +689,8 @@ pub(crate) mod tests {
     fn the_header_guard_follows_headers_across_reads_and_stops_long_names() {
         let mut a = ArchiveWriter::new(Vec::new(), Compression::None, 0).unwrap();
         let long = [b"files/t/".as_slice(), &[b'n'; 3000]].concat();
-        a.append_entry(&file(&long, b"xyz"), &mut &b"xyz"[..]).unwrap();
+        a.append_entry(&file(&long, b"xyz"), &mut &b"xyz"[..])
+            .unwrap();
         a.append_stream("mysql/x.sql", &mut &vec![5u8; 1000][..])
             .unwrap();
         let bytes = a.finish(&mut inner()).unwrap();
@@ -699,7 +700,10 @@ pub(crate) mod tests {
             Ok(())
         })
         .unwrap();
-        assert_eq!(names, [long, b"mysql/x.sql".to_vec(), b"MANIFEST.json".to_vec()]);
+        assert_eq!(
+            names,
+            [long, b"mysql/x.sql".to_vec(), b"MANIFEST.json".to_vec()]
+        );
         // A long name past the limit is refused before it is read.
         let mut b = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
@@ -707,10 +711,13 @@ pub(crate) mod tests {
         h.set_entry_type(tar::EntryType::GNULongName);
         h.set_size(LONG_NAME_MAX + 1);
         h.set_cksum();
-        b.append(&h, io::repeat(b'a').take(LONG_NAME_MAX + 1)).unwrap();
+        b.append(&h, io::repeat(b'a').take(LONG_NAME_MAX + 1))
+            .unwrap();
         let bytes = b.into_inner().unwrap();
         match read_members(Trickle(&bytes, 0), |_| Ok(())) {
-            Err(ReadError::Refused { reason, .. }) => assert!(reason.contains("long name"), "{reason}"),
+            Err(ReadError::Refused { reason, .. }) => {
+                assert!(reason.contains("long name"), "{reason}")
+            }
             Err(e) => panic!("{e}"),
             Ok(_) => panic!("read"),
         }
@@ -835,17 +842,15 @@ impl<R> HeaderGuard<R> {
                 .fold(0u64, |a, &b| (a << 8) | u64::from(b))
         } else {
             let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
-            match std::str::from_utf8(&field[..end])
+            let parsed = std::str::from_utf8(&field[..end])
                 .ok()
-                .and_then(|t| u64::from_str_radix(t.trim(), 8).ok())
-            {
-                Some(n) => n,
-                None => {
-                    // The tar crate refuses it.
-                    self.done = true;
-                    return Ok(());
-                }
-            }
+                .and_then(|t| u64::from_str_radix(t.trim(), 8).ok());
+            let Some(n) = parsed else {
+                // The tar crate refuses it.
+                self.done = true;
+                return Ok(());
+            };
+            n
         };
         let problem = match h[156] {
             b'x' | b'g' => Some("PAX extended headers are not coffer's".to_owned()),

@@ -97,11 +97,9 @@ impl Env {
     }
     fn seal(&self, tar_bytes: &[u8], name: &str) -> PathBuf {
         let text = fs::read_to_string(format!("{}.pub", self.key.display())).unwrap();
-        let recipients = coffer::envelope::parse_recipients_file(
-            &text,
-            &coffer::envelope::no_passphrase(),
-        )
-        .unwrap();
+        let recipients =
+            coffer::envelope::parse_recipients_file(&text, &coffer::envelope::no_passphrase())
+                .unwrap();
         let meta = coffer::envelope::Metadata {
             created: "2026-11-22T00:00:00Z".into(),
             job: Some("prod".into()),
@@ -238,7 +236,12 @@ fn a_split_stream_part_of_another_kind_is_refused_by_the_walk() {
             "part0-dir",
             vec![
                 (b"mysql/x.sql.000000", tar::EntryType::Directory, None, b""),
-                (b"mysql/x.sql.000001", tar::EntryType::Regular, None, &big[..]),
+                (
+                    b"mysql/x.sql.000001",
+                    tar::EntryType::Regular,
+                    None,
+                    &big[..],
+                ),
             ],
         ),
     ] {
@@ -286,8 +289,7 @@ fn member_to_stdout_does_not_concatenate_lossy_equal_names() {
         "files/t/\u{fffd}",
     ]);
     assert_ne!(
-        out.stdout,
-        b"first\nsecond\n",
+        out.stdout, b"first\nsecond\n",
         "two files written out as one"
     );
 }
@@ -429,8 +431,7 @@ fn a_tiny_archive_with_a_huge_long_name_is_refused_not_fatal() {
     let compressed = enc.finish().unwrap();
     let text = fs::read_to_string(format!("{}.pub", e.key.display())).unwrap();
     let recipients =
-        coffer::envelope::parse_recipients_file(&text, &coffer::envelope::no_passphrase())
-            .unwrap();
+        coffer::envelope::parse_recipients_file(&text, &coffer::envelope::no_passphrase()).unwrap();
     let meta = coffer::envelope::Metadata {
         created: "2026-11-22T00:00:00Z".into(),
         job: Some("prod".into()),
@@ -486,7 +487,10 @@ fn a_name_with_a_nul_is_refused_by_the_walk() {
         "sources": [], "members": [{"path": "files/a\u{0}b", "kind": "file", "size": 1}],
     });
     let m = serde_json::to_vec(&manifest).unwrap();
-    raw_entry(&mut b, &(b"MANIFEST.json", tar::EntryType::Regular, None, &m));
+    raw_entry(
+        &mut b,
+        &(b"MANIFEST.json", tar::EntryType::Regular, None, &m),
+    );
     let tar_bytes = b.into_inner().unwrap();
     let e = Env::new();
     let sealed = e.seal(&tar_bytes, "nul");
@@ -624,11 +628,17 @@ fn a_pax_path_beside_a_long_name_is_refused() {
     }
     let mut b = tar::Builder::new(Vec::new());
     let long = b"files/what-coffer-checked\0";
-    b.append(&hdr(b"././@LongLink", tar::EntryType::GNULongName, long.len()), &long[..])
-        .unwrap();
+    b.append(
+        &hdr(b"././@LongLink", tar::EntryType::GNULongName, long.len()),
+        &long[..],
+    )
+    .unwrap();
     let rec = b"30 path=files/what-tar-writes\n";
-    b.append(&hdr(b"PaxHeaders/x", tar::EntryType::XHeader, rec.len()), &rec[..])
-        .unwrap();
+    b.append(
+        &hdr(b"PaxHeaders/x", tar::EntryType::XHeader, rec.len()),
+        &rec[..],
+    )
+    .unwrap();
     b.append(&hdr(b"short", tar::EntryType::Regular, 1), &b"x"[..])
         .unwrap();
     let manifest = serde_json::json!({
@@ -637,7 +647,10 @@ fn a_pax_path_beside_a_long_name_is_refused() {
         "sources": [], "members": [{"path": "files/what-coffer-checked", "kind": "file", "size": 1}],
     });
     let m = serde_json::to_vec(&manifest).unwrap();
-    raw_entry(&mut b, &(b"MANIFEST.json", tar::EntryType::Regular, None, &m));
+    raw_entry(
+        &mut b,
+        &(b"MANIFEST.json", tar::EntryType::Regular, None, &m),
+    );
     let tar_bytes = b.into_inner().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let listed = std::process::Command::new("tar")

@@ -273,7 +273,9 @@ impl Checker {
             || path.starts_with(lists)
             || path == lists[..lists.len() - 1]
         {
-            return Err(format!("a member written where {INNER_NAME} or its lists go"));
+            return Err(format!(
+                "a member written where {INNER_NAME} or its lists go"
+            ));
         }
         if !self.names.insert(archive::name_key(&path)) {
             return Err("a second member of this name".into());
