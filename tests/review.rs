@@ -701,3 +701,38 @@ fn a_symlink_configured_with_and_without_a_trailing_slash_is_not_half_dropped() 
         stderr(&out)
     );
 }
+
+/// A name component longer than any Linux file system takes (255 bytes):
+/// the walk accepts it, restore cannot create it and blames the target
+/// (exit 1).
+#[test]
+fn a_name_component_past_255_bytes_is_refused_by_the_walk() {
+    let mut b = tar::Builder::new(Vec::new());
+    let name = [b"files/".as_slice(), &[b'n'; 300]].concat();
+    let mut long = tar::Header::new_gnu();
+    long.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    long.set_entry_type(tar::EntryType::GNULongName);
+    long.set_size(name.len() as u64 + 1);
+    long.set_mode(0o644);
+    long.set_cksum();
+    b.append(&long, &[&name[..], b"\0"].concat()[..]).unwrap();
+    raw_entry(&mut b, &(b"files/x", tar::EntryType::Regular, None, b"x"));
+    let manifest = serde_json::json!({
+        "format": "coffer-manifest/1", "name": "prod-20261123T000000Z", "job": "prod",
+        "created": "2026-11-23T00:00:00.000Z", "tool_version": "0", "host": "h",
+        "sources": [], "members": [{"path": String::from_utf8(name).unwrap(), "kind": "file", "size": 1}],
+    });
+    let m = serde_json::to_vec(&manifest).unwrap();
+    raw_entry(&mut b, &(b"MANIFEST.json", tar::EntryType::Regular, None, &m));
+    let tar_bytes = b.into_inner().unwrap();
+    let e = Env::new();
+    let sealed = e.seal(&tar_bytes, "long-component");
+    let out = e.restore_to(&sealed, &e.p().join("t"), false);
+    let walked = walk_archive(&tar_bytes[..], |_, _| Ok(()));
+    assert!(
+        walked.is_err(),
+        "the walk accepts; restore exit {}: {}",
+        code(&out),
+        stderr(&out)
+    );
+}
