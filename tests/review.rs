@@ -723,7 +723,10 @@ fn a_name_component_past_255_bytes_is_refused_by_the_walk() {
         "sources": [], "members": [{"path": String::from_utf8(name).unwrap(), "kind": "file", "size": 1}],
     });
     let m = serde_json::to_vec(&manifest).unwrap();
-    raw_entry(&mut b, &(b"MANIFEST.json", tar::EntryType::Regular, None, &m));
+    raw_entry(
+        &mut b,
+        &(b"MANIFEST.json", tar::EntryType::Regular, None, &m),
+    );
     let tar_bytes = b.into_inner().unwrap();
     let e = Env::new();
     let sealed = e.seal(&tar_bytes, "long-component");
