@@ -268,6 +268,10 @@ impl Checker {
         // The extractor writes `a//b`, `./a/b`, `a/./b` and `a/b/` all to
         // `a/b`: one name, as far as a second member of it goes.
         let path = canonical(&name);
+        if path.split(|&b| b == b'/').any(|c| c.len() > NAME_MAX) {
+            // No file system restore writes to takes it; no source had it.
+            return Err(format!("a name component longer than {NAME_MAX} bytes"));
+        }
         let lists = manifest::LIST_DIR.as_bytes();
         if path == INNER_NAME.as_bytes()
             || path.starts_with(lists)
@@ -611,6 +615,8 @@ const MANIFEST_BASE: u64 = 64 << 20;
 /// none, held about this many within [`MANIFEST_CAP`]. More is refused before
 /// it can fill the reader's memory.
 const PENDING_CAP: usize = 4 << 20;
+/// The longest file name (one path component) Linux file systems take.
+const NAME_MAX: usize = 255;
 /// What a member list may take beyond its members.
 const LIST_BASE: u64 = 64 << 10;
 
