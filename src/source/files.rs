@@ -138,7 +138,8 @@ fn link_between(outer: &Path, op: &Path, norm: &Path, p: &Path) -> Option<PathBu
 /// `p` with everything up to its last `..` resolved as the kernel resolves
 /// it (through links, `a/link/..` is the link target's parent, not `a`),
 /// so that the name `normalized` gives it is the directory walked. A path
-/// without `..`, or whose start does not exist, is returned as it is.
+/// without `..`, whose start does not exist, or whose text alone leads to
+/// the same directory, is returned as it is.
 fn resolved(p: &Path) -> PathBuf {
     let parts: Vec<Component<'_>> = p.components().collect();
     let Some(last) = parts.iter().rposition(|c| *c == Component::ParentDir) else {
@@ -148,6 +149,10 @@ fn resolved(p: &Path) -> PathBuf {
     let Ok(mut out) = fs::canonicalize(&head) else {
         return p.to_path_buf();
     };
+    // Where the text alone leads to the same directory, its name stays.
+    if fs::canonicalize(normalized(&head)).is_ok_and(|lexical| lexical == out) {
+        return p.to_path_buf();
+    }
     for c in &parts[last + 1..] {
         out.push(c);
     }
