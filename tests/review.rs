@@ -739,3 +739,57 @@ fn a_name_component_past_255_bytes_is_refused_by_the_walk() {
         stderr(&out)
     );
 }
+
+/// Undo removes a tree it made by recursing with a descriptor open per
+/// level: a chain of directories deeper than the descriptor limit (1024 by
+/// default) is left behind after a failed restore, though nothing in it
+/// was there before.
+#[test]
+fn undo_removes_a_deep_tree_it_made() {
+    const DEPTH: usize = 1500;
+    let mut b = tar::Builder::new(Vec::new());
+    let mut members = Vec::new();
+    let mut path = String::from("files");
+    for _ in 0..DEPTH {
+        path.push_str("/d");
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(0);
+        h.set_mode(0o755);
+        b.append_data(&mut h, &path, std::io::empty()).unwrap();
+        members.push(serde_json::json!({"path": path, "kind": "dir", "size": 0}));
+    }
+    // Something the extractor refuses, after the tree: the restore fails
+    // and undoes.
+    raw_entry(&mut b, &(b"/abs", tar::EntryType::Regular, None, b"x"));
+    members.push(
+        serde_json::json!({"path": "/abs", "kind": "file", "size": 1,
+        "sha256": hex::encode(Sha256::digest(b"x"))}),
+    );
+    let manifest = serde_json::json!({
+        "format": "coffer-manifest/1", "name": "prod-20261123T000000Z", "job": "prod",
+        "created": "2026-11-23T00:00:00.000Z", "tool_version": "0", "host": "h",
+        "sources": [], "members": members,
+    });
+    let m = serde_json::to_vec(&manifest).unwrap();
+    raw_entry(
+        &mut b,
+        &(b"MANIFEST.json", tar::EntryType::Regular, None, &m),
+    );
+    let e = Env::new();
+    let sealed = e.seal(&b.into_inner().unwrap(), "deep");
+    let target = e.p().join("t");
+    let out = std::process::Command::new("prlimit")
+        .arg("--nofile=1024")
+        .arg(bin())
+        .args(["restore", "-i", e.key(), sealed.to_str().unwrap(), "--to"])
+        .arg(&target)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let left: Vec<_> = fs::read_dir(&target)
+        .map(|d| d.map(|x| x.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "a failed restore left {left:?} behind");
+}
