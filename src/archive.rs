@@ -716,7 +716,7 @@ pub(crate) mod tests {
         let bytes = b.into_inner().unwrap();
         match read_members(Trickle(&bytes, 0), |_| Ok(())) {
             Err(ReadError::Refused { reason, .. }) => {
-                assert!(reason.contains("long name"), "{reason}")
+                assert!(reason.contains("long name"), "{reason}");
             }
             Err(e) => panic!("{e}"),
             Ok(_) => panic!("read"),
