@@ -678,6 +678,56 @@ pub(crate) mod tests {
         assert_eq!(m.members[0].name().unwrap(), names[9]);
     }
 
+    /// Yields at most a few bytes a read, so headers straddle reads.
+    struct Trickle<'a>(&'a [u8], usize);
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.1 = self.1 % 7 + 1;
+            let n = self.1.min(buf.len()).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn the_header_guard_follows_headers_across_reads_and_stops_long_names() {
+        let mut a = ArchiveWriter::new(Vec::new(), Compression::None, 0).unwrap();
+        let long = [b"files/t/".as_slice(), &[b'n'; 3000]].concat();
+        a.append_entry(&file(&long, b"xyz"), &mut &b"xyz"[..])
+            .unwrap();
+        a.append_stream("mysql/x.sql", &mut &vec![5u8; 1000][..])
+            .unwrap();
+        let bytes = a.finish(&mut inner()).unwrap();
+        let mut names = Vec::new();
+        read_members(Trickle(&bytes, 0), |m| {
+            names.push(m.path);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            names,
+            [long, b"mysql/x.sql".to_vec(), b"MANIFEST.json".to_vec()]
+        );
+        // A long name past the limit is refused before it is read.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+        h.set_entry_type(tar::EntryType::GNULongName);
+        h.set_size(LONG_NAME_MAX + 1);
+        h.set_cksum();
+        b.append(&h, io::repeat(b'a').take(LONG_NAME_MAX + 1))
+            .unwrap();
+        let bytes = b.into_inner().unwrap();
+        match read_members(Trickle(&bytes, 0), |_| Ok(())) {
+            Err(ReadError::Refused { reason, .. }) => {
+                assert!(reason.contains("long name"), "{reason}");
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("read"),
+        }
+    }
+
     #[test]
     fn a_small_archive_keeps_the_first_manifest_format() {
         let mut a = ArchiveWriter::new(Vec::new(), Compression::None, 0).unwrap();
@@ -742,9 +792,135 @@ pub fn read_members<R: Read>(
     input: R,
     mut f: impl FnMut(ReadMember<'_>) -> Result<(), ReadError>,
 ) -> Result<R, ReadError> {
-    let mut ar = tar::Archive::new(input);
+    let refused = std::rc::Rc::new(std::cell::RefCell::new(None));
+    let mut ar = tar::Archive::new(HeaderGuard {
+        inner: input,
+        pos: 0,
+        next: 0,
+        block: [0; 512],
+        done: false,
+        refused: refused.clone(),
+    });
+    let walked = each_member(&mut ar, &mut f);
+    if let Err(ReadError::Io(_)) = &walked {
+        if let Some(reason) = refused.borrow_mut().take() {
+            return Err(ReadError::Refused {
+                path: "(a tar header)".into(),
+                reason,
+            });
+        }
+    }
+    walked?;
+    Ok(ar.into_inner().inner)
+}
+
+/// The longest GNU long name (or long link target) a reader takes: the tar
+/// crate reads one whole into memory, whatever size its header claims.
+pub const LONG_NAME_MAX: u64 = 1 << 20;
+
+/// Reads the tar headers as they pass to the tar crate, and stops the
+/// stream at one it would act on unboundedly: a GNU long name past
+/// [`LONG_NAME_MAX`], or a PAX record (read whole; coffer never writes one).
+struct HeaderGuard<R> {
+    inner: R,
+    /// Offset of what `inner` yields next.
+    pos: u64,
+    /// Offset of the next header.
+    next: u64,
+    block: [u8; 512],
+    /// Past the end-of-archive block (or a header the tar crate will refuse).
+    done: bool,
+    refused: std::rc::Rc<std::cell::RefCell<Option<String>>>,
+}
+
+impl<R> HeaderGuard<R> {
+    fn header(&mut self) -> io::Result<()> {
+        let h = &self.block;
+        if h.iter().all(|&b| b == 0) {
+            self.done = true;
+            return Ok(());
+        }
+        let field = &h[124..136];
+        let size = if field[0] & 0x80 != 0 {
+            field[4..]
+                .iter()
+                .fold(0u64, |a, &b| (a << 8) | u64::from(b))
+        } else {
+            let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+            let parsed = std::str::from_utf8(&field[..end])
+                .ok()
+                .and_then(|t| u64::from_str_radix(t.trim(), 8).ok());
+            let Some(n) = parsed else {
+                // The tar crate refuses it.
+                self.done = true;
+                return Ok(());
+            };
+            n
+        };
+        let problem = match h[156] {
+            b'x' | b'g' => Some("PAX extended headers are not coffer's".to_owned()),
+            b'L' | b'K' if size > LONG_NAME_MAX => Some(format!(
+                "a long name of {size} bytes (at most {LONG_NAME_MAX})"
+            )),
+            // Sparse entries carry more header blocks; coffer refuses them.
+            b'S' => Some("GNUSparse entries are not allowed".to_owned()),
+            _ => None,
+        };
+        if let Some(reason) = problem {
+            *self.refused.borrow_mut() = Some(reason.clone());
+            return Err(io::Error::new(io::ErrorKind::InvalidData, reason));
+        }
+        self.next = self
+            .next
+            .saturating_add(512)
+            .saturating_add(size.div_ceil(512).saturating_mul(512));
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for HeaderGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut i = 0;
+        while !self.done && i < n {
+            let at = self.pos + i as u64;
+            if at < self.next {
+                i += usize::try_from(self.next - at).map_or(n - i, |d| d.min(n - i));
+                continue;
+            }
+            let off = usize::try_from(at - self.next).unwrap_or(512);
+            if off >= 512 {
+                // Cannot happen: a header is checked as soon as it is whole.
+                self.done = true;
+                break;
+            }
+            let take = (512 - off).min(n - i);
+            self.block[off..off + take].copy_from_slice(&buf[i..i + take]);
+            i += take;
+            if off + take == 512 {
+                self.header()?;
+            }
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+fn each_member<R: Read>(
+    ar: &mut tar::Archive<R>,
+    f: &mut impl FnMut(ReadMember<'_>) -> Result<(), ReadError>,
+) -> Result<(), ReadError> {
     for entry in ar.entries()? {
         let mut entry = entry?;
+        // coffer writes GNU headers only. A PAX record could name a member
+        // one way to this reader (which prefers a GNU long name) and
+        // another to GNU tar (which prefers the record).
+        if entry.pax_extensions()?.is_some() {
+            return Err(ReadError::Refused {
+                path: String::from_utf8_lossy(&entry.path_bytes()).into_owned(),
+                reason: "PAX extended headers are not coffer's".into(),
+            });
+        }
         let path = entry.path_bytes().into_owned();
         let shown = || String::from_utf8_lossy(&path).into_owned();
         let header = entry.header();
@@ -781,5 +957,5 @@ pub fn read_members<R: Read>(
             data: &mut entry,
         })?;
     }
-    Ok(ar.into_inner())
+    Ok(())
 }

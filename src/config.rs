@@ -294,6 +294,15 @@ impl Config {
                     s.kind()
                 ));
             }
+            // `command/NAME.000000` would read back as part 0 of a split
+            // stream `command/NAME`, and the backup would never restore.
+            if matches!(s, Source::Command { .. })
+                && crate::archive::split_part(&format!("command/{name}")).is_some()
+            {
+                return Err(format!(
+                    "command source name {name:?} must not end in '.' and six digits (the form of a split dump's parts)"
+                ));
+            }
             if !seen.insert((s.kind(), name.clone())) {
                 return Err(format!("two {} sources are named {name:?}", s.kind()));
             }

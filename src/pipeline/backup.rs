@@ -568,6 +568,10 @@ fn dump_sources<W: Write>(
 ) -> Result<(Vec<SourceEntry>, Vec<String>)> {
     let mut entries = Vec::new();
     let mut warnings = Vec::new();
+    // What the inner manifest's warnings may take, as JSON: a reader allows
+    // the manifest 64 MiB beyond its members (the sources, their warnings,
+    // the member lists' entries), and one past it never reads back.
+    let mut room: usize = MANIFEST_WARNINGS_MAX;
     for source in &job.sources {
         let report =
             source
@@ -597,10 +601,36 @@ fn dump_sources<W: Write>(
             commands: report.commands,
             tool_versions: report.tool_versions,
             row_counts: report.row_counts,
-            warnings: report.warnings,
+            warnings: recorded(report.warnings, &mut room),
         });
     }
     Ok((entries, warnings))
+}
+
+/// The most the inner manifest's warnings take, escaped as JSON.
+const MANIFEST_WARNINGS_MAX: usize = 32 << 20;
+
+/// The warnings the inner manifest records while `room` lasts, then a count
+/// of the rest (all of them are still reported by the run).
+fn recorded(all: Vec<String>, room: &mut usize) -> Vec<String> {
+    let total = all.len();
+    let mut kept = Vec::new();
+    for w in all {
+        // Escaped, quoted, indented and separated.
+        let cost = serde_json::to_string(&w).map_or(usize::MAX, |j| j.len() + 16);
+        if cost > *room {
+            break;
+        }
+        *room -= cost;
+        kept.push(w);
+    }
+    if kept.len() < total {
+        kept.push(format!(
+            "{} more warnings, not recorded here (the run reported them all)",
+            total - kept.len()
+        ));
+    }
+    kept
 }
 
 /// The sidecar exactly as written to every store, and its signature.

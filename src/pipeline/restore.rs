@@ -603,7 +603,9 @@ pub fn restore(
             let mut offer: Vec<String> = Vec::new();
             let mut files = 0u64;
             let w = walk(input, identities, |m, data| {
-                if m.name == name {
+                // By its bytes: two names that differ only in bytes that are
+                // not UTF-8 read the same once made lossy, and are two files.
+                if m.raw == name.as_bytes() {
                     found = true;
                     copy_out(data, out, Path::new("<stdout>"))?;
                 }

@@ -203,6 +203,9 @@ struct Checker {
     members: usize,
     /// [`PENDING_CAP`], smaller in tests.
     cap: usize,
+    /// The bytes of the names (and parts' names) since the last list: a list
+    /// naming more than [`MANIFEST_CAP`] of them could never be read.
+    pending_bytes: u64,
 }
 
 impl Default for Checker {
@@ -215,6 +218,7 @@ impl Default for Checker {
             lists: Vec::new(),
             members: 0,
             cap: PENDING_CAP,
+            pending_bytes: 0,
         }
     }
 }
@@ -226,7 +230,22 @@ impl Checker {
         raw: &[u8],
         kind: &EntryKind<'_>,
     ) -> Result<(Vec<u8>, Option<u32>), String> {
+        if raw.contains(&0) {
+            // Only a GNU long name or a PAX record can carry one; no file
+            // name holds it, and the extractor could not create it.
+            return Err("a name with a NUL byte".into());
+        }
         let split = std::str::from_utf8(raw).ok().and_then(archive::split_part);
+        if split.is_some() && !matches!(kind, EntryKind::File) {
+            // Only streams are split, and a stream's parts are files.
+            return Err("a part of a split stream that is not a file".into());
+        }
+        self.pending_bytes = self.pending_bytes.saturating_add(raw.len() as u64);
+        if self.pending_bytes > MANIFEST_CAP {
+            return Err(format!(
+                "names of more than {MANIFEST_CAP} bytes without a member list"
+            ));
+        }
         if let Some((base, n)) = split {
             if n > 0 {
                 // Parts are written one after another: part n continues the
@@ -251,7 +270,23 @@ impl Checker {
             Some((base, n)) => (base.as_bytes().to_vec(), Some(n)),
             None => (raw.to_vec(), None),
         };
-        if !self.names.insert(archive::name_key(&name)) {
+        // The extractor writes `a//b`, `./a/b`, `a/./b` and `a/b/` all to
+        // `a/b`: one name, as far as a second member of it goes.
+        let path = canonical(&name);
+        if path.split(|&b| b == b'/').any(|c| c.len() > NAME_MAX) {
+            // No file system restore writes to takes it; no source had it.
+            return Err(format!("a name component longer than {NAME_MAX} bytes"));
+        }
+        let lists = manifest::LIST_DIR.as_bytes();
+        if path == INNER_NAME.as_bytes()
+            || path.starts_with(lists)
+            || path == lists[..lists.len() - 1]
+        {
+            return Err(format!(
+                "a member written where {INNER_NAME} or its lists go"
+            ));
+        }
+        if !self.names.insert(archive::name_key(&path)) {
             return Err("a second member of this name".into());
         }
         self.current = Some(Logical {
@@ -312,6 +347,7 @@ impl Checker {
             sha256: hex::encode(Sha256::digest(bytes)),
         });
         self.pending.clear();
+        self.pending_bytes = 0;
         Ok(())
     }
 
@@ -414,6 +450,22 @@ impl Checker {
             Err(problems.join("; "))
         }
     }
+}
+
+/// A member name as the extractor resolves it: empty and `.` components
+/// dropped (`..` is kept; the extractor refuses it).
+fn canonical(name: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len());
+    for c in name.split(|&b| b == b'/') {
+        if c.is_empty() || c == b"." {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(b'/');
+        }
+        out.extend_from_slice(c);
+    }
+    out
 }
 
 /// Opens the envelope and checks that it holds a backup archive.
@@ -583,6 +635,8 @@ const MANIFEST_BASE: u64 = 64 << 20;
 /// none, held about this many within [`MANIFEST_CAP`]. More is refused before
 /// it can fill the reader's memory.
 const PENDING_CAP: usize = 4 << 20;
+/// The longest file name (one path component) Linux file systems take.
+const NAME_MAX: usize = 255;
 /// What a member list may take beyond its members.
 const LIST_BASE: u64 = 64 << 10;
 

@@ -72,24 +72,95 @@ fn normalized(p: &Path) -> PathBuf {
 /// `/etc/mysql`), or named twice, is already in the backup with the outer
 /// one, and a second member of one name would make the backup unreadable.
 /// Returns the paths to walk and a warning for each one dropped.
-fn outermost(paths: Vec<PathBuf>) -> (Vec<PathBuf>, Vec<String>) {
-    let mut named: Vec<(PathBuf, PathBuf)> =
-        paths.into_iter().map(|p| (normalized(&p), p)).collect();
+fn outermost(paths: Vec<PathBuf>) -> Result<(Vec<PathBuf>, Vec<String>), SourceError> {
+    let mut named: Vec<(PathBuf, PathBuf)> = paths
+        .into_iter()
+        .map(|p| {
+            let p = resolved(&p);
+            (normalized(&p), p)
+        })
+        .collect();
     // Sorted by components, an ancestor comes right before its descendants.
     named.sort_by(|a, b| a.0.components().cmp(b.0.components()));
     let mut kept: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut warnings = Vec::new();
     for (norm, p) in named {
         match kept.last() {
-            Some((outer, op)) if norm.starts_with(outer) => warnings.push(format!(
-                "{}: already in the backup under {}; backed up once",
-                p.display(),
-                op.display()
-            )),
+            Some((outer, op)) if norm.starts_with(outer) => {
+                // A link is backed up as a link, not followed: what is
+                // under one is not in the backup with `op`, and would not
+                // restore beside it.
+                if let Some(link) = link_between(outer, op, &norm, &p) {
+                    return Err(SourceError::Invalid(format!(
+                        "{}: {} is a symlink the backup keeps as a link, so this is not under {}; configure the path it points to",
+                        p.display(),
+                        link.display(),
+                        op.display()
+                    )));
+                }
+                warnings.push(format!(
+                    "{}: already in the backup under {}; backed up once",
+                    p.display(),
+                    op.display()
+                ));
+            }
             _ => kept.push((norm, p)),
         }
     }
-    (kept.into_iter().map(|(_, p)| p).collect(), warnings)
+    Ok((kept.into_iter().map(|(_, p)| p).collect(), warnings))
+}
+
+/// The symlink, if any, that makes `p` (named `norm`) not part of the walk
+/// of `op` (named `outer`, an ancestor of `norm` or `norm` itself): `op`
+/// itself when written without a trailing slash (kept as a link), any
+/// directory between them, or `p` itself when only one of the two is
+/// written to follow it.
+fn link_between(outer: &Path, op: &Path, norm: &Path, p: &Path) -> Option<PathBuf> {
+    let is_link = |q: &Path| fs::symlink_metadata(q).is_ok_and(|m| m.file_type().is_symlink());
+    if norm == outer {
+        return (is_link(op) != is_link(p)).then(|| norm.to_path_buf());
+    }
+    if is_link(op) {
+        return Some(op.to_path_buf());
+    }
+    let mut at = outer.to_path_buf();
+    let rest: Vec<_> = norm.strip_prefix(outer).ok()?.components().collect();
+    for (i, c) in rest.iter().enumerate() {
+        at.push(c);
+        let last = i + 1 == rest.len();
+        if is_link(&at) && (!last || is_link(p) != is_link(&at)) {
+            return Some(at);
+        }
+    }
+    None
+}
+
+/// `p` with everything up to its last `..` resolved as the kernel resolves
+/// it (through links, `a/link/..` is the link target's parent, not `a`),
+/// so that the name `normalized` gives it is the directory walked. A path
+/// without `..`, whose start does not exist, or whose text alone leads to
+/// the same directory, is returned as it is.
+fn resolved(p: &Path) -> PathBuf {
+    let parts: Vec<Component<'_>> = p.components().collect();
+    let Some(last) = parts.iter().rposition(|c| *c == Component::ParentDir) else {
+        return p.to_path_buf();
+    };
+    let head: PathBuf = parts[..=last].iter().collect();
+    let Ok(mut out) = fs::canonicalize(&head) else {
+        return p.to_path_buf();
+    };
+    // Where the text alone leads to the same directory, its name stays.
+    if fs::canonicalize(normalized(&head)).is_ok_and(|lexical| lexical == out) {
+        return p.to_path_buf();
+    }
+    for c in &parts[last + 1..] {
+        out.push(c);
+    }
+    // A trailing slash follows a final link; keep it.
+    if p.as_os_str().as_bytes().ends_with(b"/") && parts.len() > last + 1 {
+        out.as_mut_os_string().push("/");
+    }
+    out
 }
 
 /// Reads exactly `size` bytes: a file that shrinks is padded with zeros and a
@@ -434,7 +505,7 @@ impl Source for FilesSource {
             }
             all.extend(matches);
         }
-        let (roots, dropped) = outermost(all);
+        let (roots, dropped) = outermost(all)?;
         report.warnings.extend(dropped);
         for p in roots {
             self.walk(&p, sink, &mut report)?;
@@ -491,7 +562,8 @@ mod tests {
             .iter()
             .map(PathBuf::from)
             .collect(),
-        );
+        )
+        .unwrap();
         assert_eq!(
             kept,
             [
@@ -502,6 +574,25 @@ mod tests {
         );
         assert_eq!(warnings.len(), 3, "{warnings:?}");
         assert!(warnings[0].contains("already in the backup under /etc"));
+    }
+
+    #[test]
+    fn a_path_under_a_link_is_not_dropped_as_already_backed_up() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("d");
+        fs::create_dir_all(d.join("real/x")).unwrap();
+        std::os::unix::fs::symlink(d.join("real"), d.join("l")).unwrap();
+        // Under a directory, through a link inside it: refused.
+        assert!(outermost(vec![d.clone(), d.join("l/x")]).is_err());
+        // The link itself, as written, is what walking `d` records: dropped.
+        let (kept, warnings) = outermost(vec![d.clone(), d.join("l")]).unwrap();
+        assert_eq!((kept, warnings.len()), (vec![d.clone()], 1));
+        // Followed (trailing slash), it is not: refused.
+        let mut followed = d.join("l").into_os_string();
+        followed.push("/");
+        assert!(outermost(vec![d.clone(), PathBuf::from(followed)]).is_err());
+        // A plain subdirectory: dropped.
+        assert!(outermost(vec![d.clone(), d.join("real/x")]).is_ok());
     }
 
     #[test]
