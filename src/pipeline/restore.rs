@@ -396,34 +396,82 @@ impl Extractor {
 }
 
 /// Removes the directory `name` under `dir` and all in it, by handle: a
-/// link inside is removed, never followed.
+/// link inside is removed, never followed. One directory is open at a time,
+/// however deep the tree (a restore may make one deeper than the open-file
+/// limit): the walk climbs back by `..`, and stops if that is not the
+/// directory it came from.
 fn remove_tree(dir: &OwnedFd, name: &OsStr) {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    if let Ok(fd) = rustix::fs::openat(dir, name, flags, Mode::empty()) {
-        let mut children = Vec::new();
-        if let Ok(mut entries) = rustix::fs::Dir::read_from(&fd) {
-            while let Some(Ok(e)) = entries.next() {
-                let n = e.file_name();
-                if n == c"." || n == c".." {
-                    continue;
-                }
-                let is_dir = match e.file_type() {
-                    FileType::Unknown => rustix::fs::statat(&fd, n, AtFlags::SYMLINK_NOFOLLOW)
-                        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory),
-                    ft => ft == FileType::Directory,
-                };
-                children.push((OsStr::from_bytes(n.to_bytes()).to_owned(), is_dir));
+    const OPEN: OFlags = OFlags::RDONLY
+        .union(OFlags::DIRECTORY)
+        .union(OFlags::NOFOLLOW)
+        .union(OFlags::CLOEXEC);
+    let id = |fd: &OwnedFd| rustix::fs::fstat(fd).ok().map(|st| (st.st_dev, st.st_ino));
+    // Clears the files out of `fd` and returns its subdirectories.
+    let clear = |fd: &OwnedFd| -> Vec<std::ffi::OsString> {
+        let mut subdirs = Vec::new();
+        let Ok(mut entries) = rustix::fs::Dir::read_from(fd) else {
+            return subdirs;
+        };
+        let mut files = Vec::new();
+        while let Some(Ok(e)) = entries.next() {
+            let n = e.file_name();
+            if n == c"." || n == c".." {
+                continue;
+            }
+            let is_dir = match e.file_type() {
+                FileType::Unknown => rustix::fs::statat(fd, n, AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory),
+                ft => ft == FileType::Directory,
+            };
+            let owned = OsStr::from_bytes(n.to_bytes()).to_owned();
+            if is_dir {
+                subdirs.push(owned);
+            } else {
+                files.push(owned);
             }
         }
-        for (child, is_dir) in children {
-            if is_dir {
-                remove_tree(&fd, &child);
-            } else {
-                let _ = rustix::fs::unlinkat(&fd, &child, AtFlags::empty());
+        for f in files {
+            let _ = rustix::fs::unlinkat(fd, &f, AtFlags::empty());
+        }
+        subdirs
+    };
+    let Ok(top) = rustix::fs::openat(dir, name, OPEN, Mode::empty()) else {
+        let _ = rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR);
+        return;
+    };
+    // Per level below `dir`: the directory's name in its parent, its
+    // identity, and the subdirectories still to empty.
+    let mut levels = vec![(name.to_owned(), id(&top), clear(&top))];
+    let mut cur = top;
+    while let Some((_, _, pending)) = levels.last_mut() {
+        if let Some(child) = pending.pop() {
+            match rustix::fs::openat(&cur, &child, OPEN, Mode::empty()) {
+                Ok(fd) => {
+                    let subdirs = clear(&fd);
+                    levels.push((child, id(&fd), subdirs));
+                    cur = fd;
+                }
+                Err(_) => {
+                    let _ = rustix::fs::unlinkat(&cur, &child, AtFlags::REMOVEDIR);
+                }
             }
+            continue;
+        }
+        let (done, _, _) = levels.pop().expect("not empty");
+        let Some((_, parent_id, _)) = levels.last() else {
+            drop(cur);
+            let _ = rustix::fs::unlinkat(dir, &done, AtFlags::REMOVEDIR);
+            return;
+        };
+        match rustix::fs::openat(&cur, "..", OPEN, Mode::empty()) {
+            Ok(up) if id(&up) == *parent_id && parent_id.is_some() => {
+                cur = up;
+                let _ = rustix::fs::unlinkat(&cur, &done, AtFlags::REMOVEDIR);
+            }
+            // Moved meanwhile: leave the rest rather than guess.
+            _ => return,
         }
     }
-    let _ = rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR);
 }
 
 /// Never set-id bits from an archive on a directory; sticky may stay (/tmp).

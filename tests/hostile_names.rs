@@ -1,6 +1,6 @@
-//! Security review of names as bytes, member lists and the extractor's
-//! bookkeeping: hostile archives a public-key holder can seal, and trees a
-//! files source can meet.
+//! Names as bytes, member lists and the extractor's bookkeeping against
+//! hostile archives a public-key holder can seal, and the trees a files
+//! source can meet.
 
 mod common;
 
@@ -180,7 +180,11 @@ fn names_the_extractor_writes_to_one_path_are_refused_by_the_walk() {
         let sealed = e.seal(&tar_bytes, name);
         let target = e.p().join(format!("t-{name}"));
         let out = e.restore_to(&sealed, &target, false);
-        let walked = walk_archive(&tar_bytes[..], |_, _| Ok(()));
+        let walked = walk_archive(
+            &tar_bytes[..],
+            coffer::manifest::MemberHash::Sha256,
+            |_, _| Ok(()),
+        );
         assert!(
             walked.is_err(),
             "{name}: the walk (verify) accepts an archive restore then {}: {}",
@@ -255,7 +259,11 @@ fn a_split_stream_part_of_another_kind_is_refused_by_the_walk() {
         let e = Env::new();
         let sealed = e.seal(&tar_bytes, name);
         let out = e.restore_to(&sealed, &e.p().join("t"), false);
-        let walked = walk_archive(&tar_bytes[..], |_, _| Ok(()));
+        let walked = walk_archive(
+            &tar_bytes[..],
+            coffer::manifest::MemberHash::Sha256,
+            |_, _| Ok(()),
+        );
         assert!(
             walked.is_err(),
             "{name}: the walk accepts; restore exit {}: {}",
@@ -276,7 +284,12 @@ fn member_to_stdout_does_not_concatenate_lossy_equal_names() {
         (b"files/t/\xfe", tar::EntryType::Regular, None, b"second\n"),
     ];
     let tar_bytes = forged_tar(entries, None);
-    walk_archive(&tar_bytes[..], |_, _| Ok(())).expect("a well-formed archive");
+    walk_archive(
+        &tar_bytes[..],
+        coffer::manifest::MemberHash::Sha256,
+        |_, _| Ok(()),
+    )
+    .expect("a well-formed archive");
     let e = Env::new();
     let sealed = e.seal(&tar_bytes, "lossy");
     let out = coffer(&[
@@ -495,7 +508,11 @@ fn a_name_with_a_nul_is_refused_by_the_walk() {
     let e = Env::new();
     let sealed = e.seal(&tar_bytes, "nul");
     let out = e.restore_to(&sealed, &e.p().join("t"), false);
-    let walked = walk_archive(&tar_bytes[..], |_, _| Ok(()));
+    let walked = walk_archive(
+        &tar_bytes[..],
+        coffer::manifest::MemberHash::Sha256,
+        |_, _| Ok(()),
+    );
     assert!(
         walked.is_err(),
         "the walk accepts; restore exit {}: {}",
@@ -665,7 +682,11 @@ fn a_pax_path_beside_a_long_name_is_refused() {
         })
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    let walked = walk_archive(&tar_bytes[..], |_, _| Ok(()));
+    let walked = walk_archive(
+        &tar_bytes[..],
+        coffer::manifest::MemberHash::Sha256,
+        |_, _| Ok(()),
+    );
     assert!(
         walked.is_err(),
         "the walk accepts files/what-coffer-checked; GNU tar lists {listed:?}"
@@ -731,7 +752,11 @@ fn a_name_component_past_255_bytes_is_refused_by_the_walk() {
     let e = Env::new();
     let sealed = e.seal(&tar_bytes, "long-component");
     let out = e.restore_to(&sealed, &e.p().join("t"), false);
-    let walked = walk_archive(&tar_bytes[..], |_, _| Ok(()));
+    let walked = walk_archive(
+        &tar_bytes[..],
+        coffer::manifest::MemberHash::Sha256,
+        |_, _| Ok(()),
+    );
     assert!(
         walked.is_err(),
         "the walk accepts; restore exit {}: {}",
