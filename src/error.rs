@@ -121,7 +121,7 @@ pub enum Error {
     #[error("{store}: {error}")]
     S3 {
         store: String,
-        error: crate::store::S3Error,
+        error: Box<crate::store::S3Error>,
     },
 
     #[error("{}", stores_failed(name, complete, failures))]

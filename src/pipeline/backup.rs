@@ -77,8 +77,14 @@ impl Slot {
             Some(Ok((u, None))) => return Ok(u),
             // A store's own error (e.g. S3's refused credentials) keeps its
             // exit code.
-            Some(Ok((_, Some(e)))) => match e.get_ref().map(|i| i.is::<Error>()) {
-                Some(true) => match e.into_inner().map(|i| i.downcast::<Error>()) {
+            Some(Ok((_, Some(e)))) => match e
+                .get_ref()
+                .map(<dyn std::error::Error + Send + Sync>::is::<Error>)
+            {
+                Some(true) => match e
+                    .into_inner()
+                    .map(<dyn std::error::Error + Send + Sync>::downcast::<Error>)
+                {
                     Some(Ok(inner)) => return Err(*inner),
                     _ => "upload failed".to_owned(),
                 },

@@ -7,11 +7,11 @@
 //! - Every object is written as a multipart upload: it exists under its name
 //!   only after CompleteMultipartUpload, and an upload that is dropped before
 //!   `commit` is aborted. At most `parts_in_flight` parts are sent at once,
-//!   while one more fills: memory is bounded by part size × (parts in flight
-//!   + 1). Each part carries its Content-MD5 (the server checks it), is
-//!   retried with exponential backoff, and its ETag is compared with the MD5
-//!   where the server's encryption keeps ETags MD5s; the completed object's
-//!   size is checked against the bytes sent.
+//!   while one more fills: memory is bounded by part size times one more
+//!   than the parts in flight. Each part carries its Content-MD5 (the server
+//!   checks it), is retried with exponential backoff, and its ETag is
+//!   compared with the MD5 where the server's encryption keeps ETags MD5s;
+//!   the completed object's size is checked against the bytes sent.
 //! - An unfinished multipart upload of `X` is listed as `X.partial` (size 0,
 //!   the time it was started), so the retention rules that clean stale
 //!   partial files clean stale uploads too; deleting `X.partial` aborts them.
@@ -173,7 +173,7 @@ impl S3Store {
         }
         Error::S3 {
             store: self.cfg.name.clone(),
-            error: e,
+            error: Box::new(e),
         }
     }
 
@@ -640,7 +640,7 @@ impl S3Upload {
     fn io_error(&self, e: S3Error) -> io::Error {
         io::Error::other(Error::S3 {
             store: self.store.clone(),
-            error: e,
+            error: Box::new(e),
         })
     }
 
@@ -696,7 +696,7 @@ impl S3Upload {
         while !self.in_flight.is_empty() {
             self.wait_one()?;
         }
-        self.done.sort_by_key(|p| p.part_number());
+        self.done.sort_by_key(CompletedPart::part_number);
         let ctx = &self.ctx;
         let parts = std::mem::take(&mut self.done);
         let r = self.inner.rt.block_on(
@@ -778,7 +778,7 @@ impl Upload for S3Upload {
     fn commit(mut self: Box<Self>) -> Result<()> {
         self.finish().map_err(|e| Error::S3 {
             store: self.store.clone(),
-            error: e,
+            error: Box::new(e),
         })
     }
 }
