@@ -32,7 +32,7 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     CompletedMultipartUpload, CompletedPart, ObjectLockEnabled, ObjectLockMode,
@@ -273,18 +273,18 @@ where
 {
     match e {
         SdkError::DispatchFailure(d) => {
-            let message = d.as_connector_error().map_or_else(
-                || DisplayErrorContext(e).to_string(),
-                |c| DisplayErrorContext(c).to_string(),
-            );
+            let message = match d.as_connector_error() {
+                Some(c) => root_cause(c),
+                None => root_cause(e),
+            };
             S3Error::Unreachable {
                 endpoint: cfg.endpoint.clone(),
-                message: one_line(&message),
+                message,
             }
         }
         SdkError::TimeoutError(_) => S3Error::Unreachable {
             endpoint: cfg.endpoint.clone(),
-            message: format!("{op} {key}: timed out after {}s", cfg.timeout.as_secs()),
+            message: format!("no answer within {}s", cfg.timeout.as_secs()),
         },
         _ => {
             let status = e.raw_response().map(|r| r.status().as_u16());
@@ -325,7 +325,7 @@ where
             let said = match (code.is_empty(), message.is_empty()) {
                 (false, false) => format!("{code}: {message}"),
                 (false, true) => code,
-                (true, _) => one_line(&DisplayErrorContext(e).to_string()),
+                (true, _) => root_cause(e),
             };
             S3Error::Request {
                 op,
@@ -338,6 +338,16 @@ where
             }
         }
     }
+}
+
+/// The innermost cause of an error, on one line: "Connection refused (os
+/// error 111)" rather than every layer's wrapping (and no Debug dumps).
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    one_line(&cur.to_string())
 }
 
 fn one_line(s: &str) -> String {
@@ -823,7 +833,7 @@ impl Read for S3Read {
                     return Err(io::Error::other(format!(
                         "{}: {}",
                         self.key,
-                        DisplayErrorContext(&e)
+                        root_cause(&e)
                     )))
                 }
                 None => {
