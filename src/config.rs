@@ -604,6 +604,31 @@ path = "/var/backups/coffer"
     }
 
     #[test]
+    fn s3_store_checks() {
+        let s3 = |extra: &str| {
+            format!(
+                "{GOOD}\n[[store]]\ntype = \"s3\"\nbucket = \"backups\"\nprefix = \"db1/prod\"\n{extra}\n"
+            )
+        };
+        let c =
+            Config::parse(Path::new("c"), &s3("endpoint = \"https://s3.example.com\"")).unwrap();
+        assert_eq!(c.stores[1].name(), "s3://backups/db1/prod");
+        assert!(c.stores[1].prune());
+        assert!(Config::parse(Path::new("c"), &s3("endpoint = \"http://127.0.0.1:3900\"")).is_ok());
+        let e =
+            Config::parse(Path::new("c"), &s3("endpoint = \"http://s3.example.com\"")).unwrap_err();
+        assert!(e.message.contains("use https"), "{}", e.message);
+        let e = Config::parse(Path::new("c"), &s3("part_size_mib = 4")).unwrap_err();
+        assert!(e.message.contains("5 MiB"), "{}", e.message);
+        let e = Config::parse(Path::new("c"), &s3("object_lock_days = 0")).unwrap_err();
+        assert!(e.message.contains("object_lock_days"), "{}", e.message);
+        let bad_prefix = s3("").replace("db1/prod", "/db1/");
+        assert!(Config::parse(Path::new("c"), &bad_prefix).is_err());
+        let e = Config::parse(Path::new("c"), &s3("secret_access_key = \"x\"")).unwrap_err();
+        assert!(e.message.contains("unknown field"), "{}", e.message);
+    }
+
+    #[test]
     fn semantic_errors() {
         let bad = GOOD.replace("databases = [\"production\"]", "");
         assert!(Config::parse(Path::new("c"), &bad)
