@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use coffer::archive::{ArchiveWriter, Compression};
 use coffer::envelope::{self, Metadata};
+use coffer::manifest::Inner;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -144,6 +145,9 @@ fn main() {
     bench("SHA-256", size, min, || {
         black_box(Sha256::digest(&random));
     });
+    bench("BLAKE3 (member digests)", size, min, || {
+        black_box(blake3::hash(&random));
+    });
 
     let text = sql_like(size);
     for (name, c) in [
@@ -167,7 +171,8 @@ fn main() {
             let mut a = ArchiveWriter::new(Count(0), c, 0).unwrap();
             a.append_stream("mysql/bench.sql", &mut text.as_slice())
                 .unwrap();
-            black_box(a.finish("MANIFEST.json", b"{}").unwrap().0);
+            let mut inner = Inner::new("bench", "bench", "", "", vec![]);
+            black_box(a.finish(&mut inner).unwrap().0);
         });
     }
 }

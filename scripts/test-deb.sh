@@ -34,7 +34,8 @@ dpkg-query -W -f='${Conffiles}' coffer | grep -q /etc/coffer/coffer.toml || fail
 
 if command -v systemd-analyze >/dev/null; then
   units=(/lib/systemd/system/coffer-backup.service /lib/systemd/system/coffer-backup.timer
-         /lib/systemd/system/coffer-verify.service /lib/systemd/system/coffer-verify.timer)
+         /lib/systemd/system/coffer-verify.service /lib/systemd/system/coffer-verify.timer
+         /lib/systemd/system/coffer-drill.service /lib/systemd/system/coffer-drill.timer)
   out=$(systemd-analyze verify "${units[@]}" 2>&1) || fail "systemd-analyze verify: $out"
   [ -z "$out" ] || fail "systemd-analyze verify warned: $out"
 fi

@@ -12,8 +12,14 @@
 
 use std::io::{self, Read, Write};
 
-use serde::Serialize;
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
 use sha2::{Digest, Sha256};
+
+use crate::manifest::{self, Hasher, Inner, ListEntry, MemberEntry, MemberHash, MemberList};
 
 /// The most a stream member buffers in memory.
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
@@ -145,24 +151,58 @@ pub fn decompressor<'a, R: io::BufRead + 'a>(
 }
 
 /// What the archive recorded about one logical member.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberRecord {
-    pub path: String,
+    /// The member's name, exactly (file names need not be UTF-8).
+    pub path: Vec<u8>,
     /// `file`, `dir`, `symlink` or `stream`.
     pub kind: &'static str,
     pub size: u64,
-    /// SHA-256 of the member's whole content (of all parts, concatenated).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
+    /// The [`MEMBER_HASH`] digest of the member's whole content (of all
+    /// parts, concatenated), hex.
+    pub digest: Option<String>,
     /// For a stream split into parts, the tar member names in order.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<String>,
+}
+
+impl MemberRecord {
+    pub fn entry(&self) -> MemberEntry {
+        let mut e = MemberEntry::named(&self.path, self.kind, self.size);
+        MEMBER_HASH.set(&mut e, self.digest.clone());
+        e.parts.clone_from(&self.parts);
+        e
+    }
+}
+
+/// The digest archives are written with (the header says so, as
+/// `member_hash`).
+pub const MEMBER_HASH: MemberHash = MemberHash::Blake3;
+
+/// A member list is written once this many members are pending…
+pub const LIST_MEMBERS: usize = 1024;
+/// …or once their names take this many bytes.
+const LIST_NAME_BYTES: usize = 1 << 20;
+
+/// A 128-bit digest of a member name: what is kept of each name to refuse a
+/// second member of the same name, 16 bytes a member however long the name.
+pub fn name_key(name: &[u8]) -> [u8; 16] {
+    let d = Sha256::digest(name);
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&d[..16]);
+    k
+}
+
+/// What the writer produced: every member counted, the last ones listed.
+#[derive(Debug, Default)]
+pub struct Totals {
+    pub members: u64,
+    pub bytes: u64,
 }
 
 /// Metadata of an entry of known size.
 #[derive(Debug, Clone)]
 pub struct EntryMeta<'a> {
-    pub path: &'a str,
+    pub path: &'a [u8],
     pub kind: EntryKind<'a>,
     pub mode: u32,
     pub uid: u32,
@@ -181,7 +221,7 @@ pub enum EntryKind<'a> {
 /// Hashes and counts what passes through.
 struct Hashing<R> {
     inner: R,
-    hash: Sha256,
+    hash: Hasher,
     len: u64,
 }
 
@@ -194,11 +234,21 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// Writes members, and every [`LIST_MEMBERS`] of them a member list
+/// (`MANIFEST.d/NNNNNN.json`) of what came since the previous one; the inner
+/// manifest lists the rest. Memory holds one list's worth of records and a
+/// 16-byte key per name, however many members there are.
 pub struct ArchiveWriter<W: Write> {
     tar: tar::Builder<Compressor<W>>,
-    records: Vec<MemberRecord>,
+    /// Members since the last list.
+    pending: Vec<MemberRecord>,
+    pending_name_bytes: usize,
+    lists: Vec<ListEntry>,
+    names: HashSet<[u8; 16]>,
+    totals: Totals,
     part: Vec<u8>,
     mtime: u64,
+    list_members: usize,
 }
 
 fn header(size: u64, mode: u32, mtime: u64) -> tar::Header {
@@ -220,19 +270,81 @@ impl<W: Write> ArchiveWriter<W> {
         tar.follow_symlinks(false);
         Ok(ArchiveWriter {
             tar,
-            records: Vec::new(),
+            pending: Vec::new(),
+            pending_name_bytes: 0,
+            lists: Vec::new(),
+            names: HashSet::new(),
+            totals: Totals::default(),
             part: Vec::new(),
             mtime,
+            list_members: LIST_MEMBERS,
         })
     }
 
-    pub fn records(&self) -> &[MemberRecord] {
-        &self.records
+    /// Lists every `n` members instead of every [`LIST_MEMBERS`] (tests).
+    #[doc(hidden)]
+    #[must_use]
+    pub fn list_every(mut self, n: usize) -> Self {
+        self.list_members = n.max(1);
+        self
+    }
+
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// Refuses a second member of one name: a reader would refuse the
+    /// archive, so the backup fails now, naming it, instead.
+    fn claim(&mut self, name: &[u8]) -> io::Result<()> {
+        if self.names.insert(name_key(name)) {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{}: a second member of this name",
+                    String::from_utf8_lossy(name)
+                ),
+            ))
+        }
+    }
+
+    /// Records a finished member, and writes a member list when enough are
+    /// pending.
+    fn record(&mut self, r: MemberRecord) -> io::Result<()> {
+        self.totals.members += 1;
+        self.totals.bytes += r.size;
+        self.pending_name_bytes += r.path.len() + r.parts.iter().map(String::len).sum::<usize>();
+        self.pending.push(r);
+        if self.pending.len() >= self.list_members || self.pending_name_bytes >= LIST_NAME_BYTES {
+            self.write_list()?;
+        }
+        Ok(())
+    }
+
+    fn write_list(&mut self) -> io::Result<()> {
+        let list = MemberList {
+            format: manifest::LIST_FORMAT.into(),
+            members: self.pending.iter().map(MemberRecord::entry).collect(),
+        };
+        let bytes = serde_json::to_vec(&list).map_err(io::Error::other)?;
+        let path = manifest::list_name(self.lists.len());
+        let mut h = header(bytes.len() as u64, 0o600, self.mtime);
+        self.tar.append_data(&mut h, &path, &bytes[..])?;
+        self.lists.push(ListEntry {
+            path,
+            members: self.pending.len() as u64,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+        });
+        self.pending.clear();
+        self.pending_name_bytes = 0;
+        Ok(())
     }
 
     /// Appends a stream of unknown length, split into parts if it is long.
-    pub fn append_stream(&mut self, path: &str, data: &mut dyn Read) -> io::Result<&MemberRecord> {
-        let mut hash = Sha256::new();
+    pub fn append_stream(&mut self, path: &str, data: &mut dyn Read) -> io::Result<()> {
+        self.claim(path.as_bytes())?;
+        let mut hash = MEMBER_HASH.hasher();
         let mut total = 0u64;
         let mut parts: Vec<String> = Vec::new();
         self.part.clear();
@@ -256,32 +368,29 @@ impl<W: Write> ArchiveWriter<W> {
         }
         // Release a large buffer between members; the next dump may be small.
         self.part = Vec::new();
-        self.records.push(MemberRecord {
-            path: path.to_owned(),
+        self.record(MemberRecord {
+            path: path.as_bytes().to_vec(),
             kind: "stream",
             size: total,
-            sha256: Some(hex::encode(hash.finalize())),
+            digest: Some(hex::encode(hash.finalize())),
             parts,
-        });
-        Ok(self.records.last().expect("just pushed"))
+        })
     }
 
     /// Appends an entry of known size; `data` must yield exactly `size` bytes.
-    pub fn append_entry(
-        &mut self,
-        e: &EntryMeta<'_>,
-        data: &mut dyn Read,
-    ) -> io::Result<&MemberRecord> {
+    pub fn append_entry(&mut self, e: &EntryMeta<'_>, data: &mut dyn Read) -> io::Result<()> {
+        self.claim(e.path)?;
+        let path = Path::new(OsStr::from_bytes(e.path));
         let mut h = tar::Header::new_gnu();
         h.set_mode(e.mode);
         h.set_uid(u64::from(e.uid));
         h.set_gid(u64::from(e.gid));
         h.set_mtime(u64::try_from(e.mtime).unwrap_or(0));
-        let (kind, sha256) = match e.kind {
+        let (kind, digest) = match e.kind {
             EntryKind::Dir => {
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_size(0);
-                self.tar.append_data(&mut h, e.path, io::empty())?;
+                self.tar.append_data(&mut h, path, io::empty())?;
                 ("dir", None)
             }
             EntryKind::Symlink(target) => {
@@ -313,7 +422,7 @@ impl<W: Write> ArchiveWriter<W> {
                 }
                 let n = bytes.len().min(room);
                 gnu.linkname[..n].copy_from_slice(&bytes[..n]);
-                self.tar.append_data(&mut h, e.path, io::empty())?;
+                self.tar.append_data(&mut h, path, io::empty())?;
                 ("symlink", None)
             }
             EntryKind::File => {
@@ -321,33 +430,48 @@ impl<W: Write> ArchiveWriter<W> {
                 h.set_size(e.size);
                 let mut hashing = Hashing {
                     inner: data.take(e.size),
-                    hash: Sha256::new(),
+                    hash: MEMBER_HASH.hasher(),
                     len: 0,
                 };
-                self.tar.append_data(&mut h, e.path, &mut hashing)?;
+                self.tar.append_data(&mut h, path, &mut hashing)?;
                 if hashing.len != e.size {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
-                        format!("{}: expected {} bytes, got {}", e.path, e.size, hashing.len),
+                        format!(
+                            "{}: expected {} bytes, got {}",
+                            path.display(),
+                            e.size,
+                            hashing.len
+                        ),
                     ));
                 }
                 ("file", Some(hex::encode(hashing.hash.finalize())))
             }
         };
-        self.records.push(MemberRecord {
-            path: e.path.to_owned(),
+        self.record(MemberRecord {
+            path: e.path.to_vec(),
             kind,
             size: e.size,
-            sha256,
+            digest,
             parts: Vec::new(),
-        });
-        Ok(self.records.last().expect("just pushed"))
+        })
     }
 
-    /// Appends the inner manifest as the last member and closes the archive.
-    pub fn finish(mut self, manifest_path: &str, manifest: &[u8]) -> io::Result<W> {
-        let mut h = header(manifest.len() as u64, 0o600, self.mtime);
-        self.tar.append_data(&mut h, manifest_path, manifest)?;
+    /// Completes `inner` with the members (those after the last list) and
+    /// the lists, appends it as the last member, and closes the archive.
+    pub fn finish(mut self, inner: &mut Inner) -> io::Result<W> {
+        inner.members = self.pending.iter().map(MemberRecord::entry).collect();
+        inner.member_lists = std::mem::take(&mut self.lists);
+        inner.format = if inner.member_lists.is_empty() {
+            manifest::INNER_FORMAT
+        } else {
+            manifest::INNER_FORMAT_V2
+        }
+        .into();
+        let bytes = serde_json::to_vec_pretty(&inner).map_err(io::Error::other)?;
+        let mut h = header(bytes.len() as u64, 0o600, self.mtime);
+        self.tar
+            .append_data(&mut h, manifest::INNER_NAME, &bytes[..])?;
         self.tar.into_inner()?.finish()
     }
 }
@@ -362,8 +486,18 @@ fn fill(r: &mut dyn Read, buf: &mut Vec<u8>, limit: usize) -> io::Result<bool> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    pub(crate) fn inner() -> Inner {
+        Inner::new(
+            "j-20261123T000100Z",
+            "j",
+            "2026-11-23T00:01:00.000Z",
+            "h",
+            vec![],
+        )
+    }
 
     fn read_back(bytes: &[u8], c: Compression) -> Vec<(String, Vec<u8>)> {
         let dec = decompressor(bytes, c).unwrap();
@@ -393,10 +527,8 @@ mod tests {
             let big: Vec<u8> = (0..PART_SIZE * 2 + 5)
                 .map(|i| u8::try_from(i % 251).unwrap())
                 .collect();
-            let rec = a
-                .append_stream("mysql/big.sql", &mut &big[..])
-                .unwrap()
-                .clone();
+            a.append_stream("mysql/big.sql", &mut &big[..]).unwrap();
+            let rec = a.pending.last().unwrap().clone();
             assert_eq!(
                 rec.parts,
                 [
@@ -407,10 +539,10 @@ mod tests {
             );
             assert_eq!(rec.size, big.len() as u64);
             assert_eq!(
-                rec.sha256.as_deref(),
-                Some(hex::encode(Sha256::digest(&big)).as_str())
+                rec.digest.as_deref(),
+                Some(blake3::hash(&big).to_hex().as_str())
             );
-            let out = a.finish("MANIFEST.json", b"{}").unwrap();
+            let out = a.finish(&mut inner()).unwrap();
             let members = read_back(&out, c);
             assert_eq!(members[0], ("mysql/small.sql".into(), b"hello".to_vec()));
             let joined: Vec<u8> = members[1..4].iter().flat_map(|m| m.1.clone()).collect();
@@ -423,7 +555,8 @@ mod tests {
     fn exact_part_size_stream_is_split_into_one_full_part_and_an_empty_one() {
         let mut a = ArchiveWriter::new(Vec::new(), Compression::None, 0).unwrap();
         let data = vec![7u8; PART_SIZE];
-        let rec = a.append_stream("x", &mut &data[..]).unwrap().clone();
+        a.append_stream("x", &mut &data[..]).unwrap();
+        let rec = a.pending.last().unwrap().clone();
         assert_eq!(rec.parts.len(), 2);
         assert_eq!(rec.size, PART_SIZE as u64);
     }
@@ -432,7 +565,7 @@ mod tests {
     fn short_entry_data_is_an_error() {
         let mut a = ArchiveWriter::new(Vec::new(), Compression::None, 0).unwrap();
         let e = EntryMeta {
-            path: "f",
+            path: b"f",
             kind: EntryKind::File,
             mode: 0o644,
             uid: 0,
@@ -462,7 +595,7 @@ mod tests {
         for (i, t) in targets.iter().enumerate() {
             let path = format!("files/l{i}");
             let e = EntryMeta {
-                path: &path,
+                path: path.as_bytes(),
                 kind: EntryKind::Symlink(std::path::Path::new(t)),
                 mode: 0o777,
                 uid: 0,
@@ -472,7 +605,7 @@ mod tests {
             };
             a.append_entry(&e, &mut io::empty()).unwrap();
         }
-        let bytes = a.finish("MANIFEST.json", b"{}").unwrap();
+        let bytes = a.finish(&mut inner()).unwrap();
         let mut got = Vec::new();
         read_members(&bytes[..], |m| {
             if let EntryKind::Symlink(t) = m.kind {
@@ -482,6 +615,78 @@ mod tests {
         })
         .unwrap();
         assert_eq!(got, targets);
+    }
+
+    fn file<'a>(path: &'a [u8], data: &[u8]) -> EntryMeta<'a> {
+        EntryMeta {
+            path,
+            kind: EntryKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            size: data.len() as u64,
+        }
+    }
+
+    #[test]
+    fn names_keep_their_bytes_and_lists_cover_every_member() {
+        let mut a = ArchiveWriter::new(Vec::new(), Compression::None, 0)
+            .unwrap()
+            .list_every(3);
+        let mut names: Vec<Vec<u8>> = (0..7)
+            .map(|i| format!("files/t/f{i}").into_bytes())
+            .collect();
+        names.push(b"files/t/\xff".to_vec());
+        names.push(b"files/t/\xfe".to_vec());
+        let long = [b"files/t/".as_slice(), &[0xe9; 200]].concat();
+        names.push(long);
+        for n in &names {
+            a.append_entry(&file(n, b"x"), &mut &b"x"[..]).unwrap();
+        }
+        // One name twice is refused at once.
+        assert!(a
+            .append_entry(&file(&names[7], b""), &mut io::empty())
+            .is_err());
+        assert_eq!(a.totals().members, 10);
+        let mut m = inner();
+        let bytes = a.finish(&mut m).unwrap();
+        assert_eq!(m.format, manifest::INNER_FORMAT_V2);
+        assert_eq!(m.member_lists.len(), 3);
+        assert_eq!(m.members.len(), 1);
+        let mut got = Vec::new();
+        let mut lists = Vec::new();
+        read_members(&bytes[..], |r| {
+            if r.path.starts_with(b"MANIFEST") {
+                lists.push(String::from_utf8(r.path).unwrap());
+            } else {
+                got.push(r.path);
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, names);
+        assert_eq!(
+            lists,
+            [
+                "MANIFEST.d/000000.json",
+                "MANIFEST.d/000001.json",
+                "MANIFEST.d/000002.json",
+                "MANIFEST.json"
+            ]
+        );
+        assert_eq!(m.members[0].name().unwrap(), names[9]);
+    }
+
+    #[test]
+    fn a_small_archive_keeps_the_first_manifest_format() {
+        let mut a = ArchiveWriter::new(Vec::new(), Compression::None, 0).unwrap();
+        a.append_stream("mysql/x.sql", &mut &b"x"[..]).unwrap();
+        let mut m = inner();
+        a.finish(&mut m).unwrap();
+        assert_eq!(m.format, manifest::INNER_FORMAT);
+        assert!(m.member_lists.is_empty());
+        assert_eq!(m.members.len(), 1);
     }
 
     #[test]
@@ -512,7 +717,8 @@ pub fn split_part(path: &str) -> Option<(&str, u32)> {
 
 /// One member as read back.
 pub struct ReadMember<'a> {
-    pub path: String,
+    /// Its name, exactly.
+    pub path: Vec<u8>,
     pub kind: EntryKind<'a>,
     pub mode: u32,
     pub mtime: i64,
@@ -539,7 +745,8 @@ pub fn read_members<R: Read>(
     let mut ar = tar::Archive::new(input);
     for entry in ar.entries()? {
         let mut entry = entry?;
-        let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let path = entry.path_bytes().into_owned();
+        let shown = || String::from_utf8_lossy(&path).into_owned();
         let header = entry.header();
         let mode = header.mode().unwrap_or(0o600);
         let mtime = i64::try_from(header.mtime().unwrap_or(0)).unwrap_or(0);
@@ -553,14 +760,14 @@ pub fn read_members<R: Read>(
                 Some(l) => EntryKind::Symlink(l),
                 None => {
                     return Err(ReadError::Refused {
-                        path,
+                        path: shown(),
                         reason: "symlink without a target".into(),
                     })
                 }
             },
             other => {
                 return Err(ReadError::Refused {
-                    path,
+                    path: shown(),
                     reason: format!("{other:?} entries are not allowed"),
                 })
             }

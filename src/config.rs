@@ -103,6 +103,10 @@ pub enum Source {
         host: Option<String>,
         port: Option<u16>,
         user: Option<String>,
+        /// Exact per-table row counts in the dump's snapshot (a `count(*)`,
+        /// so a full read, of every table); `false` to skip them.
+        #[serde(default = "yes")]
+        row_counts: bool,
     },
     /// A consistent online copy of a live SQLite database.
     Sqlite { name: Option<String>, path: PathBuf },

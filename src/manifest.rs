@@ -10,7 +10,15 @@ pub const SIDECAR_FORMAT: &str = "coffer-sidecar/2";
 /// Sidecars of earlier versions, still read (they have no ledger fields).
 pub const SIDECAR_FORMAT_V1: &str = "coffer-sidecar/1";
 pub const INNER_FORMAT: &str = "coffer-manifest/1";
+/// An inner manifest whose earlier members are listed in member lists
+/// (`MANIFEST.d/NNNNNN.json`) written through the archive, so that neither
+/// side ever holds a whole large tree's list in memory.
+pub const INNER_FORMAT_V2: &str = "coffer-manifest/2";
 pub const INNER_NAME: &str = "MANIFEST.json";
+/// The format of one member list.
+pub const LIST_FORMAT: &str = "coffer-members/1";
+/// Where member lists go in the archive.
+pub const LIST_DIR: &str = "MANIFEST.d/";
 pub const SEALED_SUFFIX: &str = ".coffer";
 pub const SIDECAR_SUFFIX: &str = ".coffer.json";
 
@@ -130,15 +138,214 @@ pub struct SourceEntry {
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MemberEntry {
+    /// The member's name; for a name that is not UTF-8, its lossy form
+    /// (U+FFFD for each bad sequence), for people to read.
     pub path: String,
+    /// A name that is not UTF-8, exactly: standard base64 of its bytes.
+    /// Present only then, so each name has one encoding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_b64: Option<String>,
     pub kind: String,
     pub size: u64,
+    /// The content's SHA-256, hex (backups of earlier versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// The content's BLAKE3, hex (backups whose header says `member_hash =
+    /// "blake3"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<String>,
+}
+
+impl MemberEntry {
+    /// The entry for the member named `name` (any bytes).
+    pub fn named(name: &[u8], kind: &str, size: u64) -> Self {
+        let (path, path_b64) = encode_name(name);
+        MemberEntry {
+            path,
+            path_b64,
+            kind: kind.to_owned(),
+            size,
+            sha256: None,
+            blake3: None,
+            parts: Vec::new(),
+        }
+    }
+
+    /// The member's name as bytes, or why the entry is not well formed.
+    pub fn name(&self) -> Result<Vec<u8>, String> {
+        use base64::Engine;
+        let Some(b64) = &self.path_b64 else {
+            return Ok(self.path.as_bytes().to_vec());
+        };
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| format!("{}: path_b64 is not base64: {e}", self.path))?;
+        if std::str::from_utf8(&raw).is_ok() {
+            return Err(format!(
+                "{}: path_b64 holds a UTF-8 name, which belongs in path",
+                self.path
+            ));
+        }
+        if String::from_utf8_lossy(&raw) != self.path {
+            return Err(format!(
+                "{}: path is not the lossy form of path_b64",
+                self.path
+            ));
+        }
+        Ok(raw)
+    }
+}
+
+/// A name as the manifest writes it: itself if UTF-8, else its lossy form
+/// and its bytes in base64.
+pub fn encode_name(name: &[u8]) -> (String, Option<String>) {
+    use base64::Engine;
+    match std::str::from_utf8(name) {
+        Ok(s) => (s.to_owned(), None),
+        Err(_) => (
+            String::from_utf8_lossy(name).into_owned(),
+            Some(base64::engine::general_purpose::STANDARD.encode(name)),
+        ),
+    }
+}
+
+/// The digest each member's content gets in the inner manifest. BLAKE3 now:
+/// only coffer checks these (the AEAD already authenticates every byte), so
+/// they take the fastest well-reviewed hash; the sealed file keeps SHA-256,
+/// which `sha256sum` can check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberHash {
+    Sha256,
+    Blake3,
+}
+
+impl MemberHash {
+    /// What the header's `member_hash` says; `None` if it names no known
+    /// digest.
+    pub fn of(member_hash: Option<&str>) -> Option<Self> {
+        match member_hash {
+            None | Some("sha256") => Some(MemberHash::Sha256),
+            Some("blake3") => Some(MemberHash::Blake3),
+            Some(_) => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MemberHash::Sha256 => "sha256",
+            MemberHash::Blake3 => "blake3",
+        }
+    }
+
+    /// A running digest of this kind.
+    pub fn hasher(self) -> Hasher {
+        match self {
+            MemberHash::Sha256 => Hasher::Sha256(<sha2::Sha256 as sha2::Digest>::new()),
+            MemberHash::Blake3 => Hasher::Blake3(Box::new(blake3::Hasher::new())),
+        }
+    }
+
+    /// The entry's digest of this kind, or why it has none.
+    pub fn of_entry(self, e: &MemberEntry) -> Result<Option<&str>, String> {
+        let (mine, other) = match self {
+            MemberHash::Sha256 => (&e.sha256, &e.blake3),
+            MemberHash::Blake3 => (&e.blake3, &e.sha256),
+        };
+        if mine.is_none() && other.is_some() {
+            return Err(format!(
+                "{}: a digest other than the archive's {}",
+                e.path,
+                self.name()
+            ));
+        }
+        Ok(mine.as_deref())
+    }
+
+    /// Sets the entry's digest of this kind.
+    pub fn set(self, e: &mut MemberEntry, hex: Option<String>) {
+        match self {
+            MemberHash::Sha256 => e.sha256 = hex,
+            MemberHash::Blake3 => e.blake3 = hex,
+        }
+    }
+}
+
+/// A running member digest.
+#[derive(Clone)]
+pub enum Hasher {
+    Sha256(sha2::Sha256),
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl Hasher {
+    pub fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => sha2::Digest::update(h, data),
+            Hasher::Blake3(h) => {
+                h.update(data);
+            }
+        }
+    }
+
+    pub fn finalize(self) -> [u8; 32] {
+        match self {
+            Hasher::Sha256(h) => sha2::Digest::finalize(h).into(),
+            Hasher::Blake3(h) => *h.finalize().as_bytes(),
+        }
+    }
+}
+
+/// One member list: the members written since the previous list, in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberList {
+    pub format: String,
+    pub members: Vec<MemberEntry>,
+}
+
+/// A member list as the inner manifest records it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ListEntry {
+    /// Its member name, `MANIFEST.d/NNNNNN.json`, numbered from 0.
+    pub path: String,
+    /// How many members it lists.
+    pub members: u64,
+    /// SHA-256 of its bytes, hex.
+    pub sha256: String,
+}
+
+impl Inner {
+    /// A manifest for `name` of `job`; the archive fills in its members and
+    /// format as it closes.
+    pub fn new(
+        name: &str,
+        job: &str,
+        created: &str,
+        host: &str,
+        sources: Vec<SourceEntry>,
+    ) -> Self {
+        Inner {
+            format: String::new(),
+            name: name.to_owned(),
+            job: job.to_owned(),
+            created: created.to_owned(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            host: host.to_owned(),
+            sources,
+            members: Vec::new(),
+            member_lists: Vec::new(),
+        }
+    }
+}
+
+/// The name of the `index`th member list.
+pub fn list_name(index: usize) -> String {
+    format!("{LIST_DIR}{index:06}.json")
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -150,7 +357,12 @@ pub struct Inner {
     pub tool_version: String,
     pub host: String,
     pub sources: Vec<SourceEntry>,
+    /// The members written after the last member list (all of them when
+    /// there is none), in archive order.
     pub members: Vec<MemberEntry>,
+    /// The member lists, in archive order (`coffer-manifest/2` only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub member_lists: Vec<ListEntry>,
 }
 
 #[cfg(test)]
@@ -191,6 +403,35 @@ mod tests {
             prev: prev.map(Into::into),
         })
         .unwrap()
+    }
+
+    #[test]
+    fn names_are_encoded_losslessly_and_one_way_only() {
+        for name in [
+            &b"files/etc/hosts"[..],
+            b"files/x/\xff",
+            b"files/x/\xfe",
+            b"a\xc3",
+        ] {
+            let e = MemberEntry::named(name, "file", 0);
+            assert_eq!(e.name().unwrap(), name);
+            let back: MemberEntry =
+                serde_json::from_slice(&serde_json::to_vec(&e).unwrap()).unwrap();
+            assert_eq!(back.name().unwrap(), name);
+        }
+        // Two names that collide once made lossy stay apart.
+        let a = MemberEntry::named(b"x\xff", "file", 0);
+        let b = MemberEntry::named(b"x\xfe", "file", 0);
+        assert_eq!(a.path, b.path);
+        assert_ne!(a.name().unwrap(), b.name().unwrap());
+        // A UTF-8 name in path_b64, or a path that is not its lossy form, is
+        // not well formed.
+        let mut e = MemberEntry::named(b"x\xff", "file", 0);
+        e.path = "y\u{fffd}".into();
+        assert!(e.name().is_err());
+        let mut e = MemberEntry::named(b"plain", "file", 0);
+        e.path_b64 = Some("cGxhaW4=".into());
+        assert!(e.name().is_err());
     }
 
     #[test]

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use harness::MariaDb;
-use sha2::{Digest, Sha256};
 
 struct Env {
     dir: tempfile::TempDir,
@@ -195,7 +194,7 @@ fn forge(e: &Env, sealed: &Path, dump: &str) -> Vec<u8> {
             for member in m["members"].as_array_mut().unwrap() {
                 if member["path"] == "mysql/main.sql" {
                     member["size"] = dump.len().into();
-                    member["sha256"] = hex::encode(Sha256::digest(dump.as_bytes())).into();
+                    member["blake3"] = blake3::hash(dump.as_bytes()).to_hex().as_str().into();
                 }
             }
             for source in m["sources"].as_array_mut().unwrap() {
@@ -217,6 +216,7 @@ fn forge(e: &Env, sealed: &Path, dump: &str) -> Vec<u8> {
         job: Some("prod".into()),
         compression: Some("none".into()),
         content: Some("tar".into()),
+        member_hash: Some("blake3".into()),
         ..Default::default()
     };
     let mut w = coffer::envelope::seal(&recipients, meta, 65536, Vec::new()).unwrap();

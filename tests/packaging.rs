@@ -11,11 +11,13 @@ use std::process::Command;
 
 use common::*;
 
-const UNITS: [&str; 4] = [
+const UNITS: [&str; 6] = [
     "coffer-backup.service",
     "coffer-backup.timer",
     "coffer-verify.service",
     "coffer-verify.timer",
+    "coffer-drill.service",
+    "coffer-drill.timer",
 ];
 
 /// Copies the units with ExecStart pointing at the binary under test, runs
@@ -97,6 +99,30 @@ fn units_have_the_promised_hardening_and_schedule() {
     ] {
         assert!(timer.contains(line), "coffer-backup.timer lacks {line:?}");
     }
+    // The weekly drill: restore-tests the newest backup with the private key.
+    let drill = fs::read_to_string(dir.join("coffer-drill.service")).unwrap();
+    for line in [
+        "User=coffer",
+        "UMask=0077",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=\n",
+        "ProtectHome=yes",
+        "SystemCallFilter=@system-service",
+        "latest -i /etc/coffer/backup.key --restore-test --metrics-file",
+    ] {
+        assert!(drill.contains(line), "coffer-drill.service lacks {line:?}");
+    }
+    let timer = fs::read_to_string(dir.join("coffer-drill.timer")).unwrap();
+    for line in ["OnCalendar=Sun *-*-* 07:00:00", "Persistent=true"] {
+        assert!(timer.contains(line), "coffer-drill.timer lacks {line:?}");
+    }
+    let rules = fs::read_to_string(dir.join("coffer.rules.yml")).unwrap();
+    assert!(
+        rules.contains("time() - coffer_restore_test_last_success_timestamp_seconds > 8 * 86400"),
+        "no alert for a drill that has not passed in 8 days"
+    );
 }
 
 #[test]

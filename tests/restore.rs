@@ -236,6 +236,12 @@ fn restore_from_local_and_sftp_into_fresh_databases() {
 
 /// Seals a tar (built by hand) as a backup would be.
 fn seal_tar(e: &Env, tar_bytes: &[u8], name: &str) -> PathBuf {
+    seal_tar_with(e, tar_bytes, name, Some("blake3"))
+}
+
+/// [`seal_tar`], with the header's `member_hash` as given (`None`: a backup
+/// of an earlier version, whose members carry SHA-256).
+fn seal_tar_with(e: &Env, tar_bytes: &[u8], name: &str, member_hash: Option<&str>) -> PathBuf {
     let text = fs::read_to_string(format!("{}.pub", e.key.display())).unwrap();
     let recipients =
         coffer::envelope::parse_recipients_file(&text, &coffer::envelope::no_passphrase()).unwrap();
@@ -244,6 +250,7 @@ fn seal_tar(e: &Env, tar_bytes: &[u8], name: &str) -> PathBuf {
         job: Some("prod".into()),
         compression: Some("none".into()),
         content: Some("tar".into()),
+        member_hash: member_hash.map(Into::into),
         ..Default::default()
     };
     let mut w = coffer::envelope::seal(&recipients, meta, 65536, Vec::new()).unwrap();
@@ -295,18 +302,23 @@ fn forge(e: &Env, name: &str, entries: &[RawEntry], mode: u32) -> PathBuf {
     }
     // One manifest member per name, as the walk counts them (a name the
     // archive repeats is one member whose bytes add up).
-    let mut sizes: Vec<(&str, usize)> = Vec::new();
-    for (n, size) in
-        std::iter::once(("ok.txt", 4)).chain(entries.iter().map(|(n, _, _, d)| (*n, d.len())))
+    let mut sizes: Vec<(&str, &str, usize)> = Vec::new();
+    for (n, kind, size) in std::iter::once(("ok.txt", Regular, 4))
+        .chain(entries.iter().map(|(n, k, _, d)| (*n, *k, d.len())))
     {
-        match sizes.iter_mut().find(|(m, _)| *m == n) {
-            Some((_, total)) => *total += size,
-            None => sizes.push((n, size)),
+        let kind = match kind {
+            Directory => "dir",
+            Symlink => "symlink",
+            _ => "file",
+        };
+        match sizes.iter_mut().find(|(m, _, _)| *m == n) {
+            Some((_, _, total)) => *total += size,
+            None => sizes.push((n, kind, size)),
         }
     }
     let members: Vec<serde_json::Value> = sizes
         .into_iter()
-        .map(|(n, size)| serde_json::json!({"path": n, "kind": "file", "size": size}))
+        .map(|(n, kind, size)| serde_json::json!({"path": n, "kind": kind, "size": size}))
         .collect();
     let manifest = serde_json::json!({
         "format": "coffer-manifest/1", "name": name, "job": "prod",
@@ -322,6 +334,58 @@ fn forge(e: &Env, name: &str, entries: &[RawEntry], mode: u32) -> PathBuf {
         0o644,
     );
     seal_tar(e, &b.into_inner().unwrap(), &format!("{name}.coffer"))
+}
+
+/// Backups of earlier versions carry SHA-256 member digests and no
+/// `member_hash` in their header: they still restore, and still fail on a
+/// digest that does not match.
+#[test]
+fn backups_with_sha256_member_digests_still_restore_and_are_still_checked() {
+    use sha2::Digest;
+    let e = Env::new();
+    for (case, data, listed, ok) in [
+        ("good", &b"SELECT 1;\n"[..], &b"SELECT 1;\n"[..], true),
+        ("bad", b"SELECT 2;\n", b"SELECT 1;\n", false),
+    ] {
+        let mut b = tar::Builder::new(Vec::new());
+        raw_entry(&mut b, "mysql/main.sql", Regular, None, data, 0o600);
+        let manifest = serde_json::json!({
+            "format": "coffer-manifest/1", "name": case, "job": "prod",
+            "created": "2026-11-23T00:00:00.000Z", "tool_version": "0.1.0", "host": "h",
+            "sources": [], "members": [{
+                "path": "mysql/main.sql", "kind": "stream", "size": data.len(),
+                "sha256": hex::encode(sha2::Sha256::digest(listed)),
+            }],
+        });
+        let m = serde_json::to_vec(&manifest).unwrap();
+        raw_entry(&mut b, "MANIFEST.json", Regular, None, &m, 0o600);
+        let sealed = seal_tar_with(
+            &e,
+            &b.into_inner().unwrap(),
+            &format!("{case}.coffer"),
+            None,
+        );
+        let to = e.p().join(format!("t-{case}"));
+        let out = run(&[
+            "restore",
+            "-i",
+            e.key(),
+            sealed.to_str().unwrap(),
+            "--to",
+            to.to_str().unwrap(),
+        ]);
+        if ok {
+            assert!(out.status.success(), "{}", stderr(&out));
+            assert_eq!(fs::read(to.join("mysql/main.sql")).unwrap(), data);
+        } else {
+            assert_eq!(code(&out), 3, "{}", stderr(&out));
+            assert!(
+                stderr(&out).contains("mysql/main.sql: sha256"),
+                "{}",
+                stderr(&out)
+            );
+        }
+    }
 }
 
 #[test]
@@ -380,7 +444,8 @@ fn hostile_archives_write_nothing_outside_the_target() {
                 ("l", Symlink, Some("/tmp"), b""),
                 ("l", Directory, None, b""),
             ],
-            "exists and is not a directory",
+            // Refused before anything is written: no name twice.
+            "a second member of this name",
         ),
         (
             // `s -> .` makes `s/s/../../..` climb three levels above the
@@ -550,7 +615,7 @@ fn verify_catches_damage_keyless_and_keyed() {
     assert!(
         reports[0]["problems"]
             .to_string()
-            .contains("command/c: SHA-256"),
+            .contains("command/c: blake3"),
         "{reports:?}"
     );
 }
@@ -769,7 +834,7 @@ fn restore_test_passes_on_a_good_dump_and_fails_on_a_damaged_one() {
         "mysql/main.sql",
     ])
     .stdout;
-    let old_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&dump));
+    let old_hash = blake3::hash(&dump).to_hex();
     let at = tar.windows(11).position(|w| w == b"INSERT INTO").unwrap();
     tar[at + 10] = b'X'; // INSERT INTX: a syntax error, same length
     let mut damaged = dump.clone();
@@ -778,7 +843,7 @@ fn restore_test_passes_on_a_good_dump_and_fails_on_a_damaged_one() {
         .position(|w| w == b"INSERT INTO")
         .unwrap();
     damaged[at_d + 10] = b'X';
-    let new_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&damaged));
+    let new_hash = blake3::hash(&damaged).to_hex();
     let h = tar
         .windows(64)
         .position(|w| w == old_hash.as_bytes())

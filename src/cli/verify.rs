@@ -3,8 +3,9 @@ use std::path::PathBuf;
 use crate::config::Config;
 use crate::error::Error;
 use crate::pipeline::keys::load_identities;
+use crate::pipeline::notify;
 use crate::pipeline::sqlclient::{mysql_client, MysqlClient};
-use crate::pipeline::verify::{verify, Select};
+use crate::pipeline::verify::{verify, Drill, Outcome, Select};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -18,10 +19,16 @@ pub struct Args {
     /// Also decrypt: authenticate every chunk and check every member
     #[arg(short = 'i', long = "identity", value_name = "IDENTITY")]
     identities: Vec<PathBuf>,
-    /// Also load each MariaDB/MySQL dump into a private scratch server coffer
-    /// starts, and compare its row counts with the manifest (needs -i)
+    /// Also restore every database (a drill): MariaDB/MySQL and PostgreSQL
+    /// dumps into private scratch servers coffer starts, SQLite copies
+    /// through integrity_check; compare every table's rows with the
+    /// manifest and measure the restore time (needs -i)
     #[arg(long, requires = "identities")]
     restore_test: bool,
+    /// Write the restore test's Prometheus textfile-collector metrics here,
+    /// whatever its result (other metrics in the file are kept)
+    #[arg(long, value_name = "PATH", requires = "restore_test")]
+    metrics_file: Option<PathBuf>,
     /// Print JSON
     #[arg(long)]
     json: bool,
@@ -44,7 +51,15 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
             out.warn(&w);
         }
     }
-    let outcome = verify(&config, &select, identities.as_deref(), a.restore_test)?;
+    let started = std::time::Instant::now();
+    let result = verify(&config, &select, identities.as_deref(), a.restore_test);
+    if let Some(path) = &a.metrics_file {
+        let drill = drill_metrics(&config.job.name, result.as_ref().ok(), started);
+        if let Err(e) = notify::write_drill_metrics(path, &drill) {
+            out.warn(&format!("metrics file: {}", crate::cli_chain(&e)));
+        }
+    }
+    let outcome = result?;
     for u in &outcome.unreachable {
         out.warn(u);
     }
@@ -77,6 +92,9 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
                     ))
                 );
             }
+            if let Some(d) = &r.drill {
+                print_drill(d);
+            }
         }
     }
     let failed = reports.iter().filter(|r| !r.ok).count();
@@ -103,4 +121,85 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
         return Err(Error::Usage("no backups to verify".into()).into());
     }
     Ok(())
+}
+
+/// The drill's table: each table's expected and restored rows, then the
+/// measured restore time and rate.
+fn print_drill(d: &Drill) {
+    let rows: Vec<[String; 4]> = d
+        .tables
+        .iter()
+        .map(|t| {
+            [
+                super::one_line(&format!("{} {}: {}", t.kind, t.source, t.table)),
+                t.expected.to_string(),
+                t.restored.map_or_else(|| "-".into(), |n| n.to_string()),
+                t.status.to_owned(),
+            ]
+        })
+        .collect();
+    let head = [
+        "TABLE".to_owned(),
+        "EXPECTED".into(),
+        "RESTORED".into(),
+        "STATUS".into(),
+    ];
+    let width = |i: usize| {
+        rows.iter()
+            .chain(std::iter::once(&head))
+            .map(|r| r[i].chars().count())
+            .max()
+            .unwrap_or(0)
+    };
+    let (w0, w1, w2) = (width(0), width(1), width(2));
+    for r in std::iter::once(&head).chain(&rows) {
+        println!(
+            "      {:<w0$}  {:>w1$}  {:>w2$}  {}",
+            r[0], r[1], r[2], r[3]
+        );
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let mib = d.restored_bytes as f64 / 1_048_576.0;
+    println!(
+        "      restored {} bytes ({mib:.1} MiB) in {:.2} s: {:.1} MiB/s",
+        d.restored_bytes,
+        d.restore_seconds,
+        d.bytes_per_second / 1_048_576.0
+    );
+}
+
+/// The metrics of a drill; a verify that could not run at all failed.
+fn drill_metrics(
+    job: &str,
+    outcome: Option<&Outcome>,
+    started: std::time::Instant,
+) -> crate::metrics::Drill {
+    let finished = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let drills: Vec<&Drill> = outcome
+        .map(|o| o.reports.iter().filter_map(|r| r.drill.as_ref()).collect())
+        .unwrap_or_default();
+    let success = outcome.is_some_and(|o| {
+        o.unreachable.is_empty() && !o.reports.is_empty() && o.reports.iter().all(|r| r.ok)
+    }) && !drills.is_empty();
+    let mut tables: Vec<(String, u64)> = Vec::new();
+    for t in drills.iter().flat_map(|d| &d.tables) {
+        match tables.iter_mut().find(|(s, _)| s == t.status) {
+            Some((_, n)) => *n += 1,
+            None => tables.push((t.status.to_owned(), 1)),
+        }
+    }
+    let duration = if drills.is_empty() {
+        started.elapsed().as_secs_f64()
+    } else {
+        drills.iter().map(|d| d.restore_seconds).sum()
+    };
+    crate::metrics::Drill {
+        job: job.to_owned(),
+        success,
+        finished,
+        duration_secs: duration,
+        tables,
+    }
 }

@@ -43,6 +43,10 @@ pub struct Metadata {
     /// What the plaintext is: `tar` for backups, absent for `coffer seal` data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// For backups: the digest of each member in the inner manifest,
+    /// `blake3`; absent means `sha256` (backups of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_hash: Option<String>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
 }

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::envelope::{self, Metadata, Recipient, SealError, DEFAULT_CHUNK_SIZE};
 use crate::error::{about, Error, Result};
 use crate::ledger;
-use crate::manifest::{self, Inner, MemberEntry, Sidecar, SourceEntry};
+use crate::manifest::{self, Inner, Sidecar, SourceEntry};
 use crate::pipeline::job::{self, Job};
 use crate::pipeline::locate;
 use crate::pipeline::retention::{self, PruneReport};
@@ -428,6 +428,7 @@ fn seal_and_store(
         job: Some(job.config.job.name.clone()),
         compression: Some(compression.name().into()),
         content: Some("tar".into()),
+        member_hash: Some(crate::archive::MEMBER_HASH.name().into()),
         ..Metadata::default()
     };
     let sealer =
@@ -440,30 +441,16 @@ fn seal_and_store(
         .map_err(|e| Error::io(&sealed_file, "start compression", e))?;
 
     let (source_entries, warnings) = dump_sources(job, name, &mut archive)?;
-    let inner = Inner {
-        format: manifest::INNER_FORMAT.into(),
-        name: name.to_owned(),
-        job: job.config.job.name.clone(),
-        created: created.clone(),
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        host: job::hostname(),
-        sources: source_entries,
-        members: archive
-            .records()
-            .iter()
-            .map(|r| MemberEntry {
-                path: r.path.clone(),
-                kind: r.kind.into(),
-                size: r.size,
-                sha256: r.sha256.clone(),
-                parts: r.parts.clone(),
-            })
-            .collect(),
-    };
-    let bytes_in = inner.members.iter().map(|m| m.size).sum();
-    let inner_json = serde_json::to_vec_pretty(&inner).map_err(|e| Error::Usage(e.to_string()))?;
+    let mut inner = Inner::new(
+        name,
+        &job.config.job.name,
+        &created,
+        &job::hostname(),
+        source_entries,
+    );
+    let bytes_in = archive.totals().bytes;
     let sealer = archive
-        .finish(manifest::INNER_NAME, &inner_json)
+        .finish(&mut inner)
         .map_err(|e| sink_error(name, &sealed_file, e))?;
     let fanout = sealer
         .finish()

@@ -97,6 +97,7 @@ fn build_source(s: &config::Source) -> Box<dyn Source> {
             host,
             port,
             user,
+            row_counts,
         } => Box::new(PostgresSource {
             name,
             databases,
@@ -105,6 +106,7 @@ fn build_source(s: &config::Source) -> Box<dyn Source> {
             host,
             port,
             user,
+            row_counts,
         }),
         config::Source::Sqlite { path, .. } => Box::new(SqliteSource {
             name: s.name(),

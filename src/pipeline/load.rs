@@ -408,8 +408,10 @@ fn into_mysql(
         .arg(&target);
     let mut loader = Loader::start(client)?;
     let member = format!("mysql/{source}.sql");
+    let mut found = false;
     let result = walk(input, identities, |m, data| {
         if m.name == member {
+            found = true;
             let mut filtered = Retarget {
                 inner: io::BufReader::with_capacity(1 << 20, data),
                 line: Vec::new(),
@@ -419,7 +421,7 @@ fn into_mysql(
         }
         Ok(())
     });
-    let outcome = finish_load(result, loader, what, &member);
+    let outcome = finish_load(result.map(|w| (w, found)), loader, what, &member);
     if outcome.is_err() && !existed {
         let mut drop_db = mysql_client(options_file)?;
         drop_db
@@ -487,13 +489,15 @@ fn into_postgres(
     restore.args(["--no-owner", "--exit-on-error", "-d", &target]);
     let mut loader = Loader::start(restore)?;
     let member = format!("postgres/{source}/{from}.dump");
+    let mut found = false;
     let result = walk(input, identities, |m, data| {
         if m.name == member {
+            found = true;
             loader.feed(data, &target)?;
         }
         Ok(())
     });
-    let outcome = finish_load(result, loader, what, &member);
+    let outcome = finish_load(result.map(|w| (w, found)), loader, what, &member);
     if outcome.is_err() && !exists {
         let mut drop_db = pg_command("psql", passfile, args)?;
         drop_db
@@ -505,14 +509,14 @@ fn into_postgres(
 }
 
 fn finish_load(
-    result: std::result::Result<Walked, WalkError>,
+    result: std::result::Result<(Walked, bool), WalkError>,
     loader: Loader,
     what: &str,
     member: &str,
 ) -> Result<Walked> {
     match result {
-        Ok(w) => {
-            if !w.manifest.members.iter().any(|m| m.path == member) {
+        Ok((w, found)) => {
+            if !found {
                 drop(loader);
                 return Err(Error::Usage(format!("{what} has no member {member}")));
             }

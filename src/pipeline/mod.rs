@@ -16,6 +16,7 @@ pub mod open;
 pub mod restore;
 pub mod retention;
 pub mod scratch;
+pub mod scratch_pg;
 pub mod seal;
 pub mod sqlclient;
 pub mod verify;

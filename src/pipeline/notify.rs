@@ -173,6 +173,15 @@ pub fn write_metrics(path: &Path, outcome: &Outcome) -> Result<(), Error> {
     crate::fsutil::replace(path, text.as_bytes(), 0o644)
 }
 
+/// Writes a restore test's metrics into `path` (atomically, world-readable),
+/// keeping the metric families of others in it and the previous success
+/// time across failures.
+pub fn write_drill_metrics(path: &Path, drill: &metrics::Drill) -> Result<(), Error> {
+    let previous = std::fs::read_to_string(path).unwrap_or_default();
+    let text = metrics::render_drill(drill, &previous);
+    crate::fsutil::replace(path, text.as_bytes(), 0o644)
+}
+
 /// Runs the hook the outcome calls for, if configured. Returns a warning
 /// when it could not run or failed.
 pub fn run_hook(config: &Config, outcome: &Outcome) -> Option<String> {

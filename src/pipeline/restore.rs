@@ -16,10 +16,12 @@
 //! does not match the inner manifest), what was extracted is removed unless
 //! `--keep-partial`.
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -45,8 +47,8 @@ pub enum Target {
 }
 
 /// The relative path of a member inside the target, or why not.
-fn safe_relative(name: &str) -> std::result::Result<PathBuf, String> {
-    let p = Path::new(name);
+fn safe_relative(name: &[u8]) -> std::result::Result<PathBuf, String> {
+    let p = Path::new(OsStr::from_bytes(name));
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {
@@ -121,11 +123,21 @@ struct Extractor {
     /// Every member is created relative to this, one component at a time.
     root_fd: OwnedFd,
     force: bool,
-    /// Everything created (relative to the root), to undo on failure.
-    created: Vec<PathBuf>,
+    /// Every directory this restore made (relative to the root): all that
+    /// is in one is this restore's too.
+    made_dirs: HashSet<PathBuf>,
+    /// What this restore made outside any directory it made, newest last:
+    /// to undo on failure, these (directories with what is in them) are
+    /// removed. Into a new or empty target that is only the top level, so
+    /// memory follows the directories, not the files.
+    undo_roots: Vec<PathBuf>,
     /// Directory modes and mtimes, applied last (a read-only directory would
     /// refuse its own contents).
     dirs: Vec<(PathBuf, u32, i64)>,
+    /// The directory the last member went into, still open: the next member
+    /// is most often its sibling (tar keeps a directory's entries together),
+    /// and a held descriptor cannot be redirected.
+    last_parent: Option<(PathBuf, OwnedFd)>,
 }
 
 fn mtime_of(secs: i64) -> SystemTime {
@@ -146,9 +158,29 @@ impl Extractor {
             root,
             root_fd,
             force,
-            created: Vec::new(),
+            made_dirs: HashSet::new(),
+            undo_roots: Vec::new(),
             dirs: Vec::new(),
+            last_parent: None,
         })
+    }
+
+    /// Whether this restore made `rel`, as far as undoing goes.
+    fn made(&self, rel: &Path) -> bool {
+        self.made_dirs.contains(rel)
+            || rel.parent().is_some_and(|p| self.made_dirs.contains(p))
+            || self.undo_roots.iter().any(|r| r == rel)
+    }
+
+    /// Notes that `rel` was made (a directory if `dir`).
+    fn note_made(&mut self, rel: &Path, dir: bool) {
+        let inside_own = rel.parent().is_some_and(|p| self.made_dirs.contains(p));
+        if !inside_own {
+            self.undo_roots.push(rel.to_path_buf());
+        }
+        if dir {
+            self.made_dirs.insert(rel.to_path_buf());
+        }
     }
 
     /// Something at `rel` stops a member from being written: if this restore
@@ -156,7 +188,7 @@ impl Extractor {
     /// was in the target before, and the backup is not at fault.
     fn in_the_way(&self, rel: &Path, problem: &'static str) -> WalkError {
         let path = self.root.join(rel);
-        if self.created.iter().any(|c| c == rel) {
+        if self.made(rel) {
             WalkError::Refused(format!("{} {problem}", path.display()))
         } else {
             WalkError::TargetExists { path, problem }
@@ -168,10 +200,25 @@ impl Extractor {
     /// planted earlier in the archive, or already in the target, could point
     /// anywhere.
     fn parent_of(&mut self, rel: &Path) -> std::result::Result<OwnedFd, WalkError> {
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        if let Some((p, fd)) = &self.last_parent {
+            if p == parent {
+                return rustix::io::fcntl_dupfd_cloexec(fd, 0)
+                    .map_err(|e| WalkError::target(self.root.join(p), "open", e.into()));
+            }
+        }
+        let dir = self.open_parent(parent)?;
+        let keep = rustix::io::fcntl_dupfd_cloexec(&dir, 0)
+            .map_err(|e| WalkError::target(self.root.join(parent), "open", e.into()))?;
+        self.last_parent = Some((parent.to_path_buf(), keep));
+        Ok(dir)
+    }
+
+    fn open_parent(&mut self, parent: &Path) -> std::result::Result<OwnedFd, WalkError> {
         let mut dir = rustix::fs::openat(&self.root_fd, ".", TRAVERSE, Mode::empty())
             .map_err(|e| WalkError::target(&self.root, "open", e.into()))?;
         let mut at = PathBuf::new();
-        for c in rel.parent().unwrap_or(Path::new("")).components() {
+        for c in parent.components() {
             let name = c.as_os_str();
             at.push(name);
             match kind_at(&dir, name) {
@@ -184,7 +231,7 @@ impl Extractor {
                     rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o700)).map_err(|e| {
                         WalkError::target(self.root.join(&at), "create directory", e.into())
                     })?;
-                    self.created.push(at.clone());
+                    self.note_made(&at.clone(), true);
                 }
                 Err(e) => return Err(WalkError::target(self.root.join(&at), "inspect", e)),
             }
@@ -208,7 +255,7 @@ impl Extractor {
         data: &mut dyn Read,
     ) -> std::result::Result<(), WalkError> {
         let refuse = |why: &str| WalkError::Refused(format!("{}: {why}", m.name));
-        let rel = safe_relative(m.name).map_err(|why| refuse(&why))?;
+        let rel = safe_relative(m.raw).map_err(|why| refuse(&why))?;
         let name = rel
             .file_name()
             .ok_or_else(|| refuse("no file name"))?
@@ -221,7 +268,7 @@ impl Extractor {
                 // A directory that was there before keeps its own mode; one
                 // this restore made as a parent takes the recorded one.
                 Ok(Some(FileType::Directory)) => {
-                    if self.created.contains(&rel) {
+                    if self.made_dirs.contains(&rel) {
                         self.dirs.push((rel, dir_mode(m.mode), m.mtime));
                     }
                 }
@@ -229,7 +276,7 @@ impl Extractor {
                 Ok(None) => {
                     rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o700))
                         .map_err(|e| WalkError::target(&path, "create directory", e.into()))?;
-                    self.created.push(rel.clone());
+                    self.note_made(&rel, true);
                     self.dirs.push((rel, dir_mode(m.mode), m.mtime));
                 }
                 Err(e) => return Err(WalkError::target(&path, "inspect", e)),
@@ -241,7 +288,7 @@ impl Extractor {
                 self.make_room(&dir, name, &rel)?;
                 rustix::fs::symlinkat(target, &dir, name)
                     .map_err(|e| WalkError::target(&path, "create symlink", e.into()))?;
-                self.created.push(rel);
+                self.note_made(&rel, false);
                 let t = Timespec {
                     tv_sec: m.mtime.max(0),
                     tv_nsec: 0,
@@ -277,7 +324,7 @@ impl Extractor {
                 };
                 let mut f = File::from(fd);
                 if !append {
-                    self.created.push(rel);
+                    self.note_made(&rel, false);
                 }
                 copy_out(data, &mut f, &path)?;
                 // Streams (dumps) keep 0600; files get their recorded mode,
@@ -328,22 +375,55 @@ impl Extractor {
         }
     }
 
-    fn undo(&self) {
-        for rel in self.created.iter().rev() {
+    fn undo(&mut self) {
+        self.last_parent = None;
+        for rel in self.undo_roots.iter().rev() {
             let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
                 continue;
             };
             let Some(dir) = open_below(&self.root_fd, parent, TRAVERSE) else {
                 continue;
             };
-            let flags = match kind_at(&dir, name) {
-                Ok(Some(FileType::Directory)) => AtFlags::REMOVEDIR,
-                Ok(Some(_)) => AtFlags::empty(),
-                Ok(None) | Err(_) => continue,
-            };
-            let _ = rustix::fs::unlinkat(&dir, name, flags);
+            match kind_at(&dir, name) {
+                Ok(Some(FileType::Directory)) => remove_tree(&dir, name),
+                Ok(Some(_)) => {
+                    let _ = rustix::fs::unlinkat(&dir, name, AtFlags::empty());
+                }
+                Ok(None) | Err(_) => {}
+            }
         }
     }
+}
+
+/// Removes the directory `name` under `dir` and all in it, by handle: a
+/// link inside is removed, never followed.
+fn remove_tree(dir: &OwnedFd, name: &OsStr) {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if let Ok(fd) = rustix::fs::openat(dir, name, flags, Mode::empty()) {
+        let mut children = Vec::new();
+        if let Ok(mut entries) = rustix::fs::Dir::read_from(&fd) {
+            while let Some(Ok(e)) = entries.next() {
+                let n = e.file_name();
+                if n == c"." || n == c".." {
+                    continue;
+                }
+                let is_dir = match e.file_type() {
+                    FileType::Unknown => rustix::fs::statat(&fd, n, AtFlags::SYMLINK_NOFOLLOW)
+                        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory),
+                    ft => ft == FileType::Directory,
+                };
+                children.push((OsStr::from_bytes(n.to_bytes()).to_owned(), is_dir));
+            }
+        }
+        for (child, is_dir) in children {
+            if is_dir {
+                remove_tree(&fd, &child);
+            } else {
+                let _ = rustix::fs::unlinkat(&fd, &child, AtFlags::empty());
+            }
+        }
+    }
+    let _ = rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR);
 }
 
 /// Never set-id bits from an archive on a directory; sticky may stay (/tmp).
@@ -518,10 +598,21 @@ pub fn restore(
         Target::Tar => tar_out(input, what, identities, out).map(|()| None),
         Target::Member { name } => {
             let mut found = false;
+            // What to offer if the name is not there: the dumps, not every
+            // file of a tree.
+            let mut offer: Vec<String> = Vec::new();
+            let mut files = 0u64;
             let w = walk(input, identities, |m, data| {
                 if m.name == name {
                     found = true;
                     copy_out(data, out, Path::new("<stdout>"))?;
+                }
+                if m.part.is_none_or(|n| n == 0) {
+                    if m.name.starts_with("files/") {
+                        files += 1;
+                    } else if offer.len() < 50 && !m.name.starts_with("MANIFEST") {
+                        offer.push(m.name.to_owned());
+                    }
                 }
                 Ok(())
             })
@@ -535,10 +626,14 @@ pub fn restore(
                 x.check(&w).map_err(mismatch)?;
             }
             if !found {
-                let names: Vec<&str> = w.manifest.members.iter().map(|m| m.path.as_str()).collect();
+                if files > 0 {
+                    offer.push(format!(
+                        "{files} files/ members (restore --to DIR to see them)"
+                    ));
+                }
+                let holds = offer.join(", ");
                 return Err(Error::Usage(format!(
-                    "{what} has no member {name:?}; it holds: {}",
-                    names.join(", ")
+                    "{what} has no member {name:?}; it holds: {holds}"
                 )));
             }
             Ok(Some(w))
@@ -584,11 +679,12 @@ mod tests {
 
     #[test]
     fn paths_are_confined() {
-        assert!(safe_relative("mysql/main.sql").is_ok());
-        assert!(safe_relative("./a/b").is_ok());
-        assert!(safe_relative("../../etc/x").is_err());
-        assert!(safe_relative("a/../../x").is_err());
-        assert!(safe_relative("/etc/passwd").is_err());
-        assert!(safe_relative("").is_err());
+        assert!(safe_relative(b"mysql/main.sql").is_ok());
+        assert!(safe_relative(b"./a/b").is_ok());
+        assert!(safe_relative(b"files/x/\xff").is_ok());
+        assert!(safe_relative(b"../../etc/x").is_err());
+        assert!(safe_relative(b"a/../../x").is_err());
+        assert!(safe_relative(b"/etc/passwd").is_err());
+        assert!(safe_relative(b"").is_err());
     }
 }

@@ -51,13 +51,13 @@ fn is_root() -> bool {
 /// Who the server runs as: an unprivileged account when coffer is root, so
 /// that a hostile dump that gets past every other fence still acts as nobody
 /// in particular; otherwise coffer's own user.
-struct RunAs {
-    name: String,
-    uid: u32,
-    gid: u32,
+pub(super) struct RunAs {
+    pub(super) name: String,
+    pub(super) uid: u32,
+    pub(super) gid: u32,
 }
 
-fn run_as() -> Result<Option<RunAs>, String> {
+pub(super) fn run_as() -> Result<Option<RunAs>, String> {
     if !is_root() {
         return Ok(None);
     }
@@ -84,7 +84,7 @@ fn run_as() -> Result<Option<RunAs>, String> {
 }
 
 /// The server must be able to reach its directory through every parent.
-fn reachable(dir: &Path, who: &RunAs) -> Result<(), String> {
+pub(super) fn reachable(dir: &Path, who: &RunAs) -> Result<(), String> {
     for parent in dir.ancestors().skip(1) {
         let m = std::fs::metadata(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
         let mode = m.mode();
@@ -104,7 +104,12 @@ fn reachable(dir: &Path, who: &RunAs) -> Result<(), String> {
 }
 
 /// A directory inside the scratch directory, the server's own.
-fn subdir(dir: &Path, name: &str, who: Option<&RunAs>, mode: u32) -> Result<PathBuf, String> {
+pub(super) fn subdir(
+    dir: &Path,
+    name: &str,
+    who: Option<&RunAs>,
+    mode: u32,
+) -> Result<PathBuf, String> {
     let p = dir.join(name);
     std::fs::create_dir(&p).map_err(|e| format!("scratch directory: {e}"))?;
     if let Some(w) = who {

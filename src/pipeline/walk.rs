@@ -4,7 +4,7 @@
 //! the inner manifest. `verify` and `restore` are this walk with different
 //! consumers.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::io::{self, BufReader, Read};
 use std::path::PathBuf;
 
@@ -12,7 +12,9 @@ use sha2::{Digest, Sha256};
 
 use crate::archive::{self, Compression, EntryKind, ReadError};
 use crate::envelope::{self, Header, Identity, OpenError};
-use crate::manifest::{Inner, INNER_NAME};
+use crate::manifest::{
+    self, Hasher, Inner, ListEntry, MemberEntry, MemberHash, MemberList, INNER_NAME,
+};
 
 /// Hashes and counts everything read through it.
 pub struct HashRead<R> {
@@ -47,7 +49,11 @@ impl<R: Read> Read for HashRead<R> {
 /// A member as the consumer sees it: its logical name (a split stream's
 /// parts all carry the stream's name), and where it is.
 pub struct Member<'a> {
+    /// The name for messages and matching: a name that is not UTF-8 has its
+    /// bad bytes shown as U+FFFD here.
     pub name: &'a str,
+    /// The name exactly, for anything that creates a file by it.
+    pub raw: &'a [u8],
     /// For a split stream, which part (0 for the first); `None` if not split.
     pub part: Option<u32>,
     pub kind: EntryKind<'a>,
@@ -149,9 +155,22 @@ pub struct Walked {
 
 /// A logical member being read: its parts' bytes all feed one hash.
 struct Logical {
-    hash: Sha256,
+    name: Vec<u8>,
+    kind: &'static str,
+    hash: Hasher,
     size: u64,
+    /// For a split stream, the part expected next.
     next_part: Option<u32>,
+}
+
+/// A logical member read whole, waiting for the list that names it.
+#[derive(Debug, Clone)]
+struct Seen {
+    name: Vec<u8>,
+    kind: &'static str,
+    size: u64,
+    digest: [u8; 32],
+    parts: u32,
 }
 
 /// Feeds what is read into a logical member's running hash and size.
@@ -166,6 +185,234 @@ impl<R: Read> Read for Tee<'_, R> {
         self.logical.hash.update(&buf[..n]);
         self.logical.size += n as u64;
         Ok(n)
+    }
+}
+
+/// Matches the members as they pass against the member lists and the inner
+/// manifest. A list names exactly the members since the previous list, in
+/// order, so only those are held; of the rest, a 16-byte key per name
+/// refuses a second member of one name. Memory stays flat with the number
+/// of members (the first manifest format, with no lists, holds them all).
+struct Checker {
+    /// The digest the archive's members carry (the header says which).
+    hash: MemberHash,
+    current: Option<Logical>,
+    pending: Vec<Seen>,
+    names: HashSet<[u8; 16]>,
+    lists: Vec<ListEntry>,
+    members: usize,
+    /// [`PENDING_CAP`], smaller in tests.
+    cap: usize,
+}
+
+impl Default for Checker {
+    fn default() -> Self {
+        Checker {
+            hash: MemberHash::Blake3,
+            current: None,
+            pending: Vec::new(),
+            names: HashSet::new(),
+            lists: Vec::new(),
+            members: 0,
+            cap: PENDING_CAP,
+        }
+    }
+}
+
+impl Checker {
+    /// A new logical member (or the next part of the current one).
+    fn start(
+        &mut self,
+        raw: &[u8],
+        kind: &EntryKind<'_>,
+    ) -> Result<(Vec<u8>, Option<u32>), String> {
+        let split = std::str::from_utf8(raw).ok().and_then(archive::split_part);
+        if let Some((base, n)) = split {
+            if n > 0 {
+                // Parts are written one after another: part n continues the
+                // member just read, or the archive is not coffer's.
+                return match &mut self.current {
+                    Some(l) if l.name == base.as_bytes() && l.next_part == Some(n) => {
+                        l.next_part = Some(n + 1);
+                        Ok((l.name.clone(), Some(n)))
+                    }
+                    _ => Err(format!("part {n} out of order")),
+                };
+            }
+        }
+        self.close();
+        if self.pending.len() >= self.cap {
+            return Err(format!(
+                "more than {} members without a member list",
+                self.cap
+            ));
+        }
+        let (name, part) = match split {
+            Some((base, n)) => (base.as_bytes().to_vec(), Some(n)),
+            None => (raw.to_vec(), None),
+        };
+        if !self.names.insert(archive::name_key(&name)) {
+            return Err("a second member of this name".into());
+        }
+        self.current = Some(Logical {
+            name: name.clone(),
+            kind: match kind {
+                EntryKind::Dir => "dir",
+                EntryKind::Symlink(_) => "symlink",
+                EntryKind::File => "file",
+            },
+            hash: self.hash.hasher(),
+            size: 0,
+            next_part: part.map(|n| n + 1),
+        });
+        Ok((name, part))
+    }
+
+    fn close(&mut self) {
+        if let Some(l) = self.current.take() {
+            self.pending.push(Seen {
+                name: l.name,
+                kind: l.kind,
+                size: l.size,
+                digest: l.hash.finalize(),
+                parts: l.next_part.unwrap_or(0),
+            });
+            self.members += 1;
+        }
+    }
+
+    /// What a list or manifest may take beyond `base` for the members now
+    /// pending: room for each name escaped at the worst (six bytes a byte,
+    /// `\u001f`; or its lossy form and base64), its fixed fields, and its
+    /// parts' names. Memory follows the archive, never what a hostile list
+    /// claims.
+    fn limit(&self, base: u64) -> u64 {
+        let members: u64 = self
+            .pending
+            .iter()
+            .map(|m| {
+                let escaped = 8 * m.name.len() as u64;
+                512 + escaped + u64::from(m.parts) * (escaped + 32)
+            })
+            .sum();
+        base.saturating_add(members).min(MANIFEST_CAP)
+    }
+
+    /// The next member list: it must list exactly the pending members.
+    fn list(&mut self, path: &str, bytes: &[u8]) -> Result<(), String> {
+        let list: MemberList =
+            serde_json::from_slice(bytes).map_err(|e| format!("{path} is not valid: {e}"))?;
+        if list.format != manifest::LIST_FORMAT {
+            return Err(format!("{path}: unknown format {:?}", list.format));
+        }
+        self.matches(path, &list.members)?;
+        self.lists.push(ListEntry {
+            path: path.to_owned(),
+            members: list.members.len() as u64,
+            sha256: hex::encode(Sha256::digest(bytes)),
+        });
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// The inner manifest: its lists are the ones read, its members the
+    /// ones since.
+    fn manifest(&mut self, m: &Inner) -> Result<(), String> {
+        let want = if self.lists.is_empty() {
+            manifest::INNER_FORMAT
+        } else {
+            manifest::INNER_FORMAT_V2
+        };
+        if m.format != want {
+            return Err(format!(
+                "{INNER_NAME} is {:?}, but the archive is {want:?} (a newer coffer may read it)",
+                m.format
+            ));
+        }
+        if m.member_lists != self.lists {
+            return Err(format!(
+                "{INNER_NAME} records {} member lists that differ from the {} in the archive",
+                m.member_lists.len(),
+                self.lists.len()
+            ));
+        }
+        self.matches(INNER_NAME, &m.members)
+    }
+
+    /// `listed` against the pending members, in order, both ways.
+    fn matches(&self, what: &str, listed: &[MemberEntry]) -> Result<(), String> {
+        let mut problems = Vec::new();
+        let mut add = |p: String| {
+            if problems.len() < 8 {
+                problems.push(p);
+            }
+        };
+        if listed.len() != self.pending.len() {
+            add(format!(
+                "{what} lists {} members where the archive has {}",
+                listed.len(),
+                self.pending.len()
+            ));
+        }
+        for (l, s) in listed.iter().zip(&self.pending) {
+            let shown = String::from_utf8_lossy(&s.name);
+            match l.name() {
+                Ok(name) if name == s.name => {}
+                Ok(_) => {
+                    add(format!(
+                        "{what} lists {} where the archive has {shown}",
+                        l.path
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    add(format!("{what}: {e}"));
+                    continue;
+                }
+            }
+            let kind_ok = match l.kind.as_str() {
+                "file" | "stream" => s.kind == "file",
+                other => other == s.kind,
+            };
+            if !kind_ok {
+                add(format!("{shown}: a {}, {what} says a {}", s.kind, l.kind));
+            }
+            if l.size != s.size {
+                add(format!("{shown}: {} bytes, {what} says {}", s.size, l.size));
+            }
+            match self.hash.of_entry(l) {
+                Ok(Some(want)) => {
+                    let digest = hex::encode(s.digest);
+                    let same: bool =
+                        subtle::ConstantTimeEq::ct_eq(digest.as_bytes(), want.as_bytes()).into();
+                    if !same {
+                        add(format!(
+                            "{shown}: {} {digest} differs from {what}'s {want}",
+                            self.hash.name()
+                        ));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => add(format!("{what}: {e}")),
+            }
+            let parts_ok = l.parts.len() == s.parts as usize
+                && l.parts
+                    .iter()
+                    .enumerate()
+                    .all(|(i, p)| *p == format!("{shown}.{i:06}"));
+            if !parts_ok {
+                add(format!(
+                    "{shown}: {} parts, {what} lists {}",
+                    s.parts,
+                    l.parts.len()
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
     }
 }
 
@@ -192,134 +439,162 @@ fn open_backup<R: Read>(
 pub fn walk<R: Read>(
     input: R,
     identities: &[Identity],
-    mut consume: impl FnMut(&Member<'_>, &mut dyn Read) -> Result<(), WalkError>,
+    consume: impl FnMut(&Member<'_>, &mut dyn Read) -> Result<(), WalkError>,
 ) -> Result<Walked, WalkError> {
     let mut raw = HashRead::new(input);
     let (header, mut plain, compression) = open_backup(&mut raw, identities)?;
-    let mut seen: BTreeMap<String, Logical> = BTreeMap::new();
-    let mut manifest_bytes: Option<Vec<u8>> = None;
-    // The tar reader only carries its own error type; the consumer's error is
-    // kept here so that a full target disk is not reported as a damaged
-    // backup.
-    let mut consumer_error: Option<WalkError> = None;
-    {
+    let hash = MemberHash::of(header.metadata.member_hash.as_deref()).ok_or_else(|| {
+        WalkError::Integrity(format!(
+            "header: unknown member_hash {:?} (a newer coffer may read it)",
+            header.metadata.member_hash
+        ))
+    })?;
+    let (manifest, members) = {
         let mut buffered = BufReader::with_capacity(1 << 20, &mut plain);
         let dec = archive::decompressor(&mut buffered, compression)?;
-        let dec = archive::read_members(dec, |m| {
-            if manifest_bytes.is_some() {
-                return Err(ReadError::Refused {
-                    path: m.path,
-                    reason: format!("member after {INNER_NAME}"),
-                });
-            }
-            if m.path == INNER_NAME {
-                let b = read_manifest(&mut *m.data, manifest_limit(&seen))?;
-                let member = Member {
-                    name: INNER_NAME,
-                    part: None,
-                    kind: m.kind,
-                    mode: m.mode,
-                    mtime: m.mtime,
-                };
-                consume(&member, &mut &b[..]).map_err(|e| keep(&mut consumer_error, &m.path, e))?;
-                manifest_bytes = Some(b);
-                return Ok(());
-            }
-            let (name, part) = match archive::split_part(&m.path) {
-                Some((base, n)) => (base.to_owned(), Some(n)),
-                None => (m.path.clone(), None),
-            };
-            let entry = seen.entry(name.clone()).or_insert_with(|| Logical {
-                hash: Sha256::new(),
-                size: 0,
-                next_part: part.map(|_| 0),
-            });
-            if let Some(n) = part {
-                if entry.next_part != Some(n) {
-                    return Err(ReadError::Refused {
-                        path: m.path,
-                        reason: format!("part {n} out of order"),
-                    });
-                }
-                entry.next_part = Some(n + 1);
-            }
-            let mut hashing = Tee {
-                inner: &mut *m.data,
-                logical: entry,
-            };
-            let member = Member {
-                name: &name,
-                part,
-                kind: m.kind,
-                mode: m.mode,
-                mtime: m.mtime,
-            };
-            consume(&member, &mut hashing).map_err(|e| keep(&mut consumer_error, &m.path, e))?;
-            // Whatever the consumer skipped still counts toward the hash.
-            io::copy(&mut hashing, &mut io::sink())?;
-            Ok(())
-        });
-        let mut dec = dec.map_err(|e| consumer_error.take().unwrap_or_else(|| e.into()))?;
+        let (mut dec, walked) = walk_archive(dec, hash, consume)?;
         // The end of the tar is not the end of the stream: read on, so the
         // final chunk is authenticated and the whole ciphertext hashed.
         io::copy(&mut dec, &mut io::sink())?;
         drop(dec);
         io::copy(&mut buffered, &mut io::sink())?;
-    }
+        walked
+    };
     io::copy(&mut plain, &mut io::sink())?;
     drop(plain);
     io::copy(&mut raw, &mut io::sink())?;
-    let ciphertext_len = raw.len;
-    let ciphertext_sha256 = raw.hex();
-
-    let bytes = manifest_bytes
-        .ok_or_else(|| WalkError::Integrity(format!("the archive has no {INNER_NAME}")))?;
-    let manifest: Inner = serde_json::from_slice(&bytes)
-        .map_err(|e| WalkError::Integrity(format!("{INNER_NAME} is not valid: {e}")))?;
-    let members = check_against(&manifest, &seen)?;
     Ok(Walked {
         header,
         manifest,
         members,
-        ciphertext_len,
-        ciphertext_sha256,
+        ciphertext_len: raw.len,
+        ciphertext_sha256: raw.hex(),
     })
 }
 
-/// What MANIFEST.json may not exceed whatever the archive holds: 1 GiB,
-/// about four million members. Past it a backup is refused, not truncated.
-pub const MANIFEST_CAP: u64 = 1 << 30;
-/// What the manifest may take beyond its members (the sources, their
-/// commands and warnings): the limit that held before it grew with them.
-const MANIFEST_BASE: u64 = 64 << 20;
-
-/// The most MANIFEST.json may take once the walk has seen `seen`: the
-/// manifest is the last member, so every entry it can honestly list is
-/// known. Each entry gets room for its path escaped at the worst (six bytes
-/// a byte, `\u001f`), its fixed fields pretty-printed, and the names of its
-/// parts. Memory stays proportional to the archive, never to what a hostile
-/// manifest claims.
-fn manifest_limit(seen: &BTreeMap<String, Logical>) -> u64 {
-    let members: u64 = seen
-        .iter()
-        .map(|(name, l)| {
-            let escaped = 6 * name.len() as u64;
-            let parts = u64::from(l.next_part.unwrap_or(0));
-            512 + escaped + parts * (escaped + 32)
-        })
-        .sum();
-    MANIFEST_BASE.saturating_add(members).min(MANIFEST_CAP)
+/// The archive half of [`walk`], on a decompressed tar stream: hands each
+/// member to `consume` and checks them all against the member lists and the
+/// inner manifest. Returns the stream, positioned after the tar's end, the
+/// inner manifest and the number of logical members.
+pub fn walk_archive<R: Read>(
+    tar: R,
+    hash: MemberHash,
+    mut consume: impl FnMut(&Member<'_>, &mut dyn Read) -> Result<(), WalkError>,
+) -> Result<(R, (Inner, usize)), WalkError> {
+    let mut check = Checker {
+        hash,
+        ..Checker::default()
+    };
+    let mut manifest: Option<Inner> = None;
+    // The tar reader only carries its own error type; the consumer's error is
+    // kept here so that a full target disk is not reported as a damaged
+    // backup.
+    let mut consumer_error: Option<WalkError> = None;
+    let rest = archive::read_members(tar, |m| {
+        let shown = String::from_utf8_lossy(&m.path).into_owned();
+        let refuse = |reason: String| ReadError::Refused {
+            path: shown.clone(),
+            reason,
+        };
+        if manifest.is_some() {
+            return Err(refuse(format!("member after {INNER_NAME}")));
+        }
+        let is_manifest = m.path == INNER_NAME.as_bytes();
+        if is_manifest || m.path.starts_with(manifest::LIST_DIR.as_bytes()) {
+            check.close();
+            let (limit, expected) = if is_manifest {
+                (check.limit(MANIFEST_BASE), INNER_NAME.to_owned())
+            } else {
+                (
+                    check.limit(LIST_BASE),
+                    manifest::list_name(check.lists.len()),
+                )
+            };
+            if shown != expected {
+                return Err(refuse(format!("expected {expected} here")));
+            }
+            let b = read_manifest(&mut *m.data, limit, &shown)?;
+            let integrity = |slot: &mut Option<WalkError>, e: String| {
+                keep(slot, &shown, WalkError::Integrity(e))
+            };
+            if is_manifest {
+                let inner: Inner = serde_json::from_slice(&b).map_err(|e| {
+                    integrity(
+                        &mut consumer_error,
+                        format!("{INNER_NAME} is not valid: {e}"),
+                    )
+                })?;
+                check
+                    .manifest(&inner)
+                    .map_err(|e| integrity(&mut consumer_error, e))?;
+                manifest = Some(inner);
+            } else {
+                check
+                    .list(&shown, &b)
+                    .map_err(|e| integrity(&mut consumer_error, e))?;
+            }
+            let member = Member {
+                name: &shown,
+                raw: &m.path,
+                part: None,
+                kind: m.kind,
+                mode: m.mode,
+                mtime: m.mtime,
+            };
+            consume(&member, &mut &b[..]).map_err(|e| keep(&mut consumer_error, &shown, e))?;
+            return Ok(());
+        }
+        let (name, part) = check.start(&m.path, &m.kind).map_err(refuse)?;
+        let logical = check.current.as_mut().expect("just started");
+        let mut hashing = Tee {
+            inner: &mut *m.data,
+            logical,
+        };
+        let lossy = String::from_utf8_lossy(&name);
+        let member = Member {
+            name: &lossy,
+            raw: &name,
+            part,
+            kind: m.kind,
+            mode: m.mode,
+            mtime: m.mtime,
+        };
+        consume(&member, &mut hashing).map_err(|e| keep(&mut consumer_error, &shown, e))?;
+        // Whatever the consumer skipped still counts toward the hash.
+        io::copy(&mut hashing, &mut io::sink())?;
+        Ok(())
+    });
+    let rest = rest.map_err(|e| consumer_error.take().unwrap_or_else(|| e.into()))?;
+    let manifest =
+        manifest.ok_or_else(|| WalkError::Integrity(format!("the archive has no {INNER_NAME}")))?;
+    Ok((rest, (manifest, check.members)))
 }
 
-/// Reads the whole manifest, or refuses it if it is longer than `limit`.
-fn read_manifest(data: &mut dyn Read, limit: u64) -> Result<Vec<u8>, ReadError> {
+/// What MANIFEST.json or a member list may not exceed whatever the archive
+/// holds: 1 GiB, about four million members of the first format, which has
+/// no lists. Past it a backup is refused, not truncated.
+pub const MANIFEST_CAP: u64 = 1 << 30;
+/// What the manifest may take beyond its members (the sources, their
+/// commands and warnings, the lists' entries): the limit that held before it
+/// grew with them.
+const MANIFEST_BASE: u64 = 64 << 20;
+/// The most members a list or the manifest may have to account for at once:
+/// coffer writes a list every 1024, and its first manifest format, which had
+/// none, held about this many within [`MANIFEST_CAP`]. More is refused before
+/// it can fill the reader's memory.
+const PENDING_CAP: usize = 4 << 20;
+/// What a member list may take beyond its members.
+const LIST_BASE: u64 = 64 << 10;
+
+/// Reads a whole manifest or list, or refuses it if longer than `limit`.
+fn read_manifest(data: &mut dyn Read, limit: u64, path: &str) -> Result<Vec<u8>, ReadError> {
     let mut b = Vec::new();
     data.take(limit.saturating_add(1)).read_to_end(&mut b)?;
     if b.len() as u64 > limit {
         return Err(ReadError::Refused {
-            path: INNER_NAME.to_owned(),
+            path: path.to_owned(),
             reason: format!(
-                "longer than the {limit} bytes a manifest of this archive's members can take"
+                "longer than the {limit} bytes a list of this archive's members can take"
             ),
         });
     }
@@ -337,150 +612,309 @@ fn keep(slot: &mut Option<WalkError>, path: &str, e: WalkError) -> ReadError {
     stop
 }
 
-/// Every member the manifest lists is present with its size and hash, and
-/// nothing else is.
-fn check_against(manifest: &Inner, seen: &BTreeMap<String, Logical>) -> Result<usize, WalkError> {
-    let mut problems = Vec::new();
-    for m in &manifest.members {
-        let Some(l) = seen.get(&m.path) else {
-            problems.push(format!(
-                "{} is in the manifest but not in the archive",
-                m.path
-            ));
-            continue;
-        };
-        if l.size != m.size {
-            problems.push(format!(
-                "{}: {} bytes, the manifest says {}",
-                m.path, l.size, m.size
-            ));
-        }
-        let digest = hex::encode(l.hash.clone().finalize());
-        if let Some(want) = &m.sha256 {
-            if &digest != want {
-                problems.push(format!(
-                    "{}: SHA-256 {digest} differs from the manifest's {want}",
-                    m.path
-                ));
-            }
-        }
-    }
-    // A set, not a scan per name: archives hold hundreds of thousands.
-    let mut listed = HashSet::with_capacity(manifest.members.len());
-    for m in &manifest.members {
-        if !listed.insert(m.path.as_str()) {
-            problems.push(format!("{} is listed twice in the manifest", m.path));
-        }
-    }
-    for name in seen.keys() {
-        if !listed.contains(name.as_str()) {
-            problems.push(format!("{name} is in the archive but not in the manifest"));
-        }
-    }
-    if problems.is_empty() {
-        Ok(manifest.members.len())
-    } else {
-        Err(WalkError::Integrity(problems.join("; ")))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::MemberEntry;
 
-    fn logical(parts: Option<u32>) -> Logical {
-        Logical {
-            hash: Sha256::new(),
-            size: 0,
-            next_part: parts,
-        }
+    fn seen(check: &mut Checker, name: &[u8], data: &[u8]) {
+        check.start(name, &EntryKind::File).unwrap();
+        let l = check.current.as_mut().unwrap();
+        l.hash.update(data);
+        l.size += data.len() as u64;
+        check.close();
     }
 
-    fn manifest(members: Vec<MemberEntry>) -> Inner {
-        Inner {
-            format: crate::manifest::INNER_FORMAT.into(),
-            name: "j-20261123T000100Z".into(),
-            job: "j".into(),
-            created: "2026-11-23T00:01:00.000Z".into(),
-            tool_version: "0".into(),
-            host: "h".into(),
-            sources: vec![],
+    fn file(path: &[u8], data: &[u8]) -> MemberEntry {
+        let mut e = MemberEntry::named(path, "file", data.len() as u64);
+        e.blake3 = Some(blake3::hash(data).to_hex().to_string());
+        e
+    }
+
+    fn list(members: Vec<MemberEntry>) -> Vec<u8> {
+        serde_json::to_vec(&MemberList {
+            format: manifest::LIST_FORMAT.into(),
             members,
-        }
+        })
+        .unwrap()
     }
 
-    fn file(path: &str) -> MemberEntry {
-        MemberEntry {
-            path: path.into(),
-            kind: "file".into(),
-            size: 0,
-            sha256: Some(hex::encode(Sha256::digest(b""))),
-            parts: vec![],
-        }
-    }
-
-    /// About 400 000 files make a manifest past the 64 MiB that once was
-    /// the fixed limit; what the walk has seen must admit it.
+    /// A list of a thousand long names fits what the walk allows it.
     #[test]
-    fn a_manifest_of_many_members_fits_its_limit() {
-        let n = 400_000;
-        let mut seen = BTreeMap::new();
-        let mut members = Vec::with_capacity(n);
-        for i in 0..n {
-            let path = format!("files/home/srv/app/d{:04}/f{i:07}", i / 1000);
-            members.push(file(&path));
-            seen.insert(path, logical(None));
+    fn a_list_of_many_members_fits_its_limit() {
+        let mut check = Checker::default();
+        let mut members = Vec::new();
+        for i in 0..1000 {
+            let path = format!(
+                "files/home/srv/app/d{:04}/{}f{i:07}",
+                i / 100,
+                "\u{1}".repeat(40)
+            );
+            seen(&mut check, path.as_bytes(), b"");
+            members.push(file(path.as_bytes(), b""));
         }
-        let json = serde_json::to_vec_pretty(&manifest(members)).unwrap();
-        assert!(json.len() > 64 << 20, "{} bytes", json.len());
-        let limit = manifest_limit(&seen);
-        assert!(json.len() as u64 <= limit, "{} > {limit}", json.len());
-        let read = read_manifest(&mut &json[..], limit).unwrap();
-        assert_eq!(read.len(), json.len());
+        let bytes = list(members);
+        let limit = check.limit(0);
+        assert!(bytes.len() as u64 <= limit, "{} > {limit}", bytes.len());
+        check.list("MANIFEST.d/000000.json", &bytes).unwrap();
+        assert!(check.pending.is_empty());
+        assert_eq!(check.members, 1000);
     }
 
     #[test]
-    fn escaped_names_and_parts_fit_too() {
-        let name: String = (1u8..32).map(char::from).collect::<String>().repeat(8);
-        let stream = "command/\u{1}\u{2}";
-        let mut split = file(stream);
-        split.parts = (0..10).map(|n| format!("{stream}.{n:06}")).collect();
-        let mut seen = BTreeMap::new();
-        seen.insert(name.clone(), logical(None));
-        seen.insert(stream.to_owned(), logical(Some(10)));
-        let json = serde_json::to_vec_pretty(&manifest(vec![file(&name), split])).unwrap();
-        let limit = manifest_limit(&seen) - MANIFEST_BASE;
-        assert!(json.len() as u64 <= limit, "{} > {limit}", json.len());
-    }
-
-    #[test]
-    fn a_manifest_past_its_limit_is_refused_not_truncated() {
+    fn a_list_past_its_limit_is_refused_not_truncated() {
         let data = vec![b' '; 1000];
-        assert_eq!(read_manifest(&mut &data[..], 1000).unwrap().len(), 1000);
-        match read_manifest(&mut &data[..], 999) {
+        assert_eq!(
+            read_manifest(&mut &data[..], 1000, "x").unwrap().len(),
+            1000
+        );
+        match read_manifest(&mut &data[..], 999, INNER_NAME) {
             Err(ReadError::Refused { path, .. }) => assert_eq!(path, INNER_NAME),
             other => panic!("{other:?}"),
         }
-        let mut huge = BTreeMap::new();
-        huge.insert("x".repeat(1 << 20), logical(Some(u32::MAX)));
-        assert_eq!(manifest_limit(&huge), MANIFEST_CAP);
+        let mut huge = Checker::default();
+        huge.pending.push(Seen {
+            name: vec![b'x'; 1 << 20],
+            kind: "file",
+            size: 0,
+            digest: [0; 32],
+            parts: u32::MAX,
+        });
+        assert_eq!(huge.limit(0), MANIFEST_CAP);
     }
 
     #[test]
-    fn members_are_matched_both_ways() {
-        let mut seen = BTreeMap::new();
-        seen.insert("a".to_owned(), logical(None));
-        seen.insert("extra".to_owned(), logical(None));
-        let m = manifest(vec![file("a"), file("a"), file("missing")]);
-        let Err(WalkError::Integrity(problems)) = check_against(&m, &seen) else {
-            panic!("accepted");
+    fn members_are_matched_in_order_both_ways() {
+        let mut check = Checker::default();
+        seen(&mut check, b"a", b"1");
+        seen(&mut check, b"b", b"2");
+        for (listed, problem) in [
+            (
+                vec![file(b"a", b"1")],
+                "lists 1 members where the archive has 2",
+            ),
+            (
+                vec![file(b"b", b"2"), file(b"a", b"1")],
+                "lists b where the archive has a",
+            ),
+            (vec![file(b"a", b"1"), file(b"b", b"3")], "b: blake3"),
+            (
+                vec![file(b"a", b"1"), file(b"b", b"2"), file(b"c", b"")],
+                "lists 3 members",
+            ),
+        ] {
+            let e = check.matches("L", &listed).unwrap_err();
+            assert!(e.contains(problem), "{e}");
+        }
+        check
+            .matches("L", &[file(b"a", b"1"), file(b"b", b"2")])
+            .unwrap();
+    }
+
+    #[test]
+    fn names_that_differ_only_in_bad_bytes_stay_apart() {
+        let mut check = Checker::default();
+        seen(&mut check, b"files/x/\xff", b"1");
+        seen(&mut check, b"files/x/\xfe", b"2");
+        check
+            .matches(
+                "L",
+                &[file(b"files/x/\xff", b"1"), file(b"files/x/\xfe", b"2")],
+            )
+            .unwrap();
+        let e = check
+            .matches(
+                "L",
+                &[file(b"files/x/\xfe", b"2"), file(b"files/x/\xff", b"1")],
+            )
+            .unwrap_err();
+        assert!(e.contains("where the archive has"), "{e}");
+    }
+
+    #[test]
+    fn members_with_no_list_for_them_are_bounded() {
+        let mut check = Checker {
+            cap: 3,
+            ..Checker::default()
         };
-        assert!(problems.contains("a is listed twice"), "{problems}");
-        assert!(problems.contains("missing is in the manifest but not in the archive"));
-        assert!(problems.contains("extra is in the archive but not in the manifest"));
-        seen.remove("extra");
-        let m = manifest(vec![file("a")]);
-        assert_eq!(check_against(&m, &seen).unwrap(), 1);
+        for n in [b"a", b"b", b"c"] {
+            seen(&mut check, n, b"");
+        }
+        let e = check.start(b"d", &EntryKind::File).unwrap_err();
+        assert!(
+            e.contains("more than 3 members without a member list"),
+            "{e}"
+        );
+        check
+            .list(
+                "MANIFEST.d/000000.json",
+                &list(vec![file(b"a", b""), file(b"b", b""), file(b"c", b"")]),
+            )
+            .unwrap();
+        check.start(b"d", &EntryKind::File).unwrap();
+    }
+
+    #[test]
+    fn digests_are_of_the_archive_s_kind() {
+        let mut check = Checker::default();
+        seen(&mut check, b"a", b"1");
+        let mut other = MemberEntry::named(b"a", "file", 1);
+        other.sha256 = Some(hex::encode(Sha256::digest(b"1")));
+        let e = check.matches("L", &[other]).unwrap_err();
+        assert!(
+            e.contains("a digest other than the archive's blake3"),
+            "{e}"
+        );
+        // Archives of earlier versions: SHA-256.
+        let mut old = Checker {
+            hash: MemberHash::Sha256,
+            ..Checker::default()
+        };
+        seen(&mut old, b"a", b"1");
+        let mut entry = MemberEntry::named(b"a", "file", 1);
+        entry.sha256 = Some(hex::encode(Sha256::digest(b"1")));
+        old.matches("L", &[entry]).unwrap();
+    }
+
+    #[test]
+    fn a_second_member_of_one_name_is_refused() {
+        let mut check = Checker::default();
+        seen(&mut check, b"files/a", b"");
+        seen(&mut check, b"files/b", b"");
+        let e = check.start(b"files/a", &EntryKind::File).unwrap_err();
+        assert!(e.contains("second member"), "{e}");
+    }
+
+    #[test]
+    fn parts_must_follow_one_another() {
+        let mut check = Checker::default();
+        assert_eq!(
+            check
+                .start(b"mysql/x.sql.000000", &EntryKind::File)
+                .unwrap(),
+            (b"mysql/x.sql".to_vec(), Some(0))
+        );
+        check
+            .start(b"mysql/x.sql.000001", &EntryKind::File)
+            .unwrap();
+        assert!(check
+            .start(b"mysql/x.sql.000003", &EntryKind::File)
+            .is_err());
+        check.start(b"mysql/y.sql", &EntryKind::File).unwrap();
+        // A part of a stream already closed does not reopen it.
+        assert!(check
+            .start(b"mysql/x.sql.000002", &EntryKind::File)
+            .is_err());
+        check.close();
+        assert_eq!(check.pending[0].parts, 2);
+        assert_eq!(check.pending[1].parts, 0);
+    }
+
+    #[test]
+    fn the_manifest_must_record_the_lists_read() {
+        let mut check = Checker::default();
+        seen(&mut check, b"a", b"1");
+        let bytes = list(vec![file(b"a", b"1")]);
+        check.list("MANIFEST.d/000000.json", &bytes).unwrap();
+        seen(&mut check, b"b", b"2");
+        let mut inner = crate::archive::tests::inner();
+        inner.format = manifest::INNER_FORMAT_V2.into();
+        inner.members = vec![file(b"b", b"2")];
+        let e = check.manifest(&inner).unwrap_err();
+        assert!(e.contains("member lists"), "{e}");
+        inner.member_lists.clone_from(&check.lists);
+        check.manifest(&inner).unwrap();
+        inner.format = manifest::INNER_FORMAT.into();
+        assert!(check.manifest(&inner).is_err());
+    }
+
+    mod prop {
+        use super::*;
+        use crate::archive::{ArchiveWriter, Compression, EntryMeta};
+        use proptest::prelude::*;
+
+        /// Writes `names` (files of a byte each) with a list every `every`.
+        fn archive(names: &[Vec<u8>], every: usize) -> Vec<u8> {
+            let mut a = ArchiveWriter::new(Vec::new(), Compression::None, 0)
+                .unwrap()
+                .list_every(every);
+            for n in names {
+                let e = EntryMeta {
+                    path: n,
+                    kind: EntryKind::File,
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    mtime: 0,
+                    size: 1,
+                };
+                a.append_entry(&e, &mut &n[..1]).unwrap();
+            }
+            a.finish(&mut crate::archive::tests::inner()).unwrap()
+        }
+
+        fn names() -> impl Strategy<Value = Vec<Vec<u8>>> {
+            // Any bytes but NUL and '/', under files/: names tar can carry.
+            proptest::collection::btree_set(
+                proptest::collection::vec(1u8..=255, 1..40).prop_filter("no slash", |v| {
+                    !v.contains(&b'/') && v != b"." && v != b".."
+                }),
+                1..60,
+            )
+            .prop_map(|set| {
+                set.into_iter()
+                    .map(|n| [b"files/t/".as_slice(), &n].concat())
+                    .collect()
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Whatever the names and however the lists fall, what the
+            /// writer writes the reader takes, every name as it was.
+            #[test]
+            fn what_is_written_is_read_back(names in names(), every in 1usize..8) {
+                let bytes = archive(&names, every);
+                let mut seen = Vec::new();
+                let (_, (inner, count)) = walk_archive(&bytes[..], MemberHash::Blake3, |m, _| {
+                    if !m.raw.starts_with(b"MANIFEST") {
+                        seen.push(m.raw.to_vec());
+                    }
+                    Ok(())
+                })
+                .unwrap();
+                prop_assert_eq!(count, names.len());
+                prop_assert_eq!(&seen, &names);
+                prop_assert_eq!(inner.member_lists.len(), names.len() / every);
+            }
+
+            /// A member list that leaves one member out, or names another,
+            /// fails the walk.
+            #[test]
+            fn a_list_that_differs_is_refused(names in names(), drop_at in 0usize..1000) {
+                prop_assume!(names.len() >= 2);
+                let bytes = archive(&names, names.len());
+                // One list, then MANIFEST.json with no members: edit the list.
+                let mut check = Checker::default();
+                for n in &names {
+                    check.start(n, &EntryKind::File).unwrap();
+                    let l = check.current.as_mut().unwrap();
+                    l.hash.update(&n[..1]);
+                    l.size += 1;
+                }
+                check.close();
+                let mut listed: Vec<MemberEntry> = names
+                    .iter()
+                    .map(|n| {
+                        file(n, &n[..1])
+                    })
+                    .collect();
+                prop_assert!(check.matches("L", &listed).is_ok());
+                let i = drop_at % listed.len();
+                listed.remove(i);
+                prop_assert!(check.matches("L", &listed).is_err());
+                prop_assert!(walk_archive(&bytes[..], MemberHash::Blake3, |_, _| Ok(())).is_ok());
+            }
+        }
     }
 }

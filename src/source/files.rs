@@ -21,7 +21,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
@@ -46,12 +46,50 @@ fn expand(pattern: &str) -> Result<Vec<PathBuf>, SourceError> {
     Ok(paths)
 }
 
-fn absolute(p: &Path) -> PathBuf {
-    if p.is_absolute() {
+/// `p` made absolute and tidied by its text alone: `.` and empty
+/// components dropped, `..` taking its parent off. This names members; the
+/// walk itself opens `p` as written.
+fn normalized(p: &Path) -> PathBuf {
+    let abs = if p.is_absolute() {
         p.to_path_buf()
     } else {
         std::env::current_dir().map_or_else(|_| p.to_path_buf(), |d| d.join(p))
+    };
+    let mut out = PathBuf::from("/");
+    for c in abs.components() {
+        match c {
+            Component::Normal(s) => out.push(s),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
     }
+    out
+}
+
+/// The configured paths, each once: one inside another (`/etc` and
+/// `/etc/mysql`), or named twice, is already in the backup with the outer
+/// one, and a second member of one name would make the backup unreadable.
+/// Returns the paths to walk and a warning for each one dropped.
+fn outermost(paths: Vec<PathBuf>) -> (Vec<PathBuf>, Vec<String>) {
+    let mut named: Vec<(PathBuf, PathBuf)> =
+        paths.into_iter().map(|p| (normalized(&p), p)).collect();
+    // Sorted by components, an ancestor comes right before its descendants.
+    named.sort_by(|a, b| a.0.components().cmp(b.0.components()));
+    let mut kept: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut warnings = Vec::new();
+    for (norm, p) in named {
+        match kept.last() {
+            Some((outer, op)) if norm.starts_with(outer) => warnings.push(format!(
+                "{}: already in the backup under {}; backed up once",
+                p.display(),
+                op.display()
+            )),
+            _ => kept.push((norm, p)),
+        }
+    }
+    (kept.into_iter().map(|(_, p)| p).collect(), warnings)
 }
 
 /// Reads exactly `size` bytes: a file that shrinks is padded with zeros and a
@@ -216,10 +254,16 @@ fn mtime_of(st: &rustix::fs::Stat) -> i64 {
 }
 
 impl FilesSource {
-    fn member(&self, p: &Path) -> String {
-        let abs = absolute(p);
-        let rel = abs.strip_prefix("/").unwrap_or(&abs);
-        format!("files/{}/{}", self.name, rel.display())
+    /// The member name of `p`: its bytes exactly, whatever they are.
+    fn member(&self, p: &Path) -> Vec<u8> {
+        let norm = normalized(p);
+        let rel = norm.strip_prefix("/").unwrap_or(&norm);
+        let mut name = format!("files/{}/", self.name).into_bytes();
+        name.extend_from_slice(rel.as_os_str().as_bytes());
+        if name.ends_with(b"/") {
+            name.pop();
+        }
+        name
     }
 
     /// Backs up `name` under the directory `dir` (`p` is its path, for the
@@ -382,14 +426,18 @@ impl Source for FilesSource {
 
     fn run(&self, sink: &mut dyn Sink) -> Result<Report, SourceError> {
         let mut report = Report::default();
+        let mut all = Vec::new();
         for pat in &self.paths {
             let matches = expand(pat)?;
             if matches.is_empty() {
                 return Err(SourceError::Invalid(format!("{pat}: matches nothing")));
             }
-            for p in matches {
-                self.walk(&p, sink, &mut report)?;
-            }
+            all.extend(matches);
+        }
+        let (roots, dropped) = outermost(all);
+        report.warnings.extend(dropped);
+        for p in roots {
+            self.walk(&p, sink, &mut report)?;
         }
         Ok(report)
     }
@@ -427,6 +475,44 @@ mod tests {
             0,
         )
         .unwrap();
+    }
+
+    #[test]
+    fn each_configured_path_is_walked_once() {
+        let (kept, warnings) = outermost(
+            [
+                "/etc/mysql",
+                "/etc",
+                "/etc/./mysql/",
+                "/var/lib/x",
+                "/etcetera",
+                "/var/lib/x/../x",
+            ]
+            .iter()
+            .map(PathBuf::from)
+            .collect(),
+        );
+        assert_eq!(
+            kept,
+            [
+                PathBuf::from("/etc"),
+                PathBuf::from("/etcetera"),
+                PathBuf::from("/var/lib/x")
+            ]
+        );
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(warnings[0].contains("already in the backup under /etc"));
+    }
+
+    #[test]
+    fn member_names_keep_their_bytes() {
+        let s = FilesSource {
+            name: "cfg".into(),
+            paths: vec![],
+        };
+        let p = Path::new(OsStr::from_bytes(b"/srv/./a\xff//b/../c"));
+        assert_eq!(s.member(p), b"files/cfg/srv/a\xff/c");
+        assert_eq!(s.member(Path::new("/")), b"files/cfg");
     }
 
     #[test]

@@ -19,14 +19,15 @@ use serde::Serialize;
 pub use command::CommandSource;
 pub use files::FilesSource;
 pub use mysql::MysqlSource;
-pub use postgres::PostgresSource;
+pub use postgres::{parse_counts, PostgresSource, COUNT_QUERY, PSQL_QUIET};
 pub use process::{find_program, ChildStream};
-pub use sqlite::SqliteSource;
+pub use sqlite::{check_copy as check_sqlite_copy, SqliteSource};
 
 /// One file-system entry for the archive, with what `tar` keeps of it.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub path: String,
+    /// The member name, exactly: a file's name need not be UTF-8.
+    pub path: Vec<u8>,
     pub kind: EntryKind,
     pub mode: u32,
     pub uid: u32,

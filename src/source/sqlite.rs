@@ -54,6 +54,54 @@ impl Read for Pages<'_> {
     }
 }
 
+/// Tables outside SQLite's own, by name.
+fn table_names(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut st = conn.prepare(
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )?;
+    let names = st.query_map([], |r| r.get(0))?.collect();
+    names
+}
+
+/// Exact row counts of every table.
+fn count_rows(conn: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
+    let mut counts = Vec::new();
+    for t in table_names(conn)? {
+        let q = format!("SELECT count(*) FROM \"{}\"", t.replace('"', "\"\""));
+        let n: i64 = conn.query_row(&q, [], |r| r.get(0))?;
+        counts.push((t, u64::try_from(n).unwrap_or(0)));
+    }
+    Ok(counts)
+}
+
+/// The restore test of a copied database (a file in a private directory):
+/// `PRAGMA integrity_check`, then every table's rows. The file may be
+/// forged: it is opened read-only, with its schema untrusted (no function
+/// a view or trigger names runs).
+pub fn check_copy(path: &std::path::Path) -> Result<Vec<(String, u64)>, String> {
+    let err = |e: rusqlite::Error| e.to_string();
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err)?;
+    conn.execute_batch("PRAGMA trusted_schema = OFF; PRAGMA cell_size_check = ON;")
+        .map_err(err)?;
+    let problems: Vec<String> = {
+        let mut st = conn.prepare("PRAGMA integrity_check(10)").map_err(err)?;
+        let rows = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(err)?
+            .collect::<Result<_, _>>()
+            .map_err(err)?;
+        rows
+    };
+    if problems != ["ok"] {
+        return Err(format!("integrity_check: {}", problems.join("; ")));
+    }
+    count_rows(&conn).map_err(err)
+}
+
 impl Source for SqliteSource {
     fn kind(&self) -> &'static str {
         "sqlite"
@@ -85,33 +133,16 @@ impl Source for SqliteSource {
             .map_err(|e| sql_err(path, &e))?;
         // The first read inside BEGIN fixes the snapshot everything below sees.
         conn.execute_batch("BEGIN").map_err(|e| sql_err(path, &e))?;
-        let tables: Vec<String> = {
-            let mut st = conn
-                .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
-                .map_err(|e| sql_err(path, &e))?;
-            let names = st
-                .query_map([], |r| r.get(0))
-                .map_err(|e| sql_err(path, &e))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| sql_err(path, &e))?;
-            names
-        };
+        let mut report = Report::default();
+        report
+            .row_counts
+            .extend(count_rows(&conn).map_err(|e| sql_err(path, &e))?);
         let page_size: i64 = conn
             .query_row("PRAGMA page_size", [], |r| r.get(0))
             .map_err(|e| sql_err(path, &e))?;
         let page_count: i64 = conn
             .query_row("PRAGMA page_count", [], |r| r.get(0))
             .map_err(|e| sql_err(path, &e))?;
-        let mut report = Report::default();
-        for t in &tables {
-            let q = format!("SELECT count(*) FROM \"{}\"", t.replace('"', "\"\""));
-            let n: i64 = conn
-                .query_row(&q, [], |r| r.get(0))
-                .map_err(|e| sql_err(path, &e))?;
-            report
-                .row_counts
-                .insert(t.clone(), u64::try_from(n).unwrap_or(0));
-        }
         let size = u64::try_from(page_size * page_count)
             .map_err(|_| SourceError::Sqlite("negative database size".into()))?;
         let mut st = conn
@@ -129,7 +160,7 @@ impl Source for SqliteSource {
             pos: 0,
         };
         let entry = Entry {
-            path: format!("sqlite/{}.db", self.name),
+            path: format!("sqlite/{}.db", self.name).into_bytes(),
             kind: EntryKind::File,
             mode: 0o600,
             uid: meta.uid(),

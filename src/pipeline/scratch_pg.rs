@@ -1,0 +1,283 @@
+//! A throwaway PostgreSQL server for `verify --restore-test`, fenced like
+//! [`super::scratch::ScratchMariaDb`]: `initdb` in a private temporary
+//! directory (mode 0700, owned by the server's user), an unprivileged user
+//! when coffer runs as root, a Unix socket in that directory and no TCP
+//! (`listen_addresses = ''`), then stopped and removed with its data.
+//!
+//! A dump may be forged, so it is loaded by `pg_restore` (which runs no
+//! client commands, unlike psql with a script) as a role that is not a
+//! superuser: no `COPY … PROGRAM`, no server files, no untrusted language
+//! or C function. Database names are coffer's own, never the dump's.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::scratch::{reachable, run_as, subdir, RunAs};
+
+/// The role that loads and counts; the bootstrap superuser only sets up.
+const LOADER: &str = "coffer";
+const SUPERUSER: &str = "postgres";
+
+pub struct ScratchPostgres {
+    dir: tempfile::TempDir,
+    base: PathBuf,
+    bin: PathBuf,
+    child: Child,
+    databases: u32,
+}
+
+/// The server's programs: the directory holding `initdb` (not on PATH on
+/// Debian), its newest version; its own pg_restore and psql alongside.
+fn pg_bin() -> Result<PathBuf, String> {
+    let complete = |dir: &std::path::Path| {
+        ["initdb", "postgres", "pg_restore", "psql"]
+            .iter()
+            .all(|p| dir.join(p).is_file())
+    };
+    // Resolved: /usr/local/bin may hold links to one version's programs.
+    if let Some(initdb) = crate::source::find_program("initdb").and_then(|p| p.canonicalize().ok())
+    {
+        if let Some(dir) = initdb.parent().filter(|d| complete(d)) {
+            return Ok(dir.to_owned());
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| {
+                let e = e.ok()?;
+                let v = e.file_name().to_str()?.parse().ok()?;
+                let bin = e.path().join("bin");
+                complete(&bin).then_some((v, bin))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    versions.pop().map(|(_, b)| b).ok_or_else(|| {
+        "--restore-test of a PostgreSQL dump needs the PostgreSQL server \
+         (Debian: apt install postgresql)"
+            .to_owned()
+    })
+}
+
+impl ScratchPostgres {
+    pub fn start() -> Result<Self, String> {
+        let bin = pg_bin()?;
+        let who = run_as()?;
+        let dir = tempfile::Builder::new()
+            .prefix("coffer-restore-test-pg-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .map_err(|e| format!("scratch directory: {e}"))?;
+        let base = dir
+            .path()
+            .canonicalize()
+            .map_err(|e| format!("scratch directory: {e}"))?;
+        if let Some(w) = &who {
+            reachable(&base, w)?;
+            std::os::unix::fs::chown(&base, Some(w.uid), Some(w.gid))
+                .map_err(|e| format!("scratch directory: {e}"))?;
+        }
+        let data = subdir(&base, "data", who.as_ref(), 0o700)?;
+        let as_user = |c: &mut Command, who: Option<&RunAs>| {
+            c.current_dir(&base);
+            c.env_remove("PGPASSWORD").env_remove("PGPASSFILE");
+            if let Some(w) = who {
+                c.uid(w.uid).gid(w.gid);
+            }
+        };
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
+        as_user(&mut initdb, who.as_ref());
+        let out = initdb
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("initdb: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let log = std::fs::File::create(base.join("postgres.log"))
+            .map_err(|e| format!("scratch directory: {e}"))?;
+        let mut server = Command::new(bin.join("postgres"));
+        server.arg("-D").arg(&data).arg("-k").arg(&base).args([
+            "-c",
+            "listen_addresses=",
+            "-c",
+            "unix_socket_permissions=0700",
+            "-c",
+            "fsync=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "max_connections=10",
+            "-c",
+            "jit=off",
+        ]);
+        as_user(&mut server, who.as_ref());
+        let child = server
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("postgres: {e}"))?;
+        let db = ScratchPostgres {
+            dir,
+            base,
+            bin,
+            child,
+            databases: 0,
+        };
+        db.ready()
+    }
+
+    /// Waits for the server, then adds the loading role.
+    fn ready(self) -> Result<Self, String> {
+        let started = Instant::now();
+        let mut last = String::new();
+        while started.elapsed() < Duration::from_secs(60) {
+            if let Err(e) = self.query(SUPERUSER, "postgres", "SELECT 1") {
+                last = e;
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            self.query(
+                SUPERUSER,
+                "postgres",
+                &format!("CREATE ROLE {LOADER} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"),
+            )
+            .map_err(|e| format!("setting up the scratch server: {e}"))?;
+            return Ok(self);
+        }
+        Err(format!(
+            "the scratch PostgreSQL server did not start: {last} ({})",
+            std::fs::read_to_string(self.base.join("postgres.log"))
+                .unwrap_or_default()
+                .lines()
+                .last()
+                .unwrap_or("")
+        ))
+    }
+
+    fn connect(&self, program: &str, user: &str, database: &str) -> Command {
+        let mut c = Command::new(self.bin.join(program));
+        c.env_remove("PGPASSWORD")
+            .env_remove("PGPASSFILE")
+            .env_remove("PGSERVICE")
+            .env("PGSYSCONFDIR", self.dir.path())
+            .arg(format!("--host={}", self.base.display()))
+            .arg(format!("--username={user}"))
+            .arg(format!("--dbname={database}"))
+            .arg("--no-password");
+        c
+    }
+
+    fn query(&self, user: &str, database: &str, sql: &str) -> Result<Vec<u8>, String> {
+        let out = self
+            .connect("psql", user, database)
+            .args(crate::source::PSQL_QUIET)
+            .arg("-c")
+            .arg(sql)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("psql: {e}"))?;
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    }
+
+    /// Creates a fresh database, owned by the loading role, and starts
+    /// `pg_restore` into it; write the custom-format dump to its stdin.
+    /// Returns the database's name (coffer's own) and the loader.
+    pub fn loader(&mut self) -> Result<(String, Child), String> {
+        self.databases += 1;
+        let name = format!("coffer_restore_{}", self.databases);
+        self.query(
+            SUPERUSER,
+            "postgres",
+            &format!("CREATE DATABASE {name} OWNER {LOADER}"),
+        )?;
+        let child = self
+            .connect("pg_restore", LOADER, &name)
+            .args(["--no-owner", "--no-acl", "--exit-on-error"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("pg_restore: {e}"))?;
+        Ok((name, child))
+    }
+
+    /// Exact row counts of every table in `database`, as `schema.table`.
+    pub fn counts(&self, database: &str) -> Result<Vec<(String, u64)>, String> {
+        let out = self.query(LOADER, database, crate::source::COUNT_QUERY)?;
+        crate::source::parse_counts(&out)
+    }
+
+    /// Waits for a loader; if it failed, pg_restore's error line (its last
+    /// line is the statement, `Command was: …`).
+    pub fn finish_loader(mut child: Child) -> Result<(), String> {
+        drop(child.stdin.take());
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        match child.wait() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(_) => {
+                let lines: Vec<&str> = err
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                let why = lines
+                    .iter()
+                    .find(|l| l.contains("ERROR:"))
+                    .or_else(|| lines.iter().find(|l| l.contains("error:")))
+                    .or(lines.last())
+                    .map_or("the load failed", |l| l);
+                Err(why.to_owned())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+impl Drop for ScratchPostgres {
+    fn drop(&mut self) {
+        // SIGINT: PostgreSQL's fast shutdown.
+        if let Some(pid) = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::Int);
+        }
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

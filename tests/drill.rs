@@ -1,0 +1,560 @@
+//! Restore drills (`verify --restore-test`) against real servers: a good
+//! backup passes with every table's exact count, for MariaDB, PostgreSQL and
+//! SQLite; a backup whose dump lost one row before sealing fails, naming the
+//! table and both counts; the metrics file parses after a pass and a failure.
+#![allow(clippy::too_many_lines)]
+// end-to-end scenarios read best in one piece
+// Metric values are small integers and times, exact in f64.
+#![allow(clippy::float_cmp, clippy::cast_precision_loss)]
+
+mod common;
+mod harness;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+use harness::{MariaDb, Postgres};
+use sha2::{Digest, Sha256};
+
+struct Env {
+    dir: tempfile::TempDir,
+    key: PathBuf,
+    /// coffer's TMPDIR: the scratch servers' directories are made here,
+    /// reachable by the unprivileged user they run as when tests run as root.
+    tmp: PathBuf,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        chmod(dir.path(), 0o755);
+        let key = dir.path().join("backup.key");
+        ok(&["keygen", "--type", "age", "--out", key.to_str().unwrap()]);
+        let tmp = dir.path().join("tmp");
+        fs::create_dir(&tmp).unwrap();
+        chmod(&tmp, 0o1777);
+        Env { dir, key, tmp }
+    }
+    fn p(&self) -> &Path {
+        self.dir.path()
+    }
+    fn key(&self) -> &str {
+        self.key.to_str().unwrap()
+    }
+    fn store(&self) -> PathBuf {
+        self.p().join("store")
+    }
+    fn config(&self, sources: &str) -> PathBuf {
+        let p = self.p().join("coffer.toml");
+        fs::write(
+            &p,
+            format!(
+                "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{dir}/lock\"\nkeep_last = 10\n\
+                 {sources}[[store]]\ntype = \"local\"\nname = \"local\"\npath = \"{store}\"\n",
+                key = self.key.display(),
+                dir = self.p().display(),
+                store = self.store().display()
+            ),
+        )
+        .unwrap();
+        chmod(&p, 0o600);
+        p
+    }
+    fn run(&self, args: &[&str], path: Option<&str>) -> Output {
+        let mut c = Command::new(bin());
+        c.args(args).env("TMPDIR", &self.tmp).stdin(Stdio::null());
+        if let Some(p) = path {
+            c.env("PATH", p);
+        }
+        c.output().unwrap()
+    }
+    fn backup(&self, cfg: &Path, path: Option<&str>) {
+        let out = self.run(&["backup", "-c", cfg.to_str().unwrap()], path);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    /// `verify latest --restore-test --json` (and a metrics file, if given).
+    fn drill(&self, cfg: &Path, metrics: Option<&Path>) -> (Output, serde_json::Value) {
+        let mut args = vec![
+            "verify",
+            "-c",
+            cfg.to_str().unwrap(),
+            "latest",
+            "-i",
+            self.key(),
+            "--restore-test",
+            "--json",
+        ];
+        if let Some(m) = metrics {
+            args.extend(["--metrics-file", m.to_str().unwrap()]);
+        }
+        let out = self.run(&args, None);
+        let reports: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (out, reports)
+    }
+    fn latest_sealed(&self) -> PathBuf {
+        let mut v: Vec<PathBuf> = fs::read_dir(self.store())
+            .unwrap()
+            .map(|x| x.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with(".coffer"))
+            .collect();
+        v.sort();
+        v.pop().unwrap()
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The drill's tables as `kind source table expected restored status`.
+fn tables(reports: &serde_json::Value) -> Vec<String> {
+    let mut v: Vec<String> = reports[0]["drill"]["tables"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no drill in {reports:#}"))
+        .iter()
+        .map(|t| {
+            format!(
+                "{} {} {} {} {} {}",
+                t["kind"].as_str().unwrap(),
+                t["source"].as_str().unwrap(),
+                t["table"].as_str().unwrap(),
+                t["expected"],
+                t["restored"],
+                t["status"].as_str().unwrap()
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The drill measured a restore: time and rate.
+fn assert_measured(reports: &serde_json::Value) {
+    let d = &reports[0]["drill"];
+    assert!(d["restore_seconds"].as_f64().unwrap() > 0.0, "{d:#}");
+    assert!(d["restored_bytes"].as_u64().unwrap() > 0, "{d:#}");
+    assert!(d["bytes_per_second"].as_f64().unwrap() > 0.0, "{d:#}");
+}
+
+/// The backup as it would have been sealed had `member` lost a row between
+/// the counting and the sealing: the member edited by `edit`, the manifest's
+/// hash and size of it updated, its row counts kept, sealed to the backup
+/// key, and put in place of the stored backup (sidecar updated).
+fn lose_a_row_before_sealing(e: &Env, member: &str, edit: impl Fn(Vec<u8>) -> Vec<u8>) {
+    let sealed = e.latest_sealed();
+    let out = ok(&[
+        "restore",
+        "-i",
+        e.key(),
+        sealed.to_str().unwrap(),
+        "--stdout",
+    ]);
+    let mut archive = tar::Archive::new(&out.stdout[..]);
+    let mut b = tar::Builder::new(Vec::new());
+    let mut edited = None;
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        if path == member {
+            data = edit(data);
+            edited = Some((data.len(), hex::encode(Sha256::digest(&data))));
+        } else if path == "MANIFEST.json" {
+            let (len, sha) = edited
+                .clone()
+                .expect("the member comes before the manifest");
+            let mut m: serde_json::Value = serde_json::from_slice(&data).unwrap();
+            for x in m["members"].as_array_mut().unwrap() {
+                if x["path"] == member {
+                    x["size"] = len.into();
+                    x["sha256"] = sha.clone().into();
+                }
+            }
+            data = serde_json::to_vec(&m).unwrap();
+        }
+        let mut h = entry.header().clone();
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, &path, &data[..]).unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let key = fs::read_to_string(format!("{}.pub", e.key.display())).unwrap();
+    let recipients =
+        coffer::envelope::parse_recipients_file(&key, &coffer::envelope::no_passphrase()).unwrap();
+    let meta = coffer::envelope::Metadata {
+        created: "2026-11-22T00:00:00Z".into(),
+        job: Some("prod".into()),
+        compression: Some("none".into()),
+        content: Some("tar".into()),
+        ..Default::default()
+    };
+    let mut w = coffer::envelope::seal(&recipients, meta, 65536, Vec::new()).unwrap();
+    w.write_all(&tar).unwrap();
+    fs::write(&sealed, w.finish().unwrap()).unwrap();
+    let sidecar_path = format!("{}.json", sealed.display());
+    let mut sidecar: serde_json::Value =
+        serde_json::from_slice(&fs::read(&sidecar_path).unwrap()).unwrap();
+    sidecar["sha256"] = sha256_file(&sealed).into();
+    sidecar["size"] = fs::metadata(&sealed).unwrap().len().into();
+    fs::write(&sidecar_path, serde_json::to_vec(&sidecar).unwrap()).unwrap();
+}
+
+/// Parses a metrics file with the Prometheus reference client's parser and
+/// returns `name{labels} value` lines, sorted.
+fn parse_metrics(path: &Path) -> Vec<String> {
+    let script = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+for fam in text_string_to_metric_families(open(sys.argv[1]).read()):
+    assert fam.type == "gauge", fam
+    assert fam.documentation, fam
+    for s in fam.samples:
+        labels = ",".join(f'{k}={v}' for k, v in sorted(s.labels.items()))
+        print(f"{s.name}{{{labels}}} {s.value}")
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the metrics file does not parse: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        fs::read_to_string(path).unwrap_or_default()
+    );
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    v.sort();
+    v
+}
+
+fn value(samples: &[String], prefix: &str) -> f64 {
+    samples
+        .iter()
+        .find_map(|s| s.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in {samples:#?}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn sqlite_drill_counts_every_table_and_its_metrics_parse_after_pass_and_failure() {
+    let e = Env::new();
+    let db = e.p().join("app.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT);
+         WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 500)
+         INSERT INTO items SELECT n, 'item ' || n FROM s;
+         CREATE TABLE \"odd \"\"name\"\"\" (x);
+         INSERT INTO \"odd \"\"name\"\"\" VALUES (1), (2), (3);
+         CREATE TABLE empty_one (x);",
+    )
+    .unwrap();
+    drop(conn);
+    let cfg = e.config(&format!(
+        "[[source]]\ntype = \"sqlite\"\nname = \"app\"\npath = \"{}\"\n",
+        db.display()
+    ));
+    // The backup's own metrics share the file: the drill keeps them.
+    let metrics = e.p().join("coffer.prom");
+    let out = e.run(
+        &[
+            "backup",
+            "-c",
+            cfg.to_str().unwrap(),
+            "--metrics-file",
+            metrics.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    let (out, reports) = e.drill(&cfg, Some(&metrics));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        tables(&reports),
+        [
+            "sqlite app empty_one 0 0 ok",
+            "sqlite app items 500 500 ok",
+            "sqlite app odd \"name\" 3 3 ok",
+        ]
+    );
+    assert_measured(&reports);
+    assert!(
+        reports[0]["checks"]
+            .to_string()
+            .contains("sqlite/app.db passes integrity_check"),
+        "{reports:#}"
+    );
+    let s = parse_metrics(&metrics);
+    let passed = value(
+        &s,
+        "coffer_restore_test_last_success_timestamp_seconds{job=prod}",
+    );
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!((now - passed).abs() < 120.0, "{passed} vs {now}");
+    assert_eq!(
+        value(&s, "coffer_restore_test_tables{job=prod,status=ok}"),
+        3.0
+    );
+    assert_eq!(
+        value(&s, "coffer_restore_test_tables{job=prod,status=mismatch}"),
+        0.0
+    );
+    assert!(value(&s, "coffer_restore_test_duration_seconds{job=prod}") > 0.0);
+    assert_eq!(value(&s, "coffer_backup_last_run_success{job=prod}"), 1.0);
+
+    // The human report: a table of expected and restored rows.
+    let out = e.run(
+        &[
+            "verify",
+            "-c",
+            cfg.to_str().unwrap(),
+            "latest",
+            "-i",
+            e.key(),
+            "--restore-test",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let human = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        human
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["sqlite", "app:", "items", "500", "500", "ok"]),
+        "{human}"
+    );
+    assert!(human.contains("MiB/s"), "{human}");
+
+    lose_a_row_before_sealing(&e, "sqlite/app.db", |data| {
+        let copy = e.p().join("edit.db");
+        fs::write(&copy, data).unwrap();
+        let c = rusqlite::Connection::open(&copy).unwrap();
+        c.execute("DELETE FROM items WHERE id = 250", []).unwrap();
+        drop(c);
+        fs::read(&copy).unwrap()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (out, reports) = e.drill(&cfg, Some(&metrics));
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    assert!(
+        reports[0]["problems"]
+            .to_string()
+            .contains("restore test: items has 499 rows, the manifest says 500"),
+        "{reports:#}"
+    );
+    assert!(
+        tables(&reports).contains(&"sqlite app items 500 499 mismatch".to_owned()),
+        "{reports:#}"
+    );
+    let s = parse_metrics(&metrics);
+    assert_eq!(
+        value(
+            &s,
+            "coffer_restore_test_last_success_timestamp_seconds{job=prod}"
+        ),
+        passed,
+        "a failed drill keeps the last success time"
+    );
+    assert_eq!(
+        value(&s, "coffer_restore_test_last_run_success{job=prod}"),
+        0.0
+    );
+    assert_eq!(
+        value(&s, "coffer_restore_test_tables{job=prod,status=mismatch}"),
+        1.0
+    );
+    assert_eq!(
+        value(&s, "coffer_restore_test_tables{job=prod,status=ok}"),
+        2.0
+    );
+    assert_eq!(value(&s, "coffer_backup_last_run_success{job=prod}"), 1.0);
+}
+
+#[test]
+fn postgres_drill_restores_exact_counts_and_catches_a_dump_that_lost_a_row() {
+    let e = Env::new();
+    let pg = Postgres::start();
+    pg.sql("postgres", "CREATE DATABASE app");
+    pg.sql(
+        "app",
+        "CREATE TABLE items (id serial PRIMARY KEY, v text);
+         INSERT INTO items(v) SELECT 'v' || g FROM generate_series(1, 1000) g;
+         CREATE SCHEMA \"Sales\";
+         CREATE TABLE \"Sales\".\"order lines\" (n int);
+         INSERT INTO \"Sales\".\"order lines\" SELECT g FROM generate_series(1, 42) g;
+         CREATE TABLE empty_one (x int);",
+    );
+    let passfile = pg.passfile(e.p());
+    let cfg = e.config(&format!(
+        "[[source]]\ntype = \"postgres\"\nname = \"pg\"\ndatabases = [\"app\"]\nglobals = true\n\
+         passfile = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"postgres\"\n",
+        passfile.display(),
+        pg.port
+    ));
+    e.backup(&cfg, None);
+    let (out, reports) = e.drill(&cfg, None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        tables(&reports),
+        [
+            "postgres pg app.Sales.order lines 42 42 ok",
+            "postgres pg app.public.empty_one 0 0 ok",
+            "postgres pg app.public.items 1000 1000 ok",
+        ]
+    );
+    assert_measured(&reports);
+    let checks = reports[0]["checks"].to_string();
+    assert!(
+        checks.contains("postgres/pg/app.dump loaded into a scratch PostgreSQL"),
+        "{checks}"
+    );
+
+    // A pg_dump that loses a row: it dumps a moment after the snapshot
+    // coffer counted in (a row deleted meanwhile), as a dump that ignored
+    // --snapshot would.
+    let real = coffer::source::find_program("pg_dump").unwrap();
+    let wrappers = e.p().join("wrappers");
+    fs::create_dir(&wrappers).unwrap();
+    let psql = coffer::source::find_program("psql").unwrap();
+    fs::write(
+        wrappers.join("pg_dump"),
+        format!(
+            "#!/bin/sh\n\
+             case \"$*\" in *--dbname=app*) \"{psql}\" -X -q -h 127.0.0.1 -p {port} -U postgres -d app \
+             -c 'DELETE FROM items WHERE id = 500' || exit 1;; esac\n\
+             for a do shift; case \"$a\" in --snapshot=*) ;; *) set -- \"$@\" \"$a\";; esac; done\n\
+             exec \"{real}\" \"$@\"\n",
+            psql = psql.display(),
+            port = pg.port,
+            real = real.display()
+        ),
+    )
+    .unwrap();
+    chmod(&wrappers.join("pg_dump"), 0o755);
+    let path = format!(
+        "{}:{}",
+        wrappers.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    e.backup(&cfg, Some(&path));
+    assert_eq!(pg.sql("app", "SELECT count(*) FROM items").trim(), "999");
+    let (out, reports) = e.drill(&cfg, None);
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    assert!(
+        reports[0]["problems"]
+            .to_string()
+            .contains("restore test: app.public.items has 999 rows, the manifest says 1000"),
+        "{reports:#}"
+    );
+    assert!(
+        tables(&reports).contains(&"postgres pg app.public.items 1000 999 mismatch".to_owned()),
+        "{reports:#}"
+    );
+}
+
+#[test]
+fn mariadb_drill_restores_exact_counts_and_catches_a_row_lost_before_sealing() {
+    let e = Env::new();
+    let maria = MariaDb::start();
+    maria.sql(
+        "CREATE DATABASE shop; USE shop; CREATE TABLE t (id INT PRIMARY KEY, v TEXT); \
+         INSERT INTO t SELECT seq, CONCAT('v', seq) FROM seq_1_to_3000; CREATE TABLE empty_one (x INT);",
+    );
+    let options = maria.user_with_options_file("backup", "drill-pw", e.p());
+    let cfg = e.config(&format!(
+        "[[source]]\ntype = \"mysql\"\nname = \"main\"\ndatabases = [\"shop\"]\noptions_file = \"{}\"\n",
+        options.display()
+    ));
+    e.backup(&cfg, None);
+    let (out, reports) = e.drill(&cfg, None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        tables(&reports),
+        [
+            "mysql main shop.empty_one 0 0 ok",
+            "mysql main shop.t 3000 3000 ok"
+        ]
+    );
+    assert_measured(&reports);
+
+    // The rows are counted as the dump streams into the archive: a row lost
+    // after that, before the seal, leaves the manifest's count standing.
+    lose_a_row_before_sealing(&e, "mysql/main.sql", |data| {
+        let dump = String::from_utf8(data).unwrap();
+        assert!(dump.contains("(1500,'v1500'),"), "{dump}");
+        dump.replacen("(1500,'v1500'),", "", 1).into_bytes()
+    });
+    let (out, reports) = e.drill(&cfg, None);
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    assert!(
+        reports[0]["problems"]
+            .to_string()
+            .contains("restore test: shop.t has 2999 rows, the manifest says 3000"),
+        "{reports:#}"
+    );
+}
+
+#[test]
+fn a_postgres_dump_cannot_run_a_program_in_the_scratch_server() {
+    // A dump whose CHECK constraint calls a function that runs a shell
+    // command, as a forged dump could: the function runs for each row
+    // pg_restore loads. The loading role is no superuser: COPY … TO
+    // PROGRAM is refused and the drill fails.
+    let e = Env::new();
+    let drop = e.p().join("drop");
+    fs::create_dir(&drop).unwrap();
+    chmod(&drop, 0o1777);
+    let pwned = drop.join("pwned");
+    let pg = Postgres::start();
+    pg.sql("postgres", "CREATE DATABASE app");
+    pg.sql(
+        "app",
+        &format!(
+            "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2);
+             CREATE FUNCTION public.f(x int) RETURNS int LANGUAGE plpgsql AS $$
+             BEGIN
+               IF current_database() <> 'app' THEN
+                 COPY (SELECT 1) TO PROGRAM 'touch {}';
+               END IF;
+               RETURN x;
+             END $$;
+             ALTER TABLE t ADD CONSTRAINT runs CHECK (public.f(x) > 0);",
+            pwned.display()
+        ),
+    );
+    let passfile = pg.passfile(e.p());
+    let cfg = e.config(&format!(
+        "[[source]]\ntype = \"postgres\"\nname = \"pg\"\ndatabases = [\"app\"]\n\
+         passfile = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"postgres\"\n",
+        passfile.display(),
+        pg.port
+    ));
+    e.backup(&cfg, None);
+    let (out, reports) = e.drill(&cfg, None);
+    assert!(!pwned.exists(), "the dump ran a program: {}", text(&out));
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    let problems = reports[0]["problems"].to_string();
+    assert!(
+        problems.contains("restore test: loading postgres/pg/app.dump failed")
+            && problems.contains("pg_execute_server_program"),
+        "{problems}"
+    );
+}
