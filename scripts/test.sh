@@ -31,7 +31,7 @@ cargo test
 step "fuzz targets build"
 cargo build --manifest-path fuzz/Cargo.toml --target-dir target --quiet
 
-step "memory (release build): seal/open 1 GiB within 32 MiB of RSS, backup within 64 MiB"
+step "memory (release build): seal/open 1 GiB within 32 MiB of RSS, backup within 64 MiB, to S3 (Garage) within 96 MiB"
 cargo build --release --quiet
 COFFER_BIN=target/release/coffer SIZE_MIB=1024 LIMIT_MIB=32 BACKUP_LIMIT_MIB=64 scripts/measure-memory.sh
 

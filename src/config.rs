@@ -175,6 +175,55 @@ pub enum Store {
         #[serde(default = "default_retries")]
         retries: u32,
     },
+    /// A bucket on an S3-compatible object store.
+    S3 {
+        name: Option<String>,
+        /// `https://…`; plain `http://` only to a loopback address.
+        /// Default: AWS's endpoint for the region.
+        endpoint: Option<String>,
+        #[serde(default = "default_region")]
+        region: String,
+        bucket: String,
+        /// Objects go to `{prefix}/{file}` (no leading or trailing `/`).
+        #[serde(default)]
+        prefix: String,
+        /// Path-style URLs (`endpoint/bucket/key`): MinIO, Garage, Ceph.
+        #[serde(default)]
+        path_style: bool,
+        /// An AWS shared-credentials file (INI), mode 0600. Without it: the
+        /// AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY environment, then the
+        /// profile in ~/.aws/credentials.
+        credentials: Option<PathBuf>,
+        /// The profile in the credentials file (default `default`, or AWS_PROFILE).
+        profile: Option<String>,
+        #[serde(default = "yes")]
+        prune: bool,
+        /// Multipart upload part size, MiB (5–1024).
+        #[serde(default = "default_part_size_mib")]
+        part_size_mib: u32,
+        /// Parts uploaded at once (1–32); memory ≈ part size × (this + 1).
+        #[serde(default = "default_parts_in_flight")]
+        parts_in_flight: u32,
+        /// S3 Object Lock (COMPLIANCE) retention, in days, for every object.
+        object_lock_days: Option<u32>,
+        #[serde(default = "default_timeout")]
+        timeout_secs: u64,
+        /// Attempts per request and per part, with exponential backoff.
+        #[serde(default = "default_retries")]
+        retries: u32,
+    },
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_part_size_mib() -> u32 {
+    8
+}
+
+fn default_parts_in_flight() -> u32 {
+    4
 }
 
 fn ssh_port() -> u16 {
@@ -209,13 +258,82 @@ impl Store {
             } => name
                 .clone()
                 .unwrap_or_else(|| format!("sftp://{user}@{host}:{port}/{path}")),
+            Store::S3 {
+                name,
+                bucket,
+                prefix,
+                ..
+            } => name.clone().unwrap_or_else(|| {
+                if prefix.is_empty() {
+                    format!("s3://{bucket}")
+                } else {
+                    format!("s3://{bucket}/{prefix}")
+                }
+            }),
         }
     }
 
     pub fn prune(&self) -> bool {
         match self {
-            Store::Local { prune, .. } | Store::Sftp { prune, .. } => *prune,
+            Store::Local { prune, .. } | Store::Sftp { prune, .. } | Store::S3 { prune, .. } => {
+                *prune
+            }
         }
+    }
+
+    /// What can be checked of an S3 store without the network.
+    fn check_s3(&self) -> Result<(), String> {
+        let Store::S3 {
+            endpoint,
+            bucket,
+            prefix,
+            part_size_mib,
+            parts_in_flight,
+            object_lock_days,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        let n = self.name();
+        if let Some(e) = endpoint {
+            crate::store::check_endpoint(e).map_err(|m| format!("store {n:?}: {m}"))?;
+        }
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b));
+        if !bucket_ok {
+            return Err(format!(
+                "store {n:?}: bucket {bucket:?} must be 3-63 lowercase letters, digits, '-' or '.'"
+            ));
+        }
+        let prefix_ok = prefix.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        });
+        if !prefix.is_empty() && !prefix_ok {
+            return Err(format!(
+                "store {n:?}: prefix {prefix:?} must be '/'-separated names of letters, digits, '-', '_' or '.', without a leading or trailing '/'"
+            ));
+        }
+        if !(5..=1024).contains(part_size_mib) {
+            return Err(format!(
+                "store {n:?}: part_size_mib must be 5 to 1024 (S3's smallest part is 5 MiB)"
+            ));
+        }
+        if !(1..=32).contains(parts_in_flight) {
+            return Err(format!("store {n:?}: parts_in_flight must be 1 to 32"));
+        }
+        if *object_lock_days == Some(0) {
+            return Err(format!(
+                "store {n:?}: object_lock_days must be at least 1 (or left out)"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -333,6 +451,7 @@ impl Config {
             if !store_names.insert(st.name()) {
                 return Err(format!("two stores are named {:?}", st.name()));
             }
+            st.check_s3()?;
         }
         Ok(())
     }
@@ -424,6 +543,7 @@ impl Config {
                         *identity = base.join(&*identity).display().to_string();
                     }
                 }
+                Store::S3 { credentials, .. } => credentials.iter_mut().for_each(fix),
             }
         }
     }
@@ -494,6 +614,31 @@ path = "/var/backups/coffer"
         let bad = GOOD.replace("options_file", "option_file");
         let e = Config::parse(Path::new("c.toml"), &bad).unwrap_err();
         assert_eq!(e.hint.as_deref(), Some("did you mean `options_file`?"));
+    }
+
+    #[test]
+    fn s3_store_checks() {
+        let s3 = |extra: &str| {
+            format!(
+                "{GOOD}\n[[store]]\ntype = \"s3\"\nbucket = \"backups\"\nprefix = \"db1/prod\"\n{extra}\n"
+            )
+        };
+        let c =
+            Config::parse(Path::new("c"), &s3("endpoint = \"https://s3.example.com\"")).unwrap();
+        assert_eq!(c.stores[1].name(), "s3://backups/db1/prod");
+        assert!(c.stores[1].prune());
+        assert!(Config::parse(Path::new("c"), &s3("endpoint = \"http://127.0.0.1:3900\"")).is_ok());
+        let e =
+            Config::parse(Path::new("c"), &s3("endpoint = \"http://s3.example.com\"")).unwrap_err();
+        assert!(e.message.contains("use https"), "{}", e.message);
+        let e = Config::parse(Path::new("c"), &s3("part_size_mib = 4")).unwrap_err();
+        assert!(e.message.contains("5 MiB"), "{}", e.message);
+        let e = Config::parse(Path::new("c"), &s3("object_lock_days = 0")).unwrap_err();
+        assert!(e.message.contains("object_lock_days"), "{}", e.message);
+        let bad_prefix = s3("").replace("db1/prod", "/db1/");
+        assert!(Config::parse(Path::new("c"), &bad_prefix).is_err());
+        let e = Config::parse(Path::new("c"), &s3("secret_access_key = \"x\"")).unwrap_err();
+        assert!(e.message.contains("unknown field"), "{}", e.message);
     }
 
     #[test]

@@ -116,6 +116,14 @@ pub enum Error {
     #[error("{store}: {message}")]
     Store { store: String, message: String },
 
+    /// An S3 store's failure, which knows its exit code: refused
+    /// credentials (4), a missing bucket (2), a network failure (1).
+    #[error("{store}: {error}")]
+    S3 {
+        store: String,
+        error: Box<crate::store::S3Error>,
+    },
+
     #[error("{}", stores_failed(name, complete, failures))]
     StoresFailed {
         name: String,
@@ -228,6 +236,11 @@ impl Error {
                 key_problem: false, ..
             } => Class::Io,
             Error::Integrity { .. } | Error::VerifyFailed { .. } => Class::Integrity,
+            Error::S3 { error, .. } => match error.exit_code() {
+                ExitCode::Key => Class::Key,
+                ExitCode::Usage => Class::Usage,
+                _ => Class::Io,
+            },
             Error::Legacy { source, .. } => match source {
                 crate::legacy::LegacyError::WrongKey | crate::legacy::LegacyError::NoKdfMatched => {
                     Class::Key
@@ -285,6 +298,7 @@ impl Error {
             Error::HostKey { line: Some(line), .. } => Some(format!(
                 "check the fingerprint out of band (e.g. on the server: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then add to known_hosts: {line}"
             )),
+            Error::S3 { error, .. } => error.hint(),
             Error::Legacy { .. } => Some(
                 "the legacy format is unauthenticated: check the restored data before trusting it".into(),
             ),

@@ -28,6 +28,9 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         }
         let (listed, partials) = match list(store.as_ref()) {
             Ok(x) => x,
+            // The only store: its own error, with its exit code (a refused
+            // key is 4, a missing S3 bucket 2).
+            Err(e) if total == 1 => return Err(e.into()),
             Err(e) => {
                 // The other stores still answer: list them, and say which did not.
                 eprintln!(

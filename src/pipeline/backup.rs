@@ -69,15 +69,34 @@ impl Slot {
         }
     }
 
-    /// Closes the queue and waits for the writer: the upload, or why it failed.
-    fn finish(&mut self) -> std::result::Result<Box<dyn Upload>, String> {
+    /// Closes the queue and waits for the writer: the upload, or why it
+    /// failed in `store`.
+    fn finish(&mut self, store: &str) -> Result<Box<dyn Upload>> {
         drop(self.tx.take());
-        match self.worker.take().map(JoinHandle::join) {
-            Some(Ok((u, None))) => Ok(u),
-            Some(Ok((_, Some(e)))) => Err(format!("upload failed: {e}")),
-            Some(Err(_)) => Err("upload thread panicked".into()),
-            None => Err("upload already finished".into()),
-        }
+        let message = match self.worker.take().map(JoinHandle::join) {
+            Some(Ok((u, None))) => return Ok(u),
+            // A store's own error (e.g. S3's refused credentials) keeps its
+            // exit code.
+            Some(Ok((_, Some(e)))) => match e
+                .get_ref()
+                .map(<dyn std::error::Error + Send + Sync>::is::<Error>)
+            {
+                Some(true) => match e
+                    .into_inner()
+                    .map(<dyn std::error::Error + Send + Sync>::downcast::<Error>)
+                {
+                    Some(Ok(inner)) => return Err(*inner),
+                    _ => "upload failed".to_owned(),
+                },
+                _ => format!("upload failed: {e}"),
+            },
+            Some(Err(_)) => "upload thread panicked".into(),
+            None => "upload already finished".into(),
+        };
+        Err(Error::Store {
+            store: store.to_owned(),
+            message,
+        })
     }
 }
 
@@ -86,7 +105,7 @@ impl Drop for Slot {
         // A run that fails drops its slots: wait for each writer so that its
         // upload is dropped (removing the partial file) before the process exits.
         if self.worker.is_some() {
-            drop(self.finish());
+            drop(self.finish(""));
         }
     }
 }
@@ -108,13 +127,12 @@ impl Write for Fanout<'_> {
         for slot in &mut self.slots {
             let sent = slot.tx.as_ref().map(|tx| tx.send(Arc::clone(&piece)));
             if let Some(Err(_)) = sent {
-                let message = slot
-                    .finish()
-                    .err()
-                    .unwrap_or_else(|| "upload stopped".into());
                 let store = self.job.stores[slot.store].name().to_owned();
-                self.failed
-                    .push((slot.store, Error::Store { store, message }));
+                let e = slot.finish(&store).err().unwrap_or(Error::Store {
+                    store,
+                    message: "upload stopped".into(),
+                });
+                self.failed.push((slot.store, e));
             }
         }
         if self.slots.iter().all(|s| s.tx.is_none()) {
@@ -451,13 +469,12 @@ fn seal_and_store(
         if slot.tx.is_none() {
             continue; // already failed and recorded
         }
-        let store = job.stores[slot.store].name().to_owned();
-        match slot.finish() {
+        match slot.finish(job.stores[slot.store].name()) {
             Ok(u) => match u.commit() {
                 Ok(()) => complete.push(slot.store),
                 Err(e) => failed.push((slot.store, e)),
             },
-            Err(message) => failed.push((slot.store, Error::Store { store, message })),
+            Err(e) => failed.push((slot.store, e)),
         }
     }
     let sidecar = Sidecar {
@@ -666,8 +683,9 @@ fn write_sidecar(store: &dyn Store, files: &SidecarFiles) -> Result<()> {
     let name = files.sidecar.file_name();
     if let Some(sig) = &files.signature {
         let sig_name = format!("{name}{SIGNATURE_SUFFIX}");
-        // Left by an attempt that failed before its sidecar: not part of any backup.
-        if store.stat(&sig_name)?.is_some() {
+        // Left by an attempt that failed before its sidecar: not part of
+        // any backup. (Write-only S3 credentials cannot even ask.)
+        if matches!(store.stat(&sig_name), Ok(Some(_))) {
             store.delete(&sig_name)?;
         }
         let mut u = store.put(&sig_name)?;

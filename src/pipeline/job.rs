@@ -15,7 +15,7 @@ use crate::signing::{Signer, Verifier};
 use crate::source::{
     CommandSource, FilesSource, MysqlSource, PostgresSource, Source, SqliteSource,
 };
-use crate::store::{Auth, LocalStore, SftpConfig, SftpStore, Store};
+use crate::store::{Auth, LocalStore, S3Config, S3Store, SftpConfig, SftpStore, Store};
 
 pub struct Job {
     pub config: Config,
@@ -158,6 +158,41 @@ pub fn build_stores(c: &Config) -> Vec<(Box<dyn Store>, bool)> {
                 });
                 (Box::new(store) as Box<dyn Store>, *prune)
             }
+            config::Store::S3 {
+                endpoint,
+                region,
+                bucket,
+                prefix,
+                path_style,
+                credentials,
+                profile,
+                prune,
+                part_size_mib,
+                parts_in_flight,
+                object_lock_days,
+                timeout_secs,
+                retries,
+                ..
+            } => {
+                let store = S3Store::new(S3Config {
+                    name: st.name(),
+                    endpoint: endpoint
+                        .clone()
+                        .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com")),
+                    region: region.clone(),
+                    bucket: bucket.clone(),
+                    prefix: prefix.clone(),
+                    path_style: *path_style,
+                    credentials: credentials.clone(),
+                    profile: profile.clone(),
+                    part_size: usize::try_from(*part_size_mib).unwrap_or(8) << 20,
+                    parts_in_flight: usize::try_from(*parts_in_flight).unwrap_or(4),
+                    retries: *retries,
+                    timeout: std::time::Duration::from_secs(*timeout_secs),
+                    object_lock_days: *object_lock_days,
+                });
+                (Box::new(store) as Box<dyn Store>, *prune)
+            }
         })
         .collect()
 }
@@ -166,6 +201,9 @@ pub fn build_stores(c: &Config) -> Vec<(Box<dyn Store>, bool)> {
 fn store_files(st: &config::Store) -> Vec<(PathBuf, bool)> {
     match st {
         config::Store::Local { .. } => Vec::new(),
+        config::Store::S3 { credentials, .. } => {
+            credentials.iter().map(|c| (c.clone(), true)).collect()
+        }
         config::Store::Sftp {
             identity,
             known_hosts,
@@ -185,10 +223,10 @@ fn check_store_files(st: &config::Store) -> Result<()> {
         fsutil::require_dir_or_absent(path, "store directory")?;
     }
     for (path, secret) in store_files(st) {
-        let what = if secret {
-            "SSH identity"
-        } else {
-            "known_hosts file"
+        let what = match (secret, st) {
+            (true, config::Store::S3 { .. }) => "S3 credentials file",
+            (true, _) => "SSH identity",
+            (false, _) => "known_hosts file",
         };
         fsutil::require_file(&path, what)?;
         if secret {

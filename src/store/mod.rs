@@ -1,14 +1,16 @@
-//! Where sealed backups are kept. One small trait; `local` and `sftp` stores.
+//! Where sealed backups are kept. One small trait; `local`, `sftp` and `s3` stores.
 //!
 //! A leaf: stores move opaque bytes and know nothing of their content.
 
 mod known_hosts;
 mod local;
+mod s3;
 mod sftp;
 
 use std::io::{Read, Write};
 
 pub use local::LocalStore;
+pub use s3::{check_endpoint, S3Config, S3Error, S3Store, MIN_PART_SIZE};
 pub use sftp::{keyscan, Auth, HostKey, SftpConfig, SftpStore};
 
 use crate::error::Result;
