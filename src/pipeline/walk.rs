@@ -235,6 +235,12 @@ impl Checker {
             // name holds it, and the extractor could not create it.
             return Err("a name with a NUL byte".into());
         }
+        if !raw.starts_with(b"files/") && std::str::from_utf8(raw).is_err() {
+            // Only file names come from outside coffer; dumps, streams and
+            // its own members are named in UTF-8, and what loads them
+            // matches them by name.
+            return Err("a name that is not UTF-8 outside files/".into());
+        }
         let split = std::str::from_utf8(raw).ok().and_then(archive::split_part);
         if split.is_some() && !matches!(kind, EntryKind::File) {
             // Only streams are split, and a stream's parts are files.
@@ -827,6 +833,16 @@ mod tests {
         let mut entry = MemberEntry::named(b"a", "file", 1);
         entry.sha256 = Some(hex::encode(Sha256::digest(b"1")));
         old.matches("L", &[entry]).unwrap();
+    }
+
+    #[test]
+    fn only_file_names_may_be_other_than_utf8() {
+        let mut check = Checker::default();
+        check.start(b"files/t/\xff", &EntryKind::File).unwrap();
+        let e = check
+            .start(b"mysql/\xff.sql", &EntryKind::File)
+            .unwrap_err();
+        assert!(e.contains("not UTF-8 outside files/"), "{e}");
     }
 
     #[test]
