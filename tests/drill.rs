@@ -207,49 +207,6 @@ fn lose_a_row_before_sealing(e: &Env, member: &str, edit: impl Fn(Vec<u8>) -> Ve
     fs::write(&sidecar_path, serde_json::to_vec(&sidecar).unwrap()).unwrap();
 }
 
-/// Parses a metrics file with the Prometheus reference client's parser and
-/// returns `name{labels} value` lines, sorted.
-fn parse_metrics(path: &Path) -> Vec<String> {
-    let script = r#"
-import sys
-from prometheus_client.parser import text_string_to_metric_families
-for fam in text_string_to_metric_families(open(sys.argv[1]).read()):
-    assert fam.type == "gauge", fam
-    assert fam.documentation, fam
-    for s in fam.samples:
-        labels = ",".join(f'{k}={v}' for k, v in sorted(s.labels.items()))
-        print(f"{s.name}{{{labels}}} {s.value}")
-"#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the metrics file does not parse: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        fs::read_to_string(path).unwrap_or_default()
-    );
-    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    v.sort();
-    v
-}
-
-fn value(samples: &[String], prefix: &str) -> f64 {
-    samples
-        .iter()
-        .find_map(|s| s.strip_prefix(prefix))
-        .unwrap_or_else(|| panic!("no {prefix} in {samples:#?}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn sqlite_drill_counts_every_table_and_its_metrics_parse_after_pass_and_failure() {
     let e = Env::new();

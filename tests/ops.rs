@@ -210,49 +210,6 @@ fn a_group_readable_signing_key_is_refused() {
     assert!(e.store_files().is_empty());
 }
 
-/// Parses a metrics file with the Prometheus reference client's parser and
-/// returns `name{labels} value` lines, sorted.
-fn parse_metrics(path: &Path) -> Vec<String> {
-    let script = r#"
-import sys
-from prometheus_client.parser import text_string_to_metric_families
-for fam in text_string_to_metric_families(open(sys.argv[1]).read()):
-    assert fam.type == "gauge", fam
-    assert fam.documentation, fam
-    for s in fam.samples:
-        labels = ",".join(f'{k}={v}' for k, v in sorted(s.labels.items()))
-        print(f"{s.name}{{{labels}}} {s.value}")
-"#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the metrics file does not parse: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        fs::read_to_string(path).unwrap_or_default()
-    );
-    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    v.sort();
-    v
-}
-
-fn value(samples: &[String], prefix: &str) -> f64 {
-    samples
-        .iter()
-        .find_map(|s| s.strip_prefix(prefix))
-        .unwrap_or_else(|| panic!("no {prefix} in {samples:#?}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn metrics_file_parses_after_success_and_after_failure() {
     let e = Env::new();
