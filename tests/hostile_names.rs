@@ -64,6 +64,15 @@ fn forged_tar(entries: &[Raw<'_>], logical: Option<Vec<serde_json::Value>>) -> V
             })
             .collect()
     });
+    close_with_manifest(b, members)
+}
+
+/// Appends MANIFEST.json listing `members` and closes the archive.
+fn close_with_manifest(
+    mut b: tar::Builder<Vec<u8>>,
+    members: impl Into<serde_json::Value>,
+) -> Vec<u8> {
+    let members: serde_json::Value = members.into();
     let manifest = serde_json::json!({
         "format": "coffer-manifest/1", "name": "prod-20261123T000000Z", "job": "prod",
         "created": "2026-11-23T00:00:00.000Z", "tool_version": "0", "host": "h",
@@ -75,6 +84,20 @@ fn forged_tar(entries: &[Raw<'_>], logical: Option<Vec<serde_json::Value>>) -> V
         &(b"MANIFEST.json", tar::EntryType::Regular, None, &m),
     );
     b.into_inner().unwrap()
+}
+
+/// The walk (what verify and restore's first pass run) refuses the archive;
+/// `out` is what restore said, for the message.
+fn assert_walk_refuses(tar_bytes: &[u8], out: &std::process::Output) {
+    let walked = walk_archive(tar_bytes, coffer::manifest::MemberHash::Sha256, |_, _| {
+        Ok(())
+    });
+    assert!(
+        walked.is_err(),
+        "the walk accepts; restore exit {}: {}",
+        code(out),
+        stderr(out)
+    );
 }
 
 struct Env {
@@ -494,31 +517,14 @@ fn a_name_with_a_nul_is_refused_by_the_walk() {
     long.set_cksum();
     b.append(&long, &[&name[..], b"\0"].concat()[..]).unwrap();
     raw_entry(&mut b, &(b"files/a", tar::EntryType::Regular, None, b"x"));
-    let manifest = serde_json::json!({
-        "format": "coffer-manifest/1", "name": "prod-20261123T000000Z", "job": "prod",
-        "created": "2026-11-23T00:00:00.000Z", "tool_version": "0", "host": "h",
-        "sources": [], "members": [{"path": "files/a\u{0}b", "kind": "file", "size": 1}],
-    });
-    let m = serde_json::to_vec(&manifest).unwrap();
-    raw_entry(
-        &mut b,
-        &(b"MANIFEST.json", tar::EntryType::Regular, None, &m),
+    let tar_bytes = close_with_manifest(
+        b,
+        serde_json::json!([{"path": "files/a\u{0}b", "kind": "file", "size": 1}]),
     );
-    let tar_bytes = b.into_inner().unwrap();
     let e = Env::new();
     let sealed = e.seal(&tar_bytes, "nul");
     let out = e.restore_to(&sealed, &e.p().join("t"), false);
-    let walked = walk_archive(
-        &tar_bytes[..],
-        coffer::manifest::MemberHash::Sha256,
-        |_, _| Ok(()),
-    );
-    assert!(
-        walked.is_err(),
-        "the walk accepts; restore exit {}: {}",
-        code(&out),
-        stderr(&out)
-    );
+    assert_walk_refuses(&tar_bytes, &out);
 }
 
 /// The inner manifest may take 64 MiB beyond 512 bytes per member *since
@@ -658,17 +664,10 @@ fn a_pax_path_beside_a_long_name_is_refused() {
     .unwrap();
     b.append(&hdr(b"short", tar::EntryType::Regular, 1), &b"x"[..])
         .unwrap();
-    let manifest = serde_json::json!({
-        "format": "coffer-manifest/1", "name": "prod-20261123T000000Z", "job": "prod",
-        "created": "2026-11-23T00:00:00.000Z", "tool_version": "0", "host": "h",
-        "sources": [], "members": [{"path": "files/what-coffer-checked", "kind": "file", "size": 1}],
-    });
-    let m = serde_json::to_vec(&manifest).unwrap();
-    raw_entry(
-        &mut b,
-        &(b"MANIFEST.json", tar::EntryType::Regular, None, &m),
+    let tar_bytes = close_with_manifest(
+        b,
+        serde_json::json!([{"path": "files/what-coffer-checked", "kind": "file", "size": 1}]),
     );
-    let tar_bytes = b.into_inner().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let listed = std::process::Command::new("tar")
         .arg("-t")
@@ -738,31 +737,14 @@ fn a_name_component_past_255_bytes_is_refused_by_the_walk() {
     long.set_cksum();
     b.append(&long, &[&name[..], b"\0"].concat()[..]).unwrap();
     raw_entry(&mut b, &(b"files/x", tar::EntryType::Regular, None, b"x"));
-    let manifest = serde_json::json!({
-        "format": "coffer-manifest/1", "name": "prod-20261123T000000Z", "job": "prod",
-        "created": "2026-11-23T00:00:00.000Z", "tool_version": "0", "host": "h",
-        "sources": [], "members": [{"path": String::from_utf8(name).unwrap(), "kind": "file", "size": 1}],
-    });
-    let m = serde_json::to_vec(&manifest).unwrap();
-    raw_entry(
-        &mut b,
-        &(b"MANIFEST.json", tar::EntryType::Regular, None, &m),
+    let tar_bytes = close_with_manifest(
+        b,
+        serde_json::json!([{"path": String::from_utf8(name).unwrap(), "kind": "file", "size": 1}]),
     );
-    let tar_bytes = b.into_inner().unwrap();
     let e = Env::new();
     let sealed = e.seal(&tar_bytes, "long-component");
     let out = e.restore_to(&sealed, &e.p().join("t"), false);
-    let walked = walk_archive(
-        &tar_bytes[..],
-        coffer::manifest::MemberHash::Sha256,
-        |_, _| Ok(()),
-    );
-    assert!(
-        walked.is_err(),
-        "the walk accepts; restore exit {}: {}",
-        code(&out),
-        stderr(&out)
-    );
+    assert_walk_refuses(&tar_bytes, &out);
 }
 
 /// Undo removes a tree it made by recursing with a descriptor open per
@@ -791,18 +773,9 @@ fn undo_removes_a_deep_tree_it_made() {
         serde_json::json!({"path": "/abs", "kind": "file", "size": 1,
         "sha256": hex::encode(Sha256::digest(b"x"))}),
     );
-    let manifest = serde_json::json!({
-        "format": "coffer-manifest/1", "name": "prod-20261123T000000Z", "job": "prod",
-        "created": "2026-11-23T00:00:00.000Z", "tool_version": "0", "host": "h",
-        "sources": [], "members": members,
-    });
-    let m = serde_json::to_vec(&manifest).unwrap();
-    raw_entry(
-        &mut b,
-        &(b"MANIFEST.json", tar::EntryType::Regular, None, &m),
-    );
+    let tar_bytes = close_with_manifest(b, members);
     let e = Env::new();
-    let sealed = e.seal(&b.into_inner().unwrap(), "deep");
+    let sealed = e.seal(&tar_bytes, "deep");
     let target = e.p().join("t");
     let out = std::process::Command::new("prlimit")
         .arg("--nofile=1024")
