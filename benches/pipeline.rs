@@ -152,7 +152,7 @@ fn main() {
     let text = sql_like(size);
     for (name, c) in [
         (
-            "archive: tar + zstd -3 (multithreaded)",
+            "archive: tar + zstd -3 (2 MiB frames, all cores)",
             Compression::parse("zstd").unwrap(),
         ),
         (
@@ -175,4 +175,53 @@ fn main() {
             black_box(a.finish(&mut inner).unwrap().0);
         });
     }
+
+    frames(&text, size, min);
+}
+
+/// zstd -3 in 2 MiB frames at 1, 2, … workers: how compression and
+/// decompression scale with the cores (the machine's count is the top).
+fn frames(text: &[u8], size: usize, min: Duration) {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let mut workers = vec![1];
+    while workers.last().is_some_and(|&w| w * 2 <= cores.min(8)) {
+        workers.push(workers.last().copied().unwrap_or(1) * 2);
+    }
+    let frame = coffer::frames::FRAME_SIZE;
+    for &n in &workers {
+        let mut compressed = Vec::new();
+        bench(
+            &format!("zstd -3 frames, compress, {n} workers"),
+            size,
+            min,
+            || {
+                let mut w = coffer::frames::FrameWriter::new(Vec::new(), 3, frame, n).unwrap();
+                w.write_all(text).unwrap();
+                compressed = w.finish().unwrap();
+            },
+        );
+        let mut buf = vec![0u8; 256 << 10];
+        bench(
+            &format!("zstd frames, decompress, {n} workers"),
+            size,
+            min,
+            || {
+                let mut r =
+                    coffer::frames::FrameReader::new(compressed.as_slice(), frame, n).unwrap();
+                let mut total = 0;
+                loop {
+                    let k = r.read(&mut buf).unwrap();
+                    if k == 0 {
+                        break;
+                    }
+                    total += k;
+                }
+                black_box(total);
+            },
+        );
+    }
+    let one = zstd::encode_all(text, 3).unwrap();
+    bench("zstd one frame, decompress (streaming)", size, min, || {
+        black_box(zstd::decode_all(one.as_slice()).unwrap().len());
+    });
 }

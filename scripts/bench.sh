@@ -6,6 +6,11 @@
 #
 #   scripts/bench.sh                         # 700 MB and 70 MB datasets, 3 repetitions
 #   SIZES="200 20" REPS=5 scripts/bench.sh   # other sizes (MB of SQL) / repetitions
+#   PORTABLE=1 scripts/bench.sh              # also a build with the portable SHA-256
+#                                            # (as on CPUs without SHA-NI)
+#
+# Besides the main tables (all cores), backup and restore run again pinned to
+# one core (taskset -c 0), coffer and the age/zstd pipes alike, for scaling.
 #
 # Needs: mariadb-server, zstd, age, openssl, restic, borgbackup, GNU time
 # (apt install mariadb-server zstd age openssl restic borgbackup time).
@@ -26,6 +31,12 @@ done
 echo "==> building coffer (release)"
 cargo build --release --locked --quiet
 coffer=$root/target/release/coffer
+portable=""
+if [ -n "${PORTABLE:-}" ]; then
+  echo "==> building coffer with the portable SHA-256 (release, its own target directory)"
+  cargo build --release --locked --quiet --features portable-sha256 --target-dir "$root/target/portable"
+  portable=$root/target/portable/release/coffer
+fi
 
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/coffer-bench.XXXXXX")
 mariadb_pid=""
@@ -129,6 +140,16 @@ run_tool() {
     coffer_restore) measure "$size" restore "coffer restore --stdout" "$rep" \
       "'$coffer' restore -i age.key '$sealed' --stdout > /dev/null" ;;
     age_zstd) measure "$size" restore "age -d | zstd -d" "$rep" "age -d -i age.key o.tar.zst.age | zstd -d -q > /dev/null" ;;
+    portable) measure "$size" backup "coffer backup (portable SHA-256)" "$rep" "'$portable' backup -c file.toml" ;;
+    portable_restore) measure "$size" restore "coffer restore --stdout (portable SHA-256)" "$rep" \
+      "'$portable' restore -i age.key '$sealed' --stdout > /dev/null" ;;
+    coffer_1) measure "$size" backup1 "coffer backup" "$rep" "taskset -c 0 '$coffer' backup -c file.toml" ;;
+    tar_zstd_age_1) measure "$size" backup1 "tar | zstd -3 -T0 | age" "$rep" \
+      "taskset -c 0 bash -c \"tar cf - dump.sql | zstd -3 -T0 -q | age -r '$recipient' > o.tar.zst.age\"" ;;
+    coffer_restore_1) measure "$size" restore1 "coffer restore --stdout" "$rep" \
+      "taskset -c 0 '$coffer' restore -i age.key '$sealed' --stdout > /dev/null" ;;
+    age_zstd_1) measure "$size" restore1 "age -d | zstd -d" "$rep" \
+      "taskset -c 0 bash -c 'age -d -i age.key o.tar.zst.age | zstd -d -q > /dev/null'" ;;
     restic_dump) measure "$size" restore "restic dump" "$rep" \
       "restic -q -r restic-repo --password-file restic.pw dump latest dump.sql > /dev/null" ;;
     borg_extract) measure "$size" restore "borg extract --stdout" "$rep" "borg extract --stdout borg-repo::r$rep > /dev/null" ;;
@@ -163,12 +184,21 @@ for size in "${sizes[@]}"; do
     rm -rf restic-repo borg-repo
     restic init -q -r restic-repo --password-file restic.pw >/dev/null
     borg init -e repokey-blake2 borg-repo 2>/dev/null
-    rotated "$rep" coffer tar_zstd_age tar_zstd old_recipe restic borg
+    backups=(coffer tar_zstd_age tar_zstd old_recipe restic borg)
+    restores=(coffer_restore age_zstd restic_dump borg_extract)
+    if [ -n "$portable" ]; then backups+=(portable); restores+=(portable_restore); fi
+    rotated "$rep" "${backups[@]}"
     rotated "$rep" coffer_live dump_zstd_age dump_null
     sealed=$(latest store-file)
-    rotated "$rep" coffer_restore age_zstd restic_dump borg_extract
+    rotated "$rep" "${restores[@]}"
     measure "$size" verify "coffer verify (keyless)" "$rep" "'$coffer' verify -c file.toml latest"
     measure "$size" verify "coffer verify -i (keyed)" "$rep" "'$coffer' verify -c file.toml latest -i age.key"
+    if [ -n "$portable" ]; then
+      measure "$size" verify "coffer verify (keyless, portable SHA-256)" "$rep" "'$portable' verify -c file.toml latest"
+    fi
+    rotated "$rep" coffer_1 tar_zstd_age_1
+    sealed=$(latest store-file)
+    rotated "$rep" coffer_restore_1 age_zstd_1
   done
 done
 
@@ -192,9 +222,12 @@ by = collections.OrderedDict()
 for size, stage, tool, rep, secs, rss in rows:
     by.setdefault((size, stage), collections.OrderedDict()).setdefault(tool, []).append((float(secs), int(rss)))
 ref = {"backup": "coffer backup", "live": "coffer backup (mysql source)",
-       "restore": "coffer restore --stdout", "verify": "coffer verify (keyless)"}
+       "restore": "coffer restore --stdout", "verify": "coffer verify (keyless)",
+       "backup1": "coffer backup", "restore1": "coffer restore --stdout"}
 titles = {"backup": "Backup from a dump file", "live": "Live backup from MariaDB",
-          "restore": "Restore to /dev/null", "verify": "Verify"}
+          "restore": "Restore to /dev/null", "verify": "Verify",
+          "backup1": "Backup from a dump file, one core (taskset -c 0)",
+          "restore1": "Restore to /dev/null, one core (taskset -c 0)"}
 for (size, stage), tools in by.items():
     mb = sizes[size] / 1e6
     print(f"\n### {titles[stage]} — dump of {mb:.0f} MB\n")

@@ -24,9 +24,6 @@ use crate::manifest::{self, Hasher, Inner, ListEntry, MemberEntry, MemberHash, M
 /// The most a stream member buffers in memory.
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
 
-/// Bytes each zstd worker compresses at a time.
-const JOB_SIZE: u32 = 2 * 1024 * 1024;
-
 /// `zstd` (level 3), `zstd:N`, `gzip` (level 6), `gzip:N`, or `none`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
@@ -47,6 +44,15 @@ impl Compression {
             Compression::Zstd(_) => "zstd",
             Compression::Gzip(_) => "gzip",
             Compression::None => "none",
+        }
+    }
+
+    /// Bytes of tar per zstd frame in what coffer writes, for the header;
+    /// `None` where the compression is not cut into frames.
+    pub fn frame_size(self) -> Option<u64> {
+        match self {
+            Compression::Zstd(_) => Some(crate::frames::FRAME_SIZE as u64),
+            Compression::Gzip(_) | Compression::None => None,
         }
     }
 
@@ -80,7 +86,7 @@ impl Compression {
 
 /// A compressor over `W`.
 pub enum Compressor<W: Write> {
-    Zstd(zstd::stream::write::Encoder<'static, W>),
+    Zstd(crate::frames::FrameWriter<W>),
     Gzip(flate2::write::GzEncoder<W>),
     None(W),
 }
@@ -88,19 +94,15 @@ pub enum Compressor<W: Write> {
 impl<W: Write> Compressor<W> {
     pub fn new(w: W, c: Compression) -> io::Result<Self> {
         Ok(match c {
-            Compression::Zstd(level) => {
-                let mut e = zstd::stream::write::Encoder::new(w, level)?;
-                // zstd's own worker threads overlap compression with the rest
-                // of the pipeline.
-                let workers =
-                    std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-                e.multithread(u32::try_from(workers).unwrap_or(1))?;
-                // Smaller jobs than zstd's default (4 windows) keep the workers'
-                // buffers, and so coffer's memory, flat and small.
-                e.set_parameter(zstd::stream::raw::CParameter::JobSize(JOB_SIZE))?;
-                e.include_checksum(true)?;
-                Compressor::Zstd(e)
-            }
+            // Independent frames, compressed on every core while this
+            // thread seals and stores what is done, so that a restore can
+            // decompress on every core too (crate::frames).
+            Compression::Zstd(level) => Compressor::Zstd(crate::frames::FrameWriter::new(
+                w,
+                level,
+                crate::frames::FRAME_SIZE,
+                crate::frames::workers(),
+            )?),
             Compression::Gzip(level) => Compressor::Gzip(flate2::write::GzEncoder::new(
                 w,
                 flate2::Compression::new(level),
@@ -138,15 +140,23 @@ impl<W: Write> Write for Compressor<W> {
     }
 }
 
-/// A decompressor over `R`.
+/// A decompressor over `R`. `frame_size` is what the header says of zstd
+/// frames: with it, frames are decompressed on every core; without it (a
+/// backup of an earlier version, one frame), on this thread.
 pub fn decompressor<'a, R: io::BufRead + 'a>(
     r: R,
     c: Compression,
+    frame_size: Option<u64>,
 ) -> io::Result<Box<dyn Read + 'a>> {
-    Ok(match c {
-        Compression::Zstd(_) => Box::new(zstd::stream::read::Decoder::with_buffer(r)?),
-        Compression::Gzip(_) => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
-        Compression::None => Box::new(r),
+    Ok(match (c, frame_size) {
+        (Compression::Zstd(_), Some(size)) => Box::new(crate::frames::FrameReader::new(
+            r,
+            usize::try_from(size).unwrap_or(usize::MAX),
+            crate::frames::workers(),
+        )?),
+        (Compression::Zstd(_), None) => Box::new(zstd::stream::read::Decoder::with_buffer(r)?),
+        (Compression::Gzip(_), _) => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
+        (Compression::None, _) => Box::new(r),
     })
 }
 
@@ -500,7 +510,7 @@ pub(crate) mod tests {
     }
 
     fn read_back(bytes: &[u8], c: Compression) -> Vec<(String, Vec<u8>)> {
-        let dec = decompressor(bytes, c).unwrap();
+        let dec = decompressor(bytes, c, c.frame_size()).unwrap();
         let mut ar = tar::Archive::new(dec);
         ar.entries()
             .unwrap()

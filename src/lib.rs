@@ -6,6 +6,7 @@
 //!
 //! - [`source`]: database dumps, files and commands, streamed.
 //! - [`archive`]: tar over zstd/gzip, bounded memory.
+//! - [`frames`]: zstd in independent frames, on every core.
 //! - [`store`]: where sealed backups live (local directory, SFTP).
 //! - [`manifest`], [`retention`]: sidecar manifests and what to keep.
 //! - [`signing`]: optional minisign signatures on sidecars.
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod envelope;
 pub mod error;
+pub mod frames;
 pub mod fsutil;
 pub mod ledger;
 pub mod legacy;

@@ -93,9 +93,12 @@ impl Setup {
             self.key.to_str().unwrap(),
             sealed.to_str().unwrap(),
         ]);
-        let dec =
-            coffer::archive::decompressor(&out.stdout[..], coffer::archive::Compression::Zstd(3))
-                .unwrap();
+        let dec = coffer::archive::decompressor(
+            &out.stdout[..],
+            coffer::archive::Compression::Zstd(3),
+            None,
+        )
+        .unwrap();
         let mut ar = tar::Archive::new(dec);
         ar.entries()
             .unwrap()
@@ -778,9 +781,12 @@ fn files_source_keeps_modes_mtimes_and_links() {
         s.key.to_str().unwrap(),
         s.sealed()[0].to_str().unwrap(),
     ]);
-    let dec =
-        coffer::archive::decompressor(&plain.stdout[..], coffer::archive::Compression::Gzip(6))
-            .unwrap();
+    let dec = coffer::archive::decompressor(
+        &plain.stdout[..],
+        coffer::archive::Compression::Gzip(6),
+        None,
+    )
+    .unwrap();
     let mut ar = tar::Archive::new(dec);
     let mut seen = BTreeMap::new();
     let prefix = format!("files/conf{}", tree.display());

@@ -117,9 +117,12 @@ impl Setup {
             self.key.to_str().unwrap(),
             sealed.to_str().unwrap(),
         ]);
-        let dec =
-            coffer::archive::decompressor(&out.stdout[..], coffer::archive::Compression::Zstd(3))
-                .unwrap();
+        let dec = coffer::archive::decompressor(
+            &out.stdout[..],
+            coffer::archive::Compression::Zstd(3),
+            None,
+        )
+        .unwrap();
         let mut ar = tar::Archive::new(dec);
         ar.entries()
             .unwrap()

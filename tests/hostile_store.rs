@@ -353,6 +353,46 @@ fn a_rollback_under_the_newest_name_is_refused() {
 }
 
 #[test]
+fn an_unsigned_rollback_is_refused_before_a_byte_is_written() {
+    // Without signatures the server can rewrite a sidecar at will: here it
+    // serves the older genuine sealed file under the newest name, with the
+    // sidecar's size and SHA-256 made to match. The header, authenticated
+    // with the data key the server cannot reach, names the older backup; the
+    // first pass must catch that, before anything reaches stdout, where
+    // nothing can be taken back.
+    let e = Env::new();
+    let unsigned = e.config("unsigned.toml", false, "");
+    ok(&["backup", "-c", &unsigned]);
+    fs::write(e.p().join("data/file.txt"), "newer data").unwrap();
+    ok(&["backup", "-c", &unsigned]);
+    let names = e.names();
+    let (old, new) = (&names[0], &names[1]);
+    let sealed = fs::read(e.file(old, ".coffer")).unwrap();
+    let mut sidecar: serde_json::Value =
+        serde_json::from_slice(&fs::read(e.file(new, ".coffer.json")).unwrap()).unwrap();
+    sidecar["size"] = serde_json::json!(sealed.len());
+    sidecar["sha256"] = serde_json::json!(sha256_file(&e.file(old, ".coffer")));
+    e.plant(new, &sealed, sidecar, None);
+    let key = e.key();
+    let out = coffer(&["restore", "-c", &unsigned, "-i", &key, new, "--stdout"]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("the header names backup {old}")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{} bytes reached stdout",
+        out.stdout.len()
+    );
+    let to = e.p().join("out");
+    let out = e.restore(&unsigned, new, &to, &[]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(is_empty_or_absent(&to), "a rolled-back file was extracted");
+}
+
+#[test]
 fn a_same_size_forgery_under_a_signed_sidecar_is_never_decrypted_nor_written() {
     let e = Env::new();
     let signed = e.config("signed.toml", true, "compression = \"none\"");

@@ -388,6 +388,131 @@ fn backups_with_sha256_member_digests_still_restore_and_are_still_checked() {
     }
 }
 
+/// Seals `payload` (a compressed tar) as a backup whose header says
+/// `compression` and, if given, `zstd_frame_size`.
+fn seal_compressed(
+    e: &Env,
+    payload: &[u8],
+    name: &str,
+    compression: &str,
+    frame_size: Option<u64>,
+) -> PathBuf {
+    let text = fs::read_to_string(format!("{}.pub", e.key.display())).unwrap();
+    let recipients =
+        coffer::envelope::parse_recipients_file(&text, &coffer::envelope::no_passphrase()).unwrap();
+    let meta = coffer::envelope::Metadata {
+        created: "2026-11-23T00:00:00Z".into(),
+        job: Some("prod".into()),
+        compression: Some(compression.into()),
+        content: Some("tar".into()),
+        zstd_frame_size: frame_size,
+        ..Default::default()
+    };
+    let mut w = coffer::envelope::seal(&recipients, meta, 65536, Vec::new()).unwrap();
+    w.write_all(payload).unwrap();
+    let p = e.p().join(name);
+    fs::write(&p, w.finish().unwrap()).unwrap();
+    p
+}
+
+#[test]
+fn one_frame_and_declared_frames_both_restore_and_frames_that_lie_are_refused() {
+    use sha2::Digest;
+    let e = Env::new();
+    // 300 KiB of text, so that 64 KiB frames make several.
+    let data: Vec<u8> = (0..20_000u32)
+        .flat_map(|i| format!("INSERT INTO t VALUES ({i});\n").into_bytes())
+        .collect();
+    let mut b = tar::Builder::new(Vec::new());
+    raw_entry(&mut b, "mysql/main.sql", Regular, None, &data, 0o600);
+    let manifest = serde_json::json!({
+        "format": "coffer-manifest/1", "name": "frames", "job": "prod",
+        "created": "2026-11-23T00:00:00.000Z", "tool_version": "0.1.0", "host": "h",
+        "sources": [], "members": [{
+            "path": "mysql/main.sql", "kind": "stream", "size": data.len(),
+            "sha256": hex::encode(sha2::Sha256::digest(&data)),
+        }],
+    });
+    raw_entry(
+        &mut b,
+        "MANIFEST.json",
+        Regular,
+        None,
+        &serde_json::to_vec(&manifest).unwrap(),
+        0o600,
+    );
+    let tar = b.into_inner().unwrap();
+    let framed = |size: usize| {
+        let mut w = coffer::frames::FrameWriter::new(Vec::new(), 3, size, 2).unwrap();
+        w.write_all(&tar).unwrap();
+        w.finish().unwrap()
+    };
+    let restore = |sealed: &Path, case: &str| {
+        let to = e.p().join(format!("t-{case}"));
+        let out = run(&[
+            "restore",
+            "-i",
+            e.key(),
+            sealed.to_str().unwrap(),
+            "--to",
+            to.to_str().unwrap(),
+        ]);
+        (out, to)
+    };
+    // A backup of an earlier version: one frame, no frame size declared.
+    let one = zstd::encode_all(&tar[..], 3).unwrap();
+    let sealed = seal_compressed(&e, &one, "one.coffer", "zstd", None);
+    let (out, to) = restore(&sealed, "one");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fs::read(to.join("mysql/main.sql")).unwrap(), data);
+    // Frames as declared, read on several workers.
+    let sealed = seal_compressed(&e, &framed(65_536), "framed.coffer", "zstd", Some(65_536));
+    let (out, to) = restore(&sealed, "framed");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fs::read(to.join("mysql/main.sql")).unwrap(), data);
+    // Frames larger than the header declares; one frame under a declared
+    // size; a frame size with gzip; a size out of range: all damaged (exit
+    // 3), nothing left in the target.
+    let gz = {
+        let mut g = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        g.write_all(&tar).unwrap();
+        g.finish().unwrap()
+    };
+    for (case, payload, compression, size, says) in [
+        (
+            "larger",
+            framed(131_072),
+            "zstd",
+            Some(65_536),
+            "the header says at most",
+        ),
+        (
+            "single",
+            one.clone(),
+            "zstd",
+            Some(65_536),
+            "the header allows",
+        ),
+        ("gzip", gz, "gzip", Some(65_536), "with compression gzip"),
+        (
+            "tiny",
+            framed(65_536),
+            "zstd",
+            Some(4096),
+            "zstd frames of 4096 bytes",
+        ),
+    ] {
+        let sealed = seal_compressed(&e, &payload, &format!("{case}.coffer"), compression, size);
+        let (out, to) = restore(&sealed, case);
+        assert_eq!(code(&out), 3, "{case}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{case}: {}", stderr(&out));
+        assert!(
+            fs::read_dir(&to).map_or(true, |mut d| d.next().is_none()),
+            "{case}: something was left in the target"
+        );
+    }
+}
+
 #[test]
 fn hostile_archives_write_nothing_outside_the_target() {
     let e = Env::new();

@@ -192,13 +192,14 @@ fn open_backup(
 fn stage_first_good(
     copies: Vec<Opened>,
     identities: &[crate::envelope::Identity],
+    thorough: bool,
     out: &super::Output,
 ) -> anyhow::Result<(std::fs::File, String, Option<Expect>)> {
     let count = copies.len();
     for (k, (input, what, total, expect)) in copies.into_iter().enumerate() {
         let input: Box<dyn std::io::Read + Send> =
             Box::new(super::progress::Progress::new(input, total, "restoring"));
-        match stage(input, &what, identities, expect.as_ref()) {
+        match stage(input, &what, identities, expect.as_ref(), thorough) {
             Ok(copy) => return Ok((copy, what, expect)),
             Err(e) if k + 1 < count && e.exit_code() == crate::ExitCode::Integrity => {
                 out.warn(&format!(
@@ -234,8 +235,11 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
         }
     }
     // Nothing is written, replaced, loaded or piped before all of the file
-    // is authenticated: every restore reads a checked private copy.
-    let (copy, what, expect) = stage_first_good(copies, &identities, out)?;
+    // is authenticated: every restore reads a checked private copy. What
+    // cannot be undone (a load, files replaced) waits for the whole archive
+    // to be checked as well.
+    let thorough = a.into_db.is_some() || a.force;
+    let (copy, what, expect) = stage_first_good(copies, &identities, thorough, out)?;
     let input: Box<dyn std::io::Read + Send> = Box::new(std::io::BufReader::new(copy));
     if let (Some(source), Some(config)) = (&a.into_db, &config) {
         if let Some(w) = crate::pipeline::load::warning(config, source) {

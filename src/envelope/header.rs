@@ -47,6 +47,15 @@ pub struct Metadata {
     /// `blake3`; absent means `sha256` (backups of earlier versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member_hash: Option<String>,
+    /// For backups compressed with zstd: the bytes of tar in each zstd frame
+    /// (every frame but the last holds exactly this many); absent means one
+    /// frame (backups of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zstd_frame_size: Option<u64>,
+    /// For backups: the backup's name, as its sidecar gives it, so that a
+    /// restore can tell one backup from another before it decrypts the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
 }

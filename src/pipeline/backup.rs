@@ -429,6 +429,8 @@ fn seal_and_store(
         compression: Some(compression.name().into()),
         content: Some("tar".into()),
         member_hash: Some(crate::archive::MEMBER_HASH.name().into()),
+        zstd_frame_size: compression.frame_size(),
+        name: Some(name.to_owned()),
         ..Metadata::default()
     };
     let sealer =

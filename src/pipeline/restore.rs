@@ -30,9 +30,10 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, UTIME_OM
 use rustix::io::Errno;
 
 use crate::archive::EntryKind;
+use crate::envelope::Header;
 use crate::envelope::Identity;
 use crate::error::{Error, Result};
-use crate::pipeline::walk::{walk, Member, WalkError, Walked};
+use crate::pipeline::walk::{walk_copy, Member, WalkError, Walked};
 
 pub enum Target {
     Dir {
@@ -518,16 +519,28 @@ impl Expect {
         Ok(())
     }
 
-    /// Everything the walk learnt against the sidecar: the ciphertext, the
-    /// header's job, and the inner manifest's name and job.
-    fn check(&self, w: &Walked) -> std::result::Result<(), String> {
-        self.check_ciphertext(w.ciphertext_len, &w.ciphertext_sha256)?;
-        if w.header.metadata.job.as_deref() != Some(self.job.as_str()) {
+    /// The authenticated header against the sidecar: its job, and its name
+    /// where it gives one (backups of earlier versions do not).
+    fn check_header(&self, header: &Header) -> std::result::Result<(), String> {
+        if header.metadata.job.as_deref() != Some(self.job.as_str()) {
             return Err(format!(
                 "the header names job {:?}, the sidecar {:?}",
-                w.header.metadata.job, self.job
+                header.metadata.job, self.job
             ));
         }
+        match &header.metadata.name {
+            Some(name) if *name != self.name => Err(format!(
+                "the header names backup {name}, the sidecar {}",
+                self.name
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// What a walk of an already checked private copy learnt: the header
+    /// and the inner manifest against the sidecar.
+    fn check_archive(&self, w: &Walked) -> std::result::Result<(), String> {
+        self.check_header(&w.header)?;
         if w.manifest.name != self.name || w.manifest.job != self.job {
             return Err(format!(
                 "the inner manifest names {} of job {:?}, the sidecar {} of job {:?}",
@@ -577,27 +590,173 @@ fn rewind(f: &mut File) -> Result<()> {
         .map_err(|e| Error::io(std::env::temp_dir(), "rewind the private copy in", e))
 }
 
-/// A restore that writes or loads anything first authenticates all of it:
-/// [`spool`], then a pass that checks every chunk and member (and the inner
-/// manifest against the sidecar), and returns the copy, rewound, for the
-/// pass that writes.
+/// A restore that writes or loads anything first authenticates all of the
+/// ciphertext, and returns the private copy it checked, rewound, for the
+/// pass that writes. One pass, on two threads: one copies the sealed file
+/// and checks its size and hash against the sidecar ([`spool`]) while the
+/// other authenticates every chunk and the header, which must name the job
+/// and the backup the sidecar names. Nothing is decompressed: a forger who
+/// could pass these checks could equally have written an archive consistent
+/// in itself, so the archive's own checks (every member against the inner
+/// manifest) run in the writing pass, which undoes what it wrote on a
+/// mismatch.
+///
+/// `thorough` adds a full pass over the archive before anything is written,
+/// for what cannot be undone (a load into a database, files replaced by
+/// `--force`). Backups of earlier versions, whose header does not name them,
+/// always get it: only their inner manifest, at the archive's end, ties the
+/// file to its sidecar.
 pub fn stage(
     input: Box<dyn Read + Send>,
     what: &str,
     identities: &[Identity],
     expect: Option<&Expect>,
+    thorough: bool,
 ) -> Result<File> {
-    let mut spool = spool(input, what, expect)?;
-    let copy = spool
-        .try_clone()
-        .map_err(|e| Error::io(std::env::temp_dir(), "reopen the private copy in", e))?;
-    let w = walk(io::BufReader::new(copy), identities, |_, _| Ok(()))
-        .map_err(|e| e.into_error(what))?;
+    let (tx, rx) = std::sync::mpsc::sync_channel(STAGE_QUEUE);
+    let (spooled, header) = std::thread::scope(|s| {
+        let copier = std::thread::Builder::new()
+            .name("coffer-copy".into())
+            .spawn_scoped(s, move || {
+                spool(Box::new(Forward::new(input, tx)), what, expect)
+            });
+        let header = authenticate(Received::new(rx), identities);
+        (copier.map(std::thread::ScopedJoinHandle::join), header)
+    });
+    let mut spool = spooled
+        .map_err(|e| {
+            Error::io(
+                std::env::temp_dir(),
+                "start a thread to copy the sealed file to",
+                e,
+            )
+        })?
+        .map_err(|_| Error::Integrity {
+            what: what.to_owned(),
+            message: "the copying thread stopped".into(),
+        })??;
+    let header = header.map_err(|e| e.into_error(what))?;
     if let Some(x) = expect {
-        x.check(&w).map_err(|message| integrity(what, message))?;
+        x.check_header(&header)
+            .map_err(|message| integrity(what, message))?;
     }
-    rewind(&mut spool)?;
+    if thorough || (expect.is_some() && header.metadata.name.is_none()) {
+        let copy = spool
+            .try_clone()
+            .map_err(|e| Error::io(std::env::temp_dir(), "reopen the private copy in", e))?;
+        let w = walk_copy(io::BufReader::new(copy), identities, None, |_, _| Ok(()))
+            .map_err(|e| e.into_error(what))?;
+        if let Some(x) = expect {
+            x.check_archive(&w)
+                .map_err(|message| integrity(what, message))?;
+        }
+        rewind(&mut spool)?;
+    }
     Ok(spool)
+}
+
+/// Blocks of the sealed file in flight from the copying thread to the one
+/// that authenticates them.
+const STAGE_QUEUE: usize = 8;
+const STAGE_BLOCK: usize = 256 << 10;
+
+/// Opens the envelope and authenticates every chunk, without decompressing.
+fn authenticate(
+    input: Received,
+    identities: &[Identity],
+) -> std::result::Result<Header, WalkError> {
+    let (header, mut plain, _) = crate::pipeline::walk::open_backup(input, identities)?;
+    let mut buf = vec![0u8; STAGE_BLOCK];
+    loop {
+        match plain.read(&mut buf) {
+            Ok(0) => return Ok(header),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Reads `inner` and forwards what it read, in blocks, to the other end of
+/// `tx`. If that end is gone (it found a problem), reading goes on: the copy
+/// and its hash must still cover the whole file.
+struct Forward {
+    inner: Box<dyn Read + Send>,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    block: Vec<u8>,
+}
+
+impl Forward {
+    fn new(inner: Box<dyn Read + Send>, tx: std::sync::mpsc::SyncSender<Vec<u8>>) -> Self {
+        Forward {
+            inner,
+            tx: Some(tx),
+            block: Vec::with_capacity(STAGE_BLOCK),
+        }
+    }
+
+    fn send(&mut self) {
+        let block = std::mem::replace(&mut self.block, Vec::with_capacity(STAGE_BLOCK));
+        if let Some(tx) = &self.tx {
+            if tx.send(block).is_err() {
+                self.tx = None;
+            }
+        }
+    }
+}
+
+impl Read for Forward {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 {
+            // The end: what is left goes, and dropping the sender tells the
+            // other side so.
+            self.send();
+            self.tx = None;
+        } else if self.tx.is_some() {
+            self.block.extend_from_slice(&buf[..n]);
+            if self.block.len() >= STAGE_BLOCK {
+                self.send();
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The receiving end of [`Forward`], as a reader; the end of the stream is
+/// the sender going away.
+struct Received {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    block: Vec<u8>,
+    pos: usize,
+}
+
+impl Received {
+    fn new(rx: std::sync::mpsc::Receiver<Vec<u8>>) -> Self {
+        Received {
+            rx,
+            block: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for Received {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.block.len() {
+            match self.rx.recv() {
+                Ok(block) => {
+                    self.block = block;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.block.len() - self.pos);
+        buf[..n].copy_from_slice(&self.block[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 /// Restores `input` (named `what` in messages). Returns what the walk
@@ -624,9 +783,9 @@ pub fn restore(
             })?;
             let root = fs::canonicalize(&dir).map_err(|e| Error::io(&dir, "resolve", e))?;
             let mut ex = Extractor::open(root, force)?;
-            match walk(input, identities, |m, data| ex.member(m, data)) {
+            match walk_copy(input, identities, None, |m, data| ex.member(m, data)) {
                 Ok(w) => {
-                    if let Some(Err(message)) = expect.map(|x| x.check(&w)) {
+                    if let Some(Err(message)) = expect.map(|x| x.check_archive(&w)) {
                         if !keep_partial {
                             ex.undo();
                         }
@@ -643,14 +802,22 @@ pub fn restore(
                 }
             }
         }
-        Target::Tar => tar_out(input, what, identities, out).map(|()| None),
+        Target::Tar => {
+            let w = walk_copy(input, identities, Some(&mut *out), |_, _| Ok(()))
+                .map_err(|e| e.into_error(what))?;
+            flush(out)?;
+            if let Some(x) = expect {
+                x.check_archive(&w).map_err(mismatch)?;
+            }
+            Ok(None)
+        }
         Target::Member { name } => {
             let mut found = false;
             // What to offer if the name is not there: the dumps, not every
             // file of a tree.
             let mut offer: Vec<String> = Vec::new();
             let mut files = 0u64;
-            let w = walk(input, identities, |m, data| {
+            let w = walk_copy(input, identities, None, |m, data| {
                 // By its bytes: two names that differ only in bytes that are
                 // not UTF-8 read the same once made lossy, and are two files.
                 if m.raw == name.as_bytes() {
@@ -667,13 +834,9 @@ pub fn restore(
                 Ok(())
             })
             .map_err(|e| e.into_error(what))?;
-            out.flush().map_err(|e| Error::Target {
-                path: "<stdout>".into(),
-                op: "write",
-                source: e,
-            })?;
+            flush(out)?;
             if let Some(x) = expect {
-                x.check(&w).map_err(mismatch)?;
+                x.check_archive(&w).map_err(mismatch)?;
             }
             if !found {
                 if files > 0 {
@@ -691,36 +854,12 @@ pub fn restore(
     }
 }
 
-/// Decrypts and decompresses to `out`; the tar stream passes as it is.
-fn tar_out(
-    input: Box<dyn Read + Send>,
-    what: &str,
-    identities: &[Identity],
-    out: &mut dyn Write,
-) -> Result<()> {
-    // A tee to `out` while walking would need two readers of one stream; the
-    // walk's consumer sees members, not the tar bytes. So: decrypt and
-    // decompress straight through, authenticating every chunk on the way.
-    let (header, plain) = crate::envelope::open(identities, input).map_err(|e| match e {
-        crate::envelope::OpenError::Envelope(e) => Error::envelope(what, e),
-        crate::envelope::OpenError::Io(e) => Error::io(what, "read", e),
-    })?;
-    let compression = crate::archive::Compression::parse(
-        header.metadata.compression.as_deref().unwrap_or("none"),
-    )
-    .map_err(|message| Error::Integrity {
-        what: what.to_owned(),
-        message,
-    })?;
-    let mut dec = crate::archive::decompressor(io::BufReader::new(plain), compression)
-        .map_err(|e| Error::io(what, "decompress", e))?;
-    copy_out(&mut dec, out, Path::new("<stdout>")).map_err(|e| e.into_error(what))?;
+fn flush(out: &mut dyn Write) -> Result<()> {
     out.flush().map_err(|e| Error::Target {
         path: "<stdout>".into(),
         op: "write",
         source: e,
-    })?;
-    Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! consumers.
 
 use std::collections::HashSet;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Write};
 use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
@@ -129,6 +129,9 @@ impl From<io::Error> for WalkError {
     fn from(e: io::Error) -> Self {
         match envelope::EnvelopeError::from_io(e) {
             Ok(env) => WalkError::Envelope(env),
+            // What the decompressors find wrong with what they are given:
+            // after authentication, the archive is not what coffer writes.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => WalkError::Integrity(e.to_string()),
             Err(e) => WalkError::Io(e.to_string()),
         }
     }
@@ -475,7 +478,7 @@ fn canonical(name: &[u8]) -> Vec<u8> {
 }
 
 /// Opens the envelope and checks that it holds a backup archive.
-fn open_backup<R: Read>(
+pub fn open_backup<R: Read>(
     raw: R,
     identities: &[Identity],
 ) -> Result<(Header, envelope::StreamReader<R>, Compression), WalkError> {
@@ -485,6 +488,16 @@ fn open_backup<R: Read>(
     })?;
     let compression = Compression::parse(header.metadata.compression.as_deref().unwrap_or("none"))
         .map_err(|e| WalkError::Integrity(format!("header: {e}")))?;
+    match (compression, header.metadata.zstd_frame_size) {
+        (_, None) => {}
+        (Compression::Zstd(_), Some(n)) if crate::frames::valid_size(n) => {}
+        (c, Some(n)) => {
+            return Err(WalkError::Integrity(format!(
+                "header: zstd frames of {n} bytes with compression {}",
+                c.name()
+            )))
+        }
+    }
     if header.metadata.content.as_deref() != Some("tar") {
         return Err(WalkError::Refused(
             "this is not a backup (no archive inside); open it with `coffer open`".into(),
@@ -500,26 +513,7 @@ pub fn walk<R: Read>(
     consume: impl FnMut(&Member<'_>, &mut dyn Read) -> Result<(), WalkError>,
 ) -> Result<Walked, WalkError> {
     let mut raw = HashRead::new(input);
-    let (header, mut plain, compression) = open_backup(&mut raw, identities)?;
-    let hash = MemberHash::of(header.metadata.member_hash.as_deref()).ok_or_else(|| {
-        WalkError::Integrity(format!(
-            "header: unknown member_hash {:?} (a newer coffer may read it)",
-            header.metadata.member_hash
-        ))
-    })?;
-    let (manifest, members) = {
-        let mut buffered = BufReader::with_capacity(1 << 20, &mut plain);
-        let dec = archive::decompressor(&mut buffered, compression)?;
-        let (mut dec, walked) = walk_archive(dec, hash, consume)?;
-        // The end of the tar is not the end of the stream: read on, so the
-        // final chunk is authenticated and the whole ciphertext hashed.
-        io::copy(&mut dec, &mut io::sink())?;
-        drop(dec);
-        io::copy(&mut buffered, &mut io::sink())?;
-        walked
-    };
-    io::copy(&mut plain, &mut io::sink())?;
-    drop(plain);
+    let (header, manifest, members) = walk_stream(&mut raw, identities, None, consume)?;
     io::copy(&mut raw, &mut io::sink())?;
     Ok(Walked {
         header,
@@ -528,6 +522,87 @@ pub fn walk<R: Read>(
         ciphertext_len: raw.len,
         ciphertext_sha256: raw.hex(),
     })
+}
+
+/// [`walk`] over a private copy that a first pass already hashed and
+/// authenticated (`ciphertext_len` and `ciphertext_sha256` are left empty):
+/// no second hash of the ciphertext. `tap`, if given, receives the
+/// decompressed tar stream as it is walked, whole.
+pub fn walk_copy<R: Read>(
+    input: R,
+    identities: &[Identity],
+    tap: Option<&mut dyn Write>,
+    consume: impl FnMut(&Member<'_>, &mut dyn Read) -> Result<(), WalkError>,
+) -> Result<Walked, WalkError> {
+    let (header, manifest, members) = walk_stream(input, identities, tap, consume)?;
+    Ok(Walked {
+        header,
+        manifest,
+        members,
+        ciphertext_len: 0,
+        ciphertext_sha256: String::new(),
+    })
+}
+
+fn walk_stream<R: Read>(
+    raw: R,
+    identities: &[Identity],
+    tap: Option<&mut dyn Write>,
+    consume: impl FnMut(&Member<'_>, &mut dyn Read) -> Result<(), WalkError>,
+) -> Result<(Header, Inner, usize), WalkError> {
+    let (header, mut plain, compression) = open_backup(raw, identities)?;
+    let hash = MemberHash::of(header.metadata.member_hash.as_deref()).ok_or_else(|| {
+        WalkError::Integrity(format!(
+            "header: unknown member_hash {:?} (a newer coffer may read it)",
+            header.metadata.member_hash
+        ))
+    })?;
+    let tap_failed = std::cell::RefCell::new(None);
+    let walked = (|| -> Result<(Inner, usize), WalkError> {
+        let mut buffered = BufReader::with_capacity(1 << 20, &mut plain);
+        let dec =
+            archive::decompressor(&mut buffered, compression, header.metadata.zstd_frame_size)?;
+        let dec = Tap {
+            inner: dec,
+            out: tap,
+            failed: &tap_failed,
+        };
+        let (mut dec, walked) = walk_archive(dec, hash, consume)?;
+        // The end of the tar is not the end of the stream: read on, so the
+        // final chunk is authenticated (and the tap gets the tar's padding).
+        io::copy(&mut dec, &mut io::sink())?;
+        drop(dec);
+        io::copy(&mut buffered, &mut io::sink())?;
+        Ok(walked)
+    })();
+    if let Some(e) = tap_failed.into_inner() {
+        return Err(WalkError::target("<stdout>", "write", e));
+    }
+    let (manifest, members) = walked?;
+    io::copy(&mut plain, &mut io::sink())?;
+    Ok((header, manifest, members))
+}
+
+/// Passes what is read on to `out`, if any. A write that fails is kept in
+/// `failed`, so that a full disk is not reported as a damaged backup.
+struct Tap<'t, 'f, R> {
+    inner: R,
+    out: Option<&'t mut dyn Write>,
+    failed: &'f std::cell::RefCell<Option<io::Error>>,
+}
+
+impl<R: Read> Read for Tap<'_, '_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(out) = self.out.as_mut() {
+            if let Err(e) = out.write_all(&buf[..n]) {
+                let message = e.to_string();
+                *self.failed.borrow_mut() = Some(e);
+                return Err(io::Error::other(message));
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// The archive half of [`walk`], on a decompressed tar stream: hands each
@@ -548,6 +623,7 @@ pub fn walk_archive<R: Read>(
     // kept here so that a full target disk is not reported as a damaged
     // backup.
     let mut consumer_error: Option<WalkError> = None;
+    let mut drain = vec![0u8; DRAIN_SIZE];
     let rest = archive::read_members(tar, |m| {
         let shown = String::from_utf8_lossy(&m.path).into_owned();
         let refuse = |reason: String| ReadError::Refused {
@@ -618,8 +694,17 @@ pub fn walk_archive<R: Read>(
             mtime: m.mtime,
         };
         consume(&member, &mut hashing).map_err(|e| keep(&mut consumer_error, &shown, e))?;
-        // Whatever the consumer skipped still counts toward the hash.
-        io::copy(&mut hashing, &mut io::sink())?;
+        // Whatever the consumer skipped still counts toward the hash, read
+        // in large pieces: BLAKE3 hashes many 1 KiB chunks at once only when
+        // it is given them at once (8 KiB reads cost it six times the CPU).
+        loop {
+            match hashing.read(&mut drain) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(())
     });
     let rest = rest.map_err(|e| consumer_error.take().unwrap_or_else(|| e.into()))?;
@@ -627,6 +712,9 @@ pub fn walk_archive<R: Read>(
         manifest.ok_or_else(|| WalkError::Integrity(format!("the archive has no {INNER_NAME}")))?;
     Ok((rest, (manifest, check.members)))
 }
+
+/// How much of a member the walk reads at a time where the consumer left it.
+const DRAIN_SIZE: usize = 256 << 10;
 
 /// What MANIFEST.json or a member list may not exceed whatever the archive
 /// holds: 1 GiB, about four million members of the first format, which has
