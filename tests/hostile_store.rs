@@ -353,6 +353,57 @@ fn a_rollback_under_the_newest_name_is_refused() {
 }
 
 #[test]
+fn a_same_size_damaged_newest_copy_is_passed_over_for_latest() {
+    // The rollback above is caught by its size only when the two files'
+    // sizes differ, which is chance. Here the newest sealed file keeps its
+    // size and loses its hash (one byte changed): `latest` must pass over it
+    // exactly as it does a file whose size gives it away, and by name it is
+    // refused.
+    let e = Env::new();
+    let signed = e.config("signed.toml", true, "");
+    ok(&["backup", "-c", &signed]);
+    let only = e.names().pop().unwrap();
+    let flip = |name: &str| {
+        let path = e.file(name, ".coffer");
+        let mut sealed = fs::read(&path).unwrap();
+        let mid = sealed.len() / 2;
+        sealed[mid] ^= 0x01;
+        fs::write(&path, sealed).unwrap();
+    };
+    // With nothing older to turn to, the damage is what is reported (exit
+    // 3), not "no backup" (exit 2).
+    flip(&only);
+    let to = e.p().join("out-only");
+    let out = e.restore(&signed, "latest", &to, &[]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stderr(&out).contains("SHA-256"), "{}", stderr(&out));
+    assert!(is_empty_or_absent(&to));
+    fs::remove_file(e.file(&only, ".coffer")).unwrap();
+    fs::remove_file(e.file(&only, ".coffer.json")).unwrap();
+    fs::remove_file(e.file(&only, ".coffer.json.minisig")).unwrap();
+
+    ok(&["backup", "-c", &signed]);
+    fs::write(e.p().join("data/file.txt"), "newer data").unwrap();
+    ok(&["backup", "-c", &signed]);
+    let names = e.names();
+    let new = names.last().unwrap();
+    flip(new);
+    let to = e.p().join("out-latest");
+    let out = e.restore(&signed, "latest", &to, &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("passed over {new}")),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(e.restored(&to).as_deref(), Some(SECRET));
+    let to = e.p().join("out-named");
+    let out = e.restore(&signed, new, &to, &[]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(is_empty_or_absent(&to));
+}
+
+#[test]
 fn an_unsigned_rollback_is_refused_before_a_byte_is_written() {
     // Without signatures the server can rewrite a sidecar at will: here it
     // serves the older genuine sealed file under the newest name, with the
