@@ -124,24 +124,34 @@ type Opened = (
     Option<Expect>,
 );
 
-/// Every copy to try, best first: a file on disk, or the chosen backup in
-/// the stores followed by the same backup in other stores.
-fn open_backup(
+/// The backup chosen and authenticated: its checked private copy, its name
+/// for messages, and what its sidecar says it is.
+type Staged = (std::fs::File, String, Option<Expect>);
+
+/// Finds the backup `a.what` names and authenticates a copy of it. For
+/// `latest`, a backup whose every copy fails authentication is passed over,
+/// and said to be, for the next newest: a damaged or rolled-back newest file
+/// is refused the same way whether or not its size gives it away.
+fn stage_backup(
     a: &Args,
     config: Option<&Config>,
     verifier: Option<&crate::signing::Verifier>,
+    identities: &[crate::envelope::Identity],
+    thorough: bool,
     out: &super::Output,
-) -> anyhow::Result<Vec<Opened>> {
+) -> anyhow::Result<Staged> {
     if is_file(&a.what) {
         let expect = sidecar_beside(&a.what, verifier)?;
         let f = std::fs::File::open(&a.what).map_err(|e| Error::io(&a.what, "open", e))?;
         let total = f.metadata().ok().map(|m| m.len());
-        return Ok(vec![(
+        warn_unsigned(verifier, &a.what, out);
+        let copy = (
             Box::new(std::io::BufReader::new(f)) as Box<dyn std::io::Read + Send>,
             a.what.clone(),
             total,
             expect,
-        )]);
+        );
+        return Ok(stage_first_good(vec![copy], identities, thorough, out)?);
     }
     let Some(config) = config else {
         return Err(Error::Usage(format!(
@@ -154,10 +164,55 @@ fn open_backup(
     for u in &catalog.unreachable {
         out.warn(u);
     }
-    let found = catalog.find(&config.job.name, &a.what, verifier)?;
-    for p in &found.passed_over {
-        out.warn(&format!("passed over {p}"));
+    let mut skip: Vec<String> = Vec::new();
+    let mut told = std::collections::HashSet::new();
+    let mut newest_failure: Option<Error> = None;
+    loop {
+        let found = match catalog.find_skipping(&config.job.name, &a.what, verifier, &skip) {
+            Ok(found) => found,
+            // Nothing older passes either: the newest's failure says most.
+            Err(e) => return Err(newest_failure.unwrap_or(e).into()),
+        };
+        for p in &found.passed_over {
+            if told.insert(p.clone()) {
+                out.warn(&format!("passed over {p}"));
+            }
+        }
+        let name = found.sidecar.name.clone();
+        let copies = copies_in_stores(&catalog, found, out)?;
+        if let (None, Some((_, what, _, _))) = (&newest_failure, copies.first()) {
+            warn_unsigned(verifier, what, out);
+        }
+        match stage_first_good(copies, identities, thorough, out) {
+            Err(e) if a.what == "latest" && e.exit_code() == crate::ExitCode::Integrity => {
+                out.warn(&format!(
+                    "passed over {name}: {}; trying the next newest backup",
+                    crate::cli_chain(&e)
+                ));
+                skip.push(name);
+                newest_failure.get_or_insert(e);
+            }
+            r => return Ok(r?),
+        }
     }
+}
+
+fn warn_unsigned(verifier: Option<&crate::signing::Verifier>, what: &str, out: &super::Output) {
+    if verifier.is_none() {
+        out.warn(&format!(
+            "the origin of {what} is not authenticated: anyone with the public backup key can make a backup; \
+             set signing_public_key (or --signing-key) to restore only what the backup host signed"
+        ));
+    }
+}
+
+/// The chosen backup in its store, followed by the same backup in other
+/// stores: every copy to try, best first.
+fn copies_in_stores(
+    catalog: &Catalog,
+    found: crate::pipeline::locate::Found<'_>,
+    out: &super::Output,
+) -> anyhow::Result<Vec<Opened>> {
     let mut copies = Vec::new();
     let mut first_error = None;
     for (i, sidecar) in std::iter::once((found.store, found.sidecar)).chain(found.alternates) {
@@ -194,7 +249,7 @@ fn stage_first_good(
     identities: &[crate::envelope::Identity],
     thorough: bool,
     out: &super::Output,
-) -> anyhow::Result<(std::fs::File, String, Option<Expect>)> {
+) -> crate::error::Result<Staged> {
     let count = copies.len();
     for (k, (input, what, total, expect)) in copies.into_iter().enumerate() {
         let input: Box<dyn std::io::Read + Send> =
@@ -207,10 +262,10 @@ fn stage_first_good(
                     crate::cli_chain(&e)
                 ));
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
-    Err(Error::Usage("no copy of the backup to read".into()).into())
+    Err(Error::Usage("no copy of the backup to read".into()))
 }
 
 pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
@@ -225,21 +280,19 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
         .as_deref()
         .map(crate::pipeline::job::load_verifier)
         .transpose()?;
-    let copies = open_backup(a, config.as_ref(), verifier.as_ref(), out)?;
-    if verifier.is_none() {
-        if let Some((_, what, _, _)) = copies.first() {
-            out.warn(&format!(
-                "the origin of {what} is not authenticated: anyone with the public backup key can make a backup; \
-                 set signing_public_key (or --signing-key) to restore only what the backup host signed"
-            ));
-        }
-    }
     // Nothing is written, replaced, loaded or piped before all of the file
     // is authenticated: every restore reads a checked private copy. What
     // cannot be undone (a load, files replaced) waits for the whole archive
     // to be checked as well.
     let thorough = a.into_db.is_some() || a.force;
-    let (copy, what, expect) = stage_first_good(copies, &identities, thorough, out)?;
+    let (copy, what, expect) = stage_backup(
+        a,
+        config.as_ref(),
+        verifier.as_ref(),
+        &identities,
+        thorough,
+        out,
+    )?;
     let input: Box<dyn std::io::Read + Send> = Box::new(std::io::BufReader::new(copy));
     if let (Some(source), Some(config)) = (&a.into_db, &config) {
         if let Some(w) = crate::pipeline::load::warning(config, source) {

@@ -145,6 +145,18 @@ impl Catalog {
     /// Resolves `what` (a backup name or `latest`) to one backup of `job`
     /// that passes every check the configuration allows.
     pub fn find(&self, job: &str, what: &str, verifier: Option<&Verifier>) -> Result<Found<'_>> {
+        self.find_skipping(job, what, verifier, &[])
+    }
+
+    /// [`Catalog::find`], leaving out the backups named in `skip`: for
+    /// `latest`, the newer ones whose every copy failed authentication.
+    pub fn find_skipping(
+        &self,
+        job: &str,
+        what: &str,
+        verifier: Option<&Verifier>,
+        skip: &[String],
+    ) -> Result<Found<'_>> {
         let wanted = what.strip_suffix(SEALED_SUFFIX).unwrap_or(what);
         let now = chrono::Utc::now();
         let mut candidates: Vec<(usize, &Listed, &Sidecar)> = Vec::new();
@@ -152,7 +164,7 @@ impl Catalog {
         let mut damaged: Vec<(String, String)> = Vec::new();
         for (i, l) in self.listed.iter().enumerate() {
             for b in l {
-                if wanted != "latest" && b.name != wanted {
+                if (wanted != "latest" && b.name != wanted) || skip.contains(&b.name) {
                     continue;
                 }
                 match (&b.sidecar, &b.state) {
