@@ -22,19 +22,22 @@ use std::thread::JoinHandle;
 
 /// Bytes of tar per frame in what coffer writes.
 pub const FRAME_SIZE: usize = 2 << 20;
-/// The range a header may declare: each frame in flight holds at most twice
-/// this much, so the upper end bounds a reader's memory.
+/// The range a header may declare. The upper end, with [`BUDGET_BYTES`],
+/// bounds what a reader holds whatever a (forgeable) header says.
 pub const MIN_FRAME_SIZE: usize = 64 << 10;
-pub const MAX_FRAME_SIZE: usize = 16 << 20;
+pub const MAX_FRAME_SIZE: usize = 4 << 20;
 
 /// More workers than this buy little (the rest of the pipeline is one
 /// thread) and cost memory: each holds a frame in and a frame out.
 const MAX_WORKERS: usize = 8;
-/// What the frames in flight may hold, in and out, whatever the frame size
-/// and the core count: a header may declare 16 MiB frames, and a machine
-/// may have many cores, but memory stays bounded by this (and at least two
-/// frames are in flight, so that one worker always has the next).
-const IN_FLIGHT_BYTES: usize = 32 << 20;
+/// What the frame buffers of one reader or writer may hold together,
+/// whatever the frame size and the core count. Each frame in flight holds
+/// two (its input and its output); besides those there are at most four
+/// more: the frame being handed out, the one being cut, and the spares they
+/// leave. At [`MAX_FRAME_SIZE`] that allows two frames in flight (each
+/// buffer a frame's size, plus zstd's bound on incompressible input, under
+/// 0.5 %); at coffer's 2 MiB, up to eight.
+const BUDGET_BYTES: usize = 48 << 20;
 /// Bytes read from the compressed stream at a time while looking for a
 /// frame's end.
 const READ_SIZE: usize = 256 << 10;
@@ -42,9 +45,10 @@ const READ_SIZE: usize = 256 << 10;
 const MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 /// How many frames may be in flight: enough to keep every worker busy while
-/// the oldest is handed on, within [`IN_FLIGHT_BYTES`].
+/// the oldest is handed on, within [`BUDGET_BYTES`], and never fewer than
+/// two, so that a worker always has the next.
 fn max_pending(workers: usize, frame_size: usize) -> usize {
-    (IN_FLIGHT_BYTES / (2 * frame_size.max(1))).clamp(2, workers + 2)
+    ((BUDGET_BYTES / frame_size.max(1)).saturating_sub(4) / 2).clamp(2, workers + 2)
 }
 
 /// Worker threads for this machine.
@@ -554,11 +558,18 @@ mod tests {
                 let n = max_pending(workers, size);
                 assert!(n >= 2, "{workers} workers, {size}");
                 assert!(n <= workers + 2);
-                assert!(n * 2 * size <= IN_FLIGHT_BYTES.max(4 * size));
+                // Every buffer a frame's size, with zstd's bound on
+                // incompressible input.
+                let buffer = zstd::zstd_safe::compress_bound(size) + 64;
+                assert!(
+                    (2 * n + 4) * buffer <= BUDGET_BYTES + BUDGET_BYTES / 100,
+                    "{workers} workers, {size}: {n} in flight"
+                );
             }
         }
         // Two cores, coffer's own frames: every worker busy, and one spare.
         assert_eq!(max_pending(2, FRAME_SIZE), 4);
+        assert_eq!(max_pending(8, MAX_FRAME_SIZE), 4);
     }
 
     #[test]

@@ -397,9 +397,137 @@ fn a_same_size_damaged_newest_copy_is_passed_over_for_latest() {
         stderr(&out)
     );
     assert_eq!(e.restored(&to).as_deref(), Some(SECRET));
+    // The summary, which is what a script or a tired reader keeps, says so
+    // too.
+    assert!(
+        stderr(&out).contains(&format!("NOT the newest: passed over {new}")),
+        "{}",
+        stderr(&out)
+    );
     let to = e.p().join("out-named");
     let out = e.restore(&signed, new, &to, &[]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(is_empty_or_absent(&to));
+}
+
+#[test]
+fn a_copy_the_signed_sidecar_does_not_vouch_for_never_reaches_the_private_key() {
+    // The identity is an age plugin's, standing for a hardware token or a
+    // passphrase: the plugin leaves a mark whenever coffer asks it to unwrap
+    // a stanza. A copy whose hash the signed sidecar refuses must be refused
+    // before that: a forger must not get a token touch, a passphrase prompt,
+    // a plugin run on a stanza of their choosing, or an RSA decryption.
+    let e = Env::new();
+    let signed = e.config("signed.toml", true, "");
+    ok(&["backup", "-c", &signed]);
+    let name = e.names().pop().unwrap();
+    let plugins = e.p().join("bin");
+    fs::create_dir(&plugins).unwrap();
+    let mark = e.p().join("plugin-ran");
+    let plugin = plugins.join("age-plugin-tripwire");
+    fs::write(
+        &plugin,
+        format!("#!/bin/sh\ntouch '{}'\nexit 1\n", mark.display()),
+    )
+    .unwrap();
+    chmod(&plugin, 0o755);
+    let identity = e.p().join("token.key");
+    fs::write(
+        &identity,
+        format!(
+            "{}\n",
+            age::plugin::Identity::default_for_plugin("tripwire").unwrap()
+        ),
+    )
+    .unwrap();
+    chmod(&identity, 0o600);
+    let path = format!(
+        "{}:{}",
+        plugins.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let restore = |to: &str| {
+        std::process::Command::new(bin())
+            .env("PATH", &path)
+            .stdin(std::process::Stdio::null())
+            .args(["restore", "-c", &signed, "-i"])
+            .arg(&identity)
+            .arg(&name)
+            .arg("--to")
+            .arg(e.p().join(to))
+            .output()
+            .unwrap()
+    };
+    // The genuine copy does reach the plugin (which fails): the mark works.
+    let out = restore("out-genuine");
+    assert_ne!(code(&out), 0, "{}", stderr(&out));
+    assert!(mark.exists(), "the plugin never ran: {}", stderr(&out));
+    fs::remove_file(&mark).unwrap();
+    let path_sealed = e.file(&name, ".coffer");
+    let mut sealed = fs::read(&path_sealed).unwrap();
+    let mid = sealed.len() / 2;
+    sealed[mid] ^= 0x01;
+    fs::write(&path_sealed, sealed).unwrap();
+    let out = restore("out-damaged");
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stderr(&out).contains("SHA-256"), "{}", stderr(&out));
+    assert!(
+        !mark.exists(),
+        "the private key was asked to unwrap a copy the sidecar refuses"
+    );
+}
+
+#[test]
+fn a_fallback_that_meets_another_failure_reports_the_newest_backups() {
+    // The newest backup is damaged; the one before was made for a key that
+    // has since been retired. The operator, holding the current key, must
+    // hear what is wrong with the backup asked for (exit 3), not be sent
+    // looking for the old key (exit 4).
+    let e = Env::new();
+    let signed = e.config("signed.toml", true, "");
+    ok(&["backup", "-c", &signed]);
+    ok(&[
+        "keygen",
+        "--type",
+        "age",
+        "--out",
+        e.p().join("new.key").to_str().unwrap(),
+    ]);
+    let rotated = e.p().join("rotated.toml");
+    fs::write(
+        &rotated,
+        fs::read_to_string(&signed)
+            .unwrap()
+            .replace("backup.key.pub", "new.key.pub"),
+    )
+    .unwrap();
+    chmod(&rotated, 0o600);
+    let rotated = rotated.display().to_string();
+    ok(&["backup", "-c", &rotated]);
+    let newest = e.names().pop().unwrap();
+    let path = e.file(&newest, ".coffer");
+    let mut sealed = fs::read(&path).unwrap();
+    let mid = sealed.len() / 2;
+    sealed[mid] ^= 0x01;
+    fs::write(&path, sealed).unwrap();
+    let to = e.p().join("out");
+    let new_key = e.p().join("new.key");
+    let out = coffer(&[
+        "restore",
+        "-c",
+        &rotated,
+        "-i",
+        new_key.to_str().unwrap(),
+        "latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("error: {newest}")),
+        "{}",
+        stderr(&out)
+    );
     assert!(is_empty_or_absent(&to));
 }
 

@@ -384,6 +384,23 @@ fn backups_with_sha256_member_digests_still_restore_and_are_still_checked() {
                 "{}",
                 stderr(&out)
             );
+            // --keep-partial is for a target that fails (a full disk): what
+            // an archive that fails its own checks wrote always goes.
+            let kept = e.p().join(format!("kept-{case}"));
+            let out = run(&[
+                "restore",
+                "-i",
+                e.key(),
+                sealed.to_str().unwrap(),
+                "--to",
+                kept.to_str().unwrap(),
+                "--keep-partial",
+            ]);
+            assert_eq!(code(&out), 3, "{}", stderr(&out));
+            assert!(
+                !kept.join("mysql/main.sql").exists(),
+                "a member that failed its digest was kept"
+            );
         }
     }
 }

@@ -38,7 +38,7 @@ pub struct Args {
     #[arg(long)]
     force: bool,
     /// If writing into DIR fails (a full disk), keep what was written instead
-    /// of removing it (the backup is authenticated before anything is written)
+    /// of removing it (what a damaged archive wrote is removed all the same)
     #[arg(long, requires = "to")]
     keep_partial: bool,
     /// Write to stdout: one member with --member, else the whole tar archive
@@ -124,9 +124,17 @@ type Opened = (
     Option<Expect>,
 );
 
-/// The backup chosen and authenticated: its checked private copy, its name
-/// for messages, and what its sidecar says it is.
-type Staged = (std::fs::File, String, Option<Expect>);
+/// The backup chosen and authenticated.
+struct Staged {
+    /// The checked private copy.
+    copy: std::fs::File,
+    /// Its name, for messages.
+    what: String,
+    /// What its sidecar says it is.
+    expect: Option<Expect>,
+    /// For `latest`: newer backups whose every copy failed authentication.
+    passed_over: Vec<String>,
+}
 
 /// Finds the backup `a.what` names and authenticates a copy of it. For
 /// `latest`, a backup whose every copy fails authentication is passed over,
@@ -151,7 +159,13 @@ fn stage_backup(
             total,
             expect,
         );
-        return Ok(stage_first_good(vec![copy], identities, thorough, out)?);
+        let (copy, what, expect) = stage_first_good(vec![copy], identities, thorough, out)?;
+        return Ok(Staged {
+            copy,
+            what,
+            expect,
+            passed_over: Vec::new(),
+        });
     }
     let Some(config) = config else {
         return Err(Error::Usage(format!(
@@ -184,6 +198,14 @@ fn stage_backup(
             warn_unsigned(verifier, what, out);
         }
         match stage_first_good(copies, identities, thorough, out) {
+            Ok((copy, what, expect)) => {
+                return Ok(Staged {
+                    copy,
+                    what,
+                    expect,
+                    passed_over: skip,
+                })
+            }
             Err(e) if a.what == "latest" && e.exit_code() == crate::ExitCode::Integrity => {
                 out.warn(&format!(
                     "passed over {name}: {}; trying the next newest backup",
@@ -192,7 +214,18 @@ fn stage_backup(
                 skip.push(name);
                 newest_failure.get_or_insert(e);
             }
-            r => return Ok(r?),
+            // An older backup that fails otherwise (made for another key,
+            // say) is not what went wrong with the one asked for.
+            Err(e) => {
+                return Err(match newest_failure {
+                    Some(newest) => {
+                        out.warn(&crate::cli_chain(&e));
+                        newest
+                    }
+                    None => e,
+                }
+                .into())
+            }
         }
     }
 }
@@ -249,7 +282,7 @@ fn stage_first_good(
     identities: &[crate::envelope::Identity],
     thorough: bool,
     out: &super::Output,
-) -> crate::error::Result<Staged> {
+) -> crate::error::Result<(std::fs::File, String, Option<Expect>)> {
     let count = copies.len();
     for (k, (input, what, total, expect)) in copies.into_iter().enumerate() {
         let input: Box<dyn std::io::Read + Send> =
@@ -285,7 +318,12 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
     // cannot be undone (a load, files replaced) waits for the whole archive
     // to be checked as well.
     let thorough = a.into_db.is_some() || a.force;
-    let (copy, what, expect) = stage_backup(
+    let Staged {
+        copy,
+        what,
+        expect,
+        passed_over,
+    } = stage_backup(
         a,
         config.as_ref(),
         verifier.as_ref(),
@@ -313,11 +351,12 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
         )?;
         out.summary(
             &format!(
-                "restored {what} into the {source} server: every chunk authenticated, {} members match {}",
+                "restored {what} into the {source} server: every chunk authenticated, {} members match {}{}",
                 w.members,
-                crate::manifest::INNER_NAME
+                crate::manifest::INNER_NAME,
+                older_than(&passed_over)
             ),
-            &serde_json::json!({"event": "restore", "backup": what, "into_db": source}),
+            &serde_json::json!({"event": "restore", "backup": what, "into_db": source, "passed_over": passed_over}),
             true,
         );
         return Ok(());
@@ -350,13 +389,28 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
                 .map_or_else(|| "stdout".to_owned(), |d| d.display().to_string());
         out.summary(
             &format!(
-                "restored {what} to {place}: every chunk authenticated, {} members match {}",
+                "restored {what} to {place}: every chunk authenticated, {} members match {}{}",
                 w.members,
-                crate::manifest::INNER_NAME
+                crate::manifest::INNER_NAME,
+                older_than(&passed_over)
             ),
-            &serde_json::json!({"event": "restore", "backup": what, "to": place, "members": w.members}),
+            &serde_json::json!({"event": "restore", "backup": what, "to": place, "members": w.members, "passed_over": passed_over}),
             true,
         );
     }
     Ok(())
+}
+
+/// What a summary adds when `latest` had to pass over newer backups: the
+/// restored one is older than the operator asked for, and the summary line,
+/// which is what a script or a tired reader keeps, must say so.
+fn older_than(passed_over: &[String]) -> String {
+    if passed_over.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " — NOT the newest: passed over {} (see the warnings above)",
+            passed_over.join(", ")
+        )
+    }
 }

@@ -592,9 +592,11 @@ fn rewind(f: &mut File) -> Result<()> {
 
 /// A restore that writes or loads anything first authenticates all of the
 /// ciphertext, and returns the private copy it checked, rewound, for the
-/// pass that writes. One pass, on two threads: one copies the sealed file
-/// and checks its size and hash against the sidecar ([`spool`]) while the
-/// other authenticates every chunk and the header, which must name the job
+/// pass that writes. First [`spool`] copies the sealed file and checks its
+/// size and hash against the sidecar; only then does a private key touch
+/// it: a copy the sidecar does not vouch for never reaches a passphrase
+/// prompt, a hardware token, an age plugin or an RSA decryption. Then every
+/// chunk and the header are authenticated, and the header must name the job
 /// and the backup the sidecar names. Nothing is decompressed: a forger who
 /// could pass these checks could equally have written an archive consistent
 /// in itself, so the archive's own checks (every member against the inner
@@ -613,60 +615,43 @@ pub fn stage(
     expect: Option<&Expect>,
     thorough: bool,
 ) -> Result<File> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(STAGE_QUEUE);
-    let (spooled, header) = std::thread::scope(|s| {
-        let copier = std::thread::Builder::new()
-            .name("coffer-copy".into())
-            .spawn_scoped(s, move || {
-                spool(Box::new(Forward::new(input, tx)), what, expect)
-            });
-        let header = authenticate(Received::new(rx), identities);
-        (copier.map(std::thread::ScopedJoinHandle::join), header)
-    });
-    let mut spool = spooled
-        .map_err(|e| {
-            Error::io(
-                std::env::temp_dir(),
-                "start a thread to copy the sealed file to",
-                e,
-            )
-        })?
-        .map_err(|_| Error::Integrity {
-            what: what.to_owned(),
-            message: "the copying thread stopped".into(),
-        })??;
-    let header = header.map_err(|e| e.into_error(what))?;
+    let mut spool = spool(input, what, expect)?;
+    let header = authenticate(reopen(&spool)?, identities).map_err(|e| e.into_error(what))?;
     if let Some(x) = expect {
         x.check_header(&header)
             .map_err(|message| integrity(what, message))?;
     }
     if thorough || (expect.is_some() && header.metadata.name.is_none()) {
-        let copy = spool
-            .try_clone()
-            .map_err(|e| Error::io(std::env::temp_dir(), "reopen the private copy in", e))?;
-        let w = walk_copy(io::BufReader::new(copy), identities, None, |_, _| Ok(()))
+        let w = walk_copy(reopen(&spool)?, identities, None, |_, _| Ok(()))
             .map_err(|e| e.into_error(what))?;
         if let Some(x) = expect {
             x.check_archive(&w)
                 .map_err(|message| integrity(what, message))?;
         }
-        rewind(&mut spool)?;
     }
+    rewind(&mut spool)?;
     Ok(spool)
 }
 
-/// Blocks of the sealed file in flight from the copying thread to the one
-/// that authenticates them.
-const STAGE_QUEUE: usize = 8;
-const STAGE_BLOCK: usize = 256 << 10;
+/// A second handle on the private copy, from its start.
+fn reopen(spool: &File) -> Result<io::BufReader<File>> {
+    let mut copy = spool
+        .try_clone()
+        .map_err(|e| Error::io(std::env::temp_dir(), "reopen the private copy in", e))?;
+    rewind(&mut copy)?;
+    Ok(io::BufReader::with_capacity(AUTH_BLOCK, copy))
+}
+
+/// What the authenticating pass reads at a time.
+const AUTH_BLOCK: usize = 256 << 10;
 
 /// Opens the envelope and authenticates every chunk, without decompressing.
 fn authenticate(
-    input: Received,
+    input: impl Read,
     identities: &[Identity],
 ) -> std::result::Result<Header, WalkError> {
     let (header, mut plain, _) = crate::pipeline::walk::open_backup(input, identities)?;
-    let mut buf = vec![0u8; STAGE_BLOCK];
+    let mut buf = vec![0u8; AUTH_BLOCK];
     loop {
         match plain.read(&mut buf) {
             Ok(0) => return Ok(header),
@@ -674,88 +659,6 @@ fn authenticate(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
         }
-    }
-}
-
-/// Reads `inner` and forwards what it read, in blocks, to the other end of
-/// `tx`. If that end is gone (it found a problem), reading goes on: the copy
-/// and its hash must still cover the whole file.
-struct Forward {
-    inner: Box<dyn Read + Send>,
-    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
-    block: Vec<u8>,
-}
-
-impl Forward {
-    fn new(inner: Box<dyn Read + Send>, tx: std::sync::mpsc::SyncSender<Vec<u8>>) -> Self {
-        Forward {
-            inner,
-            tx: Some(tx),
-            block: Vec::with_capacity(STAGE_BLOCK),
-        }
-    }
-
-    fn send(&mut self) {
-        let block = std::mem::replace(&mut self.block, Vec::with_capacity(STAGE_BLOCK));
-        if let Some(tx) = &self.tx {
-            if tx.send(block).is_err() {
-                self.tx = None;
-            }
-        }
-    }
-}
-
-impl Read for Forward {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n == 0 {
-            // The end: what is left goes, and dropping the sender tells the
-            // other side so.
-            self.send();
-            self.tx = None;
-        } else if self.tx.is_some() {
-            self.block.extend_from_slice(&buf[..n]);
-            if self.block.len() >= STAGE_BLOCK {
-                self.send();
-            }
-        }
-        Ok(n)
-    }
-}
-
-/// The receiving end of [`Forward`], as a reader; the end of the stream is
-/// the sender going away.
-struct Received {
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    block: Vec<u8>,
-    pos: usize,
-}
-
-impl Received {
-    fn new(rx: std::sync::mpsc::Receiver<Vec<u8>>) -> Self {
-        Received {
-            rx,
-            block: Vec::new(),
-            pos: 0,
-        }
-    }
-}
-
-impl Read for Received {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.block.len() {
-            match self.rx.recv() {
-                Ok(block) => {
-                    self.block = block;
-                    self.pos = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.block.len() - self.pos);
-        buf[..n].copy_from_slice(&self.block[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
     }
 }
 
@@ -786,19 +689,21 @@ pub fn restore(
             match walk_copy(input, identities, None, |m, data| ex.member(m, data)) {
                 Ok(w) => {
                     if let Some(Err(message)) = expect.map(|x| x.check_archive(&w)) {
-                        if !keep_partial {
-                            ex.undo();
-                        }
+                        ex.undo();
                         return Err(mismatch(message));
                     }
                     ex.finish();
                     Ok(Some(w))
                 }
                 Err(e) => {
-                    if !keep_partial {
+                    let e = e.into_error(what);
+                    // --keep-partial keeps what a failing target (a full
+                    // disk) got; what a damaged or forged archive wrote
+                    // always goes.
+                    if !(keep_partial && matches!(e, Error::Target { .. })) {
                         ex.undo();
                     }
-                    Err(e.into_error(what))
+                    Err(e)
                 }
             }
         }
