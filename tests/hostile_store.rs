@@ -111,6 +111,15 @@ impl Env {
     fn file(&self, name: &str, suffix: &str) -> PathBuf {
         self.store().join(format!("{name}{suffix}"))
     }
+    /// Changes one byte in the middle of a backup's sealed file: the same
+    /// size, another SHA-256.
+    fn damage(&self, name: &str) {
+        let path = self.file(name, ".coffer");
+        let mut sealed = fs::read(&path).unwrap();
+        let mid = sealed.len() / 2;
+        sealed[mid] ^= 0x01;
+        fs::write(&path, sealed).unwrap();
+    }
     /// A backup anyone with the public key can make: same job, same
     /// recipient, other content, no signing key. Returns its files' bytes
     /// (sealed file, sidecar JSON).
@@ -363,16 +372,9 @@ fn a_same_size_damaged_newest_copy_is_passed_over_for_latest() {
     let signed = e.config("signed.toml", true, "");
     ok(&["backup", "-c", &signed]);
     let only = e.names().pop().unwrap();
-    let flip = |name: &str| {
-        let path = e.file(name, ".coffer");
-        let mut sealed = fs::read(&path).unwrap();
-        let mid = sealed.len() / 2;
-        sealed[mid] ^= 0x01;
-        fs::write(&path, sealed).unwrap();
-    };
     // With nothing older to turn to, the damage is what is reported (exit
     // 3), not "no backup" (exit 2).
-    flip(&only);
+    e.damage(&only);
     let to = e.p().join("out-only");
     let out = e.restore(&signed, "latest", &to, &[]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
@@ -387,7 +389,7 @@ fn a_same_size_damaged_newest_copy_is_passed_over_for_latest() {
     ok(&["backup", "-c", &signed]);
     let names = e.names();
     let new = names.last().unwrap();
-    flip(new);
+    e.damage(new);
     let to = e.p().join("out-latest");
     let out = e.restore(&signed, "latest", &to, &[]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -463,11 +465,7 @@ fn a_copy_the_signed_sidecar_does_not_vouch_for_never_reaches_the_private_key() 
     assert_ne!(code(&out), 0, "{}", stderr(&out));
     assert!(mark.exists(), "the plugin never ran: {}", stderr(&out));
     fs::remove_file(&mark).unwrap();
-    let path_sealed = e.file(&name, ".coffer");
-    let mut sealed = fs::read(&path_sealed).unwrap();
-    let mid = sealed.len() / 2;
-    sealed[mid] ^= 0x01;
-    fs::write(&path_sealed, sealed).unwrap();
+    e.damage(&name);
     let out = restore("out-damaged");
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     assert!(stderr(&out).contains("SHA-256"), "{}", stderr(&out));
@@ -505,11 +503,7 @@ fn a_fallback_that_meets_another_failure_reports_the_newest_backups() {
     let rotated = rotated.display().to_string();
     ok(&["backup", "-c", &rotated]);
     let newest = e.names().pop().unwrap();
-    let path = e.file(&newest, ".coffer");
-    let mut sealed = fs::read(&path).unwrap();
-    let mid = sealed.len() / 2;
-    sealed[mid] ^= 0x01;
-    fs::write(&path, sealed).unwrap();
+    e.damage(&newest);
     let to = e.p().join("out");
     let new_key = e.p().join("new.key");
     let out = coffer(&[
