@@ -19,7 +19,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{self, Hasher, Inner, ListEntry, MemberEntry, MemberHash, MemberList};
+use crate::manifest::{self, HashKind, Hasher, Inner, ListEntry, MemberEntry, MemberList};
 
 /// The most a stream member buffers in memory.
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
@@ -186,7 +186,7 @@ impl MemberRecord {
 
 /// The digest archives are written with (the header says so, as
 /// `member_hash`).
-pub const MEMBER_HASH: MemberHash = MemberHash::Blake3;
+pub const MEMBER_HASH: HashKind = HashKind::Blake3;
 
 /// A member list is written once this many members are pending…
 pub const LIST_MEMBERS: usize = 1024;

@@ -289,6 +289,7 @@ fn mariadb_and_postgres_backup_restores_identical_tables() {
         serde_json::from_slice(&fs::read(format!("{}.json", sealed[0].display())).unwrap())
             .unwrap();
     assert_eq!(sidecar["sha256"].as_str().unwrap(), sha256_file(&sealed[0]));
+    assert_eq!(sidecar["blake3"].as_str().unwrap(), blake3_file(&sealed[0]));
     assert_eq!(
         sidecar["size"].as_u64().unwrap(),
         fs::metadata(&sealed[0]).unwrap().len()

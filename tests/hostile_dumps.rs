@@ -231,8 +231,7 @@ fn substitute(sealed: &Path, forged: &[u8]) {
     let sidecar_path = format!("{}.json", sealed.display());
     let mut sidecar: serde_json::Value =
         serde_json::from_slice(&fs::read(&sidecar_path).unwrap()).unwrap();
-    sidecar["sha256"] = sha256_file(sealed).into();
-    sidecar["size"] = fs::metadata(sealed).unwrap().len().into();
+    vouch_for(&mut sidecar, sealed);
     fs::write(&sidecar_path, serde_json::to_vec(&sidecar).unwrap()).unwrap();
 }
 

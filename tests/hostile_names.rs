@@ -89,9 +89,7 @@ fn close_with_manifest(
 /// The walk (what verify and restore's first pass run) refuses the archive;
 /// `out` is what restore said, for the message.
 fn assert_walk_refuses(tar_bytes: &[u8], out: &std::process::Output) {
-    let walked = walk_archive(tar_bytes, coffer::manifest::MemberHash::Sha256, |_, _| {
-        Ok(())
-    });
+    let walked = walk_archive(tar_bytes, coffer::manifest::HashKind::Sha256, |_, _| Ok(()));
     assert!(
         walked.is_err(),
         "the walk accepts; restore exit {}: {}",
@@ -205,7 +203,7 @@ fn names_the_extractor_writes_to_one_path_are_refused_by_the_walk() {
         let out = e.restore_to(&sealed, &target, false);
         let walked = walk_archive(
             &tar_bytes[..],
-            coffer::manifest::MemberHash::Sha256,
+            coffer::manifest::HashKind::Sha256,
             |_, _| Ok(()),
         );
         assert!(
@@ -284,7 +282,7 @@ fn a_split_stream_part_of_another_kind_is_refused_by_the_walk() {
         let out = e.restore_to(&sealed, &e.p().join("t"), false);
         let walked = walk_archive(
             &tar_bytes[..],
-            coffer::manifest::MemberHash::Sha256,
+            coffer::manifest::HashKind::Sha256,
             |_, _| Ok(()),
         );
         assert!(
@@ -309,7 +307,7 @@ fn member_to_stdout_does_not_concatenate_lossy_equal_names() {
     let tar_bytes = forged_tar(entries, None);
     walk_archive(
         &tar_bytes[..],
-        coffer::manifest::MemberHash::Sha256,
+        coffer::manifest::HashKind::Sha256,
         |_, _| Ok(()),
     )
     .expect("a well-formed archive");
@@ -683,7 +681,7 @@ fn a_pax_path_beside_a_long_name_is_refused() {
         .unwrap_or_default();
     let walked = walk_archive(
         &tar_bytes[..],
-        coffer::manifest::MemberHash::Sha256,
+        coffer::manifest::HashKind::Sha256,
         |_, _| Ok(()),
     );
     assert!(

@@ -378,7 +378,7 @@ fn a_same_size_damaged_newest_copy_is_passed_over_for_latest() {
     let to = e.p().join("out-only");
     let out = e.restore(&signed, "latest", &to, &[]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
-    assert!(stderr(&out).contains("SHA-256"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("BLAKE3"), "{}", stderr(&out));
     assert!(is_empty_or_absent(&to));
     fs::remove_file(e.file(&only, ".coffer")).unwrap();
     fs::remove_file(e.file(&only, ".coffer.json")).unwrap();
@@ -468,7 +468,7 @@ fn a_copy_the_signed_sidecar_does_not_vouch_for_never_reaches_the_private_key() 
     e.damage(&name);
     let out = restore("out-damaged");
     assert_eq!(code(&out), 3, "{}", stderr(&out));
-    assert!(stderr(&out).contains("SHA-256"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("BLAKE3"), "{}", stderr(&out));
     assert!(
         !mark.exists(),
         "the private key was asked to unwrap a copy the sidecar refuses"
@@ -543,8 +543,7 @@ fn an_unsigned_rollback_is_refused_before_a_byte_is_written() {
     let sealed = fs::read(e.file(old, ".coffer")).unwrap();
     let mut sidecar: serde_json::Value =
         serde_json::from_slice(&fs::read(e.file(new, ".coffer.json")).unwrap()).unwrap();
-    sidecar["size"] = serde_json::json!(sealed.len());
-    sidecar["sha256"] = serde_json::json!(sha256_file(&e.file(old, ".coffer")));
+    vouch_for(&mut sidecar, &e.file(old, ".coffer"));
     e.plant(new, &sealed, sidecar, None);
     let key = e.key();
     let out = coffer(&["restore", "-c", &unsigned, "-i", &key, new, "--stdout"]);
@@ -584,7 +583,7 @@ fn a_same_size_forgery_under_a_signed_sidecar_is_never_decrypted_nor_written() {
     let reports: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     let mine = reports.iter().find(|r| r["name"] == name.as_str()).unwrap();
     let problems = mine["problems"].to_string();
-    assert!(problems.contains("SHA-256"), "{problems}");
+    assert!(problems.contains("BLAKE3"), "{problems}");
     assert!(
         !problems.contains("chunk") && !problems.contains("member"),
         "{problems}"
@@ -904,12 +903,74 @@ fn a_damaged_copy_in_one_store_falls_back_to_the_same_backup_in_another() {
             "{}",
             stderr(&out)
         );
-        assert!(stderr(&out).contains("SHA-256"), "{}", stderr(&out));
+        assert!(stderr(&out).contains("BLAKE3"), "{}", stderr(&out));
         assert_eq!(e.restored(&to).as_deref(), Some(SECRET));
     }
     // With only the damaged store, the restore fails (exit 3) and writes nothing.
     let to = e.p().join("out-one");
     let out = e.restore(&signed, &name, &to, &[]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(is_empty_or_absent(&to));
+}
+
+/// Sidecars vouch for the sealed file with its BLAKE3 from coffer-sidecar/3
+/// on (its SHA-256 stays, for `sha256sum`); sidecars of earlier versions
+/// carry only the SHA-256, and are still read and checked by it. Either way
+/// a changed byte is caught, by keyless verify and by restore alike.
+#[test]
+fn sidecars_are_checked_by_blake3_and_earlier_ones_by_sha256() {
+    let e = Env::new();
+    let unsigned = e.config("unsigned.toml", false, "");
+    ok(&["backup", "-c", &unsigned]);
+    let name = e.names().pop().unwrap();
+    let sealed = e.file(&name, ".coffer");
+    let sidecar_path = e.file(&name, ".coffer.json");
+    let genuine: serde_json::Value =
+        serde_json::from_slice(&fs::read(&sidecar_path).unwrap()).unwrap();
+    assert_eq!(genuine["format"], "coffer-sidecar/3");
+    assert_eq!(genuine["blake3"].as_str().unwrap(), blake3_file(&sealed));
+    assert_eq!(genuine["sha256"].as_str().unwrap(), sha256_file(&sealed));
+    let verify = || coffer(&["verify", "-c", &unsigned]);
+    let said = |out: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(out))
+    };
+
+    // A right SHA-256 does not make up for a wrong BLAKE3: the BLAKE3 is
+    // what a v3 sidecar is checked by.
+    let mut wrong = genuine.clone();
+    wrong["blake3"] = "00".repeat(32).into();
+    fs::write(&sidecar_path, serde_json::to_vec(&wrong).unwrap()).unwrap();
+    let out = verify();
+    assert_eq!(code(&out), 3, "{}", said(&out));
+    assert!(said(&out).contains("BLAKE3"), "{}", said(&out));
+
+    // The same backup under a coffer-sidecar/2, as earlier versions wrote.
+    let mut v2 = genuine.clone();
+    v2["format"] = "coffer-sidecar/2".into();
+    v2.as_object_mut().unwrap().remove("blake3");
+    fs::write(&sidecar_path, serde_json::to_vec(&v2).unwrap()).unwrap();
+    let out = verify();
+    assert_eq!(code(&out), 0, "{}", said(&out));
+    let to = e.p().join("out-v2");
+    let out = e.restore(&unsigned, &name, &to, &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(e.restored(&to).as_deref(), Some(SECRET));
+
+    // One changed byte: caught by the SHA-256, nothing restored.
+    e.damage(&name);
+    let out = verify();
+    assert_eq!(code(&out), 3, "{}", said(&out));
+    assert!(said(&out).contains("SHA-256"), "{}", said(&out));
+    let to = e.p().join("out-v2-damaged");
+    let out = e.restore(&unsigned, &name, &to, &[]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stderr(&out).contains("SHA-256"), "{}", stderr(&out));
+    assert!(is_empty_or_absent(&to));
+
+    // And under its own v3 sidecar, by the BLAKE3.
+    fs::write(&sidecar_path, serde_json::to_vec(&genuine).unwrap()).unwrap();
+    let out = e.restore(&unsigned, &name, &to, &[]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stderr(&out).contains("BLAKE3"), "{}", stderr(&out));
     assert!(is_empty_or_absent(&to));
 }

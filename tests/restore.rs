@@ -705,7 +705,7 @@ fn verify_catches_damage_keyless_and_keyed() {
         .map(|r| r["problems"].to_string())
         .collect();
     assert_eq!(failed.len(), 3, "{reports:?}");
-    assert!(failed.iter().any(|p| p.contains("SHA-256")), "{failed:?}");
+    assert!(failed.iter().any(|p| p.contains("BLAKE3")), "{failed:?}");
     assert!(
         failed
             .iter()
@@ -736,8 +736,7 @@ fn verify_catches_damage_keyless_and_keyed() {
     fs::copy(&forged, &good).unwrap();
     let mut sidecar: serde_json::Value =
         serde_json::from_slice(&fs::read(format!("{}.json", good.display())).unwrap()).unwrap();
-    sidecar["sha256"] = sha256_file(&good).into();
-    sidecar["size"] = fs::metadata(&good).unwrap().len().into();
+    vouch_for(&mut sidecar, &good);
     sidecar["compression"] = "none".into();
     fs::write(
         format!("{}.json", good.display()),
@@ -996,8 +995,7 @@ fn restore_test_passes_on_a_good_dump_and_fails_on_a_damaged_one() {
     let sidecar_path = format!("{}.json", sealed.display());
     let mut sidecar: serde_json::Value =
         serde_json::from_slice(&fs::read(&sidecar_path).unwrap()).unwrap();
-    sidecar["sha256"] = sha256_file(&sealed).into();
-    sidecar["size"] = fs::metadata(&sealed).unwrap().len().into();
+    vouch_for(&mut sidecar, &sealed);
     fs::write(&sidecar_path, serde_json::to_vec(&sidecar).unwrap()).unwrap();
 
     let out = run(&["verify", "-c", c, "latest", "-i", e.key()]);

@@ -525,7 +525,7 @@ fn keyless_verify_from_s3_catches_a_replaced_object() {
     let name = sealed.strip_suffix(".coffer").unwrap();
     assert!(
         said.lines()
-            .any(|l| l.contains(name) && l.contains("SHA-256") && !l.starts_with("ok")),
+            .any(|l| l.contains(name) && l.contains("BLAKE3") && !l.starts_with("ok")),
         "{said}"
     );
 }

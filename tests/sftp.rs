@@ -113,6 +113,7 @@ fn backup_lands_remotely_complete_and_opens() {
     let sidecar: serde_json::Value =
         serde_json::from_slice(&fs::read(sshd.data_dir().join(&remote[1])).unwrap()).unwrap();
     assert_eq!(sidecar["sha256"].as_str().unwrap(), sha256_file(&sealed));
+    assert_eq!(sidecar["blake3"].as_str().unwrap(), blake3_file(&sealed));
     assert_eq!(
         sidecar["size"].as_u64().unwrap(),
         fs::metadata(&sealed).unwrap().len()

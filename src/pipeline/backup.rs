@@ -110,14 +110,61 @@ impl Drop for Slot {
     }
 }
 
-/// The tee at the end of the pipeline: hashes the ciphertext and hands it to
-/// every store still alive. A store that fails drops out (its error kept);
-/// the run goes on while at least one store is writing.
+/// The sealed file's digests for its sidecar — SHA-256, which `sha256sum`
+/// checks, and BLAKE3, which coffer checks — on a thread of their own, so
+/// that the sealing thread, which every byte passes, only hands pieces over.
+struct Digests {
+    tx: Option<SyncSender<Arc<[u8]>>>,
+    worker: Option<JoinHandle<(String, String)>>,
+}
+
+impl Digests {
+    fn start() -> Self {
+        let (tx, rx) = sync_channel::<Arc<[u8]>>(QUEUE);
+        let worker = std::thread::spawn(move || {
+            let mut sha = Sha256::new();
+            let mut b3 = blake3::Hasher::new();
+            for piece in rx {
+                sha.update(&piece);
+                b3.update(&piece);
+            }
+            (
+                hex::encode(sha.finalize()),
+                b3.finalize().to_hex().to_string(),
+            )
+        });
+        Digests {
+            tx: Some(tx),
+            worker: Some(worker),
+        }
+    }
+
+    fn update(&self, piece: &Arc<[u8]>) {
+        if let Some(tx) = &self.tx {
+            // The worker only stops when the queue closes, or by panicking,
+            // which `finish` reports.
+            let _ = tx.send(Arc::clone(piece));
+        }
+    }
+
+    /// The SHA-256 and BLAKE3 (hex) of everything handed over.
+    fn finish(mut self, what: &str) -> Result<(String, String)> {
+        drop(self.tx.take());
+        self.worker
+            .take()
+            .and_then(|w| w.join().ok())
+            .ok_or_else(|| Error::io(what, "hash", io::Error::other("the hashing thread failed")))
+    }
+}
+
+/// The tee at the end of the pipeline: hands the ciphertext to the hashing
+/// thread and to every store still alive. A store that fails drops out (its
+/// error kept); the run goes on while at least one store is writing.
 struct Fanout<'a> {
     job: &'a Job,
     slots: Vec<Slot>,
     failed: Vec<(usize, Error)>,
-    hash: Sha256,
+    digests: Digests,
     len: u64,
 }
 
@@ -151,7 +198,7 @@ impl Write for Fanout<'_> {
                     .any(|(_, e)| e.exit_code() == crate::ExitCode::Key),
             }));
         }
-        self.hash.update(buf);
+        self.digests.update(&piece);
         self.len += buf.len() as u64;
         Ok(buf.len())
     }
@@ -460,11 +507,11 @@ fn seal_and_store(
     let Fanout {
         slots,
         mut failed,
-        hash,
+        digests,
         len,
         ..
     } = fanout;
-    let sha256 = hex::encode(hash.finalize());
+    let (sha256, blake3) = digests.finish(&sealed_file)?;
     // The ciphertext is complete in every store before any sidecar exists.
     let mut complete = Vec::new();
     for mut slot in slots {
@@ -486,6 +533,7 @@ fn seal_and_store(
         created,
         size: len,
         sha256,
+        blake3: Some(blake3),
         format_version: 1,
         compression: compression.name().into(),
         recipients: job.recipients.iter().map(recipient_label).collect(),
@@ -517,7 +565,7 @@ fn open_uploads<'a>(job: &'a Job, sealed_file: &str) -> Result<Fanout<'a>> {
         job,
         slots: Vec::new(),
         failed: Vec::new(),
-        hash: Sha256::new(),
+        digests: Digests::start(),
         len: 0,
     };
     for (i, store) in job.stores.iter().enumerate() {
@@ -724,7 +772,8 @@ fn copy_backup(from: &dyn Store, to: &dyn Store, files: &SidecarFiles) -> Result
             }
             let mut r = from.get(&sealed)?;
             let mut u = to.put(&sealed)?;
-            let mut hash = Sha256::new();
+            let (kind, expected) = sidecar.file_digest();
+            let mut hash = kind.hasher();
             let mut buf = vec![0u8; 256 * 1024];
             loop {
                 let n = r
@@ -737,7 +786,7 @@ fn copy_backup(from: &dyn Store, to: &dyn Store, files: &SidecarFiles) -> Result
                 u.write_all(&buf[..n])
                     .map_err(|e| Error::io(&sealed, "write", e))?;
             }
-            if hex::encode(hash.finalize()) != sidecar.sha256 {
+            if hex::encode(hash.finalize()) != expected {
                 return Err(Error::Store {
                     store: from.name().to_owned(),
                     message: format!("{sealed} changed while being copied"),

@@ -16,7 +16,6 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 
 use rustix::fs::{Mode, OFlags};
-use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -224,7 +223,8 @@ fn copy_into(
 ) -> std::result::Result<(), String> {
     let sealed_name = sidecar.sealed_name();
     let mut u = store.put(&sealed_name).map_err(|e| crate::cli_chain(&e))?;
-    let mut hash = Sha256::new();
+    let (kind, expected) = sidecar.file_digest();
+    let mut hash = kind.hasher();
     let mut len = 0u64;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
@@ -239,9 +239,10 @@ fn copy_into(
         u.write_all(&buf[..n])
             .map_err(|e| format!("{sealed_name}: {e}"))?;
     }
-    if len != sidecar.size || hex::encode(hash.finalize()) != sidecar.sha256 {
+    if len != sidecar.size || hex::encode(hash.finalize()) != expected {
         return Err(format!(
-            "{sealed_name} does not match its sidecar's size and SHA-256"
+            "{sealed_name} does not match its sidecar's size and {}",
+            kind.label()
         ));
     }
     u.commit().map_err(|e| crate::cli_chain(&e))?;

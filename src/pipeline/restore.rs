@@ -33,6 +33,7 @@ use crate::archive::EntryKind;
 use crate::envelope::Header;
 use crate::envelope::Identity;
 use crate::error::{Error, Result};
+use crate::manifest::HashKind;
 use crate::pipeline::walk::{walk_copy, Member, WalkError, Walked};
 
 pub enum Target {
@@ -487,33 +488,42 @@ pub struct Expect {
     pub name: String,
     pub job: String,
     pub size: u64,
-    pub sha256: String,
+    /// The digest the sidecar vouches with (BLAKE3 from v3 on), and its hex.
+    pub digest: (HashKind, String),
 }
 
 impl Expect {
     pub fn of(s: &crate::manifest::Sidecar) -> Self {
+        let (kind, hex) = s.file_digest();
         Expect {
             name: s.name.clone(),
             job: s.job.clone(),
             size: s.size,
-            sha256: s.sha256.clone(),
+            digest: (kind, hex.to_owned()),
         }
     }
 
-    /// The ciphertext's size and hash against the sidecar.
-    fn check_ciphertext(&self, len: u64, sha256: &str) -> std::result::Result<(), String> {
+    /// The ciphertext's size and digest against the sidecar.
+    pub fn check_ciphertext(&self, len: u64, hex: &str) -> std::result::Result<(), String> {
+        if len > self.size {
+            // Readers stop one byte past the sidecar's size.
+            return Err(format!(
+                "the sealed file is longer than the {} bytes its sidecar says",
+                self.size
+            ));
+        }
         if len != self.size {
             return Err(format!(
                 "the sealed file is {len} bytes, its sidecar says {}",
                 self.size
             ));
         }
-        let same: bool =
-            subtle::ConstantTimeEq::ct_eq(sha256.as_bytes(), self.sha256.as_bytes()).into();
+        let (kind, expected) = &self.digest;
+        let same: bool = subtle::ConstantTimeEq::ct_eq(hex.as_bytes(), expected.as_bytes()).into();
         if !same {
             return Err(format!(
-                "the sealed file's SHA-256 is {sha256}, its sidecar says {}",
-                self.sha256
+                "the sealed file's {} is {hex}, its sidecar says {expected}",
+                kind.label()
             ));
         }
         Ok(())
@@ -565,12 +575,13 @@ pub fn spool(input: Box<dyn Read + Send>, what: &str, expect: Option<&Expect>) -
         )
     })?;
     let limit = expect.map_or(u64::MAX, |x| x.size.saturating_add(1));
-    let mut hashed = crate::pipeline::walk::HashRead::new(input.take(limit));
+    let kind = expect.map_or(HashKind::Blake3, |x| x.digest.0);
+    let mut hashed = crate::pipeline::walk::HashRead::new(input.take(limit), kind);
     io::copy(&mut hashed, &mut spool).map_err(|e| Error::io(what, "read", e))?;
     let len = hashed.len;
-    let sha = hashed.hex();
+    let hex = hashed.hex();
     if let Some(x) = expect {
-        x.check_ciphertext(len, &sha)
+        x.check_ciphertext(len, &hex)
             .map_err(|message| integrity(what, message))?;
     }
     rewind(&mut spool)?;

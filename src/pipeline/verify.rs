@@ -252,21 +252,21 @@ fn check_one(
             return;
         }
     };
-    let (header, len, sha) = match identities {
+    let expect = crate::pipeline::restore::Expect::of(sidecar);
+    let header = match identities {
         Some(ids) => {
             // Decrypt (let alone load into a database) only what matches the
             // sidecar: a private copy, checked first, is what gets opened.
-            let copy = match crate::pipeline::restore::spool(
-                reader,
-                &sidecar.name,
-                Some(&crate::pipeline::restore::Expect::of(sidecar)),
-            ) {
+            let copy = match crate::pipeline::restore::spool(reader, &sidecar.name, Some(&expect)) {
                 Ok(c) => c,
                 Err(e) => {
                     r.problems.push(crate::cli_chain(&e));
                     return;
                 }
             };
+            r.checks.push(format!("size {} bytes", sidecar.size));
+            r.checks
+                .push(format!("{} matches the sidecar", expect.digest.0.label()));
             match keyed_checked(
                 Box::new(io::BufReader::new(copy)),
                 ids,
@@ -278,7 +278,7 @@ fn check_one(
                 None => return,
             }
         }
-        None => match keyless(reader) {
+        None => match keyless(reader, &expect, r) {
             Ok(x) => x,
             Err(e) => {
                 r.problems.push(e);
@@ -286,22 +286,6 @@ fn check_one(
             }
         },
     };
-    if len == sidecar.size {
-        r.checks.push(format!("size {len} bytes"));
-    } else {
-        r.problems.push(format!(
-            "size is {len} bytes, the sidecar says {}",
-            sidecar.size
-        ));
-    }
-    if sha == sidecar.sha256 {
-        r.checks.push("SHA-256 matches the sidecar".into());
-    } else {
-        r.problems.push(format!(
-            "SHA-256 is {sha}, the sidecar says {}",
-            sidecar.sha256
-        ));
-    }
     if header.metadata.job.as_deref() != Some(sidecar.job.as_str()) {
         r.problems.push(format!(
             "the header's job {:?} differs from the sidecar's",
@@ -324,15 +308,15 @@ fn check_one(
     }
 }
 
-/// The keyed walk over a checked copy: header, length and hash for the
-/// common checks, or `None` (problems recorded) if the walk failed.
+/// The keyed walk over a checked copy: the header for the common checks, or
+/// `None` (problems recorded) if the walk failed.
 fn keyed_checked(
     reader: Box<dyn Read + Send>,
     ids: &[Identity],
     restore_test: Option<Instant>,
     sidecar: &Sidecar,
     r: &mut Report,
-) -> Option<(Header, u64, String)> {
+) -> Option<Header> {
     let w = keyed(reader, ids, restore_test, r)?;
     if w.manifest.name != sidecar.name || w.manifest.job != sidecar.job {
         r.problems.push(format!(
@@ -340,7 +324,7 @@ fn keyed_checked(
             w.manifest.name, w.manifest.job
         ));
     }
-    Some((w.header, w.ciphertext_len, w.ciphertext_sha256))
+    Some(w.header)
 }
 
 /// Decrypts and checks everything; with `restore_test` (the time the
@@ -695,15 +679,31 @@ impl<W: Write> Write for Counted<W> {
 }
 
 /// Hashes the whole file and parses its header.
-fn keyless(reader: Box<dyn Read + Send>) -> std::result::Result<(Header, u64, String), String> {
-    let mut raw = HashRead::new(reader);
+/// The keyless checks: the header parses, and the whole file's size and
+/// digest (a problem each, recorded) are the sidecar's. At most one byte
+/// past the sidecar's size is read: a server that streams without end is
+/// caught there.
+fn keyless(
+    reader: Box<dyn Read + Send>,
+    expect: &crate::pipeline::restore::Expect,
+    r: &mut Report,
+) -> std::result::Result<Header, String> {
+    let mut raw = HashRead::new(reader.take(expect.size.saturating_add(1)), expect.digest.0);
     let (header, _) = Header::read(&mut raw).map_err(|e| match e {
         OpenError::Envelope(e) => format!("header: {e}"),
         OpenError::Io(e) => format!("read: {e}"),
     })?;
     io::copy(&mut raw, &mut io::sink()).map_err(|e| format!("read: {e}"))?;
     let len = raw.len;
-    Ok((header, len, raw.hex()))
+    match expect.check_ciphertext(len, &raw.hex()) {
+        Ok(()) => {
+            r.checks.push(format!("size {len} bytes"));
+            r.checks
+                .push(format!("{} matches the sidecar", expect.digest.0.label()));
+        }
+        Err(e) => r.problems.push(e),
+    }
+    Ok(header)
 }
 
 fn describe(e: &WalkError) -> String {

@@ -13,21 +13,22 @@ use sha2::{Digest, Sha256};
 use crate::archive::{self, Compression, EntryKind, ReadError};
 use crate::envelope::{self, Header, Identity, OpenError};
 use crate::manifest::{
-    self, Hasher, Inner, ListEntry, MemberEntry, MemberHash, MemberList, INNER_NAME,
+    self, HashKind, Hasher, Inner, ListEntry, MemberEntry, MemberList, INNER_NAME,
 };
 
-/// Hashes and counts everything read through it.
+/// Hashes (with the digest a sidecar names) and counts everything read
+/// through it.
 pub struct HashRead<R> {
     pub inner: R,
-    hash: Sha256,
+    hash: Hasher,
     pub len: u64,
 }
 
 impl<R: Read> HashRead<R> {
-    pub fn new(inner: R) -> Self {
+    pub fn new(inner: R, kind: HashKind) -> Self {
         HashRead {
             inner,
-            hash: Sha256::new(),
+            hash: kind.hasher(),
             len: 0,
         }
     }
@@ -152,8 +153,6 @@ pub struct Walked {
     pub manifest: Inner,
     /// Logical members checked against the manifest.
     pub members: usize,
-    pub ciphertext_len: u64,
-    pub ciphertext_sha256: String,
 }
 
 /// A logical member being read: its parts' bytes all feed one hash.
@@ -198,7 +197,7 @@ impl<R: Read> Read for Tee<'_, R> {
 /// of members (the first manifest format, with no lists, holds them all).
 struct Checker {
     /// The digest the archive's members carry (the header says which).
-    hash: MemberHash,
+    hash: HashKind,
     current: Option<Logical>,
     pending: Vec<Seen>,
     names: HashSet<[u8; 16]>,
@@ -214,7 +213,7 @@ struct Checker {
 impl Default for Checker {
     fn default() -> Self {
         Checker {
-            hash: MemberHash::Blake3,
+            hash: HashKind::Blake3,
             current: None,
             pending: Vec::new(),
             names: HashSet::new(),
@@ -507,27 +506,18 @@ pub fn open_backup<R: Read>(
 }
 
 /// Walks `input` with `identities`; `consume` sees each member's data.
+/// The ciphertext is not hashed here: a walk runs over a private copy that
+/// [`crate::pipeline::restore::spool`] already checked against its sidecar.
 pub fn walk<R: Read>(
     input: R,
     identities: &[Identity],
     consume: impl FnMut(&Member<'_>, &mut dyn Read) -> Result<(), WalkError>,
 ) -> Result<Walked, WalkError> {
-    let mut raw = HashRead::new(input);
-    let (header, manifest, members) = walk_stream(&mut raw, identities, None, consume)?;
-    io::copy(&mut raw, &mut io::sink())?;
-    Ok(Walked {
-        header,
-        manifest,
-        members,
-        ciphertext_len: raw.len,
-        ciphertext_sha256: raw.hex(),
-    })
+    walk_copy(input, identities, None, consume)
 }
 
-/// [`walk`] over a private copy that a first pass already hashed and
-/// authenticated (`ciphertext_len` and `ciphertext_sha256` are left empty):
-/// no second hash of the ciphertext. `tap`, if given, receives the
-/// decompressed tar stream as it is walked, whole.
+/// [`walk`], with `tap`, if given, receiving the decompressed tar stream as
+/// it is walked, whole.
 pub fn walk_copy<R: Read>(
     input: R,
     identities: &[Identity],
@@ -539,8 +529,6 @@ pub fn walk_copy<R: Read>(
         header,
         manifest,
         members,
-        ciphertext_len: 0,
-        ciphertext_sha256: String::new(),
     })
 }
 
@@ -551,7 +539,7 @@ fn walk_stream<R: Read>(
     consume: impl FnMut(&Member<'_>, &mut dyn Read) -> Result<(), WalkError>,
 ) -> Result<(Header, Inner, usize), WalkError> {
     let (header, mut plain, compression) = open_backup(raw, identities)?;
-    let hash = MemberHash::of(header.metadata.member_hash.as_deref()).ok_or_else(|| {
+    let hash = HashKind::of(header.metadata.member_hash.as_deref()).ok_or_else(|| {
         WalkError::Integrity(format!(
             "header: unknown member_hash {:?} (a newer coffer may read it)",
             header.metadata.member_hash
@@ -611,7 +599,7 @@ impl<R: Read> Read for Tap<'_, '_, R> {
 /// inner manifest and the number of logical members.
 pub fn walk_archive<R: Read>(
     tar: R,
-    hash: MemberHash,
+    hash: HashKind,
     mut consume: impl FnMut(&Member<'_>, &mut dyn Read) -> Result<(), WalkError>,
 ) -> Result<(R, (Inner, usize)), WalkError> {
     let mut check = Checker {
@@ -914,7 +902,7 @@ mod tests {
         );
         // Archives of earlier versions: SHA-256.
         let mut old = Checker {
-            hash: MemberHash::Sha256,
+            hash: HashKind::Sha256,
             ..Checker::default()
         };
         seen(&mut old, b"a", b"1");
@@ -1034,7 +1022,7 @@ mod tests {
             fn what_is_written_is_read_back(names in names(), every in 1usize..8) {
                 let bytes = archive(&names, every);
                 let mut seen = Vec::new();
-                let (_, (inner, count)) = walk_archive(&bytes[..], MemberHash::Blake3, |m, _| {
+                let (_, (inner, count)) = walk_archive(&bytes[..], HashKind::Blake3, |m, _| {
                     if !m.raw.starts_with(b"MANIFEST") {
                         seen.push(m.raw.to_vec());
                     }
@@ -1071,7 +1059,7 @@ mod tests {
                 let i = drop_at % listed.len();
                 listed.remove(i);
                 prop_assert!(check.matches("L", &listed).is_err());
-                prop_assert!(walk_archive(&bytes[..], MemberHash::Blake3, |_, _| Ok(())).is_ok());
+                prop_assert!(walk_archive(&bytes[..], HashKind::Blake3, |_, _| Ok(())).is_ok());
             }
         }
     }

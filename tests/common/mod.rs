@@ -46,6 +46,21 @@ pub fn sha256_file(p: &Path) -> String {
     hex::encode(h.finalize())
 }
 
+pub fn blake3_file(p: &Path) -> String {
+    blake3::hash(&fs::read(p).unwrap()).to_hex().to_string()
+}
+
+/// Makes a sidecar (JSON) vouch for the sealed file at `sealed`, as a
+/// hostile server that rewrites an unsigned sidecar would: its size, its
+/// SHA-256 and, where the sidecar has one, its BLAKE3.
+pub fn vouch_for(sidecar: &mut serde_json::Value, sealed: &Path) {
+    sidecar["size"] = fs::metadata(sealed).unwrap().len().into();
+    sidecar["sha256"] = sha256_file(sealed).into();
+    if sidecar.get("blake3").is_some() {
+        sidecar["blake3"] = blake3_file(sealed).into();
+    }
+}
+
 pub fn sh(cmd: &str, dir: &Path) -> Output {
     let out = Command::new("sh")
         .arg("-c")
