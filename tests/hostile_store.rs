@@ -974,3 +974,66 @@ fn sidecars_are_checked_by_blake3_and_earlier_ones_by_sha256() {
     assert!(stderr(&out).contains("BLAKE3"), "{}", stderr(&out));
     assert!(is_empty_or_absent(&to));
 }
+
+/// The backup host's own configuration names its `signing_key` and no
+/// `signing_public_key`: every command that reads a store with it believes
+/// only what that key signed, as `backup` always has. Unsigned forgeries a
+/// write-only uploader (or the server) plants, dated newest, never push the
+/// genuine backups out of `prune`, never read "complete" in `list`, and are
+/// never `latest`.
+#[test]
+fn the_backup_hosts_own_config_believes_only_what_its_key_signed() {
+    let e = Env::new();
+    let host = e.config(
+        "host.toml",
+        false,
+        "keep_last = 2\nsigning_key = \"sign.key\"",
+    );
+    ok(&["backup", "-c", &host]);
+    ok(&["backup", "-c", &host]);
+    let genuine = e.names();
+    let (sealed, sidecar) = e.forge("the attacker's data");
+    let soon = chrono::Utc::now() + chrono::Duration::seconds(60);
+    for i in 0..2 {
+        let at = soon + chrono::Duration::seconds(i);
+        e.plant(
+            &format!("prod-{}", at.format("%Y%m%dT%H%M%SZ")),
+            &sealed,
+            sidecar.clone(),
+            Some(&at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        );
+    }
+    let forged: Vec<String> = e
+        .names()
+        .into_iter()
+        .filter(|n| !genuine.contains(n))
+        .collect();
+    assert_eq!(forged.len(), 2);
+
+    let out = coffer(&["list", "-c", &host]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    for line in listed.lines() {
+        if genuine.iter().any(|g| line.contains(g.as_str())) {
+            assert!(line.ends_with("complete, signed"), "{listed}");
+        }
+        if forged.iter().any(|f| line.contains(f.as_str())) {
+            assert!(line.contains("refused: unsigned"), "{listed}");
+        }
+    }
+
+    let out = coffer(&["prune", "-c", &host]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    for g in &genuine {
+        assert!(e.file(g, ".coffer").exists(), "{g} was deleted: {printed}");
+    }
+    for f in &forged {
+        assert!(printed.contains(&format!("ignore {f}")), "{printed}");
+    }
+
+    let to = e.p().join("out");
+    let out = e.restore(&host, "latest", &to, &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(e.restored(&to).as_deref(), Some(SECRET));
+}

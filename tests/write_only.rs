@@ -288,3 +288,189 @@ fn a_write_only_upload_account_cannot_hurt_ingested_backups() {
         "genuine rows"
     );
 }
+
+/// Moves the backup `name` in `dir` to the name and `created` of another
+/// day, and signs its rewritten sidecar with the host's key: what a backup
+/// made on that day looks like, or what a compromised database host, which
+/// holds the signing key, can make at will. Returns the new name.
+fn redate(dir: &Path, name: &str, at: chrono::DateTime<chrono::Utc>, sign_key: &Path) -> String {
+    let new = format!("prod-{}", at.format("%Y%m%dT%H%M%SZ"));
+    let sidecar_path = dir.join(format!("{name}.coffer.json"));
+    let mut sidecar: serde_json::Value =
+        serde_json::from_slice(&fs::read(&sidecar_path).unwrap()).unwrap();
+    sidecar["name"] = new.clone().into();
+    sidecar["created"] = at
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        .into();
+    let bytes = serde_json::to_vec(&sidecar).unwrap();
+    let signer = coffer::signing::Signer::parse(&fs::read_to_string(sign_key).unwrap()).unwrap();
+    let file = format!("{new}.coffer.json");
+    let sig = signer.sign(&bytes, &file).unwrap();
+    fs::rename(
+        dir.join(format!("{name}.coffer")),
+        dir.join(format!("{new}.coffer")),
+    )
+    .unwrap();
+    fs::remove_file(&sidecar_path).unwrap();
+    let _ = fs::remove_file(dir.join(format!("{name}.coffer.json.minisig")));
+    fs::write(dir.join(&file), bytes).unwrap();
+    fs::write(dir.join(format!("{file}.minisig")), sig).unwrap();
+    new
+}
+
+/// A compromised database host holds the signing key, so it can sign
+/// backups dated whenever it likes. Dated just before midnight on the days
+/// the repository already holds, they would take those days' keep_daily
+/// slots from the genuine backups, and the server's own prune would delete
+/// the genuine ones. Ingest takes uploads only in the order they were made:
+/// one dated before the newest backup already held stays in incoming,
+/// reported, and the days before the newest keep their genuine backups.
+/// (What is dated after the newest held can still take the newest's own
+/// day and keep_last slots: docs/BACKUP-SERVER.md says so.)
+#[test]
+fn back_dated_uploads_cannot_take_the_keep_slots_of_days_already_ingested() {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path();
+    ok(&[
+        "keygen",
+        "--type",
+        "age",
+        "--out",
+        p.join("backup.key").to_str().unwrap(),
+    ]);
+    ok(&[
+        "keygen",
+        "--type",
+        "signing",
+        "--out",
+        p.join("sign.key").to_str().unwrap(),
+    ]);
+    let incoming = p.join("incoming");
+    let host = write(
+        &p.join("host.toml"),
+        &format!(
+            "[job]\nname = \"prod\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\n\
+             signing_key = \"{s}\"\n\
+             [[source]]\ntype = \"command\"\nname = \"db\"\nargv = [\"echo\", \"rows\"]\n\
+             [[store]]\ntype = \"local\"\npath = \"{i}\"\nprune = false\n",
+            k = p.join("backup.key").display(),
+            l = p.join("lock").display(),
+            s = p.join("sign.key").display(),
+            i = incoming.display(),
+        ),
+    );
+    let repo = p.join("repo");
+    let server = write(
+        &p.join("server.toml"),
+        &format!(
+            "[job]\nname = \"prod\"\nkeep_last = 1\nkeep_daily = 7\nsigning_public_key = \"{s}.pub\"\n\
+             [[store]]\ntype = \"local\"\npath = \"{r}\"\n",
+            s = p.join("sign.key").display(),
+            r = repo.display(),
+        ),
+    );
+    let from = incoming.to_str().unwrap();
+    let today = chrono::Utc::now().date_naive();
+    let at = |days_ago: u64, h: u32, m: u32| {
+        (today - chrono::Days::new(days_ago))
+            .and_hms_opt(h, m, 0)
+            .unwrap()
+            .and_utc()
+    };
+    // The genuine nightly backups of the last three days, each ingested on
+    // its night.
+    let mut genuine = Vec::new();
+    for days_ago in [3, 2, 1] {
+        ok(&["backup", "-c", &host]);
+        let made = backups(&incoming).pop().unwrap();
+        genuine.push(redate(
+            &incoming,
+            &made,
+            at(days_ago, 1, 0),
+            &p.join("sign.key"),
+        ));
+        ok(&["ingest", "-c", &server, "--from", from]);
+    }
+    assert_eq!(backups(&repo), genuine);
+
+    // The compromised host's: signed, dated 23:59 on those same days.
+    let mut forged = Vec::new();
+    for days_ago in [3, 2, 1] {
+        ok(&["backup", "-c", &host]);
+        let made = backups(&incoming)
+            .into_iter()
+            .find(|n| !forged.contains(n))
+            .unwrap();
+        forged.push(redate(
+            &incoming,
+            &made,
+            at(days_ago, 23, 59),
+            &p.join("sign.key"),
+        ));
+    }
+    let out = coffer(&["ingest", "-c", &server, "--from", from]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let (before, after) = forged.split_at(2);
+    for f in before {
+        assert!(stderr(&out).contains(f.as_str()), "{f}: {}", stderr(&out));
+    }
+    assert!(
+        stderr(&out).contains("newest backup already ingested"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        backups(&incoming),
+        before,
+        "refused uploads stay in incoming"
+    );
+    let mut held = genuine.clone();
+    held.extend_from_slice(after);
+    assert_eq!(backups(&repo), held);
+
+    // The server's retention then keeps the genuine backups of the days
+    // before the newest (the forgery dated after it takes its day).
+    ok(&["prune", "-c", &server]);
+    let mut kept = genuine[..2].to_vec();
+    kept.extend_from_slice(after);
+    assert_eq!(backups(&repo), kept);
+
+    // A backup made after the newest held is still taken.
+    ok(&["backup", "-c", &host]);
+    let newer = backups(&incoming)
+        .into_iter()
+        .find(|n| !before.contains(n))
+        .unwrap();
+    let out = coffer(&["ingest", "-c", &server, "--from", from]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(newer.as_str()),
+        "{}",
+        stderr(&out)
+    );
+
+    // A genuine sidecar beside a sealed file of a terabyte (sparse: it costs
+    // the uploader nothing) is refused by its size, before a byte is copied
+    // into the repository. (A second later: incoming no longer holds the
+    // last name, so a run in the same second would take it again.)
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    ok(&["backup", "-c", &host]);
+    let big = backups(&incoming)
+        .into_iter()
+        .find(|n| !before.contains(n))
+        .unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(incoming.join(format!("{big}.coffer")))
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    let out = coffer(&["ingest", "-c", &server, "--from", from]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stderr(&out).contains("too large"), "{}", stderr(&out));
+    assert!(!backups(&repo).contains(&big));
+    assert!(fs::read_dir(&repo).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".partial")));
+}

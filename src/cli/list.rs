@@ -1,8 +1,10 @@
 use std::path::PathBuf;
 
 use crate::config::Config;
-use crate::pipeline::job::build_stores;
-use crate::pipeline::retention::{list, State};
+use crate::pipeline::job::{build_stores, trusted_verifier};
+use crate::pipeline::locate::{origin, plausible, Origin};
+use crate::pipeline::retention::{list, Listed, State};
+use crate::signing::Verifier;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -18,6 +20,8 @@ pub struct Args {
 
 pub fn run(a: &Args) -> anyhow::Result<()> {
     let config = Config::load(&a.config)?;
+    let verifier = trusted_verifier(&config)?;
+    let now = chrono::Utc::now();
     let mut rows = Vec::new();
     let mut failed = 0;
     let stores = build_stores(&config);
@@ -44,7 +48,10 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         };
         for l in listed {
             let (status, created) = match (&l.state, &l.sidecar) {
-                (State::Complete, Some(s)) => ("complete".to_owned(), s.created.clone()),
+                (State::Complete, Some(s)) => (
+                    believed(store.as_ref(), &l, &config.job.name, now, verifier.as_ref()),
+                    s.created.clone(),
+                ),
                 (State::NoSidecar, _) => ("incomplete (no sidecar)".into(), String::new()),
                 (State::NoSealedFile, _) => ("incomplete (no .coffer file)".into(), String::new()),
                 (State::BadSidecar(e), _) => (format!("bad sidecar: {e}"), String::new()),
@@ -74,6 +81,35 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     }
     print_table(&rows);
     Ok(())
+}
+
+/// A complete backup's status as `latest`, retention and restore see it:
+/// "complete" only for what they count (the server's word is not enough).
+fn believed(
+    store: &dyn crate::store::Store,
+    l: &Listed,
+    job: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    verifier: Option<&Verifier>,
+) -> String {
+    if !plausible(l, job, now) {
+        let why = match &l.sidecar {
+            Some(s) if s.job != job => format!("another job's ({})", s.job),
+            Some(s)
+                if s.created()
+                    .is_some_and(|c| c > now + crate::ledger::future_slack()) =>
+            {
+                "dated in the future".into()
+            }
+            _ => "not a name a run makes".into(),
+        };
+        return format!("ignored: {why}");
+    }
+    match origin(store, l, verifier) {
+        Origin::Signed(_) => "complete, signed".into(),
+        Origin::Unchecked => "complete".into(),
+        Origin::Refused(why) => format!("refused: {why}"),
+    }
 }
 
 /// Columns as wide as their widest cell, so long job and store names line up.

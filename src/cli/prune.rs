@@ -32,12 +32,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         p.keep_last = n;
     }
     let now = chrono::Utc::now();
-    let verifier = config
-        .job
-        .signing_public_key
-        .as_deref()
-        .map(crate::pipeline::job::load_verifier)
-        .transpose()?;
+    let verifier = crate::pipeline::job::trusted_verifier(&config)?;
     for (store, prune) in build_stores(&config) {
         if a.store.as_deref().is_some_and(|s| s != store.name()) {
             continue;

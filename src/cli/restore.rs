@@ -45,7 +45,8 @@ pub struct Args {
     #[arg(long)]
     stdout: bool,
     /// The backup host's signing public key (minisign): only a backup whose
-    /// sidecar it signed is restored (default: the config's signing_public_key)
+    /// sidecar it signed is restored (default: the config's signing_public_key,
+    /// else the public half of its signing_key)
     #[arg(long, value_name = "FILE")]
     signing_key: Option<PathBuf>,
     /// The member to write, e.g. mysql/main.sql (split dumps are joined)
@@ -304,15 +305,11 @@ fn stage_first_good(
 pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
     let identities = load_identities(&a.identities)?;
     let config = a.config.as_deref().map(Config::load).transpose()?;
-    let signing_key = a.signing_key.clone().or_else(|| {
-        config
-            .as_ref()
-            .and_then(|c| c.job.signing_public_key.clone())
-    });
-    let verifier = signing_key
-        .as_deref()
-        .map(crate::pipeline::job::load_verifier)
-        .transpose()?;
+    let verifier = match (&a.signing_key, &config) {
+        (Some(key), _) => Some(crate::pipeline::job::load_verifier(key)?),
+        (None, Some(c)) => crate::pipeline::job::trusted_verifier(c)?,
+        (None, None) => None,
+    };
     // Nothing is written, replaced, loaded or piped before all of the file
     // is authenticated: every restore reads a checked private copy. What
     // cannot be undone (a load, files replaced) waits for the whole archive

@@ -7,9 +7,10 @@
 //!
 //! What incoming holds is the uploader's word: files are opened without
 //! following symlinks and must be regular; only names a run of the job makes
-//! count; the copy must match the sidecar's size and SHA-256; with a signing
+//! count; the copy must match the sidecar's size and digest; with a signing
 //! public key only what it signed is taken. A name already in a store is
-//! never replaced.
+//! never replaced, and a backup dated no later than the newest one already
+//! held is refused: uploads are taken in the order they were made.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -89,29 +90,92 @@ pub fn ingest(config: &Config, incoming: &Path, dry_run: bool) -> Result<IngestR
     names.sort();
     let job = config.job.name.as_str();
     let now = chrono::Utc::now();
+    let mut newest = newest_held(&stores, job, now, verifier.as_ref())?;
     let mut report = IngestReport::default();
     for name in names {
         if !is_backup_name(job, &name) {
             // Another job's, or a name no run makes: not ours to judge.
             continue;
         }
-        match one(&dir, &name, job, now, verifier.as_ref(), &stores, dry_run) {
-            Ok(()) => report.ingested.push(name),
+        let ctx = Ctx {
+            dir: &dir,
+            job,
+            now,
+            verifier: verifier.as_ref(),
+            stores: &stores,
+            newest: newest.as_ref(),
+            dry_run,
+        };
+        match one(&ctx, &name) {
+            Ok(created) => {
+                newest = newest
+                    .filter(|(n, _)| *n >= created)
+                    .or(Some((created, name.clone())));
+                report.ingested.push(name);
+            }
             Err(why) => report.refused.push((name, why)),
         }
     }
     Ok(report)
 }
 
-fn one(
-    dir: &File,
-    name: &str,
+/// The newest backup of `job` the stores already hold, by its `created`,
+/// among those that count (complete, a name a run makes, not future-dated,
+/// and signed where a signing key is configured). An upload dated no later
+/// is refused: a compromised database host holds the signing key, and
+/// backups it back-dated would take the daily, weekly and monthly keep slots
+/// of the genuine backups already ingested, and push them out.
+fn newest_held(
+    stores: &[Box<dyn Store>],
     job: &str,
     now: chrono::DateTime<chrono::Utc>,
     verifier: Option<&crate::signing::Verifier>,
-    stores: &[Box<dyn Store>],
+) -> Result<Option<(chrono::DateTime<chrono::Utc>, String)>> {
+    let mut newest: Option<(chrono::DateTime<chrono::Utc>, String)> = None;
+    for store in stores {
+        let (listed, _) = crate::pipeline::retention::list(store.as_ref())?;
+        for l in &listed {
+            if !crate::pipeline::locate::plausible(l, job, now)
+                || matches!(
+                    crate::pipeline::locate::origin(store.as_ref(), l, verifier),
+                    crate::pipeline::locate::Origin::Refused(_)
+                )
+            {
+                continue;
+            }
+            if let Some(c) = l.sidecar.as_ref().and_then(Sidecar::created) {
+                if newest.as_ref().is_none_or(|(n, _)| c > *n) {
+                    newest = Some((c, l.name.clone()));
+                }
+            }
+        }
+    }
+    Ok(newest)
+}
+
+/// What every upload of one ingest run is checked against.
+struct Ctx<'a> {
+    dir: &'a File,
+    job: &'a str,
+    now: chrono::DateTime<chrono::Utc>,
+    verifier: Option<&'a crate::signing::Verifier>,
+    stores: &'a [Box<dyn Store>],
+    /// The newest backup already held (or ingested in this run).
+    newest: Option<&'a (chrono::DateTime<chrono::Utc>, String)>,
     dry_run: bool,
-) -> std::result::Result<(), String> {
+}
+
+/// Ingests one upload; returns its `created`, or why it stays in incoming.
+fn one(ctx: &Ctx<'_>, name: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, String> {
+    let Ctx {
+        dir,
+        job,
+        now,
+        verifier,
+        stores,
+        newest,
+        dry_run,
+    } = *ctx;
     let sidecar_name = format!("{name}{SIDECAR_SUFFIX}");
     let sig_name = format!("{sidecar_name}{SIGNATURE_SUFFIX}");
     let sealed_name = format!("{name}{SEALED_SUFFIX}");
@@ -123,12 +187,10 @@ fn one(
             sidecar.name, sidecar.job
         ));
     }
-    if sidecar
+    let created = sidecar
         .created()
-        .is_none_or(|c| c > now + ledger::future_slack())
-    {
-        return Err(format!("dated {}, in the future", sidecar.created));
-    }
+        .filter(|c| *c <= now + ledger::future_slack())
+        .ok_or_else(|| format!("dated {}, in the future", sidecar.created))?;
     let signature = match verifier {
         Some(v) => {
             let sig = read_small(dir, &sig_name).map_err(|e| format!("unsigned: {e}"))?;
@@ -141,7 +203,15 @@ fn one(
             .ok()
             .map(|s| String::from_utf8_lossy(&s).into_owned()),
     };
-    let mut sealed = open_regular(dir, &sealed_name, None)?;
+    // Exactly the size the sidecar vouches for: a sparse file of terabytes
+    // must not fill the repository's disk before the hash check fails.
+    let mut sealed = open_regular(dir, &sealed_name, Some(sidecar.size))?;
+    if sealed.metadata().map(|m| m.len()).ok() != Some(sidecar.size) {
+        return Err(format!(
+            "{sealed_name} is not the {} bytes its sidecar says",
+            sidecar.size
+        ));
+    }
     let mut already = 0;
     for store in stores {
         let held = store
@@ -165,11 +235,23 @@ fn one(
         }
         already += 1;
     }
+    if already == 0 {
+        if let Some((at, held)) = newest.filter(|(at, _)| created <= *at) {
+            return Err(format!(
+                "dated {}, no later than {held} ({}), the newest backup already ingested: \
+                 backups are only taken in the order they were made, so that back-dated \
+                 ones cannot push earlier ones out of retention",
+                sidecar.created,
+                at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ));
+        }
+    }
     if dry_run {
-        return Ok(());
+        return Ok(created);
     }
     if already == stores.len() {
-        return remove_from_incoming(dir, [&sidecar_name, &sig_name, &sealed_name]);
+        return remove_from_incoming(dir, [&sidecar_name, &sig_name, &sealed_name])
+            .map(|()| created);
     }
     for store in stores {
         io::Seek::rewind(&mut sealed).map_err(|e| format!("{sealed_name}: {e}"))?;
@@ -183,7 +265,7 @@ fn one(
         .map_err(|e| format!("{}: {e}", store.name()))?;
     }
     // Taken: only now does it leave incoming.
-    remove_from_incoming(dir, [&sidecar_name, &sig_name, &sealed_name])
+    remove_from_incoming(dir, [&sidecar_name, &sig_name, &sealed_name]).map(|()| created)
 }
 
 /// Sidecar first: what is left of an interrupted removal is an incomplete
@@ -227,6 +309,7 @@ fn copy_into(
     let mut hash = kind.hasher();
     let mut len = 0u64;
     let mut buf = vec![0u8; 256 * 1024];
+    let mut sealed = sealed.take(sidecar.size.saturating_add(1));
     loop {
         let n = sealed
             .read(&mut buf)

@@ -76,6 +76,26 @@ pub fn load_verifier(path: &Path) -> Result<Verifier> {
     })
 }
 
+/// Whose signatures the job believes: `signing_public_key`, else the public
+/// half of its own `signing_key` (the backup host's configuration). A job
+/// that signs never counts or deletes by an unsigned sidecar, whichever
+/// command reads the store: `backup`, `prune`, `verify`, `list`, `restore`.
+pub fn trusted_verifier(c: &Config) -> Result<Option<Verifier>> {
+    if let Some(p) = &c.job.signing_public_key {
+        return load_verifier(p).map(Some);
+    }
+    let Some(signer) = load_signer(c)? else {
+        return Ok(None);
+    };
+    signer
+        .verifier()
+        .map(Some)
+        .map_err(|message| Error::Signing {
+            path: c.job.signing_key.clone().unwrap_or_default(),
+            message,
+        })
+}
+
 fn build_source(s: &config::Source) -> Box<dyn Source> {
     match s.clone() {
         config::Source::Mysql {

@@ -78,10 +78,7 @@ pub fn verify(
     identities: Option<&[Identity]>,
     restore_test: bool,
 ) -> Result<Outcome> {
-    let verifier = match &config.job.signing_public_key {
-        Some(p) => Some(crate::pipeline::job::load_verifier(p)?),
-        None => None,
-    };
+    let verifier = crate::pipeline::job::trusted_verifier(config)?;
     let catalog = Catalog::load(config)?;
     let job = config.job.name.as_str();
     let level = match (identities.is_some(), restore_test) {
