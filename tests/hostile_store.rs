@@ -562,6 +562,12 @@ fn an_unsigned_rollback_is_refused_before_a_byte_is_written() {
     let out = e.restore(&unsigned, new, &to, &[]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     assert!(is_empty_or_absent(&to), "a rolled-back file was extracted");
+    // Keyless verify reads the header's name too (plain text until a key
+    // checks it, but a rollback that did not rewrite it is caught).
+    let out = coffer(&["verify", "-c", &unsigned, new]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("the header names backup"), "{said}");
 }
 
 #[test]

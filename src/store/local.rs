@@ -1,6 +1,6 @@
 //! A directory on a local (or mounted) file system.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{BufReader, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -77,9 +77,28 @@ impl Store for LocalStore {
         ))))
     }
 
+    /// Opens a regular file and nothing else. The listing saw a regular
+    /// file, but the directory may be a hostile server's (NFS, SSHFS) or a
+    /// synced copy that changes under us: a FIFO would block the restore
+    /// forever and a symlink would read the restore machine's own files
+    /// (`/dev/zero`, keys) as backup data. So: no following links, no
+    /// blocking open, and the type checked on the opened file itself.
     fn get(&self, file: &str) -> Result<Box<dyn Read + Send>> {
+        use std::os::unix::fs::OpenOptionsExt;
         let p = self.path(file)?;
-        let f = File::open(&p).map_err(|e| Error::io(&p, "open", e))?;
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&p)
+            .map_err(|e| Error::io(&p, "open", e))?;
+        let meta = f.metadata().map_err(|e| Error::io(&p, "stat", e))?;
+        if !meta.is_file() {
+            return Err(Error::io(
+                &p,
+                "open",
+                std::io::Error::other("not a regular file"),
+            ));
+        }
         Ok(Box::new(BufReader::with_capacity(1 << 20, f)))
     }
 
@@ -121,5 +140,39 @@ impl Store for LocalStore {
         let p = self.path(file)?;
         fs::remove_file(&p).map_err(|e| Error::io(&p, "delete", e))?;
         crate::fsutil::sync_parent(&p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `get` answers (either way) within a few seconds.
+    fn answers(store: LocalStore, file: &'static str) -> Option<bool> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(store.get(file).is_ok());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5)).ok()
+    }
+
+    #[test]
+    fn only_regular_files_are_read_never_fifos_or_links() {
+        let d = tempfile::tempdir().unwrap();
+        let store = || LocalStore::new("s".into(), d.path());
+        fs::write(d.path().join("a.coffer.json"), b"{}").unwrap();
+        assert_eq!(answers(store(), "a.coffer.json"), Some(true));
+        let fifo = std::process::Command::new("mkfifo")
+            .arg(d.path().join("b.coffer.json"))
+            .status()
+            .unwrap();
+        assert!(fifo.success());
+        assert_eq!(
+            answers(store(), "b.coffer.json"),
+            Some(false),
+            "a FIFO must be refused at once, not block"
+        );
+        std::os::unix::fs::symlink("/etc/hostname", d.path().join("c.coffer")).unwrap();
+        assert_eq!(answers(store(), "c.coffer"), Some(false));
     }
 }
