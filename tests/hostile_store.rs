@@ -1043,3 +1043,60 @@ fn the_backup_hosts_own_config_believes_only_what_its_key_signed() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(e.restored(&to).as_deref(), Some(SECRET));
 }
+
+/// `--force` replaces existing files, but a restore that fails after it has
+/// replaced one — a later member in the way (a symlink already in the
+/// target), or an archive that fails its own checks — puts every replaced
+/// file back as it was: nothing is lost to a restore that did not finish.
+#[test]
+fn a_forced_restore_that_fails_later_puts_back_what_it_replaced() {
+    let e = Env::new();
+    fs::create_dir(e.p().join("data/sub")).unwrap();
+    fs::write(e.p().join("data/sub/z.txt"), "later member").unwrap();
+    let unsigned = e.config("unsigned.toml", false, "");
+    ok(&["backup", "-c", &unsigned]);
+    let name = e.names().pop().unwrap();
+    let to = e.p().join("out");
+    let at = |rel: &str| {
+        to.join("files/data")
+            .join(e.p().join("data").join(rel).strip_prefix("/").unwrap())
+    };
+    fs::create_dir_all(at("")).unwrap();
+    fs::write(at("file.txt"), "the operator's current file").unwrap();
+    // A later member's directory is a symlink in the target: the restore
+    // refuses to write through it, after file.txt's member was written.
+    fs::create_dir(e.p().join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(e.p().join("elsewhere"), at("sub")).unwrap();
+    let out = e.restore(&unsigned, &name, &to, &["--force"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("/sub"), "{}", stderr(&out));
+    assert_eq!(
+        fs::read_to_string(at("file.txt")).unwrap(),
+        "the operator's current file",
+        "a replaced file was lost to a restore that failed"
+    );
+    let names: Vec<String> = fs::read_dir(at(""))
+        .unwrap()
+        .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.contains("coffer-replaced")),
+        "{names:?}"
+    );
+    assert!(fs::read_dir(e.p().join("elsewhere"))
+        .unwrap()
+        .next()
+        .is_none());
+    // Without the link in the way, --force replaces it, and leaves nothing
+    // aside.
+    fs::remove_file(at("sub")).unwrap();
+    let out = e.restore(&unsigned, &name, &to, &["--force"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(e.restored(&to).as_deref(), Some(SECRET));
+    assert_eq!(fs::read_to_string(at("sub/z.txt")).unwrap(), "later member");
+    assert!(fs::read_dir(at("")).unwrap().all(|d| !d
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains("coffer-replaced")));
+}

@@ -136,6 +136,11 @@ struct Extractor {
     /// Directory modes and mtimes, applied last (a read-only directory would
     /// refuse its own contents).
     dirs: Vec<(PathBuf, u32, i64)>,
+    /// Files and links `--force` replaced, moved aside in their own
+    /// directory (the directory's path, the name aside, the name): removed
+    /// once the whole restore succeeded, put back if it fails. A replaced
+    /// file is never gone before the archive has proved itself.
+    replaced: Vec<(PathBuf, std::ffi::OsString, std::ffi::OsString)>,
     /// The directory the last member went into, still open: the next member
     /// is most often its sibling (tar keeps a directory's entries together),
     /// and a held descriptor cannot be redirected.
@@ -163,6 +168,7 @@ impl Extractor {
             made_dirs: HashSet::new(),
             undo_roots: Vec::new(),
             dirs: Vec::new(),
+            replaced: Vec::new(),
             last_parent: None,
         })
     }
@@ -344,10 +350,11 @@ impl Extractor {
         Ok(())
     }
 
-    /// An existing file or link is an error, or with `--force` is removed
-    /// first (the link itself, never what it points to).
+    /// An existing file or link is an error, or with `--force` is moved
+    /// aside (the link itself, never what it points to), to be removed when
+    /// the restore succeeds or put back when it fails.
     fn make_room(
-        &self,
+        &mut self,
         dir: &OwnedFd,
         name: &OsStr,
         rel: &Path,
@@ -356,8 +363,23 @@ impl Extractor {
         match kind_at(dir, name) {
             Ok(None) => Ok(()),
             Ok(Some(kind)) if self.force && kind != FileType::Directory => {
-                rustix::fs::unlinkat(dir, name, AtFlags::empty())
-                    .map_err(|e| WalkError::target(&path, "replace", e.into()))
+                let aside = std::ffi::OsString::from(format!(
+                    ".coffer-replaced-{}-{}-{:08x}",
+                    std::process::id(),
+                    self.replaced.len(),
+                    rand::random::<u32>()
+                ));
+                rustix::fs::renameat_with(
+                    dir,
+                    name,
+                    dir,
+                    &aside,
+                    rustix::fs::RenameFlags::NOREPLACE,
+                )
+                .map_err(|e| WalkError::target(&path, "move aside (to replace)", e.into()))?;
+                let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+                self.replaced.push((parent, aside, name.to_owned()));
+                Ok(())
             }
             Ok(Some(_)) => {
                 Err(self.in_the_way(rel, "already exists (use --force to replace files)"))
@@ -366,7 +388,12 @@ impl Extractor {
         }
     }
 
-    fn finish(&self) {
+    fn finish(&mut self) {
+        for (parent, aside, _) in std::mem::take(&mut self.replaced) {
+            if let Some(dir) = open_below(&self.root_fd, &parent, TRAVERSE) {
+                let _ = rustix::fs::unlinkat(&dir, &aside, AtFlags::empty());
+            }
+        }
         let last = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         for (rel, mode, mtime) in self.dirs.iter().rev() {
             if let Some(fd) = open_below(&self.root_fd, rel, last) {
@@ -392,6 +419,13 @@ impl Extractor {
                     let _ = rustix::fs::unlinkat(&dir, name, AtFlags::empty());
                 }
                 Ok(None) | Err(_) => {}
+            }
+        }
+        // What --force moved aside goes back, newest first (a name replaced
+        // twice returns to its first content).
+        for (parent, aside, name) in std::mem::take(&mut self.replaced).into_iter().rev() {
+            if let Some(dir) = open_below(&self.root_fd, &parent, TRAVERSE) {
+                let _ = rustix::fs::renameat(&dir, &aside, &dir, &name);
             }
         }
     }

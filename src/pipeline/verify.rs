@@ -292,7 +292,12 @@ fn check_one(
     // The header's name is plain text until a key checks its MAC, but a
     // server that serves an older backup under the newest name and forgets
     // it is caught here without one. (Backups of earlier versions have none.)
-    if let Some(n) = header.metadata.name.as_deref().filter(|n| *n != sidecar.name) {
+    if let Some(n) = header
+        .metadata
+        .name
+        .as_deref()
+        .filter(|n| *n != sidecar.name)
+    {
         r.problems.push(format!(
             "the header names backup {n:?}, the sidecar {}",
             sidecar.name
