@@ -1100,3 +1100,118 @@ fn a_forced_restore_that_fails_later_puts_back_what_it_replaced() {
         .to_string_lossy()
         .contains("coffer-replaced")));
 }
+
+/// A tiny S3 endpoint on loopback that pages its listing in a circle: every
+/// ListObjectsV2 answer is truncated, with the same continuation token and
+/// a thousand fresh keys.
+fn circular_s3() -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut w = conn;
+                loop {
+                    let mut path = String::new();
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if path.is_empty() {
+                            path = line.clone();
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let body = if path.contains("uploads") {
+                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListMultipartUploadsResult>\
+                         <Bucket>b</Bucket><IsTruncated>false</IsTruncated></ListMultipartUploadsResult>"
+                            .to_owned()
+                    } else {
+                        let items: String = (0..1000)
+                            .map(|i| {
+                                format!(
+                                    "<Contents><Key>x-{n}-{i}</Key><Size>1</Size>\
+                                     <LastModified>2026-01-01T00:00:00.000Z</LastModified></Contents>"
+                                )
+                            })
+                            .collect();
+                        format!(
+                            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult>\
+                             <Name>b</Name><Prefix></Prefix><KeyCount>1000</KeyCount>\
+                             <MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated>\
+                             <NextContinuationToken>same-token</NextContinuationToken>\
+                             {items}</ListBucketResult>"
+                        )
+                    };
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if w.write_all(head.as_bytes()).is_err()
+                        || w.write_all(body.as_bytes()).is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// An S3 server that pages its listing without end (the same continuation
+/// token every time) is refused at once, not followed forever with memory
+/// growing by the page.
+#[test]
+fn an_s3_listing_that_pages_in_a_circle_is_refused() {
+    let e = Env::new();
+    let port = circular_s3();
+    let creds = e.p().join("creds");
+    fs::write(
+        &creds,
+        "[default]\naws_access_key_id = AKIAEXAMPLE\naws_secret_access_key = secret\n",
+    )
+    .unwrap();
+    chmod(&creds, 0o600);
+    let cfg = e.p().join("s3.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[job]\nname = \"prod\"\nrecipients = [\"backup.key.pub\"]\n\
+             [[store]]\ntype = \"s3\"\nname = \"hostile\"\nendpoint = \"http://127.0.0.1:{port}\"\n\
+             bucket = \"backups\"\npath_style = true\ncredentials = \"{}\"\ntimeout_secs = 5\nretries = 1\n",
+            creds.display()
+        ),
+    )
+    .unwrap();
+    chmod(&cfg, 0o600);
+    let mut child = std::process::Command::new(bin())
+        .args(["list", "-c", cfg.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("coffer list still following the circular listing after 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_ne!(code(&out), 0);
+    assert!(
+        stderr(&out).contains("continuation token"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -41,6 +41,17 @@ pub trait Store: Send + Sync {
     fn delete(&self, file: &str) -> Result<()>;
 }
 
+/// The most files a store may list. A job's directory holds a few files per
+/// backup kept; a listing past this is a broken or hostile server (one that
+/// pages without end, or streams names forever), refused before it takes
+/// the restore machine's memory.
+pub const MAX_LISTED: usize = 200_000;
+
+/// The error for a listing past [`MAX_LISTED`].
+pub(crate) fn too_many_listed() -> String {
+    format!("the server lists more than {MAX_LISTED} files; refusing the listing (a broken or hostile server)")
+}
+
 /// Store file names are single path components coffer chose itself.
 pub(crate) fn valid_file_name(file: &str) -> bool {
     !file.is_empty()

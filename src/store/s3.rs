@@ -241,17 +241,38 @@ impl S3Store {
             if page.is_truncated() != Some(true) {
                 break;
             }
-            key_marker = page.next_key_marker().map(str::to_owned);
-            id_marker = page.next_upload_id_marker().map(str::to_owned);
-            if key_marker.is_none() && id_marker.is_none() {
+            if out.len() > super::MAX_LISTED {
+                return Err(self.fail(refused_listing(prefix, super::too_many_listed())));
+            }
+            let next = (
+                page.next_key_marker().map(str::to_owned),
+                page.next_upload_id_marker().map(str::to_owned),
+            );
+            if next.0.is_none() && next.1.is_none() {
                 break;
             }
+            if next == (key_marker.clone(), id_marker.clone()) {
+                return Err(self.fail(refused_listing(prefix, format!(
+                    "the server repeats the upload listing's markers {next:?}; refusing the listing (a broken or hostile server)"
+                ))));
+            }
+            (key_marker, id_marker) = next;
         }
         Ok(out)
     }
 }
 
 type HttpResponse = aws_sdk_s3::config::http::HttpResponse;
+
+/// A listing refused for its own shape (endless, or past the cap).
+fn refused_listing(prefix: &str, message: String) -> S3Error {
+    S3Error::Request {
+        op: "list",
+        key: prefix.to_owned(),
+        message,
+        transient: false,
+    }
+}
 
 /// `{prefix}/{file}`, or `{file}` without a prefix.
 pub fn object_key(prefix: &str, file: &str) -> String {
@@ -985,10 +1006,20 @@ impl Store for S3Store {
                         .map_or(0, aws_sdk_s3::primitives::DateTime::secs),
                 });
             }
-            token = page.next_continuation_token().map(str::to_owned);
-            if page.is_truncated() != Some(true) || token.is_none() {
+            if out.len() > super::MAX_LISTED {
+                return Err(self.fail(refused_listing(&dir, super::too_many_listed())));
+            }
+            let next = page.next_continuation_token().map(str::to_owned);
+            if page.is_truncated() != Some(true) || next.is_none() {
                 break;
             }
+            // A token that comes back is a server paging in a circle.
+            if next == token {
+                return Err(self.fail(refused_listing(&dir, format!(
+                    "the server repeats the listing's continuation token {next:?}; refusing the listing (a broken or hostile server)"
+                ))));
+            }
+            token = next;
         }
         // Unfinished uploads, as `X.partial` (the newest start time of X's).
         let mut partial: BTreeMap<String, i64> = BTreeMap::new();

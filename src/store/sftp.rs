@@ -517,7 +517,31 @@ impl Store for SftpStore {
 
     fn list(&self) -> Result<Vec<Object>> {
         let dir = PathBuf::from(&self.cfg.path);
-        let entries = self.with_conn(|s| s.readdir(&dir))?;
+        // One entry at a time, at most MAX_LISTED: a server that streams
+        // names without end is refused, not buffered.
+        let entries = self.with_conn(|s| {
+            let mut d = s.opendir(&dir)?;
+            let mut entries = Vec::new();
+            loop {
+                match d.readdir() {
+                    Ok((p, st)) => {
+                        if p.as_os_str() != "." && p.as_os_str() != ".." {
+                            entries.push((p, st));
+                        }
+                    }
+                    // LIBSSH2_ERROR_FILE: the end of the directory.
+                    Err(e) if matches!(e.code(), ssh2::ErrorCode::Session(-16)) => break,
+                    Err(e) => return Err(e),
+                }
+                if entries.len() > super::MAX_LISTED {
+                    return Err(ssh2::Error::new(
+                        ssh2::ErrorCode::Session(-31),
+                        "the server lists more files than a store holds; refusing the listing (a broken or hostile server)",
+                    ));
+                }
+            }
+            Ok(entries)
+        })?;
         let mut out: Vec<Object> = entries
             .into_iter()
             .filter(|(_, st)| st.is_file())
