@@ -1101,10 +1101,20 @@ fn a_forced_restore_that_fails_later_puts_back_what_it_replaced() {
         .contains("coffer-replaced")));
 }
 
-/// A tiny S3 endpoint on loopback that pages its listing in a circle: every
-/// ListObjectsV2 answer is truncated, with the same continuation token and
-/// a thousand fresh keys.
-fn circular_s3() -> u16 {
+/// What a hostile S3 endpoint does.
+#[derive(Clone, Copy)]
+enum Hostile {
+    /// Every ListObjectsV2 answer is truncated, with the same continuation
+    /// token and a thousand fresh keys.
+    CircularListing,
+    /// Lists one backup; every object's body promises a megabyte and sends
+    /// a byte a second.
+    Trickle,
+}
+
+/// A tiny S3 endpoint on loopback, hostile as told.
+fn hostile_s3(how: Hostile) -> u16 {
+    use std::fmt::Write as _;
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -1115,40 +1125,67 @@ fn circular_s3() -> u16 {
                 let mut r = BufReader::new(conn.try_clone().unwrap());
                 let mut w = conn;
                 loop {
-                    let mut path = String::new();
+                    let mut request = String::new();
                     let mut line = String::new();
                     loop {
                         line.clear();
                         if r.read_line(&mut line).unwrap_or(0) == 0 {
                             return;
                         }
-                        if path.is_empty() {
-                            path = line.clone();
+                        if request.is_empty() {
+                            request.clone_from(&line);
                         }
                         if line == "\r\n" {
                             break;
                         }
                     }
-                    let body = if path.contains("uploads") {
+                    let listing = request.contains("list-type=2");
+                    let body = if request.contains("uploads") {
                         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListMultipartUploadsResult>\
                          <Bucket>b</Bucket><IsTruncated>false</IsTruncated></ListMultipartUploadsResult>"
                             .to_owned()
-                    } else {
-                        let items: String = (0..1000)
-                            .map(|i| {
-                                format!(
-                                    "<Contents><Key>x-{n}-{i}</Key><Size>1</Size>\
-                                     <LastModified>2026-01-01T00:00:00.000Z</LastModified></Contents>"
-                                )
-                            })
-                            .collect();
+                    } else if listing {
+                        let (keys, truncated): (Vec<String>, bool) = match how {
+                            Hostile::CircularListing => {
+                                ((0..1000).map(|i| format!("x-{n}-{i}")).collect(), true)
+                            }
+                            Hostile::Trickle => (
+                                [
+                                    "prod-20261201T000000Z.coffer",
+                                    "prod-20261201T000000Z.coffer.json",
+                                ]
+                                .map(str::to_owned)
+                                .to_vec(),
+                                false,
+                            ),
+                        };
+                        let mut items = String::new();
+                        for k in keys {
+                            write!(
+                                items,
+                                "<Contents><Key>{k}</Key><Size>1000000</Size>\
+                                 <LastModified>2026-12-01T00:00:00.000Z</LastModified></Contents>"
+                            )
+                            .unwrap();
+                        }
                         format!(
                             "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult>\
-                             <Name>b</Name><Prefix></Prefix><KeyCount>1000</KeyCount>\
-                             <MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated>\
+                             <Name>b</Name><Prefix></Prefix><IsTruncated>{truncated}</IsTruncated>\
                              <NextContinuationToken>same-token</NextContinuationToken>\
                              {items}</ListBucketResult>"
                         )
+                    } else {
+                        // An object: a megabyte promised, a byte a second.
+                        let head = "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n";
+                        if w.write_all(head.as_bytes()).is_err() {
+                            return;
+                        }
+                        loop {
+                            if w.write_all(b"{").and_then(|()| w.flush()).is_err() {
+                                return;
+                            }
+                            std::thread::sleep(std::time::Duration::from_secs(1));
+                        }
                     };
                     let head = format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n",
@@ -1166,13 +1203,16 @@ fn circular_s3() -> u16 {
     port
 }
 
-/// An S3 server that pages its listing without end (the same continuation
-/// token every time) is refused at once, not followed forever with memory
-/// growing by the page.
-#[test]
-fn an_s3_listing_that_pages_in_a_circle_is_refused() {
-    let e = Env::new();
-    let port = circular_s3();
+/// Runs `coffer ARGS` against `hostile`'s endpoint; fails the test if it
+/// is still running after `limit`.
+fn against_hostile_s3(
+    e: &Env,
+    how: Hostile,
+    timeout_secs: u32,
+    args: &[&str],
+    limit: std::time::Duration,
+) -> std::process::Output {
+    let port = hostile_s3(how);
     let creds = e.p().join("creds");
     fs::write(
         &creds,
@@ -1186,32 +1226,66 @@ fn an_s3_listing_that_pages_in_a_circle_is_refused() {
         format!(
             "[job]\nname = \"prod\"\nrecipients = [\"backup.key.pub\"]\n\
              [[store]]\ntype = \"s3\"\nname = \"hostile\"\nendpoint = \"http://127.0.0.1:{port}\"\n\
-             bucket = \"backups\"\npath_style = true\ncredentials = \"{}\"\ntimeout_secs = 5\nretries = 1\n",
+             bucket = \"backups\"\npath_style = true\ncredentials = \"{}\"\n\
+             timeout_secs = {timeout_secs}\nretries = 1\n",
             creds.display()
         ),
     )
     .unwrap();
     chmod(&cfg, 0o600);
     let mut child = std::process::Command::new(bin())
-        .args(["list", "-c", cfg.to_str().unwrap()])
+        .args(args)
+        .args(["-c", cfg.to_str().unwrap()])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + limit;
     while child.try_wait().unwrap().is_none() {
         if std::time::Instant::now() > deadline {
             child.kill().unwrap();
-            panic!("coffer list still following the circular listing after 60 s");
+            panic!("coffer {args:?} still running after {limit:?}");
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// An S3 server that pages its listing without end (the same continuation
+/// token every time) is refused at once, not followed forever with memory
+/// growing by the page.
+#[test]
+fn an_s3_listing_that_pages_in_a_circle_is_refused() {
+    let e = Env::new();
+    let out = against_hostile_s3(
+        &e,
+        Hostile::CircularListing,
+        5,
+        &["list"],
+        std::time::Duration::from_secs(60),
+    );
     assert_ne!(code(&out), 0);
     assert!(
         stderr(&out).contains("continuation token"),
         "{}",
         stderr(&out)
     );
+}
+
+/// An S3 server that sends an object a byte at a time — never idle long
+/// enough for a timeout — is given up on once a window of `timeout_secs`
+/// brings less than 64 KiB, instead of holding the restore for weeks.
+#[test]
+fn an_s3_body_that_trickles_is_given_up_on() {
+    let e = Env::new();
+    let out = against_hostile_s3(
+        &e,
+        Hostile::Trickle,
+        2,
+        &["restore", "latest", "-i", &e.key(), "--stdout"],
+        std::time::Duration::from_secs(60),
+    );
+    assert_ne!(code(&out), 0);
+    assert!(stderr(&out).contains("giving up"), "{}", stderr(&out));
 }

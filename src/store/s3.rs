@@ -843,13 +843,78 @@ struct S3Read {
     expected: Option<u64>,
     read: u64,
     key: String,
+    pace: Pace,
+}
+
+/// The least a body must deliver in each window of `timeout_secs`: a server
+/// that trickles a byte now and then (never idle long enough for a
+/// timeout) would otherwise hold a restore for weeks. As curl's
+/// `--speed-limit` with `--speed-time`.
+const MIN_BYTES_PER_WINDOW: u64 = 64 << 10;
+
+struct Pace {
+    window: Duration,
+    started: std::time::Instant,
+    bytes: u64,
+}
+
+impl Pace {
+    fn new(window: Duration) -> Self {
+        Pace {
+            window,
+            started: std::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// How long the next piece may take before the window is judged.
+    fn left(&self) -> Duration {
+        self.window.saturating_sub(self.started.elapsed())
+    }
+
+    /// Counts `n` bytes; past the window, fails if it got too few.
+    fn got(&mut self, n: u64, key: &str) -> io::Result<()> {
+        self.bytes += n;
+        if self.started.elapsed() < self.window {
+            return Ok(());
+        }
+        if self.bytes < MIN_BYTES_PER_WINDOW {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{key}: the server sent {} bytes in {}s, less than {} KiB; giving up on it",
+                    self.bytes,
+                    self.window.as_secs(),
+                    MIN_BYTES_PER_WINDOW >> 10
+                ),
+            ));
+        }
+        self.started = std::time::Instant::now();
+        self.bytes = 0;
+        Ok(())
+    }
 }
 
 impl Read for S3Read {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.cur.is_empty() {
-            match self.inner.rt.block_on(self.body.next()) {
-                Some(Ok(b)) => self.cur = b,
+            let left = self.pace.left();
+            let body = &mut self.body;
+            // The timer is made inside the runtime, which drives it.
+            let next = self
+                .inner
+                .rt
+                .block_on(async { tokio::time::timeout(left, body.next()).await });
+            let Ok(next) = next else {
+                // Nothing more within the window: judge it.
+                self.pace.got(0, &self.key)?;
+                continue;
+            };
+            match next {
+                Some(Ok(b)) => {
+                    self.pace.got(b.len() as u64, &self.key)?;
+                    self.cur = b;
+                }
                 Some(Err(e)) => {
                     return Err(io::Error::other(format!(
                         "{}: {}",
@@ -971,6 +1036,7 @@ impl Store for S3Store {
             expected,
             read: 0,
             key,
+            pace: Pace::new(self.cfg.timeout),
         }))
     }
 
