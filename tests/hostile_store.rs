@@ -1289,3 +1289,34 @@ fn an_s3_body_that_trickles_is_given_up_on() {
     assert_ne!(code(&out), 0);
     assert!(stderr(&out).contains("giving up"), "{}", stderr(&out));
 }
+
+/// `latest` follows the signed ledger, but a ledger can restart: a server
+/// that hid every sidecar while a backup ran made the host begin again at
+/// seq 1. That newest backup, signed and dated last, is then earlier in the
+/// ledger than the older ones; a restore of `latest` names it rather than
+/// passing it by in silence.
+#[test]
+fn latest_names_a_newer_signed_backup_that_a_restarted_ledger_puts_first() {
+    let e = Env::new();
+    let signed = e.config("signed.toml", true, "");
+    ok(&["backup", "-c", &signed]);
+    ok(&["backup", "-c", &signed]);
+    let older = e.names();
+    let hidden = e.p().join("hidden");
+    fs::rename(e.store(), &hidden).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    ok(&["backup", "-c", &signed]);
+    let newest = e.names().pop().unwrap();
+    for f in fs::read_dir(&hidden).unwrap() {
+        let f = f.unwrap();
+        fs::rename(f.path(), e.store().join(f.file_name())).unwrap();
+    }
+    let to = e.p().join("out");
+    let out = e.restore(&signed, "latest", &to, &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("{newest} in")) && stderr(&out).contains("ledger restarted"),
+        "{older:?} {newest}: {}",
+        stderr(&out)
+    );
+}

@@ -230,6 +230,9 @@ impl Catalog {
                             .filter(|(n, _)| n.as_str() > l.name.as_str())
                             .map(|(_, m)| m),
                     );
+                    if signed && wanted == "latest" {
+                        refused.extend(self.newer_by_time(&candidates[k + 1..], l, s, verifier));
+                    }
                     return Ok(Found {
                         store: i,
                         listed: l,
@@ -251,6 +254,51 @@ impl Catalog {
         Err(Error::Usage(format!(
             "no complete backup {what:?} of job {job:?} in the configured stores (see `coffer list`)"
         )))
+    }
+}
+
+impl Catalog {
+    /// Signed backups dated after `chosen` that the ledger puts before it: a
+    /// ledger that restarted (the host once saw none of its sidecars, say
+    /// because a server hid them) or forked. `latest` keeps to the ledger,
+    /// but says which backup is newer by its signed time.
+    fn newer_by_time(
+        &self,
+        rest: &[(usize, &Listed, &Sidecar)],
+        chosen: &Listed,
+        sidecar: &Sidecar,
+        verifier: Option<&Verifier>,
+    ) -> Vec<String> {
+        let Some(at) = sidecar.created() else {
+            return Vec::new();
+        };
+        let mut seen = Vec::new();
+        let mut said = Vec::new();
+        for &(i, l, s) in rest {
+            if l.name == chosen.name
+                || seen.contains(&l.name)
+                || s.created().is_none_or(|c| c <= at)
+                || matches!(
+                    origin(self.stores[i].as_ref(), l, verifier),
+                    Origin::Refused(_)
+                )
+            {
+                continue;
+            }
+            seen.push(l.name.clone());
+            said.push(format!(
+                "{} in {} is signed and newer ({}) but earlier in the ledger (seq {}, the chosen {} has {}): \
+                 the ledger restarted or forked; `coffer verify` shows it, and `restore {}` takes that one",
+                l.name,
+                self.stores[i].name(),
+                s.created,
+                s.seq.unwrap_or(0),
+                chosen.name,
+                sidecar.seq.unwrap_or(0),
+                l.name
+            ));
+        }
+        said
     }
 }
 
