@@ -530,3 +530,73 @@ fn an_unreachable_server_is_tried_once_per_run_not_at_every_step() {
     assert_eq!(attempts, 2, "connected {attempts} times");
     assert_eq!(Rig::backups(&rig.local).len(), 1);
 }
+
+/// A server that hangs mid-upload with its connection open (its sessions
+/// stopped, as a wedged host or a dead link leaves them) must not hold the
+/// night: the upload's write times out, the run goes on without waiting for
+/// the dead upload to be torn down, the local store gets the whole backup,
+/// and the server gets it again by a fresh connection (a new session) from
+/// the local copy — with a warning that says so, not in silence.
+#[test]
+fn a_server_that_hangs_mid_upload_is_left_and_refilled_with_a_warning() {
+    if !root_or_skip("a_server_that_hangs_mid_upload_is_left_and_refilled_with_a_warning") {
+        return;
+    }
+    let sshd = Sshd::start();
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path();
+    let key = p.join("backup.key");
+    ok(&["keygen", "--type", "age", "--out", key.to_str().unwrap()]);
+    let local = p.join("local");
+    let cfg = p.join("coffer.toml");
+    // Some data, a pause (the upload is under way when the server hangs),
+    // then more than every buffer on the way can hold.
+    fs::write(
+        &cfg,
+        format!(
+            "[job]\nname = \"prod\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\ncompression = \"none\"\n\
+             [[source]]\ntype = \"command\"\nname = \"data\"\n\
+             argv = [\"sh\", \"-c\", \"head -c 2000000 /dev/urandom; sleep 3; head -c 40000000 /dev/urandom\"]\n\
+             [[store]]\ntype = \"local\"\nname = \"local\"\npath = \"{s}\"\n{remote}",
+            k = key.display(),
+            l = p.join("lock").display(),
+            s = local.display(),
+            remote = sshd.store_config(""),
+        ),
+    )
+    .unwrap();
+    chmod(&cfg, 0o600);
+    let mut child = Command::new(bin())
+        .args(["backup", "-c", cfg.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    sshd.freeze_sessions(true);
+    let started = std::time::Instant::now();
+    let deadline = started + std::time::Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            sshd.freeze_sessions(false);
+            panic!("the backup still waits on the hung server after 120 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    sshd.freeze_sessions(false);
+    let out = child.wait_with_output().unwrap();
+    let said = format!("after {:?}: {}", started.elapsed(), stderr(&out));
+    assert_eq!(code(&out), 0, "{said}");
+    assert!(
+        said.contains("remote: the upload failed")
+            && said.contains("copied there again from local"),
+        "{said}"
+    );
+    let names = Rig::backups(&local);
+    assert_eq!(names.len(), 1, "{:?}", Rig::files(&local));
+    assert_eq!(Rig::backups(&sshd.data_dir()), names);
+    let out = coffer(&["verify", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}

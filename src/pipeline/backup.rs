@@ -4,10 +4,11 @@
 
 use std::io::{self, Read, Write};
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -38,74 +39,246 @@ pub struct Summary {
 
 /// One store's upload within a run, on a thread of its own so stores (and a
 /// slow network) run in parallel with each other and with compression.
+///
+/// A store that stops taking data — a server that hangs without closing
+/// the connection, a hung network mount — must not hold the others: the
+/// run watches each writer's progress, and one that takes no byte for the
+/// store's stall limit is left behind (its thread detached) while the other
+/// stores go on.
 struct Slot {
     store: usize,
-    tx: Option<SyncSender<Arc<[u8]>>>,
-    worker: Option<JoinHandle<Written>>,
+    tx: Option<SyncSender<Msg>>,
+    /// The writer's last word: committed, or why not.
+    done: Option<Receiver<std::result::Result<(), Failure>>>,
+    worker: Option<JoinHandle<()>>,
+    /// Bytes the writer has handed to the store so far.
+    progress: Arc<AtomicU64>,
+    stall: Duration,
 }
 
-/// What an upload thread hands back: the upload, and the error that stopped it.
-type Written = (Box<dyn Upload>, Option<io::Error>);
+enum Msg {
+    Piece(Arc<[u8]>),
+    /// The stream is complete: commit it.
+    End,
+}
+
+/// Why a writer stopped.
+enum Failure {
+    Write(io::Error),
+    Commit(Error),
+    /// The queue closed without an end: the run failed, and the upload was
+    /// dropped (its partial file removed).
+    Aborted,
+}
 
 /// Ciphertext pieces in flight per store (each up to one 64 KiB chunk).
 const QUEUE: usize = 16;
 
+/// How a hand-over to a writer went.
+enum Sent {
+    Yes,
+    /// The writer stopped (its error is waiting).
+    Gone,
+    /// No progress for the stall limit.
+    Stalled,
+    Cancelled,
+}
+
 impl Slot {
-    fn start(store: usize, mut upload: Box<dyn Upload>) -> Self {
-        let (tx, rx) = sync_channel::<Arc<[u8]>>(QUEUE);
+    fn start(store: usize, mut upload: Box<dyn Upload>, stall: Duration) -> Self {
+        let (tx, rx) = sync_channel::<Msg>(QUEUE);
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let progress = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&progress);
         let worker = std::thread::spawn(move || {
-            for piece in rx {
-                if let Err(e) = upload.write_all(&piece) {
-                    // Dropping the receiver tells the sender this store is out.
-                    return (upload, Some(e));
+            for msg in rx {
+                match msg {
+                    Msg::Piece(piece) => {
+                        if let Err(e) = write_counted(&mut upload, &piece, &counter) {
+                            // Said first, so that the run goes on at once;
+                            // then the upload is dropped (a remote partial
+                            // removed) here, off the run's path, however
+                            // long a failing server takes to answer.
+                            let _ = done_tx.send(Err(Failure::Write(e)));
+                            return;
+                        }
+                    }
+                    Msg::End => {
+                        let _ = done_tx.send(upload.commit().map_err(Failure::Commit));
+                        return;
+                    }
                 }
             }
-            (upload, None)
+            // The run failed: the upload is dropped (its partial removed)
+            // before the run hears of it, so that nothing is left behind.
+            drop(upload);
+            let _ = done_tx.send(Err(Failure::Aborted));
         });
         Slot {
             store,
             tx: Some(tx),
+            done: Some(done),
             worker: Some(worker),
+            progress,
+            stall,
         }
     }
 
-    /// Closes the queue and waits for the writer: the upload, or why it
-    /// failed in `store`.
-    fn finish(&mut self, store: &str) -> Result<Box<dyn Upload>> {
-        drop(self.tx.take());
-        let message = match self.worker.take().map(JoinHandle::join) {
-            Some(Ok((u, None))) => return Ok(u),
-            // A store's own error (e.g. S3's refused credentials) keeps its
-            // exit code.
-            Some(Ok((_, Some(e)))) => match e
-                .get_ref()
-                .map(<dyn std::error::Error + Send + Sync>::is::<Error>)
-            {
-                Some(true) => match e
-                    .into_inner()
-                    .map(<dyn std::error::Error + Send + Sync>::downcast::<Error>)
-                {
-                    Some(Ok(inner)) => return Err(*inner),
-                    _ => "upload failed".to_owned(),
-                },
-                _ => format!("upload failed: {e}"),
-            },
-            Some(Err(_)) => "upload thread panicked".into(),
-            None => "upload already finished".into(),
+    /// Hands `msg` to the writer, waiting while its queue is full for as
+    /// long as it makes progress.
+    fn send(&self, msg: Msg) -> Sent {
+        let Some(tx) = &self.tx else {
+            return Sent::Gone;
         };
-        Err(Error::Store {
+        let mut msg = msg;
+        let mut seen = self.progress.load(Ordering::Relaxed);
+        let mut since = Instant::now();
+        let mut nap = Duration::from_micros(50);
+        loop {
+            match tx.try_send(msg) {
+                Ok(()) => return Sent::Yes,
+                Err(TrySendError::Disconnected(_)) => return Sent::Gone,
+                Err(TrySendError::Full(m)) => msg = m,
+            }
+            if crate::cancel::is_cancelled() {
+                return Sent::Cancelled;
+            }
+            let now = self.progress.load(Ordering::Relaxed);
+            if now != seen {
+                seen = now;
+                since = Instant::now();
+            } else if since.elapsed() > self.stall {
+                return Sent::Stalled;
+            }
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_millis(10));
+        }
+    }
+
+    /// Leaves a writer that stopped making progress behind: its thread is
+    /// detached (it may be blocked in the kernel for good), and its partial
+    /// file is for the next run to clean.
+    fn abandon(&mut self, store: &str) -> Error {
+        drop(self.tx.take());
+        drop(self.done.take());
+        drop(self.worker.take());
+        Error::Store {
             store: store.to_owned(),
-            message,
-        })
+            message: format!(
+                "stalled: the store took no data for {} s (a server or mount that stopped answering); \
+                 left behind so that the other stores get the backup",
+                self.stall.as_secs()
+            ),
+        }
+    }
+
+    /// Ends the writer's queue — with `commit`, telling it the stream is
+    /// complete — and waits for its last word while it makes progress.
+    fn finish(&mut self, store: &str, commit: bool) -> Result<()> {
+        if commit {
+            match self.send(Msg::End) {
+                Sent::Yes | Sent::Gone => {}
+                Sent::Stalled => return Err(self.abandon(store)),
+                Sent::Cancelled => {
+                    return Err(Error::Store {
+                        store: store.to_owned(),
+                        message: "cancelled by a signal".into(),
+                    })
+                }
+            }
+        }
+        drop(self.tx.take());
+        let Some(done) = self.done.take() else {
+            return Err(Error::Store {
+                store: store.to_owned(),
+                message: "upload already finished".into(),
+            });
+        };
+        let mut seen = self.progress.load(Ordering::Relaxed);
+        let mut since = Instant::now();
+        let result = loop {
+            match done.recv_timeout(Duration::from_millis(200)) {
+                Ok(r) => break r,
+                Err(RecvTimeoutError::Disconnected) => {
+                    drop(self.worker.take().map(JoinHandle::join));
+                    return Err(Error::Store {
+                        store: store.to_owned(),
+                        message: "upload thread panicked".into(),
+                    });
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let now = self.progress.load(Ordering::Relaxed);
+                    if now != seen {
+                        seen = now;
+                        since = Instant::now();
+                    } else if since.elapsed() > self.stall {
+                        self.done = Some(done);
+                        return Err(self.abandon(store));
+                    }
+                }
+            }
+        };
+        // Not joined: after a write error the thread may still be tearing
+        // the upload down, and the run need not wait for that.
+        drop(self.worker.take());
+        match result {
+            Ok(()) => Ok(()),
+            Err(Failure::Commit(e)) => Err(e),
+            Err(Failure::Write(e)) => Err(upload_error(e, store)),
+            Err(Failure::Aborted) => Err(Error::Store {
+                store: store.to_owned(),
+                message: "upload stopped".into(),
+            }),
+        }
+    }
+}
+
+/// `write_all`, counting every byte the store takes as it takes it: a slow
+/// store is making progress, a stalled one is not.
+fn write_counted(w: &mut dyn Write, mut buf: &[u8], counter: &AtomicU64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match w.write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                counter.fetch_add(n as u64, Ordering::Relaxed);
+                buf = &buf[n..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A store's write error: its own (e.g. S3's refused credentials) keeps its
+/// exit code.
+fn upload_error(e: io::Error, store: &str) -> Error {
+    let message = match e
+        .get_ref()
+        .map(<dyn std::error::Error + Send + Sync>::is::<Error>)
+    {
+        Some(true) => match e
+            .into_inner()
+            .map(<dyn std::error::Error + Send + Sync>::downcast::<Error>)
+        {
+            Some(Ok(inner)) => return *inner,
+            _ => "upload failed".to_owned(),
+        },
+        _ => format!("upload failed: {e}"),
+    };
+    Error::Store {
+        store: store.to_owned(),
+        message,
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        // A run that fails drops its slots: wait for each writer so that its
-        // upload is dropped (removing the partial file) before the process exits.
-        if self.worker.is_some() {
-            drop(self.finish(""));
+        // A run that fails drops its slots: wait (while it makes progress)
+        // for each writer to drop its upload, removing the partial file,
+        // before the process exits.
+        if self.done.is_some() {
+            drop(self.finish("", false));
         }
     }
 }
@@ -172,14 +345,24 @@ impl Write for Fanout<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let piece: Arc<[u8]> = Arc::from(buf);
         for slot in &mut self.slots {
-            let sent = slot.tx.as_ref().map(|tx| tx.send(Arc::clone(&piece)));
-            if let Some(Err(_)) = sent {
-                let store = self.job.stores[slot.store].name().to_owned();
-                let e = slot.finish(&store).err().unwrap_or(Error::Store {
-                    store,
-                    message: "upload stopped".into(),
-                });
-                self.failed.push((slot.store, e));
+            if slot.tx.is_none() {
+                continue;
+            }
+            let store = self.job.stores[slot.store].name().to_owned();
+            match slot.send(Msg::Piece(Arc::clone(&piece))) {
+                Sent::Yes => {}
+                Sent::Gone => {
+                    let e = slot.finish(&store, false).err().unwrap_or(Error::Store {
+                        store,
+                        message: "upload stopped".into(),
+                    });
+                    self.failed.push((slot.store, e));
+                }
+                Sent::Stalled => {
+                    let e = slot.abandon(&store);
+                    self.failed.push((slot.store, e));
+                }
+                Sent::Cancelled => return Err(io::Error::other("cancelled by a signal")),
             }
         }
         if self.slots.iter().all(|s| s.tx.is_none()) {
@@ -518,11 +701,8 @@ fn seal_and_store(
         if slot.tx.is_none() {
             continue; // already failed and recorded
         }
-        match slot.finish(job.stores[slot.store].name()) {
-            Ok(u) => match u.commit() {
-                Ok(()) => complete.push(slot.store),
-                Err(e) => failed.push((slot.store, e)),
-            },
+        match slot.finish(job.stores[slot.store].name(), true) {
+            Ok(()) => complete.push(slot.store),
             Err(e) => failed.push((slot.store, e)),
         }
     }
@@ -548,7 +728,9 @@ fn seal_and_store(
         prev: Some(prev),
     };
     let files = sidecar_files(job, &sidecar)?;
-    let (done, failed) = finish_stores(job, &files, complete, failed);
+    let (done, failed, recopied) = finish_stores(job, &files, complete, failed);
+    let mut warnings = warnings;
+    warnings.extend(recopied);
     Ok(Stored {
         sidecar,
         bytes_in,
@@ -570,7 +752,7 @@ fn open_uploads<'a>(job: &'a Job, sealed_file: &str) -> Result<Fanout<'a>> {
     };
     for (i, store) in job.stores.iter().enumerate() {
         match store.put(sealed_file) {
-            Ok(u) => fanout.slots.push(Slot::start(i, u)),
+            Ok(u) => fanout.slots.push(Slot::start(i, u, store.stall_after())),
             Err(e) => fanout.failed.push((i, e)),
         }
     }
@@ -583,14 +765,17 @@ fn open_uploads<'a>(job: &'a Job, sealed_file: &str) -> Result<Fanout<'a>> {
 }
 
 /// Writes the sidecar where the sealed file is complete, then refills stores
-/// that dropped out from one that has the finished backup.
+/// that dropped out from one that has the finished backup. Returns the
+/// stores done, those failed, and a warning for each store that got the
+/// backup only by that copy (the run succeeded, but its upload did not).
 fn finish_stores(
     job: &Job,
     sidecar: &SidecarFiles,
     complete: Vec<usize>,
     mut failed: Vec<(usize, Error)>,
-) -> (Vec<usize>, Vec<(usize, Error)>) {
+) -> (Vec<usize>, Vec<(usize, Error)>, Vec<String>) {
     let mut done = Vec::new();
+    let mut recopied = Vec::new();
     for i in complete {
         match write_sidecar(job.stores[i].as_ref(), sidecar) {
             Ok(()) => done.push(i),
@@ -607,7 +792,15 @@ fn finish_stores(
                 continue;
             }
             match copy_backup(job.stores[from].as_ref(), job.stores[i].as_ref(), sidecar) {
-                Ok(()) => done.push(i),
+                Ok(()) => {
+                    recopied.push(format!(
+                        "{}: the upload failed ({}); the backup was copied there again from {}",
+                        job.stores[i].name(),
+                        about(&first_error, job.stores[i].name()),
+                        job.stores[from].name()
+                    ));
+                    done.push(i);
+                }
                 Err(e) => still.push((
                     i,
                     Error::Store {
@@ -624,7 +817,7 @@ fn finish_stores(
         }
         failed = still;
     }
-    (done, failed)
+    (done, failed, recopied)
 }
 
 /// Runs every source into the archive; any failure fails the run.
@@ -905,4 +1098,100 @@ struct Stored {
 
 pub fn recipient_label(r: &Recipient) -> String {
     format!("{} SHA256:{}", r.kind(), hex::encode(r.fingerprint()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An upload whose writes and commit never return: a hung mount or a
+    /// server that stopped answering with its connection open.
+    struct Hung(std::sync::mpsc::Receiver<()>);
+
+    impl Write for Hung {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            let _ = self.0.recv();
+            Err(io::Error::other("released"))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Upload for Hung {
+        fn commit(self: Box<Self>) -> Result<()> {
+            let _ = self.0.recv();
+            Ok(())
+        }
+    }
+
+    fn hung() -> (Box<dyn Upload>, std::sync::mpsc::Sender<()>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        (Box::new(Hung(rx)), tx)
+    }
+
+    #[test]
+    fn a_writer_that_takes_nothing_is_left_behind_after_its_stall_limit() {
+        let (upload, _keep) = hung();
+        let stall = Duration::from_millis(300);
+        let mut slot = Slot::start(0, upload, stall);
+        let started = Instant::now();
+        let piece: Arc<[u8]> = Arc::from(&[0u8; 1024][..]);
+        let mut outcome = Sent::Yes;
+        for _ in 0..=QUEUE + 1 {
+            outcome = slot.send(Msg::Piece(Arc::clone(&piece)));
+            if !matches!(outcome, Sent::Yes) {
+                break;
+            }
+        }
+        assert!(matches!(outcome, Sent::Stalled));
+        let waited = started.elapsed();
+        assert!(
+            waited >= stall && waited < Duration::from_secs(10),
+            "{waited:?}"
+        );
+        let e = slot.abandon("hung");
+        assert!(e.to_string().contains("stalled"), "{e}");
+        // Dropping the abandoned slot does not wait for the hung thread.
+        drop(slot);
+    }
+
+    #[test]
+    fn a_commit_that_never_returns_is_left_behind_too() {
+        let (upload, _keep) = hung();
+        let mut slot = Slot::start(0, upload, Duration::from_millis(300));
+        let started = Instant::now();
+        let e = slot.finish("hung", true).unwrap_err();
+        assert!(e.to_string().contains("stalled"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_writer_that_keeps_going_is_waited_for() {
+        /// Takes a byte every 50 ms: slow, never stalled.
+        struct Slow;
+        impl Write for Slow {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                std::thread::sleep(Duration::from_millis(50));
+                Ok(buf.len().min(1))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        impl Upload for Slow {
+            fn commit(self: Box<Self>) -> Result<()> {
+                Ok(())
+            }
+        }
+        let mut slot = Slot::start(0, Box::new(Slow), Duration::from_millis(300));
+        let piece: Arc<[u8]> = Arc::from(&[0u8; 8][..]);
+        for _ in 0..QUEUE + 4 {
+            assert!(matches!(
+                slot.send(Msg::Piece(Arc::clone(&piece))),
+                Sent::Yes
+            ));
+        }
+        slot.finish("slow", true).unwrap();
+    }
 }

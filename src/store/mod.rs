@@ -39,6 +39,12 @@ pub trait Store: Send + Sync {
     fn list(&self) -> Result<Vec<Object>>;
     fn stat(&self, file: &str) -> Result<Option<Object>>;
     fn delete(&self, file: &str) -> Result<()>;
+    /// How long an upload may take no data before the run leaves this store
+    /// behind so that the others still get the backup: a server or mount
+    /// that stopped answering without closing anything.
+    fn stall_after(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(120)
+    }
 }
 
 /// The most files a store may list. A job's directory holds a few files per

@@ -1150,6 +1150,15 @@ impl Store for S3Store {
         }
     }
 
+    /// A part may be tried `retries` times, each within the timeout, with
+    /// backoff between: past that with no byte taken, the store is stuck.
+    fn stall_after(&self) -> Duration {
+        self.cfg
+            .timeout
+            .saturating_mul(self.cfg.retries.max(1) + 2)
+            .max(Duration::from_secs(10))
+    }
+
     fn delete(&self, file: &str) -> Result<()> {
         if let Some(target) = file.strip_suffix(".partial") {
             // Abort every unfinished upload of that object.

@@ -576,6 +576,14 @@ impl Store for SftpStore {
         let p = self.remote(file)?;
         self.with_conn(|s| s.unlink(&p))
     }
+
+    /// Twice the time any one request may take.
+    fn stall_after(&self) -> Duration {
+        self.cfg
+            .timeout
+            .saturating_mul(2)
+            .max(Duration::from_secs(10))
+    }
 }
 
 struct RemoteRead {

@@ -504,6 +504,31 @@ impl Sshd {
         }
     }
 
+    /// Stops (`SIGSTOP`) or resumes (`SIGCONT`) every session the server
+    /// serves, the listener untouched: a server that hangs with its
+    /// connections open, as a wedged host or a dead link does.
+    pub fn freeze_sessions(&self, frozen: bool) {
+        let Some(c) = &self.child else { return };
+        // Every descendant: privilege separation puts the process that
+        // speaks to the network, and sftp-server, below the session's own.
+        let mut pids = Vec::new();
+        let mut parents = vec![c.id().to_string()];
+        while let Some(parent) = parents.pop() {
+            let out = Command::new("pgrep")
+                .args(["-P", &parent])
+                .output()
+                .expect("pgrep");
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                parents.push(pid.to_owned());
+                pids.push(pid.to_owned());
+            }
+        }
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        for pid in pids {
+            let _ = Command::new("kill").args([signal, &pid]).status();
+        }
+    }
+
     /// Where uploaded files land, on this machine's disk.
     pub fn data_dir(&self) -> PathBuf {
         match &self.chroot {
