@@ -131,6 +131,10 @@ pub enum Error {
         failures: Vec<String>,
         /// A failure was a host key or key problem (exit 4, not 1).
         key_problem: bool,
+        /// A failure was the configuration's (a store's missing known_hosts,
+        /// a key others can read, a directory that cannot be made): exit 2
+        /// unless a key problem says 4.
+        usage_problem: bool,
     },
 
     /// Damaged, tampered, truncated, or not matching its manifest.
@@ -233,8 +237,15 @@ impl Error {
             | Error::Locked { .. }
             | Error::Store { .. }
             | Error::StoresFailed {
-                key_problem: false, ..
+                key_problem: false,
+                usage_problem: false,
+                ..
             } => Class::Io,
+            Error::StoresFailed {
+                key_problem: false,
+                usage_problem: true,
+                ..
+            } => Class::Usage,
             Error::Integrity { .. } | Error::VerifyFailed { .. } => Class::Integrity,
             Error::S3 { error, .. } => match error.exit_code() {
                 ExitCode::Key => Class::Key,

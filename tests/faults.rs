@@ -600,3 +600,82 @@ fn a_server_that_hangs_mid_upload_is_left_and_refilled_with_a_warning() {
     let out = coffer(&["verify", "-c", cfg.to_str().unwrap()]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
+
+/// One store's configuration that is not right — an SFTP store whose
+/// known_hosts file is missing, whose key others can read, a local store
+/// whose directory cannot be made — costs that store its copy, not the
+/// night: the good store gets the backup, and the run exits 2 naming each
+/// store left out. Several stores that all fail are each named.
+#[test]
+fn a_misconfigured_store_costs_only_its_own_copy() {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path();
+    let key = p.join("backup.key");
+    ok(&["keygen", "--type", "age", "--out", key.to_str().unwrap()]);
+    fs::write(p.join("a-file"), "not a directory").unwrap();
+    let loose = p.join("loose_ed25519");
+    fs::write(&loose, "not really a key").unwrap();
+    chmod(&loose, 0o644);
+    let good = p.join("good");
+    let config = |stores: &str| {
+        let cfg = p.join("coffer.toml");
+        fs::write(
+            &cfg,
+            format!(
+                "[job]\nname = \"prod\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\n\
+                 [[source]]\ntype = \"command\"\nname = \"db\"\nargv = [\"echo\", \"rows\"]\n{stores}",
+                k = key.display(),
+                l = p.join("lock").display(),
+            ),
+        )
+        .unwrap();
+        chmod(&cfg, 0o600);
+        cfg.display().to_string()
+    };
+    let sftp = |name: &str, identity: &Path, known_hosts: &Path| {
+        format!(
+            "[[store]]\ntype = \"sftp\"\nname = \"{name}\"\nhost = \"127.0.0.1\"\nport = 9\nuser = \"backup\"\n\
+             identity = \"{}\"\nknown_hosts = \"{}\"\npath = \"backups\"\n",
+            identity.display(),
+            known_hosts.display()
+        )
+    };
+    let local = |name: &str, dir: &Path| {
+        format!(
+            "[[store]]\ntype = \"local\"\nname = \"{name}\"\npath = \"{}\"\n",
+            dir.display()
+        )
+    };
+    let cfg = config(&format!(
+        "{}{}{}",
+        local("good", &good),
+        sftp("no-known-hosts", &loose, &p.join("missing_known_hosts")),
+        local("not-a-dir", &p.join("a-file/store")),
+    ));
+    let out = coffer(&["backup", "-c", &cfg]);
+    let err = stderr(&out);
+    assert_eq!(code(&out), 2, "{err}");
+    assert!(err.contains("complete in [good]"), "{err}");
+    assert!(err.contains("no-known-hosts: "), "{err}");
+    assert!(err.contains("not-a-dir: "), "{err}");
+    assert_eq!(
+        fs::read_dir(&good)
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".coffer.json"))
+            .count(),
+        1
+    );
+    // Every store wrong: nothing is made, and each is named.
+    let cfg = config(&format!(
+        "{}{}",
+        sftp("no-known-hosts", &loose, &p.join("missing_known_hosts")),
+        local("not-a-dir", &p.join("a-file/store")),
+    ));
+    let out = coffer(&["backup", "-c", &cfg]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+}

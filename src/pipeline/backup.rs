@@ -379,6 +379,10 @@ impl Write for Fanout<'_> {
                     .failed
                     .iter()
                     .any(|(_, e)| e.exit_code() == crate::ExitCode::Key),
+                usage_problem: self
+                    .failed
+                    .iter()
+                    .any(|(_, e)| e.exit_code() == crate::ExitCode::Usage),
             }));
         }
         self.digests.update(&piece);
@@ -398,6 +402,7 @@ impl Write for Fanout<'_> {
 struct EveryStoreFailed {
     failures: Vec<String>,
     key_problem: bool,
+    usage_problem: bool,
 }
 
 /// The store failure inside a source's error, if that is what stopped it.
@@ -427,6 +432,7 @@ impl EveryStoreFailed {
             complete: Vec::new(),
             failures: self.failures,
             key_problem: self.key_problem,
+            usage_problem: self.usage_problem,
         }
     }
 }
@@ -441,6 +447,7 @@ fn sink_error(name: &str, sealed_file: &str, e: io::Error) -> Error {
         return EveryStoreFailed {
             failures: f.failures.clone(),
             key_problem: f.key_problem,
+            usage_problem: f.usage_problem,
         }
         .into_error(name);
     }
@@ -588,14 +595,52 @@ pub fn run(config: Config, dry_run: bool) -> Result<Summary> {
         message: format!("cannot install signal handlers: {e}"),
     })?;
 
-    let mut stored = seal_and_store(&job, &name, now, started)?;
+    // Stores the configuration left out of this run (a known_hosts file
+    // missing, a key others can read, a directory that cannot be made): the
+    // others still get the backup, and the run's failure names these.
+    let unready: Vec<String> = job
+        .unready
+        .iter()
+        .map(|(store, e)| format!("{store}: {}", about(e, store)))
+        .collect();
+    let unready_usage = job
+        .unready
+        .iter()
+        .any(|(_, e)| e.exit_code() == crate::ExitCode::Usage);
+    let unready_key = job
+        .unready
+        .iter()
+        .any(|(_, e)| e.exit_code() == crate::ExitCode::Key);
+    let mut stored = match seal_and_store(&job, &name, now, started) {
+        Ok(s) => s,
+        Err(Error::StoresFailed {
+            name,
+            complete,
+            mut failures,
+            key_problem,
+            usage_problem,
+        }) => {
+            failures.extend(unready);
+            return Err(Error::StoresFailed {
+                name,
+                complete,
+                failures,
+                key_problem: key_problem || unready_key,
+                usage_problem: usage_problem || unready_usage,
+            });
+        }
+        Err(e) => return Err(e),
+    };
     stored.warnings.extend(refill(&job, &stored.complete, now));
-    // Only now, and only where the new backup is complete, is anything deleted.
+    // Only now, and only where the new backup is complete, is anything
+    // deleted. A store whose pruning fails keeps its new backup (and is
+    // named in the run's failure); the others are pruned all the same.
     let mut pruned = Vec::new();
+    let mut prune_failed = Vec::new();
     let verifier = job.signer.as_ref().and_then(|s| s.verifier().ok());
     for &i in &stored.complete {
         if job.prune[i] {
-            pruned.push(retention::apply(
+            match retention::apply(
                 job.stores[i].as_ref(),
                 &job.config.job.name,
                 job.policy,
@@ -603,10 +648,29 @@ pub fn run(config: Config, dry_run: bool) -> Result<Summary> {
                 false,
                 now,
                 verifier.as_ref(),
-            )?);
+            ) {
+                Ok(r) => pruned.push(r),
+                Err(e) => {
+                    let store = job.stores[i].name();
+                    prune_failed.push(format!(
+                        "{store}: the backup is complete there, but pruning failed: {}",
+                        about(&e, store)
+                    ));
+                }
+            }
         }
     }
-    if !stored.failed.is_empty() {
+    if !stored.failed.is_empty() || !unready.is_empty() || !prune_failed.is_empty() {
+        let mut failures: Vec<String> = stored
+            .failed
+            .iter()
+            .map(|(i, e)| {
+                let store = job.stores[*i].name();
+                format!("{store}: {}", about(e, store))
+            })
+            .collect();
+        failures.extend(unready);
+        failures.extend(prune_failed);
         return Err(Error::StoresFailed {
             name,
             complete: stored
@@ -614,18 +678,17 @@ pub fn run(config: Config, dry_run: bool) -> Result<Summary> {
                 .iter()
                 .map(|&i| job.stores[i].name().to_owned())
                 .collect(),
-            key_problem: stored
-                .failed
-                .iter()
-                .any(|(_, e)| e.exit_code() == crate::ExitCode::Key),
-            failures: stored
-                .failed
-                .iter()
-                .map(|(i, e)| {
-                    let store = job.stores[*i].name();
-                    format!("{store}: {}", about(e, store))
-                })
-                .collect(),
+            key_problem: unready_key
+                || stored
+                    .failed
+                    .iter()
+                    .any(|(_, e)| e.exit_code() == crate::ExitCode::Key),
+            usage_problem: unready_usage
+                || stored
+                    .failed
+                    .iter()
+                    .any(|(_, e)| e.exit_code() == crate::ExitCode::Usage),
+            failures,
         });
     }
     Ok(Summary {
@@ -757,9 +820,30 @@ fn open_uploads<'a>(job: &'a Job, sealed_file: &str) -> Result<Fanout<'a>> {
         }
     }
     if fanout.slots.is_empty() {
-        // Nowhere to write: fail before dumping anything.
-        let (_, e) = fanout.failed.swap_remove(0);
-        return Err(e);
+        // Nowhere to write: fail before dumping anything. One store's own
+        // error as it is; several, each named (a changed host key in one
+        // must not hide behind a full disk in another).
+        if fanout.failed.len() == 1 {
+            return Err(fanout.failed.swap_remove(0).1);
+        }
+        let code = |c| fanout.failed.iter().any(|(_, e)| e.exit_code() == c);
+        return Err(Error::StoresFailed {
+            name: sealed_file
+                .strip_suffix(manifest::SEALED_SUFFIX)
+                .unwrap_or(sealed_file)
+                .to_owned(),
+            complete: Vec::new(),
+            key_problem: code(crate::ExitCode::Key),
+            usage_problem: code(crate::ExitCode::Usage),
+            failures: fanout
+                .failed
+                .iter()
+                .map(|(i, e)| {
+                    let store = job.stores[*i].name();
+                    format!("{store}: {}", about(e, store))
+                })
+                .collect(),
+        });
     }
     Ok(fanout)
 }
@@ -841,6 +925,7 @@ fn dump_sources<W: Write>(
                     Some(f) => EveryStoreFailed {
                         failures: f.failures.clone(),
                         key_problem: f.key_problem,
+                        usage_problem: f.usage_problem,
                     }
                     .into_error(name),
                     None => Error::Source {

@@ -26,6 +26,10 @@ pub struct Job {
     pub prune: Vec<bool>,
     pub policy: Policy,
     pub signer: Option<Signer>,
+    /// Stores left out of this run, by name, with why: their configuration
+    /// (files, permissions, a directory that cannot be made) is not right.
+    /// The other stores still get the backup; the run fails naming these.
+    pub unready: Vec<(String, Error)>,
 }
 
 pub fn policy(c: &config::Job) -> Policy {
@@ -271,22 +275,44 @@ pub fn prepare(config: Config, create_dirs: bool) -> Result<Job> {
     let recipients = load_recipients(&config.job.recipients, &[] as &[PathBuf])?;
     let signer = load_signer(&config)?;
     let sources = config.sources.iter().map(build_source).collect();
-    let mut stores = Vec::new();
-    let mut prune = Vec::new();
-    for (st, p) in build_stores(&config) {
-        stores.push(st);
-        prune.push(p);
-    }
     // Every store and the lock's place are checked before any directory is
-    // made: a refused run leaves nothing behind.
+    // made: a refused run leaves nothing behind. A store whose files are not
+    // right is left out of the run, not the whole night: the other stores
+    // still get the backup (the run then fails naming it).
+    let mut unready: Vec<(String, Error)> = Vec::new();
     for st in &config.stores {
-        check_store_files(st)?;
+        if let Err(e) = check_store_files(st) {
+            unready.push((st.name(), e));
+        }
+    }
+    if unready.len() == config.stores.len() {
+        if let Some((_, e)) = unready.into_iter().next() {
+            return Err(e);
+        }
+        return Err(Error::Usage("no store is configured".into()));
     }
     check_lock_dir(&config)?;
     for st in &config.stores {
         if let (true, config::Store::Local { path, .. }) = (create_dirs, st) {
-            LocalStore::new(st.name(), path).ensure_dir()?;
+            if unready.iter().any(|(n, _)| *n == st.name()) {
+                continue;
+            }
+            if let Err(e) = LocalStore::new(st.name(), path).ensure_dir() {
+                unready.push((st.name(), e));
+            }
         }
+    }
+    if unready.len() == config.stores.len() && !unready.is_empty() {
+        return Err(unready.swap_remove(0).1);
+    }
+    let mut stores = Vec::new();
+    let mut prune = Vec::new();
+    for (st, p) in build_stores(&config) {
+        if unready.iter().any(|(n, _)| n == st.name()) {
+            continue;
+        }
+        stores.push(st);
+        prune.push(p);
     }
     Ok(Job {
         policy: policy(&config.job),
@@ -296,6 +322,7 @@ pub fn prepare(config: Config, create_dirs: bool) -> Result<Job> {
         sources,
         stores,
         prune,
+        unready,
     })
 }
 
