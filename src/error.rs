@@ -241,11 +241,6 @@ impl Error {
                 usage_problem: false,
                 ..
             } => Class::Io,
-            Error::StoresFailed {
-                key_problem: false,
-                usage_problem: true,
-                ..
-            } => Class::Usage,
             Error::Integrity { .. } | Error::VerifyFailed { .. } => Class::Integrity,
             Error::S3 { error, .. } => match error.exit_code() {
                 ExitCode::Key => Class::Key,
@@ -265,7 +260,12 @@ impl Error {
             | Error::StoresFailed {
                 key_problem: true, ..
             } => Class::Key,
-            Error::Config(_)
+            Error::StoresFailed {
+                key_problem: false,
+                usage_problem: true,
+                ..
+            }
+            | Error::Config(_)
             | Error::Check(_)
             | Error::Exists { .. }
             | Error::TargetExists { .. }

@@ -171,10 +171,13 @@ impl Rig {
 }
 
 /// `coffer backup` under strace, killed with SIGKILL at the `when`-th call
-/// of `syscall`.
-fn backup_killed_at(rig: &Rig, syscall: &str, when: u32) -> Output {
+/// of `syscall` in the main thread (strace counts calls per thread), or, with
+/// `threads`, in whichever thread makes that many first.
+fn backup_killed_at(rig: &Rig, syscall: &str, when: u32, threads: bool) -> Output {
+    let follow: &[&str] = if threads { &["-f"] } else { &[] };
     Command::new("strace")
-        .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+        .args(follow)
+        .args(["-qq", "-o", "/dev/null", "-e"])
         .arg(format!("trace={syscall}"))
         .arg("-e")
         .arg(format!("inject={syscall}:signal=KILL:when={when}"))
@@ -319,20 +322,22 @@ fn kill_9_at_each_commit_and_retention_step_loses_nothing() {
     for _ in 0..3 {
         ok(&["backup", "-c", &rig.cfg]);
     }
-    // Local commits are link + unlink per file (sealed file, signature,
-    // sidecar); retention (keep_last = 3, so one old backup goes) then
-    // unlinks its sidecar, signature and sealed file.
+    // Local commits are link + unlink per file: the sealed file's on its
+    // writer's thread (the first link of any thread), then the signature's
+    // and the sidecar's on the main thread; retention (keep_last = 3, so
+    // one old backup goes) then unlinks its sidecar, signature and sealed
+    // file, after the main thread's two commits.
     let steps = [
-        ("linkat", 1),
-        ("linkat", 2),
-        ("linkat", 3),
-        ("unlink", 4),
-        ("unlink", 5),
-        ("unlink", 6),
+        ("linkat", 1, true),
+        ("linkat", 1, false),
+        ("linkat", 2, false),
+        ("unlink", 3, false),
+        ("unlink", 4, false),
+        ("unlink", 5, false),
     ];
-    for (syscall, when) in steps {
+    for (syscall, when, threads) in steps {
         let before = Rig::backups(&rig.local);
-        let out = backup_killed_at(&rig, syscall, when);
+        let out = backup_killed_at(&rig, syscall, when, threads);
         assert!(
             !out.status.success(),
             "{syscall}#{when}: the run was not killed"

@@ -567,28 +567,7 @@ pub fn run(config: Config, dry_run: bool) -> Result<Summary> {
     let now = chrono::Utc::now();
     let name = unique_name(&job, now)?;
     if dry_run {
-        let mut plan: Vec<String> = job
-            .sources
-            .iter()
-            .map(|s| format!("would dump {} source {:?}", s.kind(), s.name()))
-            .collect();
-        plan.extend(job.stores.iter().map(|s| {
-            format!(
-                "would write {name}{} to {}",
-                manifest::SEALED_SUFFIX,
-                s.name()
-            )
-        }));
-        plan.push("dry run: nothing was dumped, written or deleted".into());
-        return Ok(Summary {
-            name,
-            size: 0,
-            bytes_in: 0,
-            duration_ms: 0,
-            stores: job.stores.iter().map(|s| s.name().to_owned()).collect(),
-            pruned: Vec::new(),
-            warnings: plan,
-        });
+        return Ok(dry_run_plan(&job, name));
     }
     crate::cancel::install_signal_handlers().map_err(|e| Error::Store {
         store: "signals".into(),
@@ -632,34 +611,7 @@ pub fn run(config: Config, dry_run: bool) -> Result<Summary> {
         Err(e) => return Err(e),
     };
     stored.warnings.extend(refill(&job, &stored.complete, now));
-    // Only now, and only where the new backup is complete, is anything
-    // deleted. A store whose pruning fails keeps its new backup (and is
-    // named in the run's failure); the others are pruned all the same.
-    let mut pruned = Vec::new();
-    let mut prune_failed = Vec::new();
-    let verifier = job.signer.as_ref().and_then(|s| s.verifier().ok());
-    for &i in &stored.complete {
-        if job.prune[i] {
-            match retention::apply(
-                job.stores[i].as_ref(),
-                &job.config.job.name,
-                job.policy,
-                Some(&name),
-                false,
-                now,
-                verifier.as_ref(),
-            ) {
-                Ok(r) => pruned.push(r),
-                Err(e) => {
-                    let store = job.stores[i].name();
-                    prune_failed.push(format!(
-                        "{store}: the backup is complete there, but pruning failed: {}",
-                        about(&e, store)
-                    ));
-                }
-            }
-        }
-    }
+    let (pruned, prune_failed) = prune_where_complete(&job, &stored.complete, &name, now);
     if !stored.failed.is_empty() || !unready.is_empty() || !prune_failed.is_empty() {
         let mut failures: Vec<String> = stored
             .failed
@@ -700,6 +652,75 @@ pub fn run(config: Config, dry_run: bool) -> Result<Summary> {
         pruned,
         warnings: stored.warnings,
     })
+}
+
+/// What a dry run would do, as its summary's warnings.
+fn dry_run_plan(job: &Job, name: String) -> Summary {
+    let mut plan: Vec<String> = job
+        .sources
+        .iter()
+        .map(|s| format!("would dump {} source {:?}", s.kind(), s.name()))
+        .collect();
+    plan.extend(job.stores.iter().map(|s| {
+        format!(
+            "would write {name}{} to {}",
+            manifest::SEALED_SUFFIX,
+            s.name()
+        )
+    }));
+    plan.extend(
+        job.unready
+            .iter()
+            .map(|(store, e)| format!("would leave out {store}: {}", about(e, store))),
+    );
+    plan.push("dry run: nothing was dumped, written or deleted".into());
+    Summary {
+        name,
+        size: 0,
+        bytes_in: 0,
+        duration_ms: 0,
+        stores: job.stores.iter().map(|s| s.name().to_owned()).collect(),
+        pruned: Vec::new(),
+        warnings: plan,
+    }
+}
+
+/// Only now, and only where the new backup is complete, is anything
+/// deleted. A store whose pruning fails keeps its new backup (and is named
+/// in the run's failure); the others are pruned all the same.
+fn prune_where_complete(
+    job: &Job,
+    complete: &[usize],
+    name: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> (Vec<PruneReport>, Vec<String>) {
+    let mut pruned = Vec::new();
+    let mut failed = Vec::new();
+    let verifier = job.signer.as_ref().and_then(|s| s.verifier().ok());
+    for &i in complete {
+        if !job.prune[i] {
+            continue;
+        }
+        match retention::apply(
+            job.stores[i].as_ref(),
+            &job.config.job.name,
+            job.policy,
+            Some(name),
+            false,
+            now,
+            verifier.as_ref(),
+        ) {
+            Ok(r) => pruned.push(r),
+            Err(e) => {
+                let store = job.stores[i].name();
+                failed.push(format!(
+                    "{store}: the backup is complete there, but pruning failed: {}",
+                    about(&e, store)
+                ));
+            }
+        }
+    }
+    (pruned, failed)
 }
 
 /// Streams every source through archive and sealer into every store, then
