@@ -1319,4 +1319,11 @@ fn latest_names_a_newer_signed_backup_that_a_restarted_ledger_puts_first() {
         "{older:?} {newest}: {}",
         stderr(&out)
     );
+    // The summary, what a script or a tired reader keeps, says so too.
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    let summary = said
+        .lines()
+        .find(|l| l.contains("NOT the newest"))
+        .unwrap_or_else(|| panic!("no summary naming it: {said}"));
+    assert!(summary.contains(newest.as_str()), "{summary}");
 }

@@ -474,3 +474,75 @@ fn back_dated_uploads_cannot_take_the_keep_slots_of_days_already_ingested() {
         .to_string_lossy()
         .ends_with(".partial")));
 }
+
+/// A genuine backup that reaches incoming late — a missed night copied in
+/// by hand after the next night was ingested — is older than the newest one
+/// held, but the ledger vouches for it: the newer backup's signed `prev` is
+/// the digest of its very sidecar. Ingest takes it.
+#[test]
+fn a_late_upload_the_ledger_vouches_for_is_ingested() {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path();
+    ok(&[
+        "keygen",
+        "--type",
+        "age",
+        "--out",
+        p.join("backup.key").to_str().unwrap(),
+    ]);
+    ok(&[
+        "keygen",
+        "--type",
+        "signing",
+        "--out",
+        p.join("sign.key").to_str().unwrap(),
+    ]);
+    let incoming = p.join("incoming");
+    let host = write(
+        &p.join("host.toml"),
+        &format!(
+            "[job]\nname = \"prod\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\n\
+             signing_key = \"{s}\"\n\
+             [[source]]\ntype = \"command\"\nname = \"db\"\nargv = [\"echo\", \"rows\"]\n\
+             [[store]]\ntype = \"local\"\npath = \"{i}\"\nprune = false\n",
+            k = p.join("backup.key").display(),
+            l = p.join("lock").display(),
+            s = p.join("sign.key").display(),
+            i = incoming.display(),
+        ),
+    );
+    let repo = p.join("repo");
+    let server = write(
+        &p.join("server.toml"),
+        &format!(
+            "[job]\nname = \"prod\"\nkeep_last = 7\nsigning_public_key = \"{s}.pub\"\n\
+             [[store]]\ntype = \"local\"\npath = \"{r}\"\n",
+            s = p.join("sign.key").display(),
+            r = repo.display(),
+        ),
+    );
+    let from = incoming.to_str().unwrap();
+    ok(&["backup", "-c", &host]);
+    let missed = backups(&incoming).pop().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    ok(&["backup", "-c", &host]);
+    // The missed night's files are away while the next one is ingested.
+    let aside = p.join("aside");
+    fs::create_dir(&aside).unwrap();
+    for f in fs::read_dir(&incoming).unwrap() {
+        let f = f.unwrap();
+        if f.file_name().to_string_lossy().starts_with(&missed) {
+            fs::rename(f.path(), aside.join(f.file_name())).unwrap();
+        }
+    }
+    ok(&["ingest", "-c", &server, "--from", from]);
+    assert_eq!(backups(&repo).len(), 1);
+    for f in fs::read_dir(&aside).unwrap() {
+        let f = f.unwrap();
+        fs::rename(f.path(), incoming.join(f.file_name())).unwrap();
+    }
+    let out = coffer(&["ingest", "-c", &server, "--from", from]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(backups(&repo).contains(&missed));
+    assert!(backups(&incoming).is_empty());
+}

@@ -57,9 +57,16 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
                 (State::BadSidecar(e), _) => (format!("bad sidecar: {e}"), String::new()),
                 (State::Complete, None) => ("complete".into(), String::new()),
             };
+            // "complete" stays the word for what counts (scripts filter on
+            // it); the signature is its own field.
+            let (status, signature) = match status.strip_suffix(", signed") {
+                Some(s) => (s.to_owned(), "good"),
+                None if status == "complete" && verifier.is_none() => (status, "not checked"),
+                None => (status, ""),
+            };
             rows.push(serde_json::json!({
                 "store": store.name(), "name": l.name, "created": created,
-                "size": l.size, "status": status,
+                "size": l.size, "status": status, "signature": signature,
             }));
         }
         for p in partials {
@@ -124,13 +131,11 @@ fn print_table(rows: &[serde_json::Value]) {
                 .as_u64()
                 .map(|n| n.to_string())
                 .unwrap_or_default();
-            [
-                text("name"),
-                text("created"),
-                size,
-                text("store"),
-                text("status"),
-            ]
+            let status = match r["signature"].as_str() {
+                Some("good") => format!("{}, signed", text("status")),
+                _ => text("status"),
+            };
+            [text("name"), text("created"), size, text("store"), status]
         })
         .collect();
     let header = ["NAME", "CREATED", "SIZE", "STORE", "STATUS"].map(str::to_owned);

@@ -137,7 +137,7 @@ pub enum Command {
     Keyscan(keyscan::Args),
     /// Restore a backup: into a directory, or one member to stdout
     Restore(restore::Args),
-    /// Check backups in the stores: without a key (size, SHA-256, header) or with one (everything)
+    /// Check backups in the stores: without a key (size, digest, header) or with one (everything)
     Verify(verify::Args),
     /// Decrypt a backup made by the old openssl recipe (enc -aes-256-cbc + rsautl)
     LegacyDecrypt(legacy::DecryptArgs),

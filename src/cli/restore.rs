@@ -194,18 +194,20 @@ fn stage_backup(
             }
         }
         let name = found.sidecar.name.clone();
+        let newer = found.newer_by_time.clone();
         let copies = copies_in_stores(&catalog, found, out)?;
         if let (None, Some((_, what, _, _))) = (&newest_failure, copies.first()) {
             warn_unsigned(verifier, what, out);
         }
         match stage_first_good(copies, identities, thorough, out) {
             Ok((copy, what, expect)) => {
+                skip.extend(newer);
                 return Ok(Staged {
                     copy,
                     what,
                     expect,
                     passed_over: skip,
-                })
+                });
             }
             Err(e) if a.what == "latest" && e.exit_code() == crate::ExitCode::Integrity => {
                 out.warn(&format!(

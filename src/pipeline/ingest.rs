@@ -90,7 +90,7 @@ pub fn ingest(config: &Config, incoming: &Path, dry_run: bool) -> Result<IngestR
     names.sort();
     let job = config.job.name.as_str();
     let now = chrono::Utc::now();
-    let mut newest = newest_held(&stores, job, now, verifier.as_ref())?;
+    let (mut newest, chained) = newest_held(&stores, job, now, verifier.as_ref())?;
     let mut report = IngestReport::default();
     for name in names {
         if !is_backup_name(job, &name) {
@@ -104,6 +104,7 @@ pub fn ingest(config: &Config, incoming: &Path, dry_run: bool) -> Result<IngestR
             verifier: verifier.as_ref(),
             stores: &stores,
             newest: newest.as_ref(),
+            chained: &chained,
             dry_run,
         };
         match one(&ctx, &name) {
@@ -125,12 +126,23 @@ pub fn ingest(config: &Config, incoming: &Path, dry_run: bool) -> Result<IngestR
 /// is refused: a compromised database host holds the signing key, and
 /// backups it back-dated would take the daily, weekly and monthly keep slots
 /// of the genuine backups already ingested, and push them out.
+///
+/// Unless the ledger vouches for it: the second set holds the `prev` of
+/// every backup held, the digest of the sidecar that came before it. A late
+/// upload whose sidecar is exactly one of those (a missed night copied in
+/// by hand) was made before a backup already held, and nobody can make
+/// another sidecar with that digest.
+#[allow(clippy::type_complexity)]
 fn newest_held(
     stores: &[Box<dyn Store>],
     job: &str,
     now: chrono::DateTime<chrono::Utc>,
     verifier: Option<&crate::signing::Verifier>,
-) -> Result<Option<(chrono::DateTime<chrono::Utc>, String)>> {
+) -> Result<(
+    Option<(chrono::DateTime<chrono::Utc>, String)>,
+    std::collections::HashSet<String>,
+)> {
+    let mut chained = std::collections::HashSet::new();
     let mut newest: Option<(chrono::DateTime<chrono::Utc>, String)> = None;
     for store in stores {
         let (listed, _) = crate::pipeline::retention::list(store.as_ref())?;
@@ -143,6 +155,9 @@ fn newest_held(
             {
                 continue;
             }
+            if let Some(prev) = l.sidecar.as_ref().and_then(|s| s.prev.clone()) {
+                chained.insert(prev);
+            }
             if let Some(c) = l.sidecar.as_ref().and_then(Sidecar::created) {
                 if newest.as_ref().is_none_or(|(n, _)| c > *n) {
                     newest = Some((c, l.name.clone()));
@@ -150,7 +165,7 @@ fn newest_held(
             }
         }
     }
-    Ok(newest)
+    Ok((newest, chained))
 }
 
 /// What every upload of one ingest run is checked against.
@@ -162,6 +177,8 @@ struct Ctx<'a> {
     stores: &'a [Box<dyn Store>],
     /// The newest backup already held (or ingested in this run).
     newest: Option<&'a (chrono::DateTime<chrono::Utc>, String)>,
+    /// The sidecar digests the held backups' ledger names as their `prev`.
+    chained: &'a std::collections::HashSet<String>,
     dry_run: bool,
 }
 
@@ -174,6 +191,7 @@ fn one(ctx: &Ctx<'_>, name: &str) -> std::result::Result<chrono::DateTime<chrono
         verifier,
         stores,
         newest,
+        chained,
         dry_run,
     } = *ctx;
     let sidecar_name = format!("{name}{SIDECAR_SUFFIX}");
@@ -235,12 +253,13 @@ fn one(ctx: &Ctx<'_>, name: &str) -> std::result::Result<chrono::DateTime<chrono
         }
         already += 1;
     }
-    if already == 0 {
+    if already == 0 && !chained.contains(&ledger::digest(&raw)) {
         if let Some((at, held)) = newest.filter(|(at, _)| created <= *at) {
             return Err(format!(
                 "dated {}, no later than {held} ({}), the newest backup already ingested: \
-                 backups are only taken in the order they were made, so that back-dated \
-                 ones cannot push earlier ones out of retention",
+                 backups are only taken in the order they were made (or when the ledger of a \
+                 backup held names them as its predecessor), so that back-dated ones cannot \
+                 push earlier ones out of retention",
                 sidecar.created,
                 at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
             ));

@@ -81,23 +81,42 @@ pub fn load_verifier(path: &Path) -> Result<Verifier> {
 }
 
 /// Whose signatures the job believes: `signing_public_key`, else the public
-/// half of its own `signing_key` (the backup host's configuration). A job
+/// half of its own `signing_key` (the backup host's configuration): the
+/// `.pub` file `coffer keygen` wrote beside it, or the key itself. A job
 /// that signs never counts or deletes by an unsigned sidecar, whichever
 /// command reads the store: `backup`, `prune`, `verify`, `list`, `restore`.
 pub fn trusted_verifier(c: &Config) -> Result<Option<Verifier>> {
     if let Some(p) = &c.job.signing_public_key {
         return load_verifier(p).map(Some);
     }
-    let Some(signer) = load_signer(c)? else {
+    let Some(key) = &c.job.signing_key else {
         return Ok(None);
     };
-    signer
-        .verifier()
-        .map(Some)
-        .map_err(|message| Error::Signing {
-            path: c.job.signing_key.clone().unwrap_or_default(),
-            message,
+    let mut public = key.clone().into_os_string();
+    public.push(".pub");
+    let public = PathBuf::from(public);
+    if public.is_file() {
+        return load_verifier(&public).map(Some);
+    }
+    let derived = load_signer(c).and_then(|s| {
+        s.map(|s| {
+            s.verifier().map_err(|message| Error::Signing {
+                path: key.clone(),
+                message,
+            })
         })
+        .transpose()
+    });
+    derived.map_err(|e| {
+        Error::Usage(format!(
+            "signing_key = {}: the job signs its backups, so only what its key signed is believed, \
+             but neither {} nor the key can be read ({}); set signing_public_key to the signing \
+             public key (the .pub file `coffer keygen --type signing` wrote)",
+            key.display(),
+            public.display(),
+            crate::cli_chain(&e)
+        ))
+    })
 }
 
 fn build_source(s: &config::Source) -> Box<dyn Source> {

@@ -48,7 +48,7 @@ pub fn origin(store: &dyn Store, l: &Listed, verifier: Option<&Verifier>) -> Ori
     let sig_name = format!("{}{SIDECAR_SUFFIX}{SIGNATURE_SUFFIX}", l.name);
     if !l.has_signature {
         return Origin::Refused(format!(
-            "unsigned: {sig_name} is missing, and a signing public key requires a signature"
+            "unsigned: {sig_name} is missing, and this job believes only signed backups"
         ));
     }
     let mut sig = Vec::new();
@@ -101,6 +101,9 @@ pub struct Found<'a> {
     pub origin: Origin,
     /// Newer or other copies refused on the way, with the reason.
     pub passed_over: Vec<String>,
+    /// Signed backups newer by their signed time that the ledger puts before
+    /// this one (a restarted or forked ledger), by name.
+    pub newer_by_time: Vec<String>,
     /// The same backup in other stores, passing the same checks: where a
     /// restore turns when this copy fails its own authentication.
     pub alternates: Vec<(usize, &'a Sidecar)>,
@@ -230,10 +233,15 @@ impl Catalog {
                             .filter(|(n, _)| n.as_str() > l.name.as_str())
                             .map(|(_, m)| m),
                     );
-                    if signed && wanted == "latest" {
-                        refused.extend(self.newer_by_time(&candidates[k + 1..], l, s, verifier));
-                    }
+                    let newer = if signed && wanted == "latest" {
+                        self.newer_by_time(&candidates[k + 1..], l, s, verifier)
+                    } else {
+                        Vec::new()
+                    };
+                    let newer_by_time = newer.iter().map(|(n, _)| n.clone()).collect();
+                    refused.extend(newer.into_iter().map(|(_, m)| m));
                     return Ok(Found {
+                        newer_by_time,
                         store: i,
                         listed: l,
                         sidecar: s,
@@ -268,7 +276,7 @@ impl Catalog {
         chosen: &Listed,
         sidecar: &Sidecar,
         verifier: Option<&Verifier>,
-    ) -> Vec<String> {
+    ) -> Vec<(String, String)> {
         let Some(at) = sidecar.created() else {
             return Vec::new();
         };
@@ -286,7 +294,7 @@ impl Catalog {
                 continue;
             }
             seen.push(l.name.clone());
-            said.push(format!(
+            said.push((l.name.clone(), format!(
                 "{} in {} is signed and newer ({}) but earlier in the ledger (seq {}, the chosen {} has {}): \
                  the ledger restarted or forked; `coffer verify` shows it, and `restore {}` takes that one",
                 l.name,
@@ -296,7 +304,7 @@ impl Catalog {
                 chosen.name,
                 sidecar.seq.unwrap_or(0),
                 l.name
-            ));
+            )));
         }
         said
     }

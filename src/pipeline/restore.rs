@@ -421,8 +421,13 @@ impl Extractor {
                 Ok(None) | Err(_) => {}
             }
         }
-        // What --force moved aside goes back, newest first (a name replaced
-        // twice returns to its first content).
+        self.put_back_replaced();
+    }
+
+    /// What --force moved aside goes back, newest first (a name replaced
+    /// twice returns to its first content), over whatever this restore
+    /// wrote there: a restore that did not finish never costs an old file.
+    fn put_back_replaced(&mut self) {
         for (parent, aside, name) in std::mem::take(&mut self.replaced).into_iter().rev() {
             if let Some(dir) = open_below(&self.root_fd, &parent, TRAVERSE) {
                 let _ = rustix::fs::renameat(&dir, &aside, &dir, &name);
@@ -597,7 +602,7 @@ impl Expect {
 
 /// Copies the sealed file (ciphertext, never plaintext) into a private
 /// unlinked temporary file, at most one byte more than the sidecar says, and
-/// checks its size and SHA-256 against the sidecar; returns it rewound. What
+/// checks its size and digest against the sidecar; returns it rewound. What
 /// is decrypted afterwards is exactly what was checked: a server that
 /// answers a second read differently, or cuts the stream, gets nowhere.
 pub fn spool(input: Box<dyn Read + Send>, what: &str, expect: Option<&Expect>) -> Result<File> {
@@ -745,7 +750,10 @@ pub fn restore(
                     // --keep-partial keeps what a failing target (a full
                     // disk) got; what a damaged or forged archive wrote
                     // always goes.
-                    if !(keep_partial && matches!(e, Error::Target { .. })) {
+                    if keep_partial && matches!(e, Error::Target { .. }) {
+                        // What was written stays; what it replaced comes back.
+                        ex.put_back_replaced();
+                    } else {
                         ex.undo();
                     }
                     Err(e)

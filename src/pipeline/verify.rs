@@ -1,7 +1,7 @@
 //! `coffer verify`: is what sits in the stores complete, untampered and
-//! restorable? Without a key: sidecar, size, SHA-256, header. With a key:
-//! also every chunk, the decompression, and every member against the inner
-//! manifest.
+//! restorable? Without a key: sidecar, size, digest (BLAKE3, or SHA-256
+//! for older sidecars), header. With a key: also every chunk, the
+//! decompression, and every member against the inner manifest.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};

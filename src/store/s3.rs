@@ -216,6 +216,8 @@ impl S3Store {
         let mut out = Vec::new();
         let mut key_marker: Option<String> = None;
         let mut id_marker: Option<String> = None;
+        let mut seen = std::collections::HashSet::new();
+        let mut pages = 0usize;
         loop {
             let r = inner.rt.block_on(
                 inner
@@ -241,7 +243,8 @@ impl S3Store {
             if page.is_truncated() != Some(true) {
                 break;
             }
-            if out.len() > super::MAX_LISTED {
+            pages += 1;
+            if out.len() > super::MAX_LISTED || pages > MAX_PAGES {
                 return Err(self.fail(refused_listing(prefix, super::too_many_listed())));
             }
             let next = (
@@ -251,7 +254,7 @@ impl S3Store {
             if next.0.is_none() && next.1.is_none() {
                 break;
             }
-            if next == (key_marker.clone(), id_marker.clone()) {
+            if !seen.insert(next.clone()) {
                 return Err(self.fail(refused_listing(prefix, format!(
                     "the server repeats the upload listing's markers {next:?}; refusing the listing (a broken or hostile server)"
                 ))));
@@ -263,6 +266,10 @@ impl S3Store {
 }
 
 type HttpResponse = aws_sdk_s3::config::http::HttpResponse;
+
+/// The most pages a listing may take: a thousand keys a page would reach
+/// MAX_LISTED long before; a server that sends empty or tiny pages does not.
+const MAX_PAGES: usize = 2_000;
 
 /// A listing refused for its own shape (endless, or past the cap).
 fn refused_listing(prefix: &str, message: String) -> S3Error {
@@ -852,9 +859,12 @@ struct S3Read {
 /// `--speed-limit` with `--speed-time`.
 const MIN_BYTES_PER_WINDOW: u64 = 64 << 10;
 
+/// Counts only the time spent waiting on the server, not the reader's own:
+/// a copy opened early and read later (a restore's fallback), or a reader
+/// that pauses while it writes elsewhere, is not judged for that.
 struct Pace {
     window: Duration,
-    started: std::time::Instant,
+    waited: Duration,
     bytes: u64,
 }
 
@@ -862,20 +872,22 @@ impl Pace {
     fn new(window: Duration) -> Self {
         Pace {
             window,
-            started: std::time::Instant::now(),
+            waited: Duration::ZERO,
             bytes: 0,
         }
     }
 
-    /// How long the next piece may take before the window is judged.
+    /// How long the next wait may take before the window is judged.
     fn left(&self) -> Duration {
-        self.window.saturating_sub(self.started.elapsed())
+        self.window.saturating_sub(self.waited)
     }
 
-    /// Counts `n` bytes; past the window, fails if it got too few.
-    fn got(&mut self, n: u64, key: &str) -> io::Result<()> {
+    /// Counts a wait of `took` that brought `n` bytes; once the waits fill
+    /// a window, fails if they brought too few.
+    fn got(&mut self, n: u64, took: Duration, key: &str) -> io::Result<()> {
         self.bytes += n;
-        if self.started.elapsed() < self.window {
+        self.waited += took;
+        if self.waited < self.window {
             return Ok(());
         }
         if self.bytes < MIN_BYTES_PER_WINDOW {
@@ -889,7 +901,7 @@ impl Pace {
                 ),
             ));
         }
-        self.started = std::time::Instant::now();
+        self.waited = Duration::ZERO;
         self.bytes = 0;
         Ok(())
     }
@@ -900,19 +912,21 @@ impl Read for S3Read {
         while self.cur.is_empty() {
             let left = self.pace.left();
             let body = &mut self.body;
+            let asked = std::time::Instant::now();
             // The timer is made inside the runtime, which drives it.
             let next = self
                 .inner
                 .rt
                 .block_on(async { tokio::time::timeout(left, body.next()).await });
+            let took = asked.elapsed();
             let Ok(next) = next else {
                 // Nothing more within the window: judge it.
-                self.pace.got(0, &self.key)?;
+                self.pace.got(0, took, &self.key)?;
                 continue;
             };
             match next {
                 Some(Ok(b)) => {
-                    self.pace.got(b.len() as u64, &self.key)?;
+                    self.pace.got(b.len() as u64, took, &self.key)?;
                     self.cur = b;
                 }
                 Some(Err(e)) => {
@@ -1045,6 +1059,8 @@ impl Store for S3Store {
         let dir = self.dir();
         let mut out = Vec::new();
         let mut token: Option<String> = None;
+        let mut seen = std::collections::HashSet::new();
+        let mut pages = 0usize;
         loop {
             let r = inner.rt.block_on(
                 inner
@@ -1072,7 +1088,8 @@ impl Store for S3Store {
                         .map_or(0, aws_sdk_s3::primitives::DateTime::secs),
                 });
             }
-            if out.len() > super::MAX_LISTED {
+            pages += 1;
+            if out.len() > super::MAX_LISTED || pages > MAX_PAGES {
                 return Err(self.fail(refused_listing(&dir, super::too_many_listed())));
             }
             let next = page.next_continuation_token().map(str::to_owned);
@@ -1080,7 +1097,7 @@ impl Store for S3Store {
                 break;
             }
             // A token that comes back is a server paging in a circle.
-            if next == token {
+            if !seen.insert(next.clone()) {
                 return Err(self.fail(refused_listing(&dir, format!(
                     "the server repeats the listing's continuation token {next:?}; refusing the listing (a broken or hostile server)"
                 ))));

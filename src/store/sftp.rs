@@ -522,7 +522,9 @@ impl Store for SftpStore {
         let entries = self.with_conn(|s| {
             let mut d = s.opendir(&dir)?;
             let mut entries = Vec::new();
+            let mut read = 0usize;
             loop {
+                read += 1;
                 match d.readdir() {
                     Ok((p, st)) => {
                         if p.as_os_str() != "." && p.as_os_str() != ".." {
@@ -533,7 +535,7 @@ impl Store for SftpStore {
                     Err(e) if matches!(e.code(), ssh2::ErrorCode::Session(-16)) => break,
                     Err(e) => return Err(e),
                 }
-                if entries.len() > super::MAX_LISTED {
+                if read > super::MAX_LISTED + 2 {
                     return Err(ssh2::Error::new(
                         ssh2::ErrorCode::Session(-31),
                         "the server lists more files than a store holds; refusing the listing (a broken or hostile server)",
