@@ -59,6 +59,11 @@ pub struct Job {
     /// only what it signed.
     #[serde(default)]
     pub signing_public_key: Option<PathBuf>,
+    /// A dump program that writes nothing for this long (blocked behind a
+    /// lock, a server that stopped answering) is stopped and the run fails:
+    /// a nightly run must end, and end loudly. 0 turns this off.
+    #[serde(default = "default_dump_stall_secs")]
+    pub dump_stall_secs: u64,
     /// `verify` fails when a store's newest backup is older than this.
     #[serde(default = "default_max_age_hours")]
     pub max_age_hours: u32,
@@ -228,6 +233,10 @@ fn default_parts_in_flight() -> u32 {
 
 fn ssh_port() -> u16 {
     22
+}
+
+fn default_dump_stall_secs() -> u64 {
+    1800
 }
 
 fn default_timeout() -> u64 {

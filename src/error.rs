@@ -355,6 +355,16 @@ fn source_hint(e: &crate::source::SourceError) -> Option<String> {
         S::Failed { .. } | S::Incomplete { .. } => {
             "the dump failed, so this run made no backup and deleted nothing; fix the cause and run again".into()
         }
+        // A stall seen by the reader, carried in its I/O error.
+        S::Io { source, .. } | S::Sink(source) => {
+            return source
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<S>())
+                .and_then(source_hint)
+        }
+        S::Stalled { .. } => {
+            "this run made no backup and deleted nothing; look for what blocked the dump (a lock held by another session: pg_stat_activity, SHOW PROCESSLIST), or raise dump_stall_secs".into()
+        }
         _ => return None,
     })
 }

@@ -962,3 +962,47 @@ fn names_with_newlines_cannot_forge_log_lines() {
         .unwrap()
         .contains("x\n[ERROR] fake line.db"));
 }
+
+/// A dump blocked behind another session's lock writes nothing, and would
+/// hold the night's run (and the next night's lock) for as long as the lock
+/// is held. Once it has written nothing for `dump_stall_secs`, it is stopped:
+/// the run fails (exit 1) naming the dump and what to look for, writes no
+/// file, and deletes nothing.
+#[test]
+fn a_dump_blocked_behind_a_lock_is_stopped_and_the_run_fails_loudly() {
+    let s = Setup::new();
+    let pg = Postgres::start();
+    seed_postgres(&pg);
+    let passfile = pg.passfile(s.path());
+    let cfg = s.config(
+        "dump_stall_secs = 3",
+        &format!(
+            "[[source]]\ntype = \"postgres\"\nname = \"pg\"\ndatabases = [\"app\"]\npassfile = \"{}\"\n\
+             host = \"127.0.0.1\"\nport = {}\nuser = \"postgres\"\n",
+            passfile.display(),
+            pg.port
+        ),
+    );
+    ok(&["backup", "-c", cfg.to_str().unwrap()]);
+    let before = s.store_files();
+    let mut locker = pg.sql_in_background(
+        "app",
+        "BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(120); COMMIT;",
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = std::time::Instant::now();
+    let out = coffer(&["backup", "-c", cfg.to_str().unwrap()]);
+    let took = started.elapsed();
+    let _ = locker.kill();
+    let _ = locker.wait();
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("wrote nothing for 3 s"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("hint: "), "{}", stderr(&out));
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    assert_eq!(s.store_files(), before);
+    assert_no_partials(&s.store);
+}

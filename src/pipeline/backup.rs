@@ -569,6 +569,7 @@ pub fn run(config: Config, dry_run: bool) -> Result<Summary> {
     if dry_run {
         return Ok(dry_run_plan(&job, name));
     }
+    crate::source::set_stall_limit(job.config.job.dump_stall_secs);
     crate::cancel::install_signal_handlers().map_err(|e| Error::Store {
         store: "signals".into(),
         message: format!("cannot install signal handlers: {e}"),

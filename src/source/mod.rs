@@ -20,6 +20,7 @@ pub use command::CommandSource;
 pub use files::FilesSource;
 pub use mysql::MysqlSource;
 pub use postgres::{parse_counts, PostgresSource, COUNT_QUERY, PSQL_QUIET};
+pub use process::set_stall_limit;
 pub use process::{find_program, ChildStream};
 pub use sqlite::{check_copy as check_sqlite_copy, SqliteSource};
 
@@ -84,6 +85,8 @@ pub enum SourceError {
     },
     #[error("{program} output is incomplete: {reason}")]
     Incomplete { program: String, reason: String },
+    #[error("{program} wrote nothing for {secs} s and was stopped (blocked behind a lock, or a server that stopped answering?)")]
+    Stalled { program: String, secs: u64 },
     #[error("{}", .path.display())]
     Io {
         path: PathBuf,

@@ -5,12 +5,78 @@
 use std::io::{self, Read};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use super::SourceError;
 use crate::cancel;
 
 const STDERR_KEEP: usize = 8 * 1024;
+
+/// How long a dump program may write nothing before it is stopped, in
+/// seconds (0: never); the run sets it from `dump_stall_secs`.
+static STALL_SECS: AtomicU64 = AtomicU64::new(0);
+
+/// Sets how long a dump program may write nothing before it is stopped.
+pub fn set_stall_limit(secs: u64) {
+    STALL_SECS.store(secs, Ordering::Relaxed);
+}
+
+/// Watches a child's output: kills it once it has written nothing for the
+/// stall limit, and says so.
+struct Watchdog {
+    read: Arc<AtomicU64>,
+    fired: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+    secs: u64,
+}
+
+impl Watchdog {
+    fn start(pid: u32, secs: u64) -> Option<Self> {
+        if secs == 0 {
+            return None;
+        }
+        let w = Watchdog {
+            read: Arc::new(AtomicU64::new(0)),
+            fired: Arc::new(AtomicBool::new(false)),
+            done: Arc::new(AtomicBool::new(false)),
+            secs,
+        };
+        let (read, fired, done) = (
+            Arc::clone(&w.read),
+            Arc::clone(&w.fired),
+            Arc::clone(&w.done),
+        );
+        std::thread::spawn(move || {
+            let limit = Duration::from_secs(secs);
+            let mut seen = read.load(Ordering::Relaxed);
+            let mut since = Instant::now();
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200).min(limit));
+                let now = read.load(Ordering::Relaxed);
+                if now != seen {
+                    seen = now;
+                    since = Instant::now();
+                } else if since.elapsed() >= limit {
+                    fired.store(true, Ordering::Relaxed);
+                    if let Some(pid) = rustix::process::Pid::from_raw(pid.cast_signed()) {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::Kill);
+                    }
+                    return;
+                }
+            }
+        });
+        Some(w)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+    }
+}
 
 /// Finds a program in PATH.
 pub fn find_program(name: &str) -> Option<PathBuf> {
@@ -31,6 +97,7 @@ pub struct ChildStream {
     child: Option<Child>,
     stdout: Option<ChildStdout>,
     stderr: Option<JoinHandle<Vec<u8>>>,
+    watchdog: Option<Watchdog>,
 }
 
 impl ChildStream {
@@ -52,6 +119,7 @@ impl ChildStream {
             }
         })?;
         cancel::register_child(child.id());
+        let watchdog = Watchdog::start(child.id(), STALL_SECS.load(Ordering::Relaxed));
         let stdout = child.stdout.take();
         let stderr = child.stderr.take().map(|mut e| {
             std::thread::spawn(move || {
@@ -75,6 +143,7 @@ impl ChildStream {
             child: Some(child),
             stdout,
             stderr,
+            watchdog,
         })
     }
 
@@ -103,6 +172,14 @@ impl ChildStream {
             .take()
             .and_then(|h| h.join().ok())
             .unwrap_or_default();
+        if let Some(w) = self.watchdog.take() {
+            if w.fired.load(Ordering::Relaxed) {
+                return Err(SourceError::Stalled {
+                    program: self.program.clone(),
+                    secs: w.secs,
+                });
+            }
+        }
         match status {
             Some(s) if s.success() => Ok(()),
             Some(s) => Err(SourceError::Failed {
@@ -133,6 +210,18 @@ impl Read for ChildStream {
             Some(s) => s.read(buf)?,
             None => 0,
         };
+        if let Some(w) = &self.watchdog {
+            w.read.fetch_add(n as u64 + 1, Ordering::Relaxed);
+            if w.fired.load(Ordering::Relaxed) {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    SourceError::Stalled {
+                        program: self.program.clone(),
+                        secs: w.secs,
+                    },
+                ));
+            }
+        }
         // A dump killed by our own signal handler ends its output early.
         if cancel::is_cancelled() {
             return Err(cancel::cancelled_error());

@@ -337,6 +337,18 @@ impl Postgres {
         c
     }
 
+    /// Starts SQL in the background (a session that holds a lock, say);
+    /// the caller waits for or kills it.
+    pub fn sql_in_background(&self, db: &str, sql: &str) -> Child {
+        self.client("psql", db)
+            .args(["-X", "-q", "-c", sql])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("psql")
+    }
+
     /// Runs SQL; returns unaligned, tuples-only output.
     pub fn sql(&self, db: &str, sql: &str) -> String {
         run_ok(
