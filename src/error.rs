@@ -171,6 +171,11 @@ pub enum Error {
         message: String,
         fix: String,
     },
+
+    /// The server refused our key (SSH user authentication): a key
+    /// problem (exit 4), as refused S3 credentials are.
+    #[error("{store}: {message}")]
+    AuthRefused { store: String, message: String },
 }
 
 impl Error {
@@ -256,6 +261,7 @@ impl Error {
             },
             Error::HostKey { .. }
             | Error::HostKeyRefused { .. }
+            | Error::AuthRefused { .. }
             | Error::Signing { .. }
             | Error::StoresFailed {
                 key_problem: true, ..
@@ -321,6 +327,9 @@ impl Error {
             ),
             Error::StoresFailed { .. } => Some(
                 "the complete copies are kept and nothing was deleted where the upload failed; the next run refills that store (signed jobs) once it is fixed".into(),
+            ),
+            Error::AuthRefused { .. } => Some(
+                "check that the server's authorized_keys for this account holds the public half of `identity` (and that identity names the right key)".into(),
             ),
             Error::HostKey { line: None, .. } => Some(
                 "if the server's key really changed, verify the new fingerprint out of band and replace its known_hosts line".into(),

@@ -504,3 +504,31 @@ fn sshd_killed_mid_upload_fails_cleanly_and_the_next_run_recovers() {
         "{remote:?}"
     );
 }
+
+/// A key the server refuses is a key problem (exit 4, as refused S3
+/// credentials are), named with the account and the key, with a hint; the
+/// local store still gets the backup.
+#[test]
+fn a_refused_ssh_key_is_exit_4_and_the_local_copy_is_made() {
+    let sshd = Sshd::start();
+    let j = Job::new();
+    let other = j.dir.path().join("other_ed25519");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let store = sshd.store_config("").replace(
+        &sshd.client_key.display().to_string(),
+        &other.display().to_string(),
+    );
+    let cfg = j.config("", &j.sqlite(), &format!("{}\n{store}", j.local()));
+    let out = j.backup(&cfg);
+    let err = stderr(&out);
+    assert_eq!(code(&out), 4, "{err}");
+    assert!(err.contains("complete in [local]"), "{err}");
+    assert!(err.contains("authentication as"), "{err}");
+    assert!(err.contains("hint: "), "{err}");
+    assert_eq!(files(&j.local_dir()).len(), 2);
+}

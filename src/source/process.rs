@@ -61,7 +61,10 @@ impl Watchdog {
                     since = Instant::now();
                 } else if since.elapsed() >= limit {
                     fired.store(true, Ordering::Relaxed);
-                    if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+                    if let Some(pid) = i32::try_from(pid)
+                        .ok()
+                        .and_then(rustix::process::Pid::from_raw)
+                    {
                         let _ = rustix::process::kill_process(pid, rustix::process::Signal::Kill);
                     }
                     return;

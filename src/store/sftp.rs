@@ -204,6 +204,14 @@ impl SftpStore {
         }
     }
 
+    /// The server refused our key: exit 4, as refused S3 credentials are.
+    fn refused(&self, message: String) -> Error {
+        Error::AuthRefused {
+            store: self.cfg.name.clone(),
+            message,
+        }
+    }
+
     fn remote(&self, file: &str) -> Result<PathBuf> {
         if !valid_file_name(file) {
             return Err(Error::Usage(format!("invalid store file name {file:?}")));
@@ -224,7 +232,7 @@ impl SftpStore {
                     .map_err(|e| {
                         (
                             false,
-                            self.err(format!(
+                            self.refused(format!(
                                 "key authentication as {} with {} failed: {e}",
                                 c.user,
                                 p.display()
@@ -235,7 +243,7 @@ impl SftpStore {
             Auth::Agent => sess.userauth_agent(&c.user).map_err(|e| {
                 (
                     false,
-                    self.err(format!(
+                    self.refused(format!(
                         "ssh-agent authentication as {} failed: {e}",
                         c.user
                     )),
@@ -245,7 +253,7 @@ impl SftpStore {
         if !sess.authenticated() {
             return Err((
                 false,
-                self.err(format!("the server did not accept the key for {}", c.user)),
+                self.refused(format!("the server did not accept the key for {}", c.user)),
             ));
         }
         let sftp = sess
