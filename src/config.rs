@@ -476,6 +476,22 @@ impl Config {
         if self.sources.is_empty() {
             p.push("no [[source]]: nothing to back up".into());
         }
+        // Two local stores in one directory would each find the other's
+        // upload in the way, every night.
+        let mut dirs: Vec<(String, PathBuf)> = Vec::new();
+        for st in &self.stores {
+            if let Store::Local { path, .. } = st {
+                let dir = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+                if let Some((other, _)) = dirs.iter().find(|(_, d)| *d == dir) {
+                    p.push(format!(
+                        "stores {other:?} and {:?} are the same directory {}: keep one",
+                        st.name(),
+                        dir.display()
+                    ));
+                }
+                dirs.push((st.name(), dir));
+            }
+        }
         p
     }
 
@@ -623,6 +639,27 @@ path = "/var/backups/coffer"
         let bad = GOOD.replace("options_file", "option_file");
         let e = Config::parse(Path::new("c.toml"), &bad).unwrap_err();
         assert_eq!(e.hint.as_deref(), Some("did you mean `options_file`?"));
+    }
+
+    #[test]
+    fn two_local_stores_in_one_directory_are_a_problem() {
+        let d = tempfile::tempdir().unwrap();
+        let two = |a: &str, b: &str| {
+            let text = format!(
+                "{GOOD}\n[[store]]\ntype = \"local\"\nname = \"a\"\npath = \"{}\"\n\
+                 [[store]]\ntype = \"local\"\nname = \"b\"\npath = \"{}\"\n",
+                d.path().join(a).display(),
+                d.path().join(b).display()
+            );
+            Config::parse(Path::new("t.toml"), &text)
+                .unwrap()
+                .backup_problems()
+        };
+        std::fs::create_dir(d.path().join("x")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("x"), d.path().join("y")).unwrap();
+        assert!(two("x", "y").iter().any(|p| p.contains("same directory")));
+        assert!(two("x", "x").iter().any(|p| p.contains("same directory")));
+        assert!(two("x", "z").iter().all(|p| !p.contains("same directory")));
     }
 
     #[test]
