@@ -10,7 +10,7 @@ mod common;
 mod harness;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
@@ -289,6 +289,60 @@ fn a_write_only_upload_account_cannot_hurt_ingested_backups() {
     );
 }
 
+/// A signing database host that uploads into `incoming` (a local directory
+/// standing in for its chroot), and a backup server that ingests from there
+/// into `repo` with `server_keep` as its retention.
+struct Ingest {
+    incoming: PathBuf,
+    host: String,
+    repo: PathBuf,
+    server: String,
+}
+
+impl Ingest {
+    fn new(p: &Path, server_keep: &str) -> Self {
+        for (kind, file) in [("age", "backup.key"), ("signing", "sign.key")] {
+            ok(&[
+                "keygen",
+                "--type",
+                kind,
+                "--out",
+                p.join(file).to_str().unwrap(),
+            ]);
+        }
+        let incoming = p.join("incoming");
+        let host = write(
+            &p.join("host.toml"),
+            &format!(
+                "[job]\nname = \"prod\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\n\
+                 signing_key = \"{s}\"\n\
+                 [[source]]\ntype = \"command\"\nname = \"db\"\nargv = [\"echo\", \"rows\"]\n\
+                 [[store]]\ntype = \"local\"\npath = \"{i}\"\nprune = false\n",
+                k = p.join("backup.key").display(),
+                l = p.join("lock").display(),
+                s = p.join("sign.key").display(),
+                i = incoming.display(),
+            ),
+        );
+        let repo = p.join("repo");
+        let server = write(
+            &p.join("server.toml"),
+            &format!(
+                "[job]\nname = \"prod\"\n{server_keep}\nsigning_public_key = \"{s}.pub\"\n\
+                 [[store]]\ntype = \"local\"\npath = \"{r}\"\n",
+                s = p.join("sign.key").display(),
+                r = repo.display(),
+            ),
+        );
+        Ingest {
+            incoming,
+            host,
+            repo,
+            server,
+        }
+    }
+}
+
 /// Moves the backup `name` in `dir` to the name and `created` of another
 /// day, and signs its rewritten sidecar with the host's key: what a backup
 /// made on that day looks like, or what a compromised database host, which
@@ -331,44 +385,12 @@ fn redate(dir: &Path, name: &str, at: chrono::DateTime<chrono::Utc>, sign_key: &
 fn back_dated_uploads_cannot_take_the_keep_slots_of_days_already_ingested() {
     let t = tempfile::tempdir().unwrap();
     let p = t.path();
-    ok(&[
-        "keygen",
-        "--type",
-        "age",
-        "--out",
-        p.join("backup.key").to_str().unwrap(),
-    ]);
-    ok(&[
-        "keygen",
-        "--type",
-        "signing",
-        "--out",
-        p.join("sign.key").to_str().unwrap(),
-    ]);
-    let incoming = p.join("incoming");
-    let host = write(
-        &p.join("host.toml"),
-        &format!(
-            "[job]\nname = \"prod\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\n\
-             signing_key = \"{s}\"\n\
-             [[source]]\ntype = \"command\"\nname = \"db\"\nargv = [\"echo\", \"rows\"]\n\
-             [[store]]\ntype = \"local\"\npath = \"{i}\"\nprune = false\n",
-            k = p.join("backup.key").display(),
-            l = p.join("lock").display(),
-            s = p.join("sign.key").display(),
-            i = incoming.display(),
-        ),
-    );
-    let repo = p.join("repo");
-    let server = write(
-        &p.join("server.toml"),
-        &format!(
-            "[job]\nname = \"prod\"\nkeep_last = 1\nkeep_daily = 7\nsigning_public_key = \"{s}.pub\"\n\
-             [[store]]\ntype = \"local\"\npath = \"{r}\"\n",
-            s = p.join("sign.key").display(),
-            r = repo.display(),
-        ),
-    );
+    let Ingest {
+        incoming,
+        host,
+        repo,
+        server,
+    } = Ingest::new(p, "keep_last = 1\nkeep_daily = 7");
     let from = incoming.to_str().unwrap();
     let today = chrono::Utc::now().date_naive();
     let at = |days_ago: u64, h: u32, m: u32| {
@@ -483,44 +505,12 @@ fn back_dated_uploads_cannot_take_the_keep_slots_of_days_already_ingested() {
 fn a_late_upload_the_ledger_vouches_for_is_ingested() {
     let t = tempfile::tempdir().unwrap();
     let p = t.path();
-    ok(&[
-        "keygen",
-        "--type",
-        "age",
-        "--out",
-        p.join("backup.key").to_str().unwrap(),
-    ]);
-    ok(&[
-        "keygen",
-        "--type",
-        "signing",
-        "--out",
-        p.join("sign.key").to_str().unwrap(),
-    ]);
-    let incoming = p.join("incoming");
-    let host = write(
-        &p.join("host.toml"),
-        &format!(
-            "[job]\nname = \"prod\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\n\
-             signing_key = \"{s}\"\n\
-             [[source]]\ntype = \"command\"\nname = \"db\"\nargv = [\"echo\", \"rows\"]\n\
-             [[store]]\ntype = \"local\"\npath = \"{i}\"\nprune = false\n",
-            k = p.join("backup.key").display(),
-            l = p.join("lock").display(),
-            s = p.join("sign.key").display(),
-            i = incoming.display(),
-        ),
-    );
-    let repo = p.join("repo");
-    let server = write(
-        &p.join("server.toml"),
-        &format!(
-            "[job]\nname = \"prod\"\nkeep_last = 7\nsigning_public_key = \"{s}.pub\"\n\
-             [[store]]\ntype = \"local\"\npath = \"{r}\"\n",
-            s = p.join("sign.key").display(),
-            r = repo.display(),
-        ),
-    );
+    let Ingest {
+        incoming,
+        host,
+        repo,
+        server,
+    } = Ingest::new(p, "keep_last = 7");
     let from = incoming.to_str().unwrap();
     ok(&["backup", "-c", &host]);
     let missed = backups(&incoming).pop().unwrap();
