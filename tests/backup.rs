@@ -975,7 +975,7 @@ fn a_dump_blocked_behind_a_lock_is_stopped_and_the_run_fails_loudly() {
     seed_postgres(&pg);
     let passfile = pg.passfile(s.path());
     let cfg = s.config(
-        "dump_stall_secs = 3",
+        "dump_stall_secs = 5",
         &format!(
             "[[source]]\ntype = \"postgres\"\nname = \"pg\"\ndatabases = [\"app\"]\npassfile = \"{}\"\n\
              host = \"127.0.0.1\"\nport = {}\nuser = \"postgres\"\n",
@@ -997,7 +997,7 @@ fn a_dump_blocked_behind_a_lock_is_stopped_and_the_run_fails_loudly() {
     let _ = locker.wait();
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("wrote nothing for 3 s"),
+        stderr(&out).contains("wrote nothing for 5 s"),
         "{}",
         stderr(&out)
     );

@@ -1291,7 +1291,7 @@ mod tests {
                 Ok(())
             }
         }
-        let mut slot = Slot::start(0, Box::new(Slow), Duration::from_millis(300));
+        let mut slot = Slot::start(0, Box::new(Slow), Duration::from_secs(2));
         let piece: Arc<[u8]> = Arc::from(&[0u8; 8][..]);
         for _ in 0..QUEUE + 4 {
             assert!(matches!(
