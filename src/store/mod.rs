@@ -42,8 +42,10 @@ pub trait Store: Send + Sync {
     /// How long an upload may take no data before the run leaves this store
     /// behind so that the others still get the backup: a server or mount
     /// that stopped answering without closing anything.
+    /// The default, for a local directory: its commit flushes the whole
+    /// file to disk, minutes of work on a slow disk, with no byte to show.
     fn stall_after(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(120)
+        std::time::Duration::from_secs(600)
     }
 }
 

@@ -1168,11 +1168,17 @@ impl Store for S3Store {
     }
 
     /// A part may be tried `retries` times, each within the timeout, with
-    /// backoff between: past that with no byte taken, the store is stuck.
+    /// backoff between; and the commit waits for every part in flight, which
+    /// a thin uplink takes a while to send (counted here at 64 KiB/s): past
+    /// the longer of the two with no byte taken, the store is stuck.
     fn stall_after(&self) -> Duration {
+        const THIN_UPLINK: u64 = 64 << 10;
+        let held = (self.cfg.parts_in_flight as u64 + 1) * self.cfg.part_size as u64;
+        let sending = Duration::from_secs(held / THIN_UPLINK);
         self.cfg
             .timeout
             .saturating_mul(self.cfg.retries.max(1) + 2)
+            .max(sending)
             .max(Duration::from_secs(10))
     }
 
