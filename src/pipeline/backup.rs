@@ -134,11 +134,19 @@ impl Slot {
         let mut seen = self.progress.load(Ordering::Relaxed);
         let mut since = Instant::now();
         let mut nap = Duration::from_micros(50);
+        // A full queue is most often a writer a few microseconds behind:
+        // give it the core a while before sleeping, which costs far more.
+        let mut yields = 0u32;
         loop {
             match tx.try_send(msg) {
                 Ok(()) => return Sent::Yes,
                 Err(TrySendError::Disconnected(_)) => return Sent::Gone,
                 Err(TrySendError::Full(m)) => msg = m,
+            }
+            if yields < 256 {
+                yields += 1;
+                std::thread::yield_now();
+                continue;
             }
             if crate::cancel::is_cancelled() {
                 return Sent::Cancelled;
