@@ -135,6 +135,10 @@ pub enum Error {
         /// a key others can read, a directory that cannot be made): exit 2
         /// unless a key problem says 4.
         usage_problem: bool,
+        /// What the run did do where the backup completed (its size, what
+        /// retention deleted, its warnings), for the hook, the log and the
+        /// metrics: a partial failure must not read as nothing done.
+        done: Option<Box<crate::pipeline::backup::Summary>>,
     },
 
     /// Damaged, tampered, truncated, or not matching its manifest.

@@ -624,10 +624,11 @@ fn a_misconfigured_store_costs_only_its_own_copy() {
     let good = p.join("good");
     let config = |stores: &str| {
         let cfg = p.join("coffer.toml");
+        let keep = "keep_last = 1\n";
         fs::write(
             &cfg,
             format!(
-                "[job]\nname = \"prod\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\n\
+                "[job]\nname = \"prod\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\n{keep}\
                  [[source]]\ntype = \"command\"\nname = \"db\"\nargv = [\"echo\", \"rows\"]\n{stores}",
                 k = key.display(),
                 l = p.join("lock").display(),
@@ -651,15 +652,50 @@ fn a_misconfigured_store_costs_only_its_own_copy() {
             dir.display()
         )
     };
+    // A night before, with the good store alone (keep_last = 1).
+    ok(&["backup", "-c", &config(&local("good", &good))]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let cfg = config(&format!(
         "{}{}{}",
         local("good", &good),
         sftp("no-known-hosts", &loose, &p.join("missing_known_hosts")),
         local("not-a-dir", &p.join("a-file/store")),
     ));
-    let out = coffer(&["backup", "-c", &cfg]);
+    let metrics = p.join("coffer.prom");
+    let out = coffer(&[
+        "backup",
+        "-c",
+        &cfg,
+        "--metrics-file",
+        metrics.to_str().unwrap(),
+    ]);
     let err = stderr(&out);
     assert_eq!(code(&out), 2, "{err}");
+    // What did happen is said: the bytes written, what the good store kept
+    // (retention ran there), and which stores failed.
+    let m = fs::read_to_string(&metrics).unwrap();
+    let value = |series: &str| -> f64 {
+        m.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {m}"))
+    };
+    assert!(value("coffer_backup_last_run_bytes_out{") > 0.0, "{m}");
+    assert!(
+        (value("coffer_backup_kept{job=\"prod\",store=\"good\"}") - 1.0).abs() < f64::EPSILON,
+        "{m}"
+    );
+    assert!(
+        (value("coffer_backup_store_last_run_success{job=\"prod\",store=\"good\"}") - 1.0).abs()
+            < f64::EPSILON,
+        "{m}"
+    );
+    assert!(
+        value("coffer_backup_store_last_run_success{job=\"prod\",store=\"not-a-dir\"}").abs()
+            < f64::EPSILON,
+        "{m}"
+    );
     assert!(err.contains("complete in [good]"), "{err}");
     assert!(err.contains("no-known-hosts: "), "{err}");
     assert!(err.contains("not-a-dir: "), "{err}");

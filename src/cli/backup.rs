@@ -57,6 +57,16 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
             out.warn(&w);
         }
     }
+    // A run that failed in some stores still says what it warned of where
+    // it completed (a store refilled, a source's skipped files).
+    if let Err(crate::Error::StoresFailed {
+        done: Some(done), ..
+    }) = &result
+    {
+        for w in &done.warnings {
+            out.warn(w);
+        }
+    }
     // A config that failed to load keeps its own error (and exit code).
     let s = match (config, result) {
         (Err(e), _) | (Ok(_), Err(e)) => return Err(e.into()),

@@ -441,6 +441,7 @@ impl EveryStoreFailed {
             failures: self.failures,
             key_problem: self.key_problem,
             usage_problem: self.usage_problem,
+            done: None,
         }
     }
 }
@@ -607,6 +608,7 @@ pub fn run(config: Config, dry_run: bool) -> Result<Summary> {
             mut failures,
             key_problem,
             usage_problem,
+            done,
         }) => {
             failures.extend(unready);
             return Err(Error::StoresFailed {
@@ -615,6 +617,7 @@ pub fn run(config: Config, dry_run: bool) -> Result<Summary> {
                 failures,
                 key_problem: key_problem || unready_key,
                 usage_problem: usage_problem || unready_usage,
+                done,
             });
         }
         Err(e) => return Err(e),
@@ -632,13 +635,24 @@ pub fn run(config: Config, dry_run: bool) -> Result<Summary> {
             .collect();
         failures.extend(unready);
         failures.extend(prune_failed);
+        let complete: Vec<String> = stored
+            .complete
+            .iter()
+            .map(|&i| job.stores[i].name().to_owned())
+            .collect();
+        let done = Summary {
+            name: name.clone(),
+            size: stored.sidecar.size,
+            bytes_in: stored.bytes_in,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            stores: complete.clone(),
+            pruned,
+            warnings: stored.warnings,
+        };
         return Err(Error::StoresFailed {
             name,
-            complete: stored
-                .complete
-                .iter()
-                .map(|&i| job.stores[i].name().to_owned())
-                .collect(),
+            complete,
+            done: Some(Box::new(done)),
             key_problem: unready_key
                 || stored
                     .failed
@@ -865,6 +879,7 @@ fn open_uploads<'a>(job: &'a Job, sealed_file: &str) -> Result<Fanout<'a>> {
             complete: Vec::new(),
             key_problem: code(crate::ExitCode::Key),
             usage_problem: code(crate::ExitCode::Usage),
+            done: None,
             failures: fanout
                 .failed
                 .iter()

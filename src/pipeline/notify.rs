@@ -110,24 +110,42 @@ impl Outcome {
             Err(e) => {
                 o.error = Some(crate::cli_chain(e));
                 o.exit_code = e.exit_code() as u8;
-                let (complete, failures): (&[String], &[String]) = match e {
+                let (complete, failures, done): (&[String], &[String], _) = match e {
                     Error::StoresFailed {
                         name,
                         complete,
                         failures,
+                        done,
                         ..
                     } => {
                         o.name = Some(name.clone());
-                        (complete, failures)
+                        (complete, failures, done.as_deref())
                     }
-                    _ => (&[], &[]),
+                    _ => (&[], &[], None),
                 };
+                // Where the backup completed, what was written and deleted
+                // is said as on success: a partial failure is not nothing.
+                if let Some(s) = done {
+                    o.bytes_in = s.bytes_in;
+                    o.bytes_out = s.size;
+                    o.warnings.clone_from(&s.warnings);
+                    o.deleted = s
+                        .pruned
+                        .iter()
+                        .flat_map(|p| p.deleted.iter().map(move |d| format!("{}:{d}", p.store)))
+                        .collect();
+                }
                 o.stores = store_names
                     .iter()
                     .map(|n| StoreOutcome {
                         name: n.clone(),
                         ok: complete.contains(n),
-                        kept: None,
+                        kept: done.and_then(|s| {
+                            s.pruned
+                                .iter()
+                                .find(|p| &p.store == n)
+                                .map(|p| p.decisions.iter().filter(|d| d.keep).count() as u64)
+                        }),
                         error: failures
                             .iter()
                             .find(|f| f.starts_with(&format!("{n}: ")))
