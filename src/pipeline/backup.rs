@@ -584,22 +584,7 @@ pub fn run(config: Config, dry_run: bool) -> Result<Summary> {
         message: format!("cannot install signal handlers: {e}"),
     })?;
 
-    // Stores the configuration left out of this run (a known_hosts file
-    // missing, a key others can read, a directory that cannot be made): the
-    // others still get the backup, and the run's failure names these.
-    let unready: Vec<String> = job
-        .unready
-        .iter()
-        .map(|(store, e)| format!("{store}: {}", about(e, store)))
-        .collect();
-    let unready_usage = job
-        .unready
-        .iter()
-        .any(|(_, e)| e.exit_code() == crate::ExitCode::Usage);
-    let unready_key = job
-        .unready
-        .iter()
-        .any(|(_, e)| e.exit_code() == crate::ExitCode::Key);
+    let (unready, unready_key, unready_usage) = unready_failures(&job);
     let mut stored = match seal_and_store(&job, &name, now, started) {
         Ok(s) => s,
         Err(Error::StoresFailed {
@@ -675,6 +660,22 @@ pub fn run(config: Config, dry_run: bool) -> Result<Summary> {
         pruned,
         warnings: stored.warnings,
     })
+}
+
+/// Stores the configuration left out of this run (a known_hosts file
+/// missing, a key others can read, a directory that cannot be made): the
+/// others still get the backup, and the run's failure names these. With
+/// whether any is a key problem, and whether any is the configuration's.
+fn unready_failures(job: &Job) -> (Vec<String>, bool, bool) {
+    let any = |code| job.unready.iter().any(|(_, e)| e.exit_code() == code);
+    (
+        job.unready
+            .iter()
+            .map(|(store, e)| format!("{store}: {}", about(e, store)))
+            .collect(),
+        any(crate::ExitCode::Key),
+        any(crate::ExitCode::Usage),
+    )
 }
 
 /// What a dry run would do, as its summary's warnings.
