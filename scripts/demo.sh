@@ -67,7 +67,7 @@ latest=$(ls backups/*.coffer | tail -n 1)
 say "inspect needs no key: the sealing side can never read its backups"
 run "$coffer" inspect "$latest"
 
-say "verify: without a key (signature, size, SHA-256, header, the job's ledger), then with it (every chunk and member)"
+say "verify: without a key (signature, size, BLAKE3, header, the job's ledger), then with it (every chunk and member)"
 run "$coffer" verify -c coffer.toml
 run "$coffer" verify -c coffer.toml latest -i backup.key
 
