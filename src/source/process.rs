@@ -24,10 +24,15 @@ pub fn set_stall_limit(secs: u64) {
     STALL_SECS.store(secs, Ordering::Relaxed);
 }
 
-/// Watches a child's output: kills it once it has written nothing for the
-/// stall limit, and says so.
+/// Watches a child's output: kills it once coffer has waited on it for the
+/// stall limit without a byte. Only time spent waiting in `read` counts: a
+/// dump that coffer is not reading (its stores are slow, and the pipe is
+/// full) is not the one stalling.
 struct Watchdog {
-    read: Arc<AtomicU64>,
+    epoch: Instant,
+    /// Milliseconds since `epoch` plus one when the current read began;
+    /// 0 while coffer is not waiting on the child.
+    waiting_since: Arc<AtomicU64>,
     fired: Arc<AtomicBool>,
     done: Arc<AtomicBool>,
     secs: u64,
@@ -39,27 +44,28 @@ impl Watchdog {
             return None;
         }
         let w = Watchdog {
-            read: Arc::new(AtomicU64::new(0)),
+            epoch: Instant::now(),
+            waiting_since: Arc::new(AtomicU64::new(0)),
             fired: Arc::new(AtomicBool::new(false)),
             done: Arc::new(AtomicBool::new(false)),
             secs,
         };
-        let (read, fired, done) = (
-            Arc::clone(&w.read),
+        let (waiting, fired, done) = (
+            Arc::clone(&w.waiting_since),
             Arc::clone(&w.fired),
             Arc::clone(&w.done),
         );
+        let epoch = w.epoch;
         std::thread::spawn(move || {
             let limit = Duration::from_secs(secs);
-            let mut seen = read.load(Ordering::Relaxed);
-            let mut since = Instant::now();
             while !done.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(200).min(limit));
-                let now = read.load(Ordering::Relaxed);
-                if now != seen {
-                    seen = now;
-                    since = Instant::now();
-                } else if since.elapsed() >= limit {
+                let since = waiting.load(Ordering::Relaxed);
+                if since == 0 {
+                    continue;
+                }
+                let began = Duration::from_millis(since - 1);
+                if epoch.elapsed().saturating_sub(began) >= limit {
                     fired.store(true, Ordering::Relaxed);
                     if let Some(pid) = i32::try_from(pid)
                         .ok()
@@ -72,6 +78,16 @@ impl Watchdog {
             }
         });
         Some(w)
+    }
+
+    /// Marks the start (`true`) or the end of a wait in `read`.
+    fn waiting(&self, now: bool) {
+        let v = if now {
+            u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+        } else {
+            0
+        };
+        self.waiting_since.store(v, Ordering::Relaxed);
     }
 }
 
@@ -104,7 +120,13 @@ pub struct ChildStream {
 }
 
 impl ChildStream {
-    pub fn spawn(mut cmd: Command) -> Result<Self, SourceError> {
+    pub fn spawn(cmd: Command) -> Result<Self, SourceError> {
+        Self::spawn_with_stall(cmd, STALL_SECS.load(Ordering::Relaxed))
+    }
+
+    /// [`spawn`](Self::spawn), stopping the child once it has been waited
+    /// on for `stall_secs` without a byte (0: never).
+    fn spawn_with_stall(mut cmd: Command, stall_secs: u64) -> Result<Self, SourceError> {
         let program = cmd.get_program().to_string_lossy().into_owned();
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -122,7 +144,7 @@ impl ChildStream {
             }
         })?;
         cancel::register_child(child.id());
-        let watchdog = Watchdog::start(child.id(), STALL_SECS.load(Ordering::Relaxed));
+        let watchdog = Watchdog::start(child.id(), stall_secs);
         let stdout = child.stdout.take();
         let stderr = child.stderr.take().map(|mut e| {
             std::thread::spawn(move || {
@@ -209,12 +231,18 @@ impl Read for ChildStream {
         if cancel::is_cancelled() {
             return Err(cancel::cancelled_error());
         }
+        if let Some(w) = &self.watchdog {
+            w.waiting(true);
+        }
         let n = match self.stdout.as_mut() {
-            Some(s) => s.read(buf)?,
-            None => 0,
+            Some(s) => s.read(buf),
+            None => Ok(0),
         };
         if let Some(w) = &self.watchdog {
-            w.read.fetch_add(n as u64 + 1, Ordering::Relaxed);
+            w.waiting(false);
+        }
+        let n = n?;
+        if let Some(w) = &self.watchdog {
             if w.fired.load(Ordering::Relaxed) {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -254,4 +282,44 @@ pub fn version_of(program: &std::path::Path) -> Option<String> {
         .lines()
         .next()
         .map(|l| l.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.args(["-c", script]);
+        c
+    }
+
+    #[test]
+    fn a_child_waited_on_without_a_byte_is_stopped() {
+        let mut child = ChildStream::spawn_with_stall(sh("echo start; exec sleep 30"), 1).unwrap();
+        let started = Instant::now();
+        let mut out = Vec::new();
+        let e = child.read_to_end(&mut out).unwrap_err();
+        assert!(e.to_string().contains("wrote nothing for 1 s"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(20));
+        assert!(matches!(
+            child.finish(),
+            Err(SourceError::Stalled { secs: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn a_child_that_coffer_is_not_reading_is_not_blamed() {
+        // The child has written all it has (the pipe holds it); coffer
+        // reads a little, then stops reading for longer than the limit, as
+        // it does while a slow store catches up. Not the child's stall.
+        let mut child = ChildStream::spawn_with_stall(sh("head -c 20000 /dev/zero"), 1).unwrap();
+        let mut buf = [0u8; 100];
+        child.read_exact(&mut buf).unwrap();
+        std::thread::sleep(Duration::from_millis(2500));
+        let mut rest = Vec::new();
+        child.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest.len(), 20000 - 100);
+        child.finish().unwrap();
+    }
 }
