@@ -499,10 +499,12 @@ fn back_dated_uploads_cannot_take_the_keep_slots_of_days_already_ingested() {
 
 /// A genuine backup that reaches incoming late — a missed night copied in
 /// by hand after the next night was ingested — is older than the newest one
-/// held, but the ledger vouches for it: the newer backup's signed `prev` is
-/// the digest of its very sidecar. Ingest takes it.
+/// held, and nothing the host signs can tell it from a back-dated one (a
+/// compromised host writes the ledger too: it could sign a new backup whose
+/// `prev` names its own back-dated forgery). So it is refused, by name, with
+/// what to do; the operator takes it with `--accept-late NAME`.
 #[test]
-fn a_late_upload_the_ledger_vouches_for_is_ingested() {
+fn a_late_upload_is_refused_until_the_operator_accepts_it_by_name() {
     let t = tempfile::tempdir().unwrap();
     let p = t.path();
     let Ingest {
@@ -532,6 +534,18 @@ fn a_late_upload_the_ledger_vouches_for_is_ingested() {
         fs::rename(f.path(), incoming.join(f.file_name())).unwrap();
     }
     let out = coffer(&["ingest", "-c", &server, "--from", from]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stderr(&out).contains("--accept-late"), "{}", stderr(&out));
+    assert!(!backups(&repo).contains(&missed));
+    let out = coffer(&[
+        "ingest",
+        "-c",
+        &server,
+        "--from",
+        from,
+        "--accept-late",
+        &missed,
+    ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(backups(&repo).contains(&missed));
     assert!(backups(&incoming).is_empty());

@@ -16,11 +16,16 @@ pub struct Args {
     /// Say what would be taken; copy and remove nothing
     #[arg(long)]
     dry_run: bool,
+    /// Take this upload although it is dated no later than the newest
+    /// backup held (a missed night copied in late): only the operator can
+    /// tell it from a back-dated one a compromised host signed
+    #[arg(long, value_name = "NAME")]
+    accept_late: Vec<String>,
 }
 
 pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
     let config = Config::load(&a.config)?;
-    let r = ingest(&config, &a.from, a.dry_run)?;
+    let r = ingest(&config, &a.from, a.dry_run, &a.accept_late)?;
     let verb = if a.dry_run {
         "would ingest"
     } else {

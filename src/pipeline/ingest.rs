@@ -63,7 +63,14 @@ fn read_small(dir: &File, name: &str) -> std::result::Result<Vec<u8>, String> {
 }
 
 /// Ingests every complete backup of the job found in `incoming`.
-pub fn ingest(config: &Config, incoming: &Path, dry_run: bool) -> Result<IngestReport> {
+/// `accept_late` names uploads the operator takes although they are dated
+/// no later than the newest backup held.
+pub fn ingest(
+    config: &Config,
+    incoming: &Path,
+    dry_run: bool,
+    accept_late: &[String],
+) -> Result<IngestReport> {
     let verifier = config
         .job
         .signing_public_key
@@ -90,7 +97,7 @@ pub fn ingest(config: &Config, incoming: &Path, dry_run: bool) -> Result<IngestR
     names.sort();
     let job = config.job.name.as_str();
     let now = chrono::Utc::now();
-    let (mut newest, chained) = newest_held(&stores, job, now, verifier.as_ref())?;
+    let mut newest = newest_held(&stores, job, now, verifier.as_ref())?;
     let mut report = IngestReport::default();
     for name in names {
         if !is_backup_name(job, &name) {
@@ -104,7 +111,7 @@ pub fn ingest(config: &Config, incoming: &Path, dry_run: bool) -> Result<IngestR
             verifier: verifier.as_ref(),
             stores: &stores,
             newest: newest.as_ref(),
-            chained: &chained,
+            accept_late,
             dry_run,
         };
         match one(&ctx, &name) {
@@ -125,24 +132,15 @@ pub fn ingest(config: &Config, incoming: &Path, dry_run: bool) -> Result<IngestR
 /// and signed where a signing key is configured). An upload dated no later
 /// is refused: a compromised database host holds the signing key, and
 /// backups it back-dated would take the daily, weekly and monthly keep slots
-/// of the genuine backups already ingested, and push them out.
-///
-/// Unless the ledger vouches for it: the second set holds the `prev` of
-/// every backup held, the digest of the sidecar that came before it. A late
-/// upload whose sidecar is exactly one of those (a missed night copied in
-/// by hand) was made before a backup already held, and nobody can make
-/// another sidecar with that digest.
-#[allow(clippy::type_complexity)]
+/// of the genuine backups already ingested, and push them out. Nothing the
+/// host signs can vouch for a late upload (not even the ledger: the host
+/// writes it too); the operator can, by name (`--accept-late`).
 fn newest_held(
     stores: &[Box<dyn Store>],
     job: &str,
     now: chrono::DateTime<chrono::Utc>,
     verifier: Option<&crate::signing::Verifier>,
-) -> Result<(
-    Option<(chrono::DateTime<chrono::Utc>, String)>,
-    std::collections::HashSet<String>,
-)> {
-    let mut chained = std::collections::HashSet::new();
+) -> Result<Option<(chrono::DateTime<chrono::Utc>, String)>> {
     let mut newest: Option<(chrono::DateTime<chrono::Utc>, String)> = None;
     for store in stores {
         let (listed, _) = crate::pipeline::retention::list(store.as_ref())?;
@@ -155,9 +153,6 @@ fn newest_held(
             {
                 continue;
             }
-            if let Some(prev) = l.sidecar.as_ref().and_then(|s| s.prev.clone()) {
-                chained.insert(prev);
-            }
             if let Some(c) = l.sidecar.as_ref().and_then(Sidecar::created) {
                 if newest.as_ref().is_none_or(|(n, _)| c > *n) {
                     newest = Some((c, l.name.clone()));
@@ -165,7 +160,7 @@ fn newest_held(
             }
         }
     }
-    Ok((newest, chained))
+    Ok(newest)
 }
 
 /// What every upload of one ingest run is checked against.
@@ -177,8 +172,8 @@ struct Ctx<'a> {
     stores: &'a [Box<dyn Store>],
     /// The newest backup already held (or ingested in this run).
     newest: Option<&'a (chrono::DateTime<chrono::Utc>, String)>,
-    /// The sidecar digests the held backups' ledger names as their `prev`.
-    chained: &'a std::collections::HashSet<String>,
+    /// Uploads the operator takes although they are dated late.
+    accept_late: &'a [String],
     dry_run: bool,
 }
 
@@ -191,7 +186,7 @@ fn one(ctx: &Ctx<'_>, name: &str) -> std::result::Result<chrono::DateTime<chrono
         verifier,
         stores,
         newest,
-        chained,
+        accept_late,
         dry_run,
     } = *ctx;
     let sidecar_name = format!("{name}{SIDECAR_SUFFIX}");
@@ -253,13 +248,13 @@ fn one(ctx: &Ctx<'_>, name: &str) -> std::result::Result<chrono::DateTime<chrono
         }
         already += 1;
     }
-    if already == 0 && !chained.contains(&ledger::digest(&raw)) {
+    if already == 0 && !accept_late.iter().any(|n| n == name) {
         if let Some((at, held)) = newest.filter(|(at, _)| created <= *at) {
             return Err(format!(
                 "dated {}, no later than {held} ({}), the newest backup already ingested: \
-                 backups are only taken in the order they were made (or when the ledger of a \
-                 backup held names them as its predecessor), so that back-dated ones cannot \
-                 push earlier ones out of retention",
+                 backups are only taken in the order they were made, so that back-dated ones \
+                 cannot push earlier ones out of retention (a missed night copied in late: \
+                 `coffer ingest --accept-late NAME`)",
                 sidecar.created,
                 at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
             ));
