@@ -4,7 +4,7 @@
 
 use std::io::{self, Read, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -53,6 +53,9 @@ struct Slot {
     worker: Option<JoinHandle<()>>,
     /// Bytes the writer has handed to the store so far.
     progress: Arc<AtomicU64>,
+    /// Set when the run has failed: the writer drops what is still queued
+    /// instead of sending it to a store that will delete it.
+    abort: Arc<AtomicBool>,
     stall: Duration,
 }
 
@@ -90,8 +93,13 @@ impl Slot {
         let (done_tx, done) = std::sync::mpsc::channel();
         let progress = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&progress);
+        let abort = Arc::new(AtomicBool::new(false));
+        let aborted = Arc::clone(&abort);
         let worker = std::thread::spawn(move || {
             for msg in rx {
+                if aborted.load(Ordering::Relaxed) || crate::cancel::is_cancelled() {
+                    break;
+                }
                 match msg {
                     Msg::Piece(piece) => {
                         if let Err(e) = write_counted(&mut upload, &piece, &counter) {
@@ -120,6 +128,7 @@ impl Slot {
             done: Some(done),
             worker: Some(worker),
             progress,
+            abort,
             stall,
         }
     }
@@ -183,6 +192,9 @@ impl Slot {
     /// Ends the writer's queue — with `commit`, telling it the stream is
     /// complete — and waits for its last word while it makes progress.
     fn finish(&mut self, store: &str, commit: bool) -> Result<()> {
+        if !commit {
+            self.abort.store(true, Ordering::Relaxed);
+        }
         if commit {
             match self.send(Msg::End) {
                 Sent::Yes | Sent::Gone => {}
@@ -1297,24 +1309,45 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(10));
     }
 
+    /// Takes a byte every 50 ms: slow, never stalled.
+    struct Slow;
+    impl Write for Slow {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            std::thread::sleep(Duration::from_millis(50));
+            Ok(buf.len().min(1))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Upload for Slow {
+        fn commit(self: Box<Self>) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_run_does_not_wait_for_a_slow_store_to_take_what_is_queued() {
+        let slot = Slot::start(0, Box::new(Slow), Duration::from_secs(2));
+        let piece: Arc<[u8]> = Arc::from(&[0u8; 8][..]);
+        for _ in 0..QUEUE {
+            assert!(matches!(
+                slot.send(Msg::Piece(Arc::clone(&piece))),
+                Sent::Yes
+            ));
+        }
+        // What is queued would take the writer about 6 s to send.
+        let started = Instant::now();
+        drop(slot);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
     #[test]
     fn a_writer_that_keeps_going_is_waited_for() {
-        /// Takes a byte every 50 ms: slow, never stalled.
-        struct Slow;
-        impl Write for Slow {
-            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-                std::thread::sleep(Duration::from_millis(50));
-                Ok(buf.len().min(1))
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        impl Upload for Slow {
-            fn commit(self: Box<Self>) -> Result<()> {
-                Ok(())
-            }
-        }
         let mut slot = Slot::start(0, Box::new(Slow), Duration::from_secs(2));
         let piece: Arc<[u8]> = Arc::from(&[0u8; 8][..]);
         for _ in 0..QUEUE + 4 {

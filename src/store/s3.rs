@@ -1174,7 +1174,9 @@ impl Store for S3Store {
     fn stall_after(&self) -> Duration {
         const THIN_UPLINK: u64 = 64 << 10;
         let held = (self.cfg.parts_in_flight as u64 + 1) * self.cfg.part_size as u64;
-        let sending = Duration::from_secs(held / THIN_UPLINK);
+        // Capped: big parts on a thin uplink must not make a hung store
+        // hold the night for hours.
+        let sending = Duration::from_secs((held / THIN_UPLINK).min(1800));
         self.cfg
             .timeout
             .saturating_mul(self.cfg.retries.max(1) + 2)
