@@ -84,27 +84,16 @@ impl Outcome {
         match result {
             Ok(s) => {
                 o.name = Some(s.name.clone());
-                o.bytes_in = s.bytes_in;
-                o.bytes_out = s.size;
-                o.warnings.clone_from(&s.warnings);
+                o.what_was_done(s);
                 o.stores = s
                     .stores
                     .iter()
                     .map(|name| StoreOutcome {
                         name: name.clone(),
                         ok: true,
-                        kept: s
-                            .pruned
-                            .iter()
-                            .find(|p| &p.store == name)
-                            .map(|p| p.decisions.iter().filter(|d| d.keep).count() as u64),
+                        kept: kept_in(s, name),
                         error: None,
                     })
-                    .collect();
-                o.deleted = s
-                    .pruned
-                    .iter()
-                    .flat_map(|p| p.deleted.iter().map(move |d| format!("{}:{d}", p.store)))
                     .collect();
             }
             Err(e) => {
@@ -126,26 +115,14 @@ impl Outcome {
                 // Where the backup completed, what was written and deleted
                 // is said as on success: a partial failure is not nothing.
                 if let Some(s) = done {
-                    o.bytes_in = s.bytes_in;
-                    o.bytes_out = s.size;
-                    o.warnings.clone_from(&s.warnings);
-                    o.deleted = s
-                        .pruned
-                        .iter()
-                        .flat_map(|p| p.deleted.iter().map(move |d| format!("{}:{d}", p.store)))
-                        .collect();
+                    o.what_was_done(s);
                 }
                 o.stores = store_names
                     .iter()
                     .map(|n| StoreOutcome {
                         name: n.clone(),
                         ok: complete.contains(n),
-                        kept: done.and_then(|s| {
-                            s.pruned
-                                .iter()
-                                .find(|p| &p.store == n)
-                                .map(|p| p.decisions.iter().filter(|d| d.keep).count() as u64)
-                        }),
+                        kept: done.and_then(|s| kept_in(s, n)),
                         error: failures
                             .iter()
                             .find(|f| f.starts_with(&format!("{n}: ")))
@@ -155,6 +132,18 @@ impl Outcome {
             }
         }
         o
+    }
+
+    /// The bytes, warnings and deletions of a run that completed somewhere.
+    fn what_was_done(&mut self, s: &Summary) {
+        self.bytes_in = s.bytes_in;
+        self.bytes_out = s.size;
+        self.warnings.clone_from(&s.warnings);
+        self.deleted = s
+            .pruned
+            .iter()
+            .flat_map(|p| p.deleted.iter().map(move |d| format!("{}:{d}", p.store)))
+            .collect();
     }
 
     fn metrics_run(&self) -> metrics::Run {
@@ -179,6 +168,14 @@ impl Outcome {
                 .collect(),
         }
     }
+}
+
+/// How many backups retention kept in `store`, if it ran there.
+fn kept_in(s: &Summary, store: &str) -> Option<u64> {
+    s.pruned
+        .iter()
+        .find(|p| p.store == store)
+        .map(|p| p.decisions.iter().filter(|d| d.keep).count() as u64)
 }
 
 /// Writes the metrics file (atomically, world-readable for the collector),
