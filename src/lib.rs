@@ -18,6 +18,7 @@
 //! - [`cli`]: argument parsing and output.
 //! - [`error`]: the error type, its exit codes and hints.
 
+pub mod ahead;
 pub mod archive;
 pub mod cancel;
 pub mod cli;

@@ -236,6 +236,27 @@ pub fn open<R: io::Read>(
     Ok((header, reader))
 }
 
+/// [`open`] for a private copy held in a file, without the plaintext:
+/// authenticates the header and every chunk of the payload, on `workers`
+/// threads, and returns the header. The file's cursor is not moved.
+pub fn authenticate(
+    identities: &[Identity],
+    file: &std::fs::File,
+    workers: usize,
+) -> Result<Header, OpenError> {
+    let (header, raw) = Header::read(&mut io::BufReader::new(stream::At { file, pos: 0 }))?;
+    let key = header.unwrap_key(identities, &raw)?;
+    let payload_key = key.payload_key(&header.salt);
+    stream::authenticate_file(
+        file,
+        &payload_key,
+        header.chunk_size,
+        raw.len() as u64,
+        workers,
+    )?;
+    Ok(header)
+}
+
 /// Errors while opening: the envelope, or reading the input.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {

@@ -4,7 +4,9 @@
 //! Dropping, reordering, duplicating or truncating chunks changes some chunk's
 //! nonce and therefore fails authentication.
 
+use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
@@ -286,6 +288,107 @@ impl<R: Read> Read for StreamReader<R> {
     }
 }
 
+/// Reads a file from a position on, with positioned reads: the file's own
+/// cursor is left alone, so several readers can share it.
+pub(crate) struct At<'f> {
+    pub file: &'f File,
+    pub pos: u64,
+}
+
+impl Read for At<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Chunks a worker of [`authenticate_file`] reads at once, at most.
+const CHECK_BATCH: usize = 1 << 20;
+
+/// Authenticates the whole payload of a sealed file that nothing else
+/// writes (a private copy), its chunks split between `workers` threads:
+/// STREAM chunks are independent once their count is known, and a file's
+/// length gives it (every chunk but the last is full). Nothing decrypted
+/// leaves this function. The verdict is the same as reading the payload
+/// through a [`StreamReader`], which is what runs whenever the layout is
+/// not that of a well-formed payload or a chunk fails, so that the error
+/// names the same chunk and cause a sequential read would.
+pub(crate) fn authenticate_file(
+    file: &File,
+    key: &[u8; 32],
+    chunk_size: u32,
+    payload_offset: u64,
+    workers: usize,
+) -> io::Result<()> {
+    let sequential = || -> io::Result<()> {
+        let at = At {
+            file,
+            pos: payload_offset,
+        };
+        let mut reader = StreamReader::new(at, key, chunk_size, payload_offset);
+        io::copy(&mut reader, &mut io::sink()).map(drop)
+    };
+    let full_len = chunk_size as usize + TAG_LEN;
+    let full = full_len as u64;
+    let payload = file.metadata()?.len().saturating_sub(payload_offset);
+    let chunks = payload.div_ceil(full);
+    let last_len = payload - chunks.saturating_sub(1) * full;
+    let well_formed = chunks > 0
+        && u128::from(chunks) < COUNTER_LIMIT - 1
+        && last_len >= TAG_LEN as u64
+        && !(chunks > 1 && last_len == TAG_LEN as u64);
+    if !well_formed || workers < 2 || chunks < 2 {
+        return sequential();
+    }
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let per = chunks.div_ceil(workers as u64);
+    let cipher = cipher(key);
+    let batch = (CHECK_BATCH / full_len).max(1);
+    let check = |first: u64, end: u64| {
+        let mut buf = vec![0u8; batch * full_len];
+        let mut index = first;
+        while index < end && !failed.load(std::sync::atomic::Ordering::Relaxed) {
+            let start = index * full;
+            // Whole chunks, but the payload's last one may be short.
+            let len = usize::try_from(payload - start).map_or(buf.len(), |n| n.min(buf.len()));
+            let count = len
+                .div_ceil(full_len)
+                .min(usize::try_from(end - index).unwrap_or(batch));
+            let data = &mut buf[..len.min(count * full_len)];
+            let ok = file.read_exact_at(data, payload_offset + start).is_ok()
+                && data.chunks_mut(full_len).zip(index..).all(|(c, i)| {
+                    let (ct, tag) = c.split_at_mut(c.len() - TAG_LEN);
+                    let tag = Tag::clone_from_slice(tag);
+                    cipher
+                        .decrypt_in_place_detached(&nonce(i, i + 1 == chunks), b"", ct, &tag)
+                        .is_ok()
+                });
+            if !ok {
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            index += count as u64;
+        }
+        buf.zeroize();
+    };
+    std::thread::scope(|s| {
+        for w in 1..workers as u64 {
+            let (first, end) = ((w * per).min(chunks), ((w + 1) * per).min(chunks));
+            s.spawn(move || check(first, end));
+        }
+        check(0, per.min(chunks));
+    });
+    if failed.into_inner() {
+        // A failure says no more than "some chunk": the sequential read
+        // says which and why.
+        sequential()?;
+        return Err(io::Error::other(
+            "a chunk failed to authenticate, then passed when read again",
+        ));
+    }
+    Ok(())
+}
+
 impl<R: Read> Drop for StreamReader<R> {
     fn drop(&mut self) {
         self.buf.zeroize();
@@ -426,8 +529,73 @@ mod tests {
         assert_eq!(out, data);
     }
 
+    /// What [`authenticate_file`] says of `ct`, stored after a prefix
+    /// standing for the header, as text to compare.
+    fn verdict_in_file(ct: &[u8], cs: u32, prefix: usize, workers: usize) -> String {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&vec![0xAA; prefix]).unwrap();
+        f.write_all(ct).unwrap();
+        match authenticate_file(&f, &KEY, cs, prefix as u64, workers) {
+            Ok(()) => "ok".into(),
+            Err(e) => EnvelopeError::from_io(e)
+                .expect("envelope error")
+                .to_string(),
+        }
+    }
+
+    fn verdict_read(ct: &[u8], cs: u32, prefix: usize) -> String {
+        let mut r = StreamReader::new(ct, &KEY, cs, prefix as u64);
+        match io::copy(&mut r, &mut io::sink()) {
+            Ok(_) => "ok".into(),
+            Err(e) => EnvelopeError::from_io(e)
+                .expect("envelope error")
+                .to_string(),
+        }
+    }
+
+    #[test]
+    fn a_file_checked_on_several_threads_gets_the_verdict_of_one_read() {
+        let data: Vec<u8> = (0..10_000u32)
+            .map(|i| u8::try_from(i % 253).unwrap())
+            .collect();
+        let ct = seal(&data, 64);
+        for workers in [1, 2, 3, 8] {
+            assert_eq!(verdict_in_file(&ct, 64, 37, workers), "ok");
+        }
+        // A damaged chunk far from the first worker's range is still named.
+        let mut bad = ct.clone();
+        let at = ct.len() - 500;
+        bad[at] ^= 1;
+        let said = verdict_in_file(&bad, 64, 37, 2);
+        assert_eq!(said, verdict_read(&bad, 64, 37));
+        assert!(said.contains("chunk"), "{said}");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn checking_a_file_in_parallel_agrees_with_reading_it(
+            data in proptest::collection::vec(any::<u8>(), 0..3000),
+            cs in 64u32..200,
+            prefix in 0usize..50,
+            workers in 1usize..5,
+            damage in 0u8..4,
+            at in any::<prop::sample::Index>(),
+            extra in proptest::collection::vec(any::<u8>(), 1..300),
+        ) {
+            let mut ct = seal(&data, cs);
+            match damage {
+                1 => { let i = at.index(ct.len()); ct[i] ^= 0x10; }
+                2 => { let i = at.index(ct.len()); ct.truncate(i); }
+                3 => ct.extend_from_slice(&extra),
+                _ => {}
+            }
+            prop_assert_eq!(
+                verdict_in_file(&ct, cs, prefix, workers),
+                verdict_read(&ct, cs, prefix)
+            );
+        }
 
         #[test]
         fn round_trip_any_size_and_write_pattern(

@@ -616,7 +616,24 @@ pub fn spool(input: Box<dyn Read + Send>, what: &str, expect: Option<&Expect>) -
     let limit = expect.map_or(u64::MAX, |x| x.size.saturating_add(1));
     let kind = expect.map_or(HashKind::Blake3, |x| x.digest.0);
     let mut hashed = crate::pipeline::walk::HashRead::new(input.take(limit), kind);
-    io::copy(&mut hashed, &mut spool).map_err(|e| Error::io(what, "read", e))?;
+    // In large pieces: BLAKE3 hashes many 1 KiB chunks at once only when it
+    // is given them at once, and io::copy's own buffer is 8 KiB.
+    let mut piece = vec![0u8; SPOOL_PIECE];
+    loop {
+        let n = match hashed.read(&mut piece) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(what, "read", e)),
+        };
+        spool.write_all(&piece[..n]).map_err(|e| {
+            Error::io(
+                std::env::temp_dir(),
+                "write the private copy of the sealed file to",
+                e,
+            )
+        })?;
+    }
     let len = hashed.len;
     let hex = hashed.hex();
     if let Some(x) = expect {
@@ -626,6 +643,9 @@ pub fn spool(input: Box<dyn Read + Send>, what: &str, expect: Option<&Expect>) -
     rewind(&mut spool)?;
     Ok(spool)
 }
+
+/// What [`spool`] reads from a store at a time.
+const SPOOL_PIECE: usize = 256 << 10;
 
 fn integrity(what: &str, message: String) -> Error {
     Error::Integrity {
@@ -666,7 +686,7 @@ pub fn stage(
     thorough: bool,
 ) -> Result<File> {
     let mut spool = spool(input, what, expect)?;
-    let header = authenticate(reopen(&spool)?, identities).map_err(|e| e.into_error(what))?;
+    let header = authenticate(&spool, identities).map_err(|e| e.into_error(what))?;
     if let Some(x) = expect {
         x.check_header(&header)
             .map_err(|message| integrity(what, message))?;
@@ -689,27 +709,15 @@ fn reopen(spool: &File) -> Result<io::BufReader<File>> {
         .try_clone()
         .map_err(|e| Error::io(std::env::temp_dir(), "reopen the private copy in", e))?;
     rewind(&mut copy)?;
-    Ok(io::BufReader::with_capacity(AUTH_BLOCK, copy))
+    Ok(io::BufReader::with_capacity(256 << 10, copy))
 }
 
-/// What the authenticating pass reads at a time.
-const AUTH_BLOCK: usize = 256 << 10;
-
-/// Opens the envelope and authenticates every chunk, without decompressing.
-fn authenticate(
-    input: impl Read,
-    identities: &[Identity],
-) -> std::result::Result<Header, WalkError> {
-    let (header, mut plain, _) = crate::pipeline::walk::open_backup(input, identities)?;
-    let mut buf = vec![0u8; AUTH_BLOCK];
-    loop {
-        match plain.read(&mut buf) {
-            Ok(0) => return Ok(header),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+/// Opens the envelope and authenticates every chunk of the private copy, on
+/// every core, without decompressing.
+fn authenticate(spool: &File, identities: &[Identity]) -> std::result::Result<Header, WalkError> {
+    let header = crate::envelope::authenticate(identities, spool, crate::frames::workers())?;
+    crate::pipeline::walk::archive_of(&header)?;
+    Ok(header)
 }
 
 /// Restores `input` (named `what` in messages). Returns what the walk

@@ -481,10 +481,23 @@ pub fn open_backup<R: Read>(
     raw: R,
     identities: &[Identity],
 ) -> Result<(Header, envelope::StreamReader<R>, Compression), WalkError> {
-    let (header, plain) = envelope::open(identities, raw).map_err(|e| match e {
-        OpenError::Envelope(e) => WalkError::Envelope(e),
-        OpenError::Io(e) => WalkError::Io(e.to_string()),
-    })?;
+    let (header, plain) = envelope::open(identities, raw).map_err(WalkError::from)?;
+    let compression = archive_of(&header)?;
+    Ok((header, plain, compression))
+}
+
+impl From<OpenError> for WalkError {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::Envelope(e) => WalkError::Envelope(e),
+            OpenError::Io(e) => WalkError::Io(e.to_string()),
+        }
+    }
+}
+
+/// Checks that an authenticated header describes a backup archive coffer
+/// reads, and returns its compression.
+pub fn archive_of(header: &Header) -> Result<Compression, WalkError> {
     let compression = Compression::parse(header.metadata.compression.as_deref().unwrap_or("none"))
         .map_err(|e| WalkError::Integrity(format!("header: {e}")))?;
     match (compression, header.metadata.zstd_frame_size) {
@@ -502,13 +515,13 @@ pub fn open_backup<R: Read>(
             "this is not a backup (no archive inside); open it with `coffer open`".into(),
         ));
     }
-    Ok((header, plain, compression))
+    Ok(compression)
 }
 
 /// Walks `input` with `identities`; `consume` sees each member's data.
 /// The ciphertext is not hashed here: a walk runs over a private copy that
 /// [`crate::pipeline::restore::spool`] already checked against its sidecar.
-pub fn walk<R: Read>(
+pub fn walk<R: Read + Send>(
     input: R,
     identities: &[Identity],
     consume: impl FnMut(&Member<'_>, &mut dyn Read) -> Result<(), WalkError>,
@@ -518,7 +531,7 @@ pub fn walk<R: Read>(
 
 /// [`walk`], with `tap`, if given, receiving the decompressed tar stream as
 /// it is walked, whole.
-pub fn walk_copy<R: Read>(
+pub fn walk_copy<R: Read + Send>(
     input: R,
     identities: &[Identity],
     tap: Option<&mut dyn Write>,
@@ -532,13 +545,13 @@ pub fn walk_copy<R: Read>(
     })
 }
 
-fn walk_stream<R: Read>(
+fn walk_stream<R: Read + Send>(
     raw: R,
     identities: &[Identity],
     tap: Option<&mut dyn Write>,
     consume: impl FnMut(&Member<'_>, &mut dyn Read) -> Result<(), WalkError>,
 ) -> Result<(Header, Inner, usize), WalkError> {
-    let (header, mut plain, compression) = open_backup(raw, identities)?;
+    let (header, plain, compression) = open_backup(raw, identities)?;
     let hash = HashKind::of(header.metadata.member_hash.as_deref()).ok_or_else(|| {
         WalkError::Integrity(format!(
             "header: unknown member_hash {:?} (a newer coffer may read it)",
@@ -546,8 +559,10 @@ fn walk_stream<R: Read>(
         ))
     })?;
     let tap_failed = std::cell::RefCell::new(None);
-    let walked = (|| -> Result<(Inner, usize), WalkError> {
-        let mut buffered = BufReader::with_capacity(1 << 20, &mut plain);
+    // Decryption reads ahead on a thread of its own: the AEAD runs on one
+    // core while this one walks and hashes, and the zstd workers use the rest.
+    let walked = crate::ahead::scoped(plain, "coffer-decrypt", 4, |plain| {
+        let mut buffered = BufReader::with_capacity(1 << 20, plain);
         let dec =
             archive::decompressor(&mut buffered, compression, header.metadata.zstd_frame_size)?;
         let dec = Tap {
@@ -561,13 +576,12 @@ fn walk_stream<R: Read>(
         io::copy(&mut dec, &mut io::sink())?;
         drop(dec);
         io::copy(&mut buffered, &mut io::sink())?;
-        Ok(walked)
-    })();
+        Ok::<_, WalkError>(walked)
+    })?;
     if let Some(e) = tap_failed.into_inner() {
         return Err(WalkError::target("<stdout>", "write", e));
     }
     let (manifest, members) = walked?;
-    io::copy(&mut plain, &mut io::sink())?;
     Ok((header, manifest, members))
 }
 

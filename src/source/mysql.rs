@@ -63,7 +63,9 @@ struct Tail<R> {
 impl<R: Read> Read for Tail<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.tail.extend_from_slice(&buf[..n]);
+        // Only the last 512 bytes matter: copy no more of a large read.
+        let new = &buf[n.saturating_sub(512)..n];
+        self.tail.extend_from_slice(new);
         if self.tail.len() > 512 {
             self.tail.drain(..self.tail.len() - 512);
         }

@@ -4,7 +4,7 @@
 
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,6 +14,10 @@ use super::SourceError;
 use crate::cancel;
 
 const STDERR_KEEP: usize = 8 * 1024;
+/// Pieces of a dump's output read ahead of the archive, at most
+/// ([`crate::ahead::PIECE`] each): enough to cover the archive taking in a
+/// whole part ([`crate::archive::PART_SIZE`]) while the dump writes on.
+const READ_AHEAD: usize = 8;
 
 /// How long a dump program may write nothing before it is stopped, in
 /// seconds (0: never); the run sets it from `dump_stall_secs`.
@@ -80,14 +84,40 @@ impl Watchdog {
         Some(w)
     }
 
-    /// Marks the start (`true`) or the end of a wait in `read`.
-    fn waiting(&self, now: bool) {
-        let v = if now {
-            u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
-        } else {
-            0
+    /// `stdout`, marked as waited on while a read of it blocks.
+    fn watch<R>(&self, stdout: R) -> Watched<R> {
+        Watched {
+            inner: stdout,
+            epoch: self.epoch,
+            waiting_since: Some(Arc::clone(&self.waiting_since)),
+        }
+    }
+}
+
+/// A child's output that tells its [`Watchdog`], if any, when a read of it
+/// starts and ends.
+struct Watched<R> {
+    inner: R,
+    epoch: Instant,
+    waiting_since: Option<Arc<AtomicU64>>,
+}
+
+impl<R: Read> Read for Watched<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mark = |now: bool| {
+            if let Some(w) = &self.waiting_since {
+                let v = if now {
+                    u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+                } else {
+                    0
+                };
+                w.store(v, Ordering::Relaxed);
+            }
         };
-        self.waiting_since.store(v, Ordering::Relaxed);
+        mark(true);
+        let n = self.inner.read(buf);
+        mark(false);
+        n
     }
 }
 
@@ -114,7 +144,9 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 pub struct ChildStream {
     program: String,
     child: Option<Child>,
-    stdout: Option<ChildStdout>,
+    /// The child's stdout, read ahead on a thread of its own (only while
+    /// that thread waits in a read does the watchdog count).
+    stdout: Option<crate::ahead::Ahead>,
     stderr: Option<JoinHandle<Vec<u8>>>,
     watchdog: Option<Watchdog>,
 }
@@ -145,7 +177,30 @@ impl ChildStream {
         })?;
         cancel::register_child(child.id());
         let watchdog = Watchdog::start(child.id(), stall_secs);
-        let stdout = child.stdout.take();
+        let stdout = match child.stdout.take() {
+            Some(out) => {
+                // A pipe that holds a whole piece lets the dump write on
+                // while the reading thread hands the last one over (best
+                // effort: the system may cap pipe sizes lower).
+                let _ = rustix::pipe::fcntl_setpipe_size(&out, crate::ahead::PIECE);
+                let watched = match &watchdog {
+                    Some(w) => w.watch(out),
+                    None => Watched {
+                        inner: out,
+                        epoch: Instant::now(),
+                        waiting_since: None,
+                    },
+                };
+                let ahead = crate::ahead::detached(watched, "dump-reader", READ_AHEAD).map_err(
+                    |source| SourceError::Spawn {
+                        program: program.clone(),
+                        source,
+                    },
+                )?;
+                Some(ahead)
+            }
+            None => None,
+        };
         let stderr = child.stderr.take().map(|mut e| {
             std::thread::spawn(move || {
                 // Keep only the tail; a chatty dump must not grow memory.
@@ -231,17 +286,10 @@ impl Read for ChildStream {
         if cancel::is_cancelled() {
             return Err(cancel::cancelled_error());
         }
-        if let Some(w) = &self.watchdog {
-            w.waiting(true);
-        }
         let n = match self.stdout.as_mut() {
-            Some(s) => s.read(buf),
-            None => Ok(0),
+            Some(s) => s.read(buf)?,
+            None => 0,
         };
-        if let Some(w) = &self.watchdog {
-            w.waiting(false);
-        }
-        let n = n?;
         if let Some(w) = &self.watchdog {
             if w.fired.load(Ordering::Relaxed) {
                 return Err(io::Error::new(
