@@ -1327,3 +1327,53 @@ fn latest_names_a_newer_signed_backup_that_a_restarted_ledger_puts_first() {
         .unwrap_or_else(|| panic!("no summary naming it: {said}"));
     assert!(summary.contains(newest.as_str()), "{summary}");
 }
+
+#[test]
+fn a_store_that_claims_every_name_costs_only_its_own_copy() {
+    let env = Env::new();
+    let p = env.p();
+    let cfg = env.config("c.toml", true, "");
+    let hostile = p.join("hostile");
+    fs::create_dir(&hostile).unwrap();
+    let mut text = fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "[[store]]\ntype = \"local\"\nname = \"hostile\"\npath = \"{}\"\n",
+        hostile.display()
+    ));
+    fs::write(&cfg, text).unwrap();
+    // The attacker's server answers "exists" for every name a run in the
+    // next minute could take (a server can say so without holding a byte).
+    let now = chrono::Utc::now();
+    for s in -2..60 {
+        let at = now + chrono::Duration::seconds(s);
+        let base = format!("prod-{}", at.format("%Y%m%dT%H%M%SZ"));
+        for i in 0..1000 {
+            let name = if i == 0 {
+                base.clone()
+            } else {
+                format!("{base}-{i}")
+            };
+            fs::write(hostile.join(format!("{name}.coffer.json.minisig")), "").unwrap();
+        }
+    }
+    let out = coffer(&["backup", "-c", &cfg]);
+    let err = stderr(&out);
+    assert_eq!(code(&out), 1, "{err}");
+    assert!(
+        err.contains("hostile") && err.contains("claims to hold"),
+        "{err}"
+    );
+    assert!(!err.contains("no free backup name"), "{err}");
+    // The honest store got the backup, and it restores.
+    assert_eq!(env.names().len(), 1, "{err}");
+    let to = p.join("out");
+    let r = env.restore(&cfg, "latest", &to, &[]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert_eq!(env.restored(&to).as_deref(), Some(SECRET));
+    // Nothing was written into the store that claimed the names.
+    assert!(fs::read_dir(&hostile).unwrap().all(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".minisig")));
+}

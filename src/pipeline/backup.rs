@@ -95,7 +95,8 @@ impl Slot {
         let counter = Arc::clone(&progress);
         let abort = Arc::new(AtomicBool::new(false));
         let aborted = Arc::clone(&abort);
-        let worker = std::thread::spawn(move || {
+        // Named, so that per-thread CPU (perf, top -H) says what it is.
+        let worker = named_thread("store-writer", move || {
             for msg in rx {
                 if aborted.load(Ordering::Relaxed) || crate::cancel::is_cancelled() {
                     break;
@@ -255,6 +256,19 @@ impl Slot {
 
 /// `write_all`, counting every byte the store takes as it takes it: a slow
 /// store is making progress, a stalled one is not.
+/// `std::thread::spawn` with a name, which per-thread CPU accounting (perf,
+/// `top -H`) shows. Like `spawn`, panics only if the system cannot make a
+/// thread at all.
+fn named_thread<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> JoinHandle<T> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(f)
+        .unwrap_or_else(|e| panic!("cannot start a thread: {e}"))
+}
+
 fn write_counted(w: &mut dyn Write, mut buf: &[u8], counter: &AtomicU64) -> io::Result<()> {
     while !buf.is_empty() {
         match w.write(buf) {
@@ -314,7 +328,7 @@ struct Digests {
 impl Digests {
     fn start() -> Self {
         let (tx, rx) = sync_channel::<Arc<[u8]>>(QUEUE);
-        let worker = std::thread::spawn(move || {
+        let worker = named_thread("digests", move || {
             let mut sha = Sha256::new();
             let mut b3 = blake3::Hasher::new();
             for piece in rx {
@@ -530,9 +544,18 @@ fn ledger_position(job: &Job, now: chrono::DateTime<chrono::Utc>) -> (u64, Strin
     ledger::next(&known)
 }
 
+/// How many of a run's candidate names one store may claim to hold before
+/// it is left out of the run. An honest store holds a candidate only if
+/// runs started within one second; a hostile server can answer "exists" to
+/// every name, and must not thereby cost the other stores their copy.
+const CLAIMS_BEFORE_LEFT_OUT: usize = 8;
+
 /// A name no store has used: `{job}-{YYYYMMDDTHHMMSSZ}`, then `-1`, `-2`, …
-fn unique_name(job: &Job, now: chrono::DateTime<chrono::Utc>) -> Result<String> {
+/// A store that claims to hold [`CLAIMS_BEFORE_LEFT_OUT`] of them is left
+/// out of the run (into `job.unready`), and the run's failure names it.
+fn unique_name(job: &mut Job, now: chrono::DateTime<chrono::Utc>) -> Result<String> {
     let base = format!("{}-{}", job.config.job.name, now.format("%Y%m%dT%H%M%SZ"));
+    let mut claims = vec![0usize; job.stores.len()];
     for i in 0..1000 {
         let name = if i == 0 {
             base.clone()
@@ -540,26 +563,65 @@ fn unique_name(job: &Job, now: chrono::DateTime<chrono::Utc>) -> Result<String> 
             format!("{base}-{i}")
         };
         let mut taken = false;
-        for store in &job.stores {
-            for suffix in [
-                manifest::SEALED_SUFFIX,
-                manifest::SIDECAR_SUFFIX,
-                ".coffer.partial",
-                ".coffer.json.partial",
-                ".coffer.json.minisig",
-            ] {
-                // A store that cannot answer is no reason to lose the night
-                // in the others: its upload fails and is reported.
-                if let Ok(Some(_)) = store.stat(&format!("{name}{suffix}")) {
-                    taken = true;
-                }
+        for (store, claimed) in job.stores.iter().zip(claims.iter_mut()) {
+            if *claimed < CLAIMS_BEFORE_LEFT_OUT && holds_name(store.as_ref(), &name) {
+                *claimed += 1;
+                taken = true;
             }
         }
         if !taken {
+            leave_out_claiming(job, &claims, &base)?;
             return Ok(name);
         }
     }
     Err(Error::Usage(format!("no free backup name for {base}")))
+}
+
+/// Whether `store` says it holds any file of the backup `name`. A store that
+/// cannot answer is no reason to lose the night in the others: its upload
+/// fails and is reported.
+fn holds_name(store: &dyn Store, name: &str) -> bool {
+    [
+        manifest::SEALED_SUFFIX,
+        manifest::SIDECAR_SUFFIX,
+        ".coffer.partial",
+        ".coffer.json.partial",
+        ".coffer.json.minisig",
+    ]
+    .iter()
+    .any(|suffix| matches!(store.stat(&format!("{name}{suffix}")), Ok(Some(_))))
+}
+
+/// Moves the stores that claimed every name they were asked about out of
+/// the run; fails if that leaves none.
+fn leave_out_claiming(job: &mut Job, claims: &[usize], base: &str) -> Result<()> {
+    let mut k = 0;
+    job.stores.retain(|store| {
+        let claimed = claims[k] >= CLAIMS_BEFORE_LEFT_OUT;
+        k += 1;
+        if claimed {
+            let message = format!(
+                "claims to hold {base} and the next {} names a run could take: \
+                 left out of this run (coffer never overwrites); look at what the \
+                 store holds under those names",
+                CLAIMS_BEFORE_LEFT_OUT - 1
+            );
+            job.unready.push((
+                store.name().to_owned(),
+                Error::Store {
+                    store: store.name().to_owned(),
+                    message,
+                },
+            ));
+        }
+        !claimed
+    });
+    if job.stores.is_empty() {
+        if let Some((_, e)) = job.unready.pop() {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// The configuration a run uses: the file, with `--job` applied.
@@ -583,10 +645,10 @@ pub fn run(config: Config, dry_run: bool) -> Result<Summary> {
             return Err(Error::Check(problems));
         }
     }
-    let job = job::prepare(config, !dry_run)?;
+    let mut job = job::prepare(config, !dry_run)?;
     let _lock = job::lock(&job)?;
     let now = chrono::Utc::now();
-    let name = unique_name(&job, now)?;
+    let name = unique_name(&mut job, now)?;
     if dry_run {
         return Ok(dry_run_plan(&job, name));
     }
