@@ -789,3 +789,52 @@ fn undo_removes_a_deep_tree_it_made() {
         .unwrap_or_default();
     assert!(left.is_empty(), "a failed restore left {left:?} behind");
 }
+
+/// One member can name a chain of tens of thousands of new directories. What
+/// the extractor keeps of them must grow with the name, not with the sum of
+/// all its prefixes (quadratic in the depth: gigabytes at a depth a 1 MiB
+/// name allows).
+#[test]
+fn a_deep_path_costs_memory_in_proportion_to_its_length() {
+    let e = Env::new();
+    let depth = 20_000;
+    let name = format!("files/{}f", "d/".repeat(depth));
+    let data = b"deep";
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, &name, &data[..]).unwrap();
+    let members = vec![serde_json::json!({
+        "path": name, "kind": "file", "size": data.len(),
+        "sha256": hex::encode(Sha256::digest(data)),
+    })];
+    let sealed = e.seal(&close_with_manifest(b, members), "deep");
+    let target = e.p().join("out");
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "peak %M KiB"])
+        .arg(bin())
+        .args(["restore", "-i", e.key(), sealed.to_str().unwrap()])
+        .args(["--to", target.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    // Past PATH_MAX only tools that walk by directory reach it: find
+    // -execdir to read it, GNU rm (not the temporary directory's own
+    // removal, which recurses) to clear it.
+    let restored = sh("find out -name f -type f -execdir cat {} ';'", e.p());
+    sh("rm -rf out", e.p());
+    assert!(out.status.success(), "{err}");
+    assert_eq!(restored.stdout, data);
+    let peak: u64 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("peak ")?.strip_suffix(" KiB")?.parse().ok())
+        .unwrap_or_else(|| panic!("no peak in {err}"));
+    // The prefixes of this name alone add up to about 400 MB.
+    assert!(
+        peak < 128 << 10,
+        "peak RSS {peak} KiB restoring one member {depth} directories deep"
+    );
+}

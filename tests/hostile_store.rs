@@ -1335,12 +1335,12 @@ fn a_store_that_claims_every_name_costs_only_its_own_copy() {
     let cfg = env.config("c.toml", true, "");
     let hostile = p.join("hostile");
     fs::create_dir(&hostile).unwrap();
-    let mut text = fs::read_to_string(&cfg).unwrap();
-    text.push_str(&format!(
+    let text = fs::read_to_string(&cfg).unwrap();
+    let second = format!(
         "[[store]]\ntype = \"local\"\nname = \"hostile\"\npath = \"{}\"\n",
         hostile.display()
-    ));
-    fs::write(&cfg, text).unwrap();
+    );
+    fs::write(&cfg, text + &second).unwrap();
     // The attacker's server answers "exists" for every name a run in the
     // next minute could take (a server can say so without holding a byte).
     let now = chrono::Utc::now();

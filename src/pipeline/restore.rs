@@ -125,9 +125,16 @@ struct Extractor {
     /// Every member is created relative to this, one component at a time.
     root_fd: OwnedFd,
     force: bool,
-    /// Every directory this restore made (relative to the root): all that
-    /// is in one is this restore's too.
+    /// The directories this restore made in directories it did not make
+    /// (relative to the root): all that is in one is this restore's too.
+    /// Only these, not every directory under them: a chain of a hundred
+    /// thousand new directories (one member can name it) would otherwise
+    /// cost the sum of all its prefixes, quadratic in its depth.
     made_dirs: HashSet<PathBuf>,
+    /// The most components of any path in `made_dirs`: no deeper prefix
+    /// needs looking up. It follows the target's own tree, which was there
+    /// before, not the archive.
+    made_depth: usize,
     /// What this restore made outside any directory it made, newest last:
     /// to undo on failure, these (directories with what is in them) are
     /// removed. Into a new or empty target that is only the top level, so
@@ -166,6 +173,7 @@ impl Extractor {
             root_fd,
             force,
             made_dirs: HashSet::new(),
+            made_depth: 0,
             undo_roots: Vec::new(),
             dirs: Vec::new(),
             replaced: Vec::new(),
@@ -175,19 +183,27 @@ impl Extractor {
 
     /// Whether this restore made `rel`, as far as undoing goes.
     fn made(&self, rel: &Path) -> bool {
-        self.made_dirs.contains(rel)
-            || rel.parent().is_some_and(|p| self.made_dirs.contains(p))
-            || self.undo_roots.iter().any(|r| r == rel)
+        self.in_made_dir(rel) || self.undo_roots.iter().any(|r| r == rel)
+    }
+
+    /// Whether `rel` is, or is inside, a directory this restore made.
+    fn in_made_dir(&self, rel: &Path) -> bool {
+        let mut prefix = PathBuf::new();
+        rel.components().take(self.made_depth).any(|c| {
+            prefix.push(c);
+            self.made_dirs.contains(&prefix)
+        })
     }
 
     /// Notes that `rel` was made (a directory if `dir`).
     fn note_made(&mut self, rel: &Path, dir: bool) {
-        let inside_own = rel.parent().is_some_and(|p| self.made_dirs.contains(p));
+        let inside_own = rel.parent().is_some_and(|p| self.in_made_dir(p));
         if !inside_own {
             self.undo_roots.push(rel.to_path_buf());
-        }
-        if dir {
-            self.made_dirs.insert(rel.to_path_buf());
+            if dir {
+                self.made_dirs.insert(rel.to_path_buf());
+                self.made_depth = self.made_depth.max(rel.components().count());
+            }
         }
     }
 
@@ -239,7 +255,7 @@ impl Extractor {
                     rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o700)).map_err(|e| {
                         WalkError::target(self.root.join(&at), "create directory", e.into())
                     })?;
-                    self.note_made(&at.clone(), true);
+                    self.note_made(&at, true);
                 }
                 Err(e) => return Err(WalkError::target(self.root.join(&at), "inspect", e)),
             }
@@ -276,7 +292,7 @@ impl Extractor {
                 // A directory that was there before keeps its own mode; one
                 // this restore made as a parent takes the recorded one.
                 Ok(Some(FileType::Directory)) => {
-                    if self.made_dirs.contains(&rel) {
+                    if self.in_made_dir(&rel) {
                         self.dirs.push((rel, dir_mode(m.mode), m.mtime));
                     }
                 }
