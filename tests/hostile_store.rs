@@ -1377,3 +1377,87 @@ fn a_store_that_claims_every_name_costs_only_its_own_copy() {
         .to_string_lossy()
         .ends_with(".minisig")));
 }
+
+/// Peak RSS of `coffer ARGS` in KiB, with its output.
+fn peak_kib(args: &[&str]) -> (u64, std::process::Output) {
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "peak %M KiB"])
+        .arg(bin())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    let peak = err
+        .lines()
+        .find_map(|l| l.strip_prefix("peak ")?.strip_suffix(" KiB")?.parse().ok())
+        .unwrap_or_else(|| panic!("no peak in {err}"));
+    (peak, out)
+}
+
+#[test]
+fn sidecars_a_store_pads_cannot_fill_the_memory_of_runs_that_list_it() {
+    let env = Env::new();
+    let p = env.p();
+    let cfg = env.config("c.toml", true, "");
+    ok(&["backup", "-c", &cfg]);
+    let genuine = env.names();
+    // Valid sidecars, padded with white space to 1 MiB each.
+    let (_, sidecar) = env.forge("padded");
+    let mut text = serde_json::to_string(&sidecar).unwrap();
+    text.push_str(&" ".repeat(1 << 20));
+    for i in 0..64 {
+        let name = format!("prod-20260101T0000{:02}Z", i % 60) + &"-1".repeat(i / 60);
+        fs::write(env.file(&name, ".coffer"), [0u8]).unwrap();
+        fs::write(env.file(&name, ".coffer.json"), &text).unwrap();
+    }
+    let (peak, out) = peak_kib(&["list", "-c", &cfg]);
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        peak < 48 << 10,
+        "list held {peak} KiB for 64 MiB of padded sidecars"
+    );
+    assert!(listed.contains("larger than 64 KiB"), "{listed}");
+    assert!(listed.contains(&genuine[0]), "{listed}");
+
+    // Many sidecars within the size of one, together past what a listing
+    // holds: the store is refused, and the nightly run's other store still
+    // gets the backup.
+    for entry in fs::read_dir(env.store()).unwrap() {
+        let path = entry.unwrap().path();
+        if !genuine
+            .iter()
+            .any(|g| path.to_string_lossy().contains(g.as_str()))
+        {
+            fs::remove_file(path).unwrap();
+        }
+    }
+    let mut text = serde_json::to_string(&sidecar).unwrap();
+    text.push_str(&" ".repeat(60 << 10));
+    for i in 0..600 {
+        let name = format!("prod-20260101T{:02}{:02}00Z", i / 60, i % 60);
+        fs::write(env.file(&name, ".coffer"), [0u8]).unwrap();
+        fs::write(env.file(&name, ".coffer.json"), &text).unwrap();
+    }
+    let good = p.join("good");
+    let second = format!(
+        "[[store]]\ntype = \"local\"\nname = \"good\"\npath = \"{}\"\n",
+        good.display()
+    );
+    fs::write(&cfg, fs::read_to_string(&cfg).unwrap() + &second).unwrap();
+    let out = coffer(&["backup", "-c", &cfg]);
+    let err = stderr(&out);
+    assert_eq!(code(&out), 1, "{err}");
+    assert!(err.contains("sidecars add up to more than 32 MiB"), "{err}");
+    let made: Vec<_> = fs::read_dir(&good)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "coffer")
+        })
+        .collect();
+    assert_eq!(made.len(), 1, "{err}");
+}

@@ -99,7 +99,18 @@ pub fn list(store: &dyn Store) -> Result<(Vec<Listed>, Vec<crate::store::Object>
         }
     }
     let mut out: Vec<Listed> = Vec::new();
+    let mut held = 0usize;
     for (name, seen) in by_name {
+        if held > LISTED_SIDECARS_MAX {
+            return Err(crate::Error::Store {
+                store: store.name().to_owned(),
+                message: format!(
+                    "its sidecars add up to more than {} MiB; refusing the listing (a broken \
+                     or hostile server)",
+                    LISTED_SIDECARS_MAX >> 20
+                ),
+            });
+        }
         let mut raw = Vec::new();
         let (state, sidecar) = match (seen.size, seen.sidecar_mtime) {
             (Some(_), None) => (State::NoSidecar, None),
@@ -108,6 +119,7 @@ pub fn list(store: &dyn Store) -> Result<(Vec<Listed>, Vec<crate::store::Object>
             (None, _) => (State::NoSealedFile, None),
             (Some(size), Some(_)) => match read_sidecar(store, &name) {
                 Ok((s, bytes)) => {
+                    held += bytes.len();
                     raw = bytes;
                     if s.name != name {
                         (State::BadSidecar(format!("names {:?}", s.name)), None)
@@ -146,6 +158,16 @@ pub fn list(store: &dyn Store) -> Result<(Vec<Listed>, Vec<crate::store::Object>
     Ok((out, partials))
 }
 
+/// The largest sidecar coffer reads. One coffer writes takes well under a
+/// kilobyte, plus a line per source and per recipient; a store that hands
+/// over more is not handing over a sidecar.
+pub const SIDECAR_MAX: usize = 64 << 10;
+/// What the sidecars of one store's listing may hold together: a year of
+/// hourly backups takes about 9 MiB. Past it the listing is refused, so
+/// that a hostile store cannot make every run that lists it (the nightly
+/// backup among them) hold gigabytes.
+const LISTED_SIDECARS_MAX: usize = 32 << 20;
+
 /// A sidecar and its exact bytes.
 pub fn read_sidecar(
     store: &dyn Store,
@@ -156,9 +178,12 @@ pub fn read_sidecar(
         .map_err(|e| crate::cli_chain(&e))?;
     let mut buf = Vec::new();
     r.by_ref()
-        .take(1 << 20)
+        .take(SIDECAR_MAX as u64 + 1)
         .read_to_end(&mut buf)
         .map_err(|e| e.to_string())?;
+    if buf.len() > SIDECAR_MAX {
+        return Err(format!("larger than {} KiB", SIDECAR_MAX >> 10));
+    }
     Sidecar::parse(&buf).map(|s| (s, buf))
 }
 
