@@ -550,3 +550,82 @@ fn a_late_upload_is_refused_until_the_operator_accepts_it_by_name() {
     assert!(backups(&repo).contains(&missed));
     assert!(backups(&incoming).is_empty());
 }
+
+/// Complete backups (sealed file and sidecar) in `dir`.
+fn complete(dir: &Path) -> Vec<String> {
+    backups(dir)
+        .into_iter()
+        .filter(|n| dir.join(format!("{n}.coffer.json")).exists())
+        .collect()
+}
+
+/// An ingest into two stores that one of them interrupts (a full disk, a
+/// crash between the sealed file and its sidecar) is finished by the next
+/// ingest, in the store that lacks it, and says the store failed (exit 1),
+/// not that the upload is untrustworthy (exit 3).
+#[test]
+fn an_ingest_one_store_interrupted_is_finished_by_the_next() {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path();
+    let Ingest {
+        incoming,
+        host,
+        repo,
+        server,
+    } = Ingest::new(p, "keep_last = 7");
+    let from = incoming.to_str().unwrap();
+    let second = p.join("repo2");
+    fs::create_dir(&second).unwrap();
+    let server = write(
+        Path::new(&server),
+        &(fs::read_to_string(&server).unwrap()
+            + &format!(
+                "[[store]]\ntype = \"local\"\nname = \"second\"\npath = \"{}\"\n",
+                second.display()
+            )),
+    );
+
+    // The second store cannot take the file this time.
+    ok(&["backup", "-c", &host]);
+    let first = backups(&incoming).pop().unwrap();
+    let blocker = second.join(format!("{first}.coffer.partial"));
+    fs::create_dir(&blocker).unwrap();
+    let out = coffer(&["ingest", "-c", &server, "--from", from]);
+    let err = stderr(&out);
+    assert_eq!(code(&out), 1, "{err}");
+    assert!(
+        err.contains("second") && err.contains("next ingest"),
+        "{err}"
+    );
+    assert!(!err.contains("do not trust"), "{err}");
+    assert_eq!(complete(&repo), vec![first.clone()]);
+    assert!(
+        backups(&incoming).contains(&first),
+        "stays until every store has it"
+    );
+    fs::remove_dir(&blocker).unwrap();
+    let out = coffer(&["ingest", "-c", &server, "--from", from]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(complete(&second), vec![first.clone()]);
+    assert!(backups(&incoming).is_empty());
+
+    // An ingest stopped between the sealed file and its sidecar left the
+    // sealed file alone in the second store.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    ok(&["backup", "-c", &host]);
+    let next = backups(&incoming).pop().unwrap();
+    fs::copy(
+        incoming.join(format!("{next}.coffer")),
+        second.join(format!("{next}.coffer")),
+    )
+    .unwrap();
+    let out = coffer(&["ingest", "-c", &server, "--from", from]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    for store in [&repo, &second] {
+        assert_eq!(complete(store), vec![first.clone(), next.clone()]);
+    }
+    assert!(backups(&incoming).is_empty());
+    // What the second store was finished with is what the upload vouched for.
+    let out = coffer(&["verify", "-c", &server, &next]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}

@@ -37,12 +37,32 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
     for (n, why) in &r.refused {
         out.warn(&format!("left {n} in {}: {why}", a.from.display()));
     }
+    for (n, why) in &r.failed {
+        out.warn(&format!(
+            "left {n} in {}: a store failed: {why}",
+            a.from.display()
+        ));
+    }
     if !r.refused.is_empty() {
         return Err(Error::Integrity {
             what: a.from.display().to_string(),
             message: format!(
                 "{} upload(s) refused and left in place; {} ingested",
                 r.refused.len(),
+                r.ingested.len()
+            ),
+        }
+        .into());
+    }
+    if !r.failed.is_empty() {
+        // The uploads are sound; a store is not (full, gone): the next
+        // ingest copies them into the stores that lack them.
+        return Err(Error::Store {
+            store: a.from.display().to_string(),
+            message: format!(
+                "{} upload(s) not taken by every store, left in place to be finished by the \
+                 next ingest; {} ingested",
+                r.failed.len(),
                 r.ingested.len()
             ),
         }

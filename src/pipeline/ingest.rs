@@ -32,6 +32,33 @@ pub struct IngestReport {
     pub ingested: Vec<String>,
     /// Left in incoming, with the reason (forged, damaged, a name clash).
     pub refused: Vec<(String, String)>,
+    /// Left in incoming because a store failed to take it (full, gone):
+    /// the next ingest finishes what this one began, in that store only.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Why one upload stays in incoming.
+enum Left {
+    /// The upload is at fault, or clashes with what a store holds.
+    Refused(String),
+    /// A store failed while taking it.
+    StoreFailed(String),
+}
+
+impl From<String> for Left {
+    fn from(why: String) -> Self {
+        Left::Refused(why)
+    }
+}
+
+/// What one store holds of an upload's name.
+enum Holds {
+    Nothing,
+    /// The same sealed file and sidecar: a duplicate upload.
+    All,
+    /// The sealed file this upload vouches for, without its sidecar: an
+    /// ingest interrupted between the two (a full disk, a crash).
+    SealedFile,
 }
 
 /// Opens `name` in `dir` read-only, refusing symlinks, FIFOs and devices.
@@ -121,7 +148,8 @@ pub fn ingest(
                     .or(Some((created, name.clone())));
                 report.ingested.push(name);
             }
-            Err(why) => report.refused.push((name, why)),
+            Err(Left::Refused(why)) => report.refused.push((name, why)),
+            Err(Left::StoreFailed(why)) => report.failed.push((name, why)),
         }
     }
     Ok(report)
@@ -178,7 +206,7 @@ struct Ctx<'a> {
 }
 
 /// Ingests one upload; returns its `created`, or why it stays in incoming.
-fn one(ctx: &Ctx<'_>, name: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, String> {
+fn one(ctx: &Ctx<'_>, name: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, Left> {
     let Ctx {
         dir,
         job,
@@ -195,10 +223,10 @@ fn one(ctx: &Ctx<'_>, name: &str) -> std::result::Result<chrono::DateTime<chrono
     let raw = read_small(dir, &sidecar_name)?;
     let sidecar = Sidecar::parse(&raw).map_err(|e| format!("sidecar is not valid: {e}"))?;
     if sidecar.name != name || sidecar.job != job {
-        return Err(format!(
+        return Err(Left::Refused(format!(
             "the sidecar names {} of job {:?}",
             sidecar.name, sidecar.job
-        ));
+        )));
     }
     let created = sidecar
         .created()
@@ -220,66 +248,59 @@ fn one(ctx: &Ctx<'_>, name: &str) -> std::result::Result<chrono::DateTime<chrono
     // must not fill the repository's disk before the hash check fails.
     let mut sealed = open_regular(dir, &sealed_name, Some(sidecar.size))?;
     if sealed.metadata().map(|m| m.len()).ok() != Some(sidecar.size) {
-        return Err(format!(
+        return Err(Left::Refused(format!(
             "{sealed_name} is not the {} bytes its sidecar says",
             sidecar.size
-        ));
+        )));
     }
-    let mut already = 0;
+    let mut holding = Vec::with_capacity(stores.len());
     for store in stores {
-        let held = store
-            .stat(&sealed_name)
-            .map_err(|e| crate::cli_chain(&e))?
-            .is_some()
-            || store
-                .stat(&sidecar_name)
-                .map_err(|e| crate::cli_chain(&e))?
-                .is_some();
-        if !held {
-            continue;
-        }
-        // The very same signed sidecar uploaded again (a retried run) is a
-        // duplicate; anything else under that name is refused.
-        if !same_sidecar(store.as_ref(), &sidecar_name, &raw) {
-            return Err(format!(
-                "{name} is already in {}: never replaced",
-                store.name()
-            ));
-        }
-        already += 1;
+        holding.push(holds(store.as_ref(), &sidecar, &raw)?);
     }
-    if already == 0 && !accept_late.iter().any(|n| n == name) {
+    let begun = holding.iter().any(|h| !matches!(h, Holds::Nothing));
+    if !begun && !accept_late.iter().any(|n| n == name) {
         if let Some((at, held)) = newest.filter(|(at, _)| created <= *at) {
-            return Err(format!(
+            return Err(Left::Refused(format!(
                 "dated {}, no later than {held} ({}), the newest backup already ingested: \
                  backups are only taken in the order they were made, so that back-dated ones \
                  cannot push earlier ones out of retention (a missed night copied in late: \
                  `coffer ingest --accept-late NAME`)",
                 sidecar.created,
                 at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-            ));
+            )));
         }
     }
     if dry_run {
         return Ok(created);
     }
-    if already == stores.len() {
-        return remove_from_incoming(dir, [&sidecar_name, &sig_name, &sealed_name])
-            .map(|()| created);
-    }
-    for store in stores {
-        io::Seek::rewind(&mut sealed).map_err(|e| format!("{sealed_name}: {e}"))?;
+    // Only what each store lacks: a store that took it on an earlier,
+    // interrupted ingest is not written again (coffer never overwrites).
+    for (store, held) in stores.iter().zip(&holding) {
+        let sealed_too = match held {
+            Holds::All => continue,
+            Holds::SealedFile => false,
+            Holds::Nothing => {
+                io::Seek::rewind(&mut sealed)
+                    .map_err(|e| Left::StoreFailed(format!("{sealed_name}: {e}")))?;
+                true
+            }
+        };
         copy_into(
             store.as_ref(),
-            &mut sealed,
+            sealed_too.then_some(&mut sealed),
             &sidecar,
             &raw,
             signature.as_deref(),
         )
-        .map_err(|e| format!("{}: {e}", store.name()))?;
+        .map_err(|e| match e {
+            Left::StoreFailed(e) => Left::StoreFailed(format!("{}: {e}", store.name())),
+            Left::Refused(e) => Left::Refused(format!("{}: {e}", store.name())),
+        })?;
     }
     // Taken: only now does it leave incoming.
-    remove_from_incoming(dir, [&sidecar_name, &sig_name, &sealed_name]).map(|()| created)
+    remove_from_incoming(dir, [&sidecar_name, &sig_name, &sealed_name])
+        .map(|()| created)
+        .map_err(Left::StoreFailed)
 }
 
 /// Sidecar first: what is left of an interrupted removal is an incomplete
@@ -298,55 +319,107 @@ fn remove_from_incoming(dir: &File, files: [&String; 3]) -> std::result::Result<
     Ok(())
 }
 
-/// Whether `store` holds exactly these sidecar bytes under `file`.
-fn same_sidecar(store: &dyn Store, file: &str, raw: &[u8]) -> bool {
+/// Whether `store` holds exactly `bytes` under `file`.
+fn same_file(store: &dyn Store, file: &str, bytes: &[u8]) -> bool {
     let mut held = Vec::new();
     store
         .get(file)
         .ok()
-        .and_then(|r| r.take(1 << 20).read_to_end(&mut held).ok())
-        .is_some_and(|_| held == raw)
+        .and_then(|r| {
+            r.take(crate::pipeline::retention::SIDECAR_MAX as u64)
+                .read_to_end(&mut held)
+                .ok()
+        })
+        .is_some_and(|_| held == bytes)
 }
 
-/// Copies the sealed file, checking size and hash on the way, then the
-/// signature and the sidecar's exact bytes, each under a temporary name.
+/// What `store` holds under the name of the upload `sidecar` (exact bytes
+/// `raw`) describes; anything but this upload itself is refused, never
+/// replaced.
+fn holds(store: &dyn Store, sidecar: &Sidecar, raw: &[u8]) -> std::result::Result<Holds, Left> {
+    let failed =
+        |e: Error| Left::StoreFailed(format!("{}: {}", store.name(), crate::cli_chain(&e)));
+    let sealed = store.stat(&sidecar.sealed_name()).map_err(failed)?;
+    let side = store.stat(&sidecar.file_name()).map_err(failed)?;
+    let clash = || {
+        Left::Refused(format!(
+            "{} is already in {}: never replaced",
+            sidecar.name,
+            store.name()
+        ))
+    };
+    match (sealed, side) {
+        (None, None) => Ok(Holds::Nothing),
+        // The very same signed sidecar uploaded again (a retried run) is
+        // a duplicate.
+        (Some(_), Some(_)) if same_file(store, &sidecar.file_name(), raw) => Ok(Holds::All),
+        (Some(o), None) if o.size == sidecar.size && holds_sealed(store, sidecar) => {
+            Ok(Holds::SealedFile)
+        }
+        _ => Err(clash()),
+    }
+}
+
+/// Whether the sealed file `store` holds is the one `sidecar` vouches for.
+fn holds_sealed(store: &dyn Store, sidecar: &Sidecar) -> bool {
+    let (kind, expected) = sidecar.file_digest();
+    let Ok(r) = store.get(&sidecar.sealed_name()) else {
+        return false;
+    };
+    let mut hashed = crate::pipeline::walk::HashRead::new(r.take(sidecar.size + 1), kind);
+    io::copy(&mut hashed, &mut io::sink()).is_ok()
+        && hashed.len == sidecar.size
+        && hashed.hex() == expected
+}
+
+/// Copies the sealed file (if `sealed`), checking size and hash on the way,
+/// then the signature and the sidecar's exact bytes, each under a
+/// temporary name.
 fn copy_into(
     store: &dyn Store,
-    sealed: &mut File,
+    sealed: Option<&mut File>,
     sidecar: &Sidecar,
     raw: &[u8],
     signature: Option<&str>,
-) -> std::result::Result<(), String> {
-    let sealed_name = sidecar.sealed_name();
-    let mut u = store.put(&sealed_name).map_err(|e| crate::cli_chain(&e))?;
-    let (kind, expected) = sidecar.file_digest();
-    let mut hash = kind.hasher();
-    let mut len = 0u64;
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut sealed = sealed.take(sidecar.size.saturating_add(1));
-    loop {
-        let n = sealed
-            .read(&mut buf)
-            .map_err(|e| format!("{sealed_name}: {e}"))?;
-        if n == 0 {
-            break;
+) -> std::result::Result<(), Left> {
+    let failed = |e: Error| Left::StoreFailed(crate::cli_chain(&e));
+    if let Some(sealed) = sealed {
+        let sealed_name = sidecar.sealed_name();
+        let mut u = store.put(&sealed_name).map_err(failed)?;
+        let (kind, expected) = sidecar.file_digest();
+        let mut hash = kind.hasher();
+        let mut len = 0u64;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut sealed = sealed.take(sidecar.size.saturating_add(1));
+        loop {
+            let n = sealed
+                .read(&mut buf)
+                .map_err(|e| Left::Refused(format!("{sealed_name}: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            len += n as u64;
+            u.write_all(&buf[..n])
+                .map_err(|e| Left::StoreFailed(format!("{sealed_name}: {e}")))?;
         }
-        hash.update(&buf[..n]);
-        len += n as u64;
-        u.write_all(&buf[..n])
-            .map_err(|e| format!("{sealed_name}: {e}"))?;
+        if len != sidecar.size || hex::encode(hash.finalize()) != expected {
+            return Err(Left::Refused(format!(
+                "{sealed_name} does not match its sidecar's size and {}",
+                kind.label()
+            )));
+        }
+        u.commit().map_err(failed)?;
     }
-    if len != sidecar.size || hex::encode(hash.finalize()) != expected {
-        return Err(format!(
-            "{sealed_name} does not match its sidecar's size and {}",
-            kind.label()
-        ));
-    }
-    u.commit().map_err(|e| crate::cli_chain(&e))?;
-    let small = |file: String, bytes: &[u8]| -> std::result::Result<(), String> {
-        let mut u = store.put(&file).map_err(|e| crate::cli_chain(&e))?;
-        u.write_all(bytes).map_err(|e| format!("{file}: {e}"))?;
-        u.commit().map_err(|e| crate::cli_chain(&e))
+    let small = |file: String, bytes: &[u8]| -> std::result::Result<(), Left> {
+        // Left by an ingest interrupted after it (the sidecar comes last).
+        if same_file(store, &file, bytes) {
+            return Ok(());
+        }
+        let mut u = store.put(&file).map_err(failed)?;
+        u.write_all(bytes)
+            .map_err(|e| Left::StoreFailed(format!("{file}: {e}")))?;
+        u.commit().map_err(failed)
     };
     if let Some(sig) = signature {
         small(
