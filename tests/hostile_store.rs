@@ -1461,3 +1461,24 @@ fn sidecars_a_store_pads_cannot_fill_the_memory_of_runs_that_list_it() {
         .collect();
     assert_eq!(made.len(), 1, "{err}");
 }
+
+#[test]
+fn a_file_named_latest_in_the_working_directory_is_not_the_latest_backup() {
+    let env = Env::new();
+    let p = env.p();
+    let cfg = env.config("c.toml", true, "");
+    ok(&["backup", "-c", &cfg]);
+    let (sealed, _) = env.forge("planted in the working directory");
+    let cwd = p.join("cwd");
+    fs::create_dir(&cwd).unwrap();
+    fs::write(cwd.join("latest"), sealed).unwrap();
+    let to = p.join("out");
+    let out = std::process::Command::new(bin())
+        .current_dir(&cwd)
+        .args(["restore", "-c", &cfg, "-i", &env.key(), "latest", "--to"])
+        .arg(&to)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(env.restored(&to).as_deref(), Some(SECRET));
+}

@@ -91,11 +91,21 @@ pub fn one_line(s: &str) -> String {
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
             '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&c.escape_unicode().to_string()),
+            c if c.is_control() || reorders(c) => out.push_str(&c.escape_unicode().to_string()),
             c => out.push(c),
         }
     }
     out
+}
+
+/// Unicode's bidirectional controls: invisible, they make a terminal show
+/// the text around them in another order (a name that reads `…gpj.sh` as
+/// `…hs.jpg`), so they are shown escaped like other controls.
+fn reorders(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+    )
 }
 
 fn with_level(v: &serde_json::Value, level: &str) -> serde_json::Value {
@@ -235,5 +245,12 @@ mod tests {
         assert_eq!(one_line("tab\there\r\x1b[31m"), "tab\\there\\r\\u{1b}[31m");
         assert_eq!(one_line("back\\slash"), "back\\\\slash");
         assert_eq!(one_line("plain/path.db"), "plain/path.db");
+    }
+
+    #[test]
+    fn names_cannot_reorder_what_the_terminal_shows() {
+        assert_eq!(one_line("prod-x\u{202e}gpj.sh"), "prod-x\\u{202e}gpj.sh");
+        assert_eq!(one_line("a\u{2066}b\u{200f}"), "a\\u{2066}b\\u{200f}");
+        assert_eq!(one_line("café ü"), "café ü");
     }
 }

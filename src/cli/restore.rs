@@ -149,7 +149,9 @@ fn stage_backup(
     thorough: bool,
     out: &super::Output,
 ) -> anyhow::Result<Staged> {
-    if is_file(&a.what) {
+    // With a configuration, `latest` is the keyword whatever lies in the
+    // working directory (a file of that name is `./latest`).
+    if is_file(&a.what) && !(config.is_some() && a.what == "latest") {
         let expect = sidecar_beside(&a.what, verifier)?;
         let f = std::fs::File::open(&a.what).map_err(|e| Error::io(&a.what, "open", e))?;
         let total = f.metadata().ok().map(|m| m.len());
