@@ -14,7 +14,10 @@ pub struct Args {
 pub fn run(a: &Args) -> anyhow::Result<()> {
     let i = inspect(&a.file)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&i)?);
+        println!(
+            "{}",
+            super::terminal_safe(&serde_json::to_string_pretty(&i)?)
+        );
         return Ok(());
     }
     // The header is unauthenticated: nothing in it reaches the terminal raw.

@@ -83,7 +83,10 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         });
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        println!(
+            "{}",
+            super::terminal_safe(&serde_json::to_string_pretty(&rows)?)
+        );
         return Ok(());
     }
     print_table(&rows);

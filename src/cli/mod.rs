@@ -61,7 +61,9 @@ impl Output {
     /// A success summary: only when asked for (-v or JSON), or forced.
     pub fn summary(&self, text: &str, json: &serde_json::Value, force: bool) {
         match self.format {
-            LogFormat::Json => eprintln!("{}", with_level(json, "info")),
+            LogFormat::Json => {
+                eprintln!("{}", terminal_safe(&with_level(json, "info").to_string()));
+            }
             LogFormat::Text if self.verbose || force => eprintln!("coffer: {}", one_line(text)),
             LogFormat::Text => {}
         }
@@ -71,9 +73,12 @@ impl Output {
         match self.format {
             LogFormat::Json => eprintln!(
                 "{}",
-                with_level(
-                    &serde_json::json!({"event": "warning", "message": text}),
-                    "warning"
+                terminal_safe(
+                    &with_level(
+                        &serde_json::json!({"event": "warning", "message": text}),
+                        "warning"
+                    )
+                    .to_string()
                 )
             ),
             LogFormat::Text => eprintln!("coffer: warning: {}", one_line(text)),
@@ -93,6 +98,24 @@ pub fn one_line(s: &str) -> String {
             '\\' => out.push_str("\\\\"),
             c if c.is_control() || reorders(c) => out.push_str(&c.escape_unicode().to_string()),
             c => out.push(c),
+        }
+    }
+    out
+}
+
+/// JSON text with what a terminal would act on escaped (`\\u` escapes, still
+/// the same JSON): serde_json escapes only the C0 controls, and DEL, the C1
+/// controls (U+009B opens an escape sequence on many terminals) and the
+/// bidirectional controls can only occur inside strings, where a program
+/// reading the JSON back sees the same text.
+pub fn terminal_safe(json: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c == '\u{7f}' || ('\u{80}'..='\u{9f}').contains(&c) || reorders(c) {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
         }
     }
     out
@@ -225,7 +248,7 @@ pub fn report(err: &anyhow::Error) -> u8 {
         let v = serde_json::json!({
             "event": "error", "message": format!("{err:#}"), "hint": hint, "exit_code": code,
         });
-        eprintln!("{}", with_level(&v, "error"));
+        eprintln!("{}", terminal_safe(&with_level(&v, "error").to_string()));
     } else {
         eprintln!("coffer: error: {}", one_line(&format!("{err:#}")));
         if let Some(hint) = hint {
@@ -252,5 +275,14 @@ mod tests {
         assert_eq!(one_line("prod-x\u{202e}gpj.sh"), "prod-x\\u{202e}gpj.sh");
         assert_eq!(one_line("a\u{2066}b\u{200f}"), "a\\u{2066}b\\u{200f}");
         assert_eq!(one_line("café ü"), "café ü");
+    }
+
+    #[test]
+    fn json_for_a_terminal_escapes_what_the_terminal_would_act_on() {
+        let v = serde_json::json!({"name": "a\u{9b}31mb\u{7f}\u{202e}c é"});
+        let text = super::terminal_safe(&v.to_string());
+        assert_eq!(text, r#"{"name":"a\u009b31mb\u007f\u202ec é"}"#);
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, v);
     }
 }

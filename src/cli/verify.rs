@@ -65,7 +65,10 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
     }
     let reports = &outcome.reports;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        println!(
+            "{}",
+            super::terminal_safe(&serde_json::to_string_pretty(&reports)?)
+        );
     } else {
         for r in reports {
             if r.ok {
