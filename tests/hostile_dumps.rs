@@ -721,3 +721,94 @@ fn a_backup_whose_signature_was_checked_may_load_through_a_privileged_account() 
         "300"
     );
 }
+
+/// Waits for `child` at most `limit`; kills it and fails the test if it is
+/// still running then (a hang must fail, not stall the suite).
+fn bounded(mut child: std::process::Child, limit: Duration, what: &str) -> Output {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    panic!(
+        "{what} still running after {limit:?}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn spawn_coffer(e: &Env, args: &[&str]) -> std::process::Child {
+    Command::new(bin())
+        .args(args)
+        .env("TMPDIR", &e.tmp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_client_that_floods_its_error_output_fails_the_load_promptly() {
+    // The client echoes the failing statement to stderr, far more than a
+    // pipe holds, and would block there while coffer still writes its stdin.
+    let e = Env::new();
+    let maria = MariaDb::start();
+    let (_, sealed) = backed_up(&e, &maria);
+    let mut dump = format!("SELEC {};\n", "x".repeat(200 * 1024));
+    dump.push_str(&"SELECT 1;\n".repeat(500_000));
+    let forged = forge(&e, &sealed, &dump);
+    substitute(&sealed, &forged);
+    let cfg = e.p().join("backup.toml");
+    let c = cfg.to_str().unwrap();
+    let limit = Duration::from_secs(120);
+
+    let child = spawn_coffer(
+        &e,
+        &["verify", "-c", c, "latest", "-i", e.key(), "--restore-test"],
+    );
+    let out = bounded(child, limit, "verify --restore-test");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("restore test: loading mysql/main.sql failed"),
+        "{}",
+        text(&out)
+    );
+    let longest = text(&out).lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 2000, "a line of {longest} bytes: {}", text(&out));
+    let left: Vec<_> = fs::read_dir(&e.tmp).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    let scoped = options_file(&maria, e.p(), "restorer", "restorer-pw", "");
+    let scoped_cfg = e.config("scoped.toml", &scoped);
+    let child = spawn_coffer(
+        &e,
+        &[
+            "restore",
+            "-c",
+            scoped_cfg.to_str().unwrap(),
+            "-i",
+            e.key(),
+            sealed.to_str().unwrap(),
+            "--into-db",
+            "main",
+            "--database",
+            "hostile_flood",
+        ],
+    );
+    let out = bounded(child, limit, "restore --into-db");
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let err = stderr(&out);
+    assert!(err.contains("loading failed"), "{err}");
+    assert!(err.lines().all(|l| l.len() < 1000), "{err}");
+    assert_eq!(
+        maria
+            .sql("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'hostile_flood'")
+            .trim(),
+        "0",
+        "the database coffer created was left behind"
+    );
+}

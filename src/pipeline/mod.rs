@@ -2,6 +2,7 @@
 //! the CLI turns arguments into these calls and prints their results.
 
 pub mod backup;
+pub mod client;
 pub mod ingest;
 pub mod inspect;
 pub mod io;

@@ -8,13 +8,14 @@
 //! are confined to an empty directory it cannot write, it loads no plugins,
 //! and its client runs no client commands and sends no local files.
 
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::pipeline::client::LoadClient;
 use crate::pipeline::sqlclient::{mysql_client, MysqlClient};
 use crate::source::find_program;
 
@@ -213,24 +214,29 @@ impl ScratchMariaDb {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("mariadbd: {e}"))?;
-        let mut db = ScratchMariaDb {
+        ScratchMariaDb {
             dir,
             socket,
             child,
             client,
             user: "root",
-        };
+        }
+        .ready()
+    }
+
+    /// Waits for the server to answer, then locks it down.
+    fn ready(mut self) -> Result<Self, String> {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(60) {
-            if db.query("SELECT 1").is_ok() {
-                db.lock_down()?;
-                return Ok(db);
+            if self.query("SELECT 1").is_ok() {
+                self.lock_down()?;
+                return Ok(self);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         Err(format!(
             "the scratch MariaDB server did not start: {}",
-            std::fs::read_to_string(db.dir.path().join("error.log"))
+            std::fs::read_to_string(self.dir.path().join("error.log"))
                 .unwrap_or_default()
                 .lines()
                 .last()
@@ -297,32 +303,9 @@ impl ScratchMariaDb {
         }
     }
 
-    /// Starts loading a dump; write it to the returned child's stdin.
-    pub fn loader(&self) -> io::Result<Child> {
-        self.client()
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-    }
-
-    /// Waits for a loader; its error output if it failed.
-    pub fn finish_loader(mut child: Child) -> Result<(), String> {
-        drop(child.stdin.take());
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        match child.wait() {
-            Ok(s) if s.success() => Ok(()),
-            Ok(_) => Err(err
-                .trim()
-                .lines()
-                .last()
-                .unwrap_or("the load failed")
-                .to_owned()),
-            Err(e) => Err(e.to_string()),
-        }
+    /// Starts loading a dump; write it to the returned client's stdin.
+    pub fn loader(&self) -> io::Result<LoadClient> {
+        LoadClient::spawn(self.client())
     }
 
     /// Exact row count of `db.table`.

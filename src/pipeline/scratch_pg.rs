@@ -9,13 +9,13 @@
 //! superuser: no `COPY … PROGRAM`, no server files, no untrusted language
 //! or C function. Database names are coffer's own, never the dump's.
 
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::client::LoadClient;
 use super::scratch::{reachable, run_as, subdir, RunAs};
 
 /// The role that loads and counts; the bootstrap superuser only sets up.
@@ -207,7 +207,7 @@ impl ScratchPostgres {
     /// Creates a fresh database, owned by the loading role, and starts
     /// `pg_restore` into it; write the custom-format dump to its stdin.
     /// Returns the database's name (coffer's own) and the loader.
-    pub fn loader(&mut self) -> Result<(String, Child), String> {
+    pub fn loader(&mut self) -> Result<(String, LoadClient), String> {
         self.databases += 1;
         let name = format!("coffer_restore_{}", self.databases);
         self.query(
@@ -215,14 +215,9 @@ impl ScratchPostgres {
             "postgres",
             &format!("CREATE DATABASE {name} OWNER {LOADER}"),
         )?;
-        let child = self
-            .connect("pg_restore", LOADER, &name)
-            .args(["--no-owner", "--no-acl", "--exit-on-error"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("pg_restore: {e}"))?;
+        let mut restore = self.connect("pg_restore", LOADER, &name);
+        restore.args(["--no-owner", "--no-acl", "--exit-on-error"]);
+        let child = LoadClient::spawn(restore).map_err(|e| format!("pg_restore: {e}"))?;
         Ok((name, child))
     }
 
@@ -230,34 +225,6 @@ impl ScratchPostgres {
     pub fn counts(&self, database: &str) -> Result<Vec<(String, u64)>, String> {
         let out = self.query(LOADER, database, crate::source::COUNT_QUERY)?;
         crate::source::parse_counts(&out)
-    }
-
-    /// Waits for a loader; if it failed, pg_restore's error line (its last
-    /// line is the statement, `Command was: …`).
-    pub fn finish_loader(mut child: Child) -> Result<(), String> {
-        drop(child.stdin.take());
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        match child.wait() {
-            Ok(s) if s.success() => Ok(()),
-            Ok(_) => {
-                let lines: Vec<&str> = err
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .collect();
-                let why = lines
-                    .iter()
-                    .find(|l| l.contains("ERROR:"))
-                    .or_else(|| lines.iter().find(|l| l.contains("error:")))
-                    .or(lines.last())
-                    .map_or("the load failed", |l| l);
-                Err(why.to_owned())
-            }
-            Err(e) => Err(e.to_string()),
-        }
     }
 }
 

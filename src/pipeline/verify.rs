@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
-use std::process::Child;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -17,6 +16,7 @@ use crate::error::Result;
 use crate::ledger;
 use crate::manifest::is_backup_name;
 use crate::manifest::Sidecar;
+use crate::pipeline::client::LoadClient;
 use crate::pipeline::locate::{ledger_entry, origin, Catalog, Origin};
 use crate::pipeline::retention::State;
 use crate::pipeline::scratch::ScratchMariaDb;
@@ -401,7 +401,7 @@ enum Target {
 }
 
 enum Sink {
-    Loader(Child),
+    Loader(LoadClient),
     File(std::fs::File),
 }
 
@@ -442,8 +442,8 @@ impl Drilling {
             return Ok(());
         };
         match sink {
-            Sink::Loader(child) => {
-                if let Some(stdin) = child.stdin.as_mut() {
+            Sink::Loader(client) => {
+                if let Some(stdin) = client.stdin() {
                     // A load that fails stops reading; the failure is
                     // reported when it is waited for.
                     let mut counted = Counted { inner: stdin, n: 0 };
@@ -532,10 +532,7 @@ impl Drilling {
             return;
         };
         let result = match sink {
-            Sink::Loader(child) if matches!(target, Target::Postgres { .. }) => {
-                ScratchPostgres::finish_loader(child)
-            }
-            Sink::Loader(child) => ScratchMariaDb::finish_loader(child),
+            Sink::Loader(client) => client.finish(),
             Sink::File(f) => f.sync_all().map_err(|e| e.to_string()),
         };
         self.loaded.push(Loaded {
