@@ -176,6 +176,11 @@ pub enum Error {
         fix: String,
     },
 
+    /// SIGINT or SIGTERM stopped the command; what it had started (a load,
+    /// scratch servers) was stopped and undone first.
+    #[error("cancelled by a signal")]
+    Cancelled,
+
     /// The server refused our key (SSH user authentication): a key
     /// problem (exit 4), as refused S3 credentials are.
     #[error("{store}: {message}")]
@@ -245,6 +250,7 @@ impl Error {
             | Error::Source { .. }
             | Error::Locked { .. }
             | Error::Store { .. }
+            | Error::Cancelled
             | Error::StoresFailed {
                 key_problem: false,
                 usage_problem: false,
@@ -340,6 +346,9 @@ impl Error {
             ),
             Error::Signing { .. } => Some(
                 "make a signing key pair with `coffer keygen --type signing --out PATH` (or `minisign -G -W`)".into(),
+            ),
+            Error::Cancelled => Some(
+                "stopped on request: what it had started was stopped and removed; run it again".into(),
             ),
             Error::Io { .. } | Error::Usage(_) | Error::Store { .. } => None,
         }

@@ -812,3 +812,94 @@ fn a_client_that_floods_its_error_output_fails_the_load_promptly() {
         "the database coffer created was left behind"
     );
 }
+
+/// Sends SIGTERM to `child`.
+fn terminate(child: &std::process::Child) {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::Term).unwrap();
+}
+
+#[test]
+fn sigterm_during_a_restore_test_stops_the_scratch_server_and_removes_its_directory() {
+    let e = Env::new();
+    let maria = MariaDb::start();
+    let (cfg, sealed) = backed_up(&e, &maria);
+    // A load that takes far longer than the test waits.
+    let forged = forge(&e, &sealed, &dump_with("slow", "SELECT SLEEP(600);"));
+    substitute(&sealed, &forged);
+    let c = cfg.to_str().unwrap();
+    let child = spawn_coffer(
+        &e,
+        &["verify", "-c", c, "latest", "-i", e.key(), "--restore-test"],
+    );
+    scratch_server(&e.tmp, Duration::from_secs(60)).expect("no scratch mariadbd seen");
+    // Well into the load, the client waiting on the server.
+    std::thread::sleep(Duration::from_secs(3));
+    terminate(&child);
+    let out = bounded(child, Duration::from_secs(45), "verify after SIGTERM");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(err.contains("cancelled"), "{err}");
+    assert!(
+        scratch_server(&e.tmp, Duration::from_millis(500)).is_none(),
+        "the scratch server is still running"
+    );
+    let left: Vec<_> = fs::read_dir(&e.tmp).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn sigterm_during_a_load_into_a_database_drops_what_it_created() {
+    let e = Env::new();
+    let maria = MariaDb::start();
+    let (_, sealed) = backed_up(&e, &maria);
+    let forged = e.p().join("slow.coffer");
+    fs::write(
+        &forged,
+        forge(&e, &sealed, &dump_with("shop", "SELECT SLEEP(600);")),
+    )
+    .unwrap();
+    let scoped = options_file(&maria, e.p(), "restorer", "restorer-pw", "");
+    let scoped_cfg = e.config("scoped.toml", &scoped);
+    let child = spawn_coffer(
+        &e,
+        &[
+            "restore",
+            "-c",
+            scoped_cfg.to_str().unwrap(),
+            "-i",
+            e.key(),
+            forged.to_str().unwrap(),
+            "--into-db",
+            "main",
+            "--database",
+            "hostile_slow",
+        ],
+    );
+    let exists = || {
+        maria
+            .sql("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'hostile_slow'")
+            .trim()
+            == "1"
+    };
+    let started = Instant::now();
+    while !exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the load never began"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    terminate(&child);
+    let out = bounded(child, Duration::from_secs(45), "restore after SIGTERM");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stderr(&out).contains("cancelled"), "{}", text(&out));
+    assert_eq!(
+        maria
+            .sql("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'hostile_slow'")
+            .trim(),
+        "0",
+        "the database coffer created was left behind"
+    );
+}

@@ -398,7 +398,16 @@ pub fn into_db(
     force: bool,
     walk_in: Walk<'_>,
 ) -> Result<Walked> {
-    match engine(config, source)? {
+    let engine = engine(config, source)?;
+    // A signal stops the load (it terminates the client, and the walk's
+    // reads fail) so that a database coffer created is dropped again,
+    // rather than killing coffer with the load half done.
+    crate::cancel::stop_on_signals()?;
+    let walk_in = Walk {
+        input: Box::new(crate::cancel::CancelReader(walk_in.input)),
+        ..walk_in
+    };
+    let loaded = match engine {
         Engine::Mysql {
             options_file,
             original,
@@ -423,7 +432,14 @@ pub fn into_db(
             &args,
             &databases,
         ),
-    }
+    };
+    loaded.map_err(|e| {
+        if crate::cancel::is_cancelled() {
+            Error::Cancelled
+        } else {
+            e
+        }
+    })
 }
 
 /// The backup to read, for the loaders.

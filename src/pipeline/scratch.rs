@@ -228,6 +228,9 @@ impl ScratchMariaDb {
     fn ready(mut self) -> Result<Self, String> {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(60) {
+            if crate::cancel::is_cancelled() {
+                return Err(crate::cancel::cancelled_error().to_string());
+            }
             if self.query("SELECT 1").is_ok() {
                 self.lock_down()?;
                 return Ok(self);

@@ -152,6 +152,9 @@ impl ScratchPostgres {
         let started = Instant::now();
         let mut last = String::new();
         while started.elapsed() < Duration::from_secs(60) {
+            if crate::cancel::is_cancelled() {
+                return Err(crate::cancel::cancelled_error().to_string());
+            }
             if let Err(e) = self.query(SUPERUSER, "postgres", "SELECT 1") {
                 last = e;
                 std::thread::sleep(Duration::from_millis(100));

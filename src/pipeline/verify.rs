@@ -79,6 +79,10 @@ pub fn verify(
     restore_test: bool,
 ) -> Result<Outcome> {
     let verifier = crate::pipeline::job::trusted_verifier(config)?;
+    if restore_test {
+        // Scratch servers and their plain-text data must not outlive coffer.
+        crate::cancel::stop_on_signals()?;
+    }
     let catalog = Catalog::load(config)?;
     let job = config.job.name.as_str();
     let level = match (identities.is_some(), restore_test) {
@@ -145,6 +149,9 @@ pub fn verify(
             r.ok = r.problems.is_empty();
             reports.push(r);
         }
+        // A drill a signal stopped (its servers stopped and removed, the
+        // backups after it failing at their first read) reports the signal.
+        crate::cancel::check()?;
         let has_ledger = verifier.is_some() || !ledger_entries.is_empty();
         if chosen.is_none()
             && has_ledger
@@ -242,8 +249,8 @@ fn check_one(
     r: &mut Report,
 ) {
     let started = Instant::now();
-    let reader = match store.get(&sidecar.sealed_name()) {
-        Ok(x) => x,
+    let reader: Box<dyn Read + Send> = match store.get(&sidecar.sealed_name()) {
+        Ok(x) => Box::new(crate::cancel::CancelReader(x)),
         Err(e) => {
             r.problems.push(crate::cli_chain(&e));
             return;
@@ -348,6 +355,7 @@ fn keyed(
     r: &mut Report,
 ) -> Option<Walked> {
     let mut drill = restore_test.map(|_| Drilling::default());
+    let reader = Box::new(crate::cancel::CancelReader(reader));
     let walked = walk(reader, ids, |m, data| match drill.as_mut() {
         Some(d) => d.member(m.name, data),
         None => Ok(()),
@@ -430,6 +438,9 @@ fn restore_error(e: impl std::fmt::Display) -> WalkError {
 
 impl Drilling {
     fn member(&mut self, name: &str, data: &mut dyn Read) -> std::result::Result<(), WalkError> {
+        if crate::cancel::is_cancelled() {
+            return Err(restore_error(crate::cancel::cancelled_error()));
+        }
         let same = self.loading.as_ref().is_some_and(|(n, _, _)| n == name);
         if !same {
             self.finish_loading();
