@@ -9,7 +9,7 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 
 use zeroize::Zeroize;
 
-/// Bytes read at a time, at most.
+/// Bytes handed over at a time, unless a caller says otherwise.
 pub const PIECE: usize = 1 << 20;
 
 type Piece = (Vec<u8>, usize);
@@ -29,20 +29,25 @@ pub fn scoped<R: Read + Send, T>(
         let (mut reader, tx, spares) = channel(depth);
         std::thread::Builder::new()
             .name(name.to_owned())
-            .spawn_scoped(s, move || produce(inner, &tx, &spares))?;
+            .spawn_scoped(s, move || produce(inner, PIECE, &tx, &spares))?;
         Ok(consume(&mut reader))
     })
 }
 
 /// A reader of `inner` that a thread of its own reads up to `depth` pieces
-/// ahead, as [`scoped`] does. Dropping the reader leaves the thread to stop
+/// of `piece` bytes ahead, as [`scoped`] does. Dropping the reader leaves the thread to stop
 /// at its next piece: its owner makes a read that blocks return (a dump
 /// program is killed).
-pub fn detached<R: Read + Send + 'static>(inner: R, name: &str, depth: usize) -> io::Result<Ahead> {
+pub fn detached<R: Read + Send + 'static>(
+    inner: R,
+    name: &str,
+    depth: usize,
+    piece: usize,
+) -> io::Result<Ahead> {
     let (reader, tx, spares) = channel(depth);
     std::thread::Builder::new()
         .name(name.to_owned())
-        .spawn(move || produce(inner, &tx, &spares))?;
+        .spawn(move || produce(inner, piece.max(1), &tx, &spares))?;
     Ok(reader)
 }
 
@@ -61,9 +66,14 @@ fn channel(depth: usize) -> Channel {
     (reader, tx, spares)
 }
 
-fn produce(mut inner: impl Read, tx: &SyncSender<io::Result<Piece>>, spares: &Receiver<Vec<u8>>) {
+fn produce(
+    mut inner: impl Read,
+    piece: usize,
+    tx: &SyncSender<io::Result<Piece>>,
+    spares: &Receiver<Vec<u8>>,
+) {
     loop {
-        let mut buf = spares.try_recv().unwrap_or_else(|_| vec![0u8; PIECE]);
+        let mut buf = spares.try_recv().unwrap_or_else(|_| vec![0u8; piece]);
         let (n, failed) = fill(&mut inner, &mut buf);
         let mut pieces = Vec::with_capacity(2);
         if n > 0 {
@@ -175,7 +185,7 @@ mod tests {
         assert_eq!(n, data.len());
         assert_eq!(got, data);
         let mut got = Vec::new();
-        detached(io::Cursor::new(data.clone()), "t", 2)
+        detached(io::Cursor::new(data.clone()), "t", 2, 1000)
             .unwrap()
             .read_to_end(&mut got)
             .unwrap();
@@ -206,7 +216,7 @@ mod tests {
         assert_eq!(got.len(), PIECE + 10, "what came before the error is read");
 
         let mut got = Vec::new();
-        let e = detached(Failing(5000), "t", 4)
+        let e = detached(Failing(5000), "t", 4, PIECE)
             .unwrap()
             .read_to_end(&mut got)
             .unwrap_err();
@@ -232,7 +242,7 @@ mod tests {
             }
         }
         let mut got = Vec::new();
-        let e = detached(Panics, "t", 2)
+        let e = detached(Panics, "t", 2, PIECE)
             .unwrap()
             .read_to_end(&mut got)
             .unwrap_err();
