@@ -788,11 +788,18 @@ fn restore_into_db_loads_mariadb_and_postgres_and_refuses_non_empty_targets() {
     .unwrap();
     chmod(&options, 0o600);
     let passfile = pg.passfile(e.p());
+    // Signed: the PostgreSQL source loads through its superuser, which only
+    // a backup the host signed may do.
+    let sign = e.p().join("sign.key");
+    ok(&["keygen", "--type", "signing", "--out", sign.to_str().unwrap()]);
     let cfg = e.config(
         "coffer.toml",
         &format!(
-            "[[source]]\ntype = \"mysql\"\nname = \"main\"\ndatabases = [\"production\"]\noptions_file = \"{}\"\n\
+            "signing_key = \"{}\"\nsigning_public_key = \"{}.pub\"\n\
+             [[source]]\ntype = \"mysql\"\nname = \"main\"\ndatabases = [\"production\"]\noptions_file = \"{}\"\n\
              [[source]]\ntype = \"postgres\"\nname = \"pg\"\ndatabases = [\"app\"]\npassfile = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"postgres\"\n{}",
+            sign.display(),
+            sign.display(),
             options.display(),
             passfile.display(),
             pg.port,
@@ -1286,4 +1293,81 @@ fn a_directory_made_before_its_entry_gets_its_mode_without_set_id_bits() {
     assert_eq!(mode("files/d/f"), 0o750);
     // Not a file of a `files` source: kept private, whatever it says.
     assert_eq!(mode("ok.txt"), 0o600);
+}
+
+/// A backup whose signature is not checked may be a forgery, and a dump
+/// loaded through a PostgreSQL superuser runs programs as the server's
+/// operating system account (a function a materialized view's refresh
+/// calls, `COPY … TO PROGRAM`). Unsigned, coffer loads only through a role
+/// without such rights, and says how to load otherwise.
+#[test]
+fn an_unsigned_backup_is_never_loaded_through_a_postgres_superuser() {
+    let e = Env::new();
+    let pg = Postgres::start();
+    pg.sql(
+        "postgres",
+        "CREATE ROLE loader LOGIN CREATEDB PASSWORD 'loader-pw'",
+    );
+    pg.sql("postgres", "CREATE DATABASE app OWNER loader");
+    pg.sql("app", "CREATE TABLE o (id int PRIMARY KEY, v text); INSERT INTO o SELECT g, 'v' || g FROM generate_series(1, 500) g; ALTER TABLE o OWNER TO loader;");
+    let passfile = e.p().join("pgpass");
+    fs::write(
+        &passfile,
+        format!(
+            "{}127.0.0.1:{}:*:loader:loader-pw\n",
+            fs::read_to_string(pg.passfile(e.p())).unwrap(),
+            pg.port
+        ),
+    )
+    .unwrap();
+    chmod(&passfile, 0o600);
+    let config = |user: &str| {
+        e.config(
+            &format!("{user}.toml"),
+            &format!(
+                "[[source]]\ntype = \"postgres\"\nname = \"pg\"\ndatabases = [\"app\"]\npassfile = \"{}\"\n\
+                 host = \"127.0.0.1\"\nport = {}\nuser = \"{user}\"\n{}",
+                passfile.display(),
+                pg.port,
+                e.local_store()
+            ),
+        )
+    };
+    let superuser = config("postgres");
+    let out = run(&["backup", "-c", superuser.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let load = |cfg: &Path, db: &str| {
+        run(&[
+            "restore",
+            "-c",
+            cfg.to_str().unwrap(),
+            "-i",
+            e.key(),
+            "latest",
+            "--into-db",
+            "pg",
+            "--database",
+            db,
+        ])
+    };
+    let out = load(&superuser, "through_superuser");
+    let err = stderr(&out);
+    assert_eq!(code(&out), 2, "{err}");
+    assert!(err.contains("superuser") && err.contains("--signing-key"), "{err}");
+    assert_eq!(
+        pg.sql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'through_superuser'"
+        )
+        .trim(),
+        "0",
+        "nothing is created before the refusal"
+    );
+    // The same backup through a role that may only create databases.
+    let out = load(&config("loader"), "through_loader");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        pg.sql("through_loader", "SELECT count(*) FROM o").trim(),
+        "500"
+    );
 }

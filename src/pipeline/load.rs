@@ -190,6 +190,34 @@ fn file_privileges(options_file: Option<&PathBuf>) -> Result<Vec<&'static str>> 
     Ok(held)
 }
 
+/// What the PostgreSQL role coffer loads through may do beyond the database
+/// being loaded, that a dump's SQL (a function run by a materialized view's
+/// refresh, a `COPY … TO PROGRAM`) would do with it: a superuser, or a
+/// member of the roles that run programs or read and write the server's
+/// files, reaches the database server's operating system account; a role
+/// with CREATEROLE can make itself such a member (before PostgreSQL 16).
+fn pg_server_privileges(passfile: Option<&PathBuf>, args: &[String]) -> Result<Vec<String>> {
+    let mut probe = pg_command("psql", passfile, args)?;
+    probe.args(["-X", "-A", "-t", "-d", "postgres", "-c"]).arg(
+        "SELECT concat_ws(',', \
+           CASE WHEN r.rolsuper THEN 'superuser' END, \
+           CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END, \
+           CASE WHEN pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER') \
+             THEN 'pg_execute_server_program' END, \
+           CASE WHEN pg_has_role(current_user, 'pg_read_server_files', 'MEMBER') \
+             THEN 'pg_read_server_files' END, \
+           CASE WHEN pg_has_role(current_user, 'pg_write_server_files', 'MEMBER') \
+             THEN 'pg_write_server_files' END) \
+         FROM pg_roles r WHERE r.rolname = current_user",
+    );
+    let held = query(probe)?;
+    Ok(held
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
 fn pg_command(program: &str, passfile: Option<&PathBuf>, args: &[String]) -> Result<Command> {
     let p =
         find_program(program).ok_or_else(|| Error::Usage(format!("{program} is not installed")))?;
@@ -554,7 +582,7 @@ fn into_postgres(
         input,
         what,
         identities,
-        ..
+        authenticated,
     } = w;
 
     let from = match (database, databases) {
@@ -569,6 +597,23 @@ fn into_postgres(
     };
     let target = database.unwrap_or(&from).to_owned();
     check_name(&target)?;
+    let held = if authenticated {
+        Vec::new()
+    } else {
+        pg_server_privileges(passfile, args)?
+    };
+    if !held.is_empty() {
+        return Err(Error::Usage(format!(
+            "source {source:?} loads through a PostgreSQL role with {} on the whole server, \
+             and the dump would run with it: a forged backup could run programs or read and \
+             write files as the server's operating system account. Load through a role that \
+             may only create and own databases (CREATE ROLE … LOGIN CREATEDB), restore a signed \
+             backup with its signing public key (signing_public_key or --signing-key), or load \
+             a backup you trust yourself: coffer restore … --stdout --member \
+             postgres/{source}/{from}.dump | pg_restore -d …",
+            held.join(" and ")
+        )));
+    }
     let mut probe = pg_command("psql", passfile, args)?;
     probe
         .args(["-X", "-A", "-t", "-d", "postgres", "-c"])
