@@ -8,7 +8,7 @@ set -euo pipefail
 
 packages=(
   ca-certificates build-essential pkg-config libssl-dev
-  openssl age zstd time bsdutils procps strace util-linux
+  openssl age zstd time bsdutils procps strace util-linux curl
   python3 python3-cryptography python3-prometheus-client
   openssh-client openssh-server
   mariadb-server mariadb-client

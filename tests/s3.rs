@@ -645,3 +645,74 @@ fn object_lock_where_the_server_has_none_is_refused() {
     let s3 = s3_store(&j.config("plain.toml", "", &j.files_source(), &g.store("")));
     assert!(names(s3.as_ref()).is_empty(), "nothing was written");
 }
+
+/// Anyone who may put an object can give it a key with a control
+/// character, which S3's XML listing cannot carry: the listing must still
+/// parse (coffer asks for URL-encoded keys), so that one such key does not
+/// blind restore and verify to the store and stop its retention.
+#[test]
+fn a_key_with_a_control_character_does_not_break_the_listing() {
+    let Some(g) = Garage::start() else { return };
+    let j = Job::new();
+    fs::write(j.path("data/a.txt"), pattern(10_000, 4)).unwrap();
+    let cfg = j.config("s3.toml", "keep_last = 1", &j.files_source(), &g.store(""));
+    let out = j.backup(&cfg);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let field = |name: &str| {
+        g.block
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} = \"")))
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap()
+            .to_owned()
+    };
+    let creds = fs::read_to_string(field("credentials")).unwrap();
+    let cred = |name: &str| {
+        creds
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} = ")))
+            .unwrap()
+            .to_owned()
+    };
+    let url = format!(
+        "{}/{}/backups/prod-20261205T235959Z.coffer%1B%5B31mRED",
+        field("endpoint"),
+        field("bucket")
+    );
+    let put = Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "-H",
+            "x-amz-content-sha256: UNSIGNED-PAYLOAD",
+        ])
+        .args(["--aws-sigv4", "aws:amz:garage:s3", "--user"])
+        .arg(format!(
+            "{}:{}",
+            cred("aws_access_key_id"),
+            cred("aws_secret_access_key")
+        ))
+        .args(["--data-binary", "x", "-X", "PUT", &url])
+        .output()
+        .unwrap();
+    assert!(put.status.success(), "curl: {}", stderr(&put));
+
+    let out = j.run(&["list", "-c", cfg.to_str().unwrap()]);
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("unreachable"), "{}", stderr(&out));
+    assert!(listed.contains("prod-2"), "{listed}");
+    // The nightly run still prunes there.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = j.backup(&cfg);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sealed: Vec<String> = names(s3_store(&cfg).as_ref())
+        .into_iter()
+        .filter(|n| n.ends_with(".coffer"))
+        .collect();
+    assert_eq!(
+        sealed.len(),
+        1,
+        "keep_last = 1 pruned the older one: {sealed:?}"
+    );
+}

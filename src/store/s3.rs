@@ -35,7 +35,7 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart, ObjectLockEnabled, ObjectLockMode,
+    CompletedMultipartUpload, CompletedPart, EncodingType, ObjectLockEnabled, ObjectLockMode,
 };
 use aws_sdk_s3::Client;
 use base64::Engine as _;
@@ -225,15 +225,16 @@ impl S3Store {
                     .list_multipart_uploads()
                     .bucket(&self.cfg.bucket)
                     .prefix(prefix)
+                    .encoding_type(EncodingType::Url)
                     .set_key_marker(key_marker.clone())
                     .set_upload_id_marker(id_marker.clone())
                     .send(),
             );
             let page = r.map_err(|e| self.fail(self.classify("list uploads", prefix, &e)))?;
             for u in page.uploads() {
-                if let (Some(k), Some(id)) = (u.key(), u.upload_id()) {
+                if let (Some(k), Some(id)) = (u.key().and_then(url_decoded), u.upload_id()) {
                     out.push((
-                        k.to_owned(),
+                        k,
                         id.to_owned(),
                         u.initiated()
                             .map_or(0, aws_sdk_s3::primitives::DateTime::secs),
@@ -248,7 +249,7 @@ impl S3Store {
                 return Err(self.fail(refused_listing(prefix, super::too_many_listed())));
             }
             let next = (
-                page.next_key_marker().map(str::to_owned),
+                page.next_key_marker().and_then(url_decoded),
                 page.next_upload_id_marker().map(str::to_owned),
             );
             if next.0.is_none() && next.1.is_none() {
@@ -279,6 +280,19 @@ fn refused_listing(prefix: &str, message: String) -> S3Error {
         message,
         transient: false,
     }
+}
+
+/// A key from a listing asked for with `encoding-type=url`. Listings ask
+/// for it because S3 sends keys in XML, which cannot carry most control
+/// characters: one key holding one (anyone who may put an object can make
+/// it) would otherwise make the whole listing fail to parse, and with it
+/// every run's retention in that store. `+` is a space, as S3 writes it.
+fn url_decoded(key: &str) -> Option<String> {
+    let spaced = key.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()
+        .map(std::borrow::Cow::into_owned)
 }
 
 /// `{prefix}/{file}`, or `{file}` without a prefix.
@@ -1069,12 +1083,14 @@ impl Store for S3Store {
                     .bucket(&self.cfg.bucket)
                     .prefix(&dir)
                     .delimiter("/")
+                    .encoding_type(EncodingType::Url)
                     .set_continuation_token(token.clone())
                     .send(),
             );
             let page = r.map_err(|e| self.fail(self.classify("list", &dir, &e)))?;
             for o in page.contents() {
-                let Some(name) = o.key().and_then(|k| k.strip_prefix(dir.as_str())) else {
+                let key = o.key().and_then(url_decoded);
+                let Some(name) = key.as_deref().and_then(|k| k.strip_prefix(dir.as_str())) else {
                     continue;
                 };
                 if name.is_empty() || name.contains('/') {
