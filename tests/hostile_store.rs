@@ -1482,3 +1482,63 @@ fn a_file_named_latest_in_the_working_directory_is_not_the_latest_backup() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(env.restored(&to).as_deref(), Some(SECRET));
 }
+
+/// A store that missed a night still holds a backup the others have pruned
+/// since. Refill copies only what the job's newest backups across all
+/// stores are, so it neither copies that older backup back into the others
+/// (whose retention would delete it again, every night) nor misses the
+/// night the store missed.
+#[test]
+fn refill_copies_the_newest_backups_not_what_a_lagging_store_still_holds() {
+    let env = Env::new();
+    let p = env.p();
+    let cfg = env.config("c.toml", true, "keep_last = 2\n");
+    let second = p.join("second");
+    let with_second = fs::read_to_string(&cfg).unwrap()
+        + &format!(
+            "[[store]]\ntype = \"local\"\nname = \"second\"\npath = \"{}\"\n",
+            second.display()
+        );
+    fs::write(&cfg, with_second).unwrap();
+    let night = || {
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        coffer(&["backup", "-c", &cfg])
+    };
+    let first = night();
+    assert!(first.status.success(), "{}", stderr(&first));
+    let x1 = env.names().pop().unwrap();
+    // The second store is away for two nights; the first prunes x1 meanwhile.
+    fs::rename(&second, p.join("away")).unwrap();
+    fs::write(&second, "not a directory").unwrap();
+    for _ in 0..2 {
+        let out = night();
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
+    }
+    let x2 = env.names().pop().unwrap();
+    assert!(!env.names().contains(&x1));
+    fs::remove_file(&second).unwrap();
+    fs::rename(p.join("away"), &second).unwrap();
+    let out = night();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains(&format!("refilled {x1}")), "{err}");
+    assert!(err.contains(&format!("refilled {x2} into second")), "{err}");
+    let x3 = env.names().pop().unwrap();
+    let held = |dir: &Path| {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| {
+                e.unwrap()
+                    .file_name()
+                    .into_string()
+                    .unwrap()
+                    .strip_suffix(".coffer")
+                    .map(str::to_owned)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(held(&env.store()), vec![x2.clone(), x3.clone()]);
+    assert_eq!(held(&second), vec![x2, x3]);
+}

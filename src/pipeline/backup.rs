@@ -1221,74 +1221,87 @@ fn refill(job: &Job, healthy: &[usize], now: chrono::DateTime<chrono::Utc>) -> V
         .iter()
         .map(|s| retention::list(s.as_ref()).ok().map(|(l, _)| l))
         .collect();
+    // The newest keep_last signed backups of the job across every store:
+    // what each store should hold. Taken per store, a backup that only a
+    // store which missed some nights still holds would be copied back into
+    // the others, and their retention would delete it again, every night.
+    let mut wanted: Vec<(
+        Option<chrono::DateTime<chrono::Utc>>,
+        usize,
+        &retention::Listed,
+    )> = Vec::new();
+    for (from, from_listed) in listed.iter().enumerate() {
+        for l in from_listed.iter().flatten() {
+            if locate::plausible(l, name, now)
+                && matches!(
+                    locate::origin(job.stores[from].as_ref(), l, Some(&verifier)),
+                    locate::Origin::Signed(_)
+                )
+            {
+                wanted.push((retention::believed_time(l, true), from, l));
+            }
+        }
+    }
+    wanted.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.2.name.cmp(&b.2.name)));
+    wanted.dedup_by(|a, b| a.2.name == b.2.name);
+    wanted.truncate(usize::try_from(job.policy.keep_last).unwrap_or(usize::MAX));
     let mut notes = Vec::new();
     // A store with `prune = false` is the server's to manage (a write-only
     // account whose uploads `coffer ingest` moves away): it is not refilled.
     for &to in healthy.iter().filter(|&&i| job.prune[i]) {
         let Some(have) = &listed[to] else { continue };
-        let mut present: Vec<String> = have
-            .iter()
-            .filter(|l| l.state == retention::State::Complete)
-            .map(|l| l.name.clone())
-            .collect();
-        for (from, from_listed) in listed.iter().enumerate() {
-            let Some(from_listed) = from_listed.as_ref().filter(|_| from != to) else {
-                continue;
-            };
-            // The newest keep_last of the job there: what this store should hold too.
-            let mut wanted: Vec<&retention::Listed> = from_listed
+        for &(_, holder, l) in &wanted {
+            if have
                 .iter()
-                .filter(|l| locate::plausible(l, name, now))
-                .collect();
-            wanted.sort_by_key(|l| std::cmp::Reverse(retention::believed_time(l, true)));
-            wanted.truncate(usize::try_from(job.policy.keep_last).unwrap_or(usize::MAX));
-            for l in wanted {
-                if present.contains(&l.name) {
-                    continue;
-                }
-                let from_store = job.stores[from].as_ref();
-                if !matches!(
-                    locate::origin(from_store, l, Some(&verifier)),
-                    locate::Origin::Signed(_)
-                ) {
-                    continue;
-                }
-                let Some(sidecar) = l.sidecar.clone() else {
-                    continue;
-                };
-                let mut text = String::new();
-                let signature = from_store
-                    .get(&format!("{}{SIGNATURE_SUFFIX}", sidecar.file_name()))
-                    .ok()
-                    .and_then(|r| r.take(64 * 1024).read_to_string(&mut text).ok())
-                    .map(|_| text);
-                let files = SidecarFiles {
-                    sidecar,
-                    json: l.raw.clone(),
-                    signature,
-                };
-                let to_store = job.stores[to].as_ref();
-                match copy_backup(from_store, to_store, &files) {
-                    Ok(()) => {
-                        notes.push(format!(
-                            "refilled {} into {} (it missed it) from {}",
-                            l.name,
-                            to_store.name(),
-                            from_store.name()
-                        ));
-                        present.push(l.name.clone());
-                    }
-                    Err(e) => notes.push(format!(
-                        "could not refill {} into {}: {}",
-                        l.name,
-                        to_store.name(),
-                        about(&e, to_store.name())
-                    )),
-                }
+                .any(|h| h.name == l.name && h.state == retention::State::Complete)
+            {
+                continue;
+            }
+            if holder != to {
+                notes.push(refill_one(job, holder, to, l));
             }
         }
     }
     notes
+}
+
+/// Copies the signed backup `l` from store `from` into store `to`; says
+/// what it did, for the run's warnings.
+fn refill_one(job: &Job, from: usize, to: usize, l: &retention::Listed) -> String {
+    let from_store = job.stores[from].as_ref();
+    let to_store = job.stores[to].as_ref();
+    let Some(sidecar) = l.sidecar.clone() else {
+        return format!(
+            "could not refill {} into {}: no sidecar",
+            l.name,
+            to_store.name()
+        );
+    };
+    let mut text = String::new();
+    let signature = from_store
+        .get(&format!("{}{SIGNATURE_SUFFIX}", sidecar.file_name()))
+        .ok()
+        .and_then(|r| r.take(64 * 1024).read_to_string(&mut text).ok())
+        .map(|_| text);
+    let files = SidecarFiles {
+        sidecar,
+        json: l.raw.clone(),
+        signature,
+    };
+    match copy_backup(from_store, to_store, &files) {
+        Ok(()) => format!(
+            "refilled {} into {} (it missed it) from {}",
+            l.name,
+            to_store.name(),
+            from_store.name()
+        ),
+        Err(e) => format!(
+            "could not refill {} into {}: {}",
+            l.name,
+            to_store.name(),
+            about(&e, to_store.name())
+        ),
+    }
 }
 
 /// What a run left in its stores.
