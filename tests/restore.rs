@@ -791,7 +791,13 @@ fn restore_into_db_loads_mariadb_and_postgres_and_refuses_non_empty_targets() {
     // Signed: the PostgreSQL source loads through its superuser, which only
     // a backup the host signed may do.
     let sign = e.p().join("sign.key");
-    ok(&["keygen", "--type", "signing", "--out", sign.to_str().unwrap()]);
+    ok(&[
+        "keygen",
+        "--type",
+        "signing",
+        "--out",
+        sign.to_str().unwrap(),
+    ]);
     let cfg = e.config(
         "coffer.toml",
         &format!(
@@ -1353,7 +1359,10 @@ fn an_unsigned_backup_is_never_loaded_through_a_postgres_superuser() {
     let out = load(&superuser, "through_superuser");
     let err = stderr(&out);
     assert_eq!(code(&out), 2, "{err}");
-    assert!(err.contains("superuser") && err.contains("--signing-key"), "{err}");
+    assert!(
+        err.contains("superuser") && err.contains("--signing-key"),
+        "{err}"
+    );
     assert_eq!(
         pg.sql(
             "postgres",
