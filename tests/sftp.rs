@@ -532,3 +532,42 @@ fn a_refused_ssh_key_is_exit_4_and_the_local_copy_is_made() {
     assert!(err.contains("hint: "), "{err}");
     assert_eq!(files(&j.local_dir()).len(), 2);
 }
+
+/// A server whose host key changed is a key problem, not an outage: `list`
+/// and `verify` say so with exit 4, as `backup` does, and a `list` of that
+/// store alone does not print an empty table and succeed.
+#[test]
+fn list_and_verify_report_a_changed_host_key_as_exit_4() {
+    let sshd = Sshd::start();
+    let j = Job::new();
+    let cfg = j.config(
+        "",
+        &j.sqlite(),
+        &format!("{}\n{}", j.local(), sshd.store_config("")),
+    );
+    let out = j.backup(&cfg);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let changed = j.dir.path().join("kh-changed");
+    fs::write(&changed, format!("[127.0.0.1]:{} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOmOEFiPx06ZVvO9khHQB51Ik1K+QbQITJ3OCz29uC0U\n", sshd.port)).unwrap();
+    let text = fs::read_to_string(&cfg).unwrap().replace(
+        sshd.known_hosts.to_str().unwrap(),
+        changed.to_str().unwrap(),
+    );
+    fs::write(&cfg, text).unwrap();
+    let c = cfg.to_str().unwrap();
+    let out = coffer(&["verify", "-c", c]);
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("HOST KEY CHANGED"),
+        "{}",
+        stderr(&out)
+    );
+    let out = coffer(&["list", "-c", c, "--store", "remote"]);
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    // The store that answers is still listed when both are asked for.
+    let out = coffer(&["list", "-c", c]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("local"));
+    let out = coffer(&["list", "-c", c, "--store", "nowhere"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+}

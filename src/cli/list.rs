@@ -24,12 +24,21 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     let now = chrono::Utc::now();
     let mut rows = Vec::new();
     let mut failed = 0;
-    let stores = build_stores(&config);
+    let mut first_error = None;
+    let stores: Vec<_> = build_stores(&config)
+        .into_iter()
+        .filter(|(store, _)| a.store.as_deref().is_none_or(|s| s == store.name()))
+        .collect();
+    if stores.is_empty() {
+        return Err(crate::Error::Usage(format!(
+            "no store named {:?} in {}",
+            a.store.as_deref().unwrap_or_default(),
+            a.config.display()
+        ))
+        .into());
+    }
     let total = stores.len();
     for (store, _) in stores {
-        if a.store.as_deref().is_some_and(|s| s != store.name()) {
-            continue;
-        }
         let (listed, partials) = match list(store.as_ref()) {
             Ok(x) => x,
             // The only store: its own error, with its exit code (a refused
@@ -43,6 +52,9 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
                     crate::error::about(&e, store.name())
                 );
                 failed += 1;
+                if first_error.is_none() || e.exit_code() == crate::ExitCode::Key {
+                    first_error = Some(e);
+                }
                 continue;
             }
         };
@@ -76,11 +88,12 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
             }));
         }
     }
-    if failed > 0 && failed == total {
-        anyhow::bail!(crate::Error::Store {
-            store: "every store".into(),
-            message: "none could be listed".into(),
-        });
+    if failed == total {
+        // Every store failed (each named in a warning): the exit code is
+        // that of a key problem if there was one, else the first failure's.
+        if let Some(e) = first_error {
+            return Err(e.into());
+        }
     }
     if a.json {
         println!(

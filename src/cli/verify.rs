@@ -108,6 +108,11 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
         }
         .into());
     }
+    if let Some(e) = outcome.key_failure {
+        // A host key that changed is not a network outage: exit 4, with
+        // that store's own error and hint.
+        return Err(e.into());
+    }
     if !outcome.unreachable.is_empty() {
         // A verify job that stays green while a store cannot be reached
         // would hide exactly what it is run to find.

@@ -26,6 +26,10 @@ pub struct Catalog {
     pub listed: Vec<Vec<Listed>>,
     /// One line per store that could not be listed.
     pub unreachable: Vec<String>,
+    /// The first store that could not be listed because of a key (a host
+    /// key changed or revoked, a key refused): what a command's exit code
+    /// says when it could not do all it was asked.
+    pub key_failure: Option<crate::Error>,
 }
 
 /// What a signature check of one sidecar found.
@@ -119,6 +123,7 @@ impl Catalog {
         let mut listed = Vec::new();
         let mut unreachable = Vec::new();
         let mut first_error = None;
+        let mut key_failure = None;
         for s in &stores {
             match list(s.as_ref()) {
                 Ok((l, _)) => listed.push(l),
@@ -129,12 +134,16 @@ impl Catalog {
                         crate::error::about(&e, s.name())
                     ));
                     listed.push(Vec::new());
-                    first_error.get_or_insert(e);
+                    if e.exit_code() == crate::ExitCode::Key && key_failure.is_none() {
+                        key_failure = Some(e);
+                    } else {
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
         }
-        if let Some(e) = first_error {
-            if unreachable.len() == stores.len() {
+        if !stores.is_empty() && unreachable.len() == stores.len() {
+            if let Some(e) = key_failure.take().or(first_error) {
                 return Err(e);
             }
         }
@@ -142,6 +151,7 @@ impl Catalog {
             stores,
             listed,
             unreachable,
+            key_failure,
         })
     }
 

@@ -72,6 +72,14 @@ pub struct Drill {
 /// `restore_test` (needs identities) also loads each database dump into a
 /// private scratch server (MariaDB, PostgreSQL) or a private copy (SQLite)
 /// and compares every table's row count with the manifest.
+fn level_of(keyed: bool, restore_test: bool) -> &'static str {
+    match (keyed, restore_test) {
+        (true, true) => "restore-test",
+        (true, false) => "keyed",
+        _ => "keyless",
+    }
+}
+
 pub fn verify(
     config: &Config,
     select: &Select,
@@ -85,11 +93,7 @@ pub fn verify(
     }
     let catalog = Catalog::load(config)?;
     let job = config.job.name.as_str();
-    let level = match (identities.is_some(), restore_test) {
-        (true, true) => "restore-test",
-        (true, false) => "keyed",
-        _ => "keyless",
-    };
+    let level = level_of(identities.is_some(), restore_test);
     let now = chrono::Utc::now();
     let mut reports = Vec::new();
     let chosen: Option<(usize, String)> = match select {
@@ -180,6 +184,7 @@ pub fn verify(
     Ok(Outcome {
         reports,
         unreachable: catalog.unreachable,
+        key_failure: catalog.key_failure,
     })
 }
 
@@ -239,6 +244,8 @@ fn complete(
 pub struct Outcome {
     pub reports: Vec<Report>,
     pub unreachable: Vec<String>,
+    /// A store that could not be listed because of a key, if any.
+    pub key_failure: Option<crate::Error>,
 }
 
 fn check_one(
