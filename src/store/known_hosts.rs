@@ -52,6 +52,12 @@ pub fn lookup_name(host: &str, port: u16) -> String {
     }
 }
 
+/// The key type an SSH wire-format public key blob begins with.
+fn embedded_type(blob: &[u8]) -> Option<&[u8]> {
+    let len = u32::from_be_bytes(blob.get(..4)?.try_into().ok()?);
+    blob.get(4..4 + usize::try_from(len).ok()?)
+}
+
 /// Checks `key` (the SSH wire-format blob) offered by `host`:`port` against
 /// the text of a known_hosts file. `Err` names the line that cannot be
 /// parsed.
@@ -79,7 +85,7 @@ pub fn check(text: &str, host: &str, port: u16, key: &[u8]) -> Result<Verdict, S
         if marker != Marker::None {
             first = fields.next().unwrap_or_default();
         }
-        let (Some(_kind), Some(b64)) = (fields.next(), fields.next()) else {
+        let (Some(kind), Some(b64)) = (fields.next(), fields.next()) else {
             return Err(format!(
                 "line {n}: expected [marker] hosts key-type base64-key [comment]"
             ));
@@ -87,6 +93,12 @@ pub fn check(text: &str, host: &str, port: u16, key: &[u8]) -> Result<Verdict, S
         let blob = base64::engine::general_purpose::STANDARD
             .decode(b64)
             .map_err(|e| format!("line {n}: the key is not valid base64: {e}"))?;
+        // As OpenSSH: the key names its own type, and the line must agree.
+        if embedded_type(&blob) != Some(kind.as_bytes()) {
+            return Err(format!(
+                "line {n}: the key is not a {kind} key, as the line says it is"
+            ));
+        }
         let same_key = blob.len() == key.len() && bool::from(blob.ct_eq(key));
         if marker == Marker::Revoked {
             if same_key {
@@ -295,5 +307,13 @@ mod tests {
         assert!(e.contains("base64"), "{e}");
         let e = check("@marker h ssh-ed25519 AAAA\n", "h", 22, &blob()).unwrap_err();
         assert!(e.contains("unknown marker"), "{e}");
+    }
+
+    #[test]
+    fn a_line_whose_key_is_of_another_type_than_it_says_is_an_error() {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(blob());
+        let e = check(&format!("h ssh-rsa {b64}\n"), "h", 22, &blob()).unwrap_err();
+        assert!(e.contains("line 1") && e.contains("ssh-rsa"), "{e}");
+        assert!(check(&format!("h ssh-ed25519 {b64}\n"), "h", 22, &blob()).is_ok());
     }
 }
