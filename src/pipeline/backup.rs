@@ -1216,10 +1216,18 @@ fn refill(job: &Job, healthy: &[usize], now: chrono::DateTime<chrono::Utc>) -> V
         return Vec::new();
     };
     let name = job.config.job.name.as_str();
+    // Only the stores that took this run's backup are read: one that failed
+    // (a stalled server) would cost its timeouts again for nothing.
     let listed: Vec<Option<Vec<retention::Listed>>> = job
         .stores
         .iter()
-        .map(|s| retention::list(s.as_ref()).ok().map(|(l, _)| l))
+        .enumerate()
+        .map(|(i, s)| {
+            healthy
+                .contains(&i)
+                .then(|| retention::list(s.as_ref()).ok().map(|(l, _)| l))
+                .flatten()
+        })
         .collect();
     // The newest keep_last signed backups of the job across every store:
     // what each store should hold. Taken per store, a backup that only a
