@@ -29,9 +29,16 @@ mandir="$dest$prefix/share/man/man1"
 install -d "$mandir"
 "$bin" man --dir "$mandir"
 gzip -9nf "$mandir"/coffer*.1
-"$bin" completions bash | install -D -m 0644 /dev/stdin "$dest$prefix/share/bash-completion/completions/coffer"
-"$bin" completions zsh | install -D -m 0644 /dev/stdin "$dest$prefix/share/zsh/site-functions/_coffer"
-"$bin" completions fish | install -D -m 0644 /dev/stdin "$dest$prefix/share/fish/vendor_completions.d/coffer.fish"
+# Through files, not `| install /dev/stdin`: install sizes its copy by what
+# the pipe holds when it looks, and may cut the script short.
+comp=$(mktemp -d)
+"$bin" completions bash > "$comp/coffer"
+"$bin" completions zsh > "$comp/_coffer"
+"$bin" completions fish > "$comp/coffer.fish"
+install -D -m 0644 "$comp/coffer" "$dest$prefix/share/bash-completion/completions/coffer"
+install -D -m 0644 "$comp/_coffer" "$dest$prefix/share/zsh/site-functions/_coffer"
+install -D -m 0644 "$comp/coffer.fish" "$dest$prefix/share/fish/vendor_completions.d/coffer.fish"
+rm -rf "$comp"
 
 units="$dest/etc/systemd/system"
 install -d "$units"

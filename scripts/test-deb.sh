@@ -57,5 +57,7 @@ DESTDIR="$stage" scripts/install.sh >/dev/null
 grep -q "ExecStart=/usr/local/bin/coffer" "$stage/etc/systemd/system/coffer-backup.service" \
   || fail "staged install: units do not point at /usr/local/bin/coffer"
 [ "$(stat -c '%a' "$stage/etc/coffer/coffer.toml")" = "600" ] || fail "staged install: config mode"
+bash -c "source '$stage/usr/local/share/bash-completion/completions/coffer' && complete -p coffer" >/dev/null \
+  || fail "staged install: the bash completion is cut short or does not load"
 rm -rf "$stage"
 echo "test-deb: scripts/install.sh stages a working install"
