@@ -751,6 +751,28 @@ fn spawn_coffer(e: &Env, args: &[&str]) -> std::process::Child {
         .unwrap()
 }
 
+/// `restore SEALED --into-db main --database DB` through an account whose
+/// rights cover only that database, started in the background.
+fn spawn_scoped_load(e: &Env, maria: &MariaDb, sealed: &Path, db: &str) -> std::process::Child {
+    let scoped = options_file(maria, e.p(), "restorer", "restorer-pw", "");
+    let scoped_cfg = e.config("scoped.toml", &scoped);
+    spawn_coffer(
+        e,
+        &[
+            "restore",
+            "-c",
+            scoped_cfg.to_str().unwrap(),
+            "-i",
+            e.key(),
+            sealed.to_str().unwrap(),
+            "--into-db",
+            "main",
+            "--database",
+            db,
+        ],
+    )
+}
+
 #[test]
 fn a_client_that_floods_its_error_output_fails_the_load_promptly() {
     // The client echoes the failing statement to stderr, far more than a
@@ -782,23 +804,7 @@ fn a_client_that_floods_its_error_output_fails_the_load_promptly() {
     let left: Vec<_> = fs::read_dir(&e.tmp).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
 
-    let scoped = options_file(&maria, e.p(), "restorer", "restorer-pw", "");
-    let scoped_cfg = e.config("scoped.toml", &scoped);
-    let child = spawn_coffer(
-        &e,
-        &[
-            "restore",
-            "-c",
-            scoped_cfg.to_str().unwrap(),
-            "-i",
-            e.key(),
-            sealed.to_str().unwrap(),
-            "--into-db",
-            "main",
-            "--database",
-            "hostile_flood",
-        ],
-    );
+    let child = spawn_scoped_load(&e, &maria, &sealed, "hostile_flood");
     let out = bounded(child, limit, "restore --into-db");
     assert_eq!(code(&out), 1, "{}", text(&out));
     let err = stderr(&out);
@@ -859,23 +865,7 @@ fn sigterm_during_a_load_into_a_database_drops_what_it_created() {
         forge(&e, &sealed, &dump_with("shop", "SELECT SLEEP(600);")),
     )
     .unwrap();
-    let scoped = options_file(&maria, e.p(), "restorer", "restorer-pw", "");
-    let scoped_cfg = e.config("scoped.toml", &scoped);
-    let child = spawn_coffer(
-        &e,
-        &[
-            "restore",
-            "-c",
-            scoped_cfg.to_str().unwrap(),
-            "-i",
-            e.key(),
-            forged.to_str().unwrap(),
-            "--into-db",
-            "main",
-            "--database",
-            "hostile_slow",
-        ],
-    );
+    let child = spawn_scoped_load(&e, &maria, &forged, "hostile_slow");
     let exists = || {
         maria
             .sql("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'hostile_slow'")

@@ -94,19 +94,7 @@ impl Env {
     }
     /// Backups in the store, oldest first by name.
     fn names(&self) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(self.store())
-            .unwrap()
-            .filter_map(|e| {
-                e.unwrap()
-                    .file_name()
-                    .into_string()
-                    .unwrap()
-                    .strip_suffix(".coffer")
-                    .map(str::to_owned)
-            })
-            .collect();
-        v.sort();
-        v
+        sealed_in(&self.store())
     }
     fn file(&self, name: &str, suffix: &str) -> PathBuf {
         self.store().join(format!("{name}{suffix}"))
@@ -219,6 +207,23 @@ impl Env {
     fn restored_forgery(&self, dir: &Path) -> Option<String> {
         restored_from(dir, &self.p().join("forger/data/file.txt"))
     }
+}
+
+/// The backups whose sealed file is in `dir`, by name.
+fn sealed_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .into_string()
+                .unwrap()
+                .strip_suffix(".coffer")
+                .map(str::to_owned)
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 fn restored_from(dir: &Path, data: &Path) -> Option<String> {
@@ -1524,21 +1529,6 @@ fn refill_copies_the_newest_backups_not_what_a_lagging_store_still_holds() {
     assert!(!err.contains(&format!("refilled {x1}")), "{err}");
     assert!(err.contains(&format!("refilled {x2} into second")), "{err}");
     let x3 = env.names().pop().unwrap();
-    let held = |dir: &Path| {
-        let mut v: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .filter_map(|e| {
-                e.unwrap()
-                    .file_name()
-                    .into_string()
-                    .unwrap()
-                    .strip_suffix(".coffer")
-                    .map(str::to_owned)
-            })
-            .collect();
-        v.sort();
-        v
-    };
-    assert_eq!(held(&env.store()), vec![x2.clone(), x3.clone()]);
-    assert_eq!(held(&second), vec![x2, x3]);
+    assert_eq!(sealed_in(&env.store()), vec![x2.clone(), x3.clone()]);
+    assert_eq!(sealed_in(&second), vec![x2, x3]);
 }
