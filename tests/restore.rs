@@ -1373,10 +1373,18 @@ fn an_unsigned_backup_is_never_loaded_through_a_postgres_superuser() {
         "nothing is created before the refusal"
     );
     // The same backup through a role that may only create databases.
-    let out = load(&config("loader"), "through_loader");
+    let loader = config("loader");
+    let out = load(&loader, "through_loader");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         pg.sql("through_loader", "SELECT count(*) FROM o").trim(),
         "500"
     );
+    // A role it may SET ROLE to is its own: the dump could switch to it.
+    pg.sql("postgres", "CREATE ROLE boss SUPERUSER NOLOGIN");
+    pg.sql("postgres", "GRANT boss TO loader");
+    let out = load(&loader, "through_boss");
+    let err = stderr(&out);
+    assert_eq!(code(&out), 2, "{err}");
+    assert!(err.contains("superuser"), "{err}");
 }

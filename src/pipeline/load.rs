@@ -196,19 +196,24 @@ fn file_privileges(options_file: Option<&PathBuf>) -> Result<Vec<&'static str>> 
 /// member of the roles that run programs or read and write the server's
 /// files, reaches the database server's operating system account; a role
 /// with CREATEROLE can make itself such a member (before PostgreSQL 16).
+/// Roles the login role is a member of count as its own: the dump can
+/// `SET ROLE` to any of them.
 fn pg_server_privileges(passfile: Option<&PathBuf>, args: &[String]) -> Result<Vec<String>> {
     let mut probe = pg_command("psql", passfile, args)?;
     probe.args(["-X", "-A", "-t", "-d", "postgres", "-c"]).arg(
         "SELECT concat_ws(',', \
-           CASE WHEN r.rolsuper THEN 'superuser' END, \
-           CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END, \
+           CASE WHEN EXISTS (SELECT 1 FROM pg_roles s \
+             WHERE s.rolsuper AND pg_has_role(current_user, s.oid, 'MEMBER')) \
+             THEN 'superuser' END, \
+           CASE WHEN EXISTS (SELECT 1 FROM pg_roles s \
+             WHERE s.rolcreaterole AND pg_has_role(current_user, s.oid, 'MEMBER')) \
+             THEN 'CREATEROLE' END, \
            CASE WHEN pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER') \
              THEN 'pg_execute_server_program' END, \
            CASE WHEN pg_has_role(current_user, 'pg_read_server_files', 'MEMBER') \
              THEN 'pg_read_server_files' END, \
            CASE WHEN pg_has_role(current_user, 'pg_write_server_files', 'MEMBER') \
-             THEN 'pg_write_server_files' END) \
-         FROM pg_roles r WHERE r.rolname = current_user",
+             THEN 'pg_write_server_files' END)",
     );
     let held = query(probe)?;
     Ok(held
