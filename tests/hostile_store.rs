@@ -1333,6 +1333,60 @@ fn latest_names_a_newer_signed_backup_that_a_restarted_ledger_puts_first() {
     assert!(summary.contains(newest.as_str()), "{summary}");
 }
 
+/// Stores left out of a run take their own settings with them: a store
+/// after them keeps its `prune = false` (another machine prunes it).
+#[test]
+fn a_store_left_out_before_another_does_not_change_what_is_pruned_there() {
+    let env = Env::new();
+    let p = env.p();
+    let hostile = p.join("hostile");
+    let kept = p.join("kept");
+    fs::create_dir(&hostile).unwrap();
+    let cfg = p.join("order.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[job]\nname = \"prod\"\nrecipients = [\"backup.key.pub\"]\nlock_file = \"{lock}\"\n\
+             keep_last = 1\nsigning_key = \"sign.key\"\nsigning_public_key = \"sign.key.pub\"\n\
+             [[source]]\ntype = \"files\"\nname = \"data\"\npaths = [\"{data}\"]\n\
+             [[store]]\ntype = \"local\"\nname = \"hostile\"\npath = \"{hostile}\"\n\
+             [[store]]\ntype = \"local\"\nname = \"kept\"\npath = \"{kept}\"\nprune = false\n",
+            lock = p.join("lock").display(),
+            data = p.join("data").display(),
+            hostile = hostile.display(),
+            kept = kept.display(),
+        ),
+    )
+    .unwrap();
+    chmod(&cfg, 0o600);
+    let cfg = cfg.to_str().unwrap();
+    ok(&["backup", "-c", cfg]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let now = chrono::Utc::now();
+    for s in -2..60 {
+        let base = format!(
+            "prod-{}",
+            (now + chrono::Duration::seconds(s)).format("%Y%m%dT%H%M%SZ")
+        );
+        for i in 0..10 {
+            let name = if i == 0 {
+                base.clone()
+            } else {
+                format!("{base}-{i}")
+            };
+            fs::write(hostile.join(format!("{name}.coffer.json.minisig")), "").unwrap();
+        }
+    }
+    let out = coffer(&["backup", "-c", cfg]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_eq!(
+        sealed_in(&kept).len(),
+        2,
+        "prune = false kept both: {}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn a_store_that_claims_every_name_costs_only_its_own_copy() {
     let env = Env::new();

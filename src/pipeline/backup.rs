@@ -595,9 +595,16 @@ fn holds_name(store: &dyn Store, name: &str) -> bool {
 /// Moves the stores that claimed every name they were asked about out of
 /// the run; fails if that leaves none.
 fn leave_out_claiming(job: &mut Job, claims: &[usize], base: &str) -> Result<()> {
+    let left_out = |k: usize| claims.get(k).is_some_and(|&c| c >= CLAIMS_BEFORE_LEFT_OUT);
+    // Each store's prune flag goes with it: both are looked up by position.
+    let mut k = 0;
+    job.prune.retain(|_| {
+        k += 1;
+        !left_out(k - 1)
+    });
     let mut k = 0;
     job.stores.retain(|store| {
-        let claimed = claims[k] >= CLAIMS_BEFORE_LEFT_OUT;
+        let claimed = left_out(k);
         k += 1;
         if claimed {
             let message = format!(
