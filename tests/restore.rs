@@ -1383,6 +1383,10 @@ fn an_unsigned_backup_is_never_loaded_through_a_postgres_superuser() {
     // A role it may SET ROLE to is its own: the dump could switch to it.
     pg.sql("postgres", "CREATE ROLE boss SUPERUSER NOLOGIN");
     pg.sql("postgres", "GRANT boss TO loader");
+    // …also when a role setting starts its sessions as another, weaker role.
+    pg.sql("postgres", "CREATE ROLE weak NOLOGIN");
+    pg.sql("postgres", "GRANT weak TO loader");
+    pg.sql("postgres", "ALTER ROLE loader SET role = 'weak'");
     let out = load(&loader, "through_boss");
     let err = stderr(&out);
     assert_eq!(code(&out), 2, "{err}");

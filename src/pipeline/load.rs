@@ -196,23 +196,24 @@ fn file_privileges(options_file: Option<&PathBuf>) -> Result<Vec<&'static str>> 
 /// member of the roles that run programs or read and write the server's
 /// files, reaches the database server's operating system account; a role
 /// with CREATEROLE can make itself such a member (before PostgreSQL 16).
-/// Roles the login role is a member of count as its own: the dump can
-/// `SET ROLE` to any of them.
+/// Roles the login role (the session's, which a role setting may differ
+/// from) is a member of count as its own: the dump can `SET ROLE` to any
+/// of them.
 fn pg_server_privileges(passfile: Option<&PathBuf>, args: &[String]) -> Result<Vec<String>> {
     let mut probe = pg_command("psql", passfile, args)?;
     probe.args(["-X", "-A", "-t", "-d", "postgres", "-c"]).arg(
         "SELECT concat_ws(',', \
            CASE WHEN EXISTS (SELECT 1 FROM pg_roles s \
-             WHERE s.rolsuper AND pg_has_role(current_user, s.oid, 'MEMBER')) \
+             WHERE s.rolsuper AND pg_has_role(session_user, s.oid, 'MEMBER')) \
              THEN 'superuser' END, \
            CASE WHEN EXISTS (SELECT 1 FROM pg_roles s \
-             WHERE s.rolcreaterole AND pg_has_role(current_user, s.oid, 'MEMBER')) \
+             WHERE s.rolcreaterole AND pg_has_role(session_user, s.oid, 'MEMBER')) \
              THEN 'CREATEROLE' END, \
-           CASE WHEN pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER') \
+           CASE WHEN pg_has_role(session_user, 'pg_execute_server_program', 'MEMBER') \
              THEN 'pg_execute_server_program' END, \
-           CASE WHEN pg_has_role(current_user, 'pg_read_server_files', 'MEMBER') \
+           CASE WHEN pg_has_role(session_user, 'pg_read_server_files', 'MEMBER') \
              THEN 'pg_read_server_files' END, \
-           CASE WHEN pg_has_role(current_user, 'pg_write_server_files', 'MEMBER') \
+           CASE WHEN pg_has_role(session_user, 'pg_write_server_files', 'MEMBER') \
              THEN 'pg_write_server_files' END)",
     );
     let held = query(probe)?;
@@ -549,21 +550,25 @@ fn into_mysql(
         .arg("-e")
         .arg(format!("CREATE DATABASE IF NOT EXISTS `{target}`"));
     query(create)?;
-    let mut client = mysql_client(options_file)?;
-    client
-        .args(mysql_program()?.dump_loader_args())
-        .arg(&target);
-    let mut loader = Loader::start(client)?;
-    let member = format!("mysql/{source}.sql");
-    let mut found = false;
-    let result = walk(input, identities, |m, data| {
-        if m.name == member {
-            found = true;
-            loader.feed(&mut Retarget::new(data), &target)?;
-        }
-        Ok(())
-    });
-    let outcome = finish_load(result.map(|w| (w, found)), loader, what, &member);
+    // Every failure from here on, a signal before the client starts
+    // included, drops the database this load created.
+    let outcome = (|| {
+        let mut client = mysql_client(options_file)?;
+        client
+            .args(mysql_program()?.dump_loader_args())
+            .arg(&target);
+        let mut loader = Loader::start(client)?;
+        let member = format!("mysql/{source}.sql");
+        let mut found = false;
+        let result = walk(input, identities, |m, data| {
+            if m.name == member {
+                found = true;
+                loader.feed(&mut Retarget::new(data), &target)?;
+            }
+            Ok(())
+        });
+        finish_load(result.map(|w| (w, found)), loader, what, &member)
+    })();
     if outcome.is_err() && !existed {
         let mut drop_db = mysql_client(options_file)?;
         drop_db
@@ -644,19 +649,23 @@ fn into_postgres(
             .arg(format!("CREATE DATABASE \"{target}\""));
         query(create)?;
     }
-    let mut restore = pg_command("pg_restore", passfile, args)?;
-    restore.args(["--no-owner", "--exit-on-error", "-d", &target]);
-    let mut loader = Loader::start(restore)?;
-    let member = format!("postgres/{source}/{from}.dump");
-    let mut found = false;
-    let result = walk(input, identities, |m, data| {
-        if m.name == member {
-            found = true;
-            loader.feed(data, &target)?;
-        }
-        Ok(())
-    });
-    let outcome = finish_load(result.map(|w| (w, found)), loader, what, &member);
+    // Every failure from here on, a signal before the client starts
+    // included, drops the database this load created.
+    let outcome = (|| {
+        let mut restore = pg_command("pg_restore", passfile, args)?;
+        restore.args(["--no-owner", "--exit-on-error", "-d", &target]);
+        let mut loader = Loader::start(restore)?;
+        let member = format!("postgres/{source}/{from}.dump");
+        let mut found = false;
+        let result = walk(input, identities, |m, data| {
+            if m.name == member {
+                found = true;
+                loader.feed(data, &target)?;
+            }
+            Ok(())
+        });
+        finish_load(result.map(|w| (w, found)), loader, what, &member)
+    })();
     if outcome.is_err() && !exists {
         let mut drop_db = pg_command("psql", passfile, args)?;
         drop_db
