@@ -83,9 +83,13 @@ fn open_regular(dir: &File, name: &str, max: Option<u64>) -> std::result::Result
 
 fn read_small(dir: &File, name: &str) -> std::result::Result<Vec<u8>, String> {
     let mut buf = Vec::new();
-    open_regular(dir, name, Some(1 << 20))?
-        .read_to_end(&mut buf)
-        .map_err(|e| format!("{name}: {e}"))?;
+    open_regular(
+        dir,
+        name,
+        Some(crate::pipeline::retention::SIDECAR_MAX as u64),
+    )?
+    .read_to_end(&mut buf)
+    .map_err(|e| format!("{name}: {e}"))?;
     Ok(buf)
 }
 
@@ -326,7 +330,7 @@ fn same_file(store: &dyn Store, file: &str, bytes: &[u8]) -> bool {
         .get(file)
         .ok()
         .and_then(|r| {
-            r.take(crate::pipeline::retention::SIDECAR_MAX as u64)
+            r.take(crate::pipeline::retention::SIDECAR_MAX as u64 + 1)
                 .read_to_end(&mut held)
                 .ok()
         })
