@@ -89,13 +89,19 @@ fn produce(
         };
         let last = end.is_some();
         pieces.extend(end);
+        let mut gone = false;
         for piece in pieces {
-            if let Err(mpsc::SendError(Ok((mut buf, _)))) = tx.send(piece) {
+            if gone {
+                // The consumer has stopped: what is left is only wiped.
+                if let Ok((mut buf, _)) = piece {
+                    buf.zeroize();
+                }
+            } else if let Err(mpsc::SendError(Ok((mut buf, _)))) = tx.send(piece) {
                 buf.zeroize();
-                return;
+                gone = true;
             }
         }
-        if last {
+        if last || gone {
             break;
         }
     }
@@ -144,8 +150,10 @@ impl Read for Ahead {
             let (done, _) = std::mem::replace(&mut self.current, next);
             self.pos = 0;
             if !done.is_empty() {
-                // Gone if the thread has stopped: nothing to give back to.
-                let _ = self.back.send(done);
+                // The thread may have stopped: then the piece is wiped here.
+                if let Err(mpsc::SendError(mut done)) = self.back.send(done) {
+                    done.zeroize();
+                }
             }
         }
         let (buf, len) = &self.current;
