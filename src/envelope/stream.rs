@@ -303,8 +303,11 @@ impl Read for At<'_> {
     }
 }
 
-/// Chunks a worker of [`authenticate_file`] reads at once, at most.
+/// Bytes a worker of [`authenticate_file`] reads at once, at most (always
+/// at least one chunk).
 const CHECK_BATCH: usize = 1 << 20;
+/// What the workers of [`authenticate_file`] may hold together.
+const CHECK_BUDGET: usize = 16 << 20;
 
 /// Authenticates the whole payload of a sealed file that nothing else
 /// writes (a private copy), its chunks split between `workers` threads:
@@ -338,13 +341,16 @@ pub(crate) fn authenticate_file(
         && u128::from(chunks) < COUNTER_LIMIT - 1
         && last_len >= TAG_LEN as u64
         && !(chunks > 1 && last_len == TAG_LEN as u64);
+    let batch = (CHECK_BATCH / full_len).max(1);
+    // Within CHECK_BUDGET whatever chunk size a (forgeable) header declares:
+    // at 16 MiB chunks that is one worker, as the sequential reader holds.
+    let workers = workers.min(CHECK_BUDGET / (batch * full_len));
     if !well_formed || workers < 2 || chunks < 2 {
         return sequential();
     }
     let failed = std::sync::atomic::AtomicBool::new(false);
     let per = chunks.div_ceil(workers as u64);
     let cipher = cipher(key);
-    let batch = (CHECK_BATCH / full_len).max(1);
     let check = |first: u64, end: u64| {
         let mut buf = vec![0u8; batch * full_len];
         let mut index = first;
