@@ -1333,6 +1333,25 @@ fn latest_names_a_newer_signed_backup_that_a_restarted_ledger_puts_first() {
     assert!(summary.contains(newest.as_str()), "{summary}");
 }
 
+/// Makes `dir` claim to hold every name a run of job `prod` in the next
+/// minute could take, up to `per_second` per second: a signature file is
+/// enough for coffer to take the name as used.
+fn claim_every_name(dir: &Path, per_second: usize) {
+    let now = chrono::Utc::now();
+    for s in -2..60 {
+        let at = now + chrono::Duration::seconds(s);
+        let base = format!("prod-{}", at.format("%Y%m%dT%H%M%SZ"));
+        for i in 0..per_second {
+            let name = if i == 0 {
+                base.clone()
+            } else {
+                format!("{base}-{i}")
+            };
+            fs::write(dir.join(format!("{name}.coffer.json.minisig")), "").unwrap();
+        }
+    }
+}
+
 /// Stores left out of a run take their own settings with them: a store
 /// after them keeps its `prune = false` (another machine prunes it).
 #[test]
@@ -1362,21 +1381,7 @@ fn a_store_left_out_before_another_does_not_change_what_is_pruned_there() {
     let cfg = cfg.to_str().unwrap();
     ok(&["backup", "-c", cfg]);
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let now = chrono::Utc::now();
-    for s in -2..60 {
-        let base = format!(
-            "prod-{}",
-            (now + chrono::Duration::seconds(s)).format("%Y%m%dT%H%M%SZ")
-        );
-        for i in 0..10 {
-            let name = if i == 0 {
-                base.clone()
-            } else {
-                format!("{base}-{i}")
-            };
-            fs::write(hostile.join(format!("{name}.coffer.json.minisig")), "").unwrap();
-        }
-    }
+    claim_every_name(&hostile, 10);
     let out = coffer(&["backup", "-c", cfg]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert_eq!(
@@ -1402,19 +1407,7 @@ fn a_store_that_claims_every_name_costs_only_its_own_copy() {
     fs::write(&cfg, text + &second).unwrap();
     // The attacker's server answers "exists" for every name a run in the
     // next minute could take (a server can say so without holding a byte).
-    let now = chrono::Utc::now();
-    for s in -2..60 {
-        let at = now + chrono::Duration::seconds(s);
-        let base = format!("prod-{}", at.format("%Y%m%dT%H%M%SZ"));
-        for i in 0..1000 {
-            let name = if i == 0 {
-                base.clone()
-            } else {
-                format!("{base}-{i}")
-            };
-            fs::write(hostile.join(format!("{name}.coffer.json.minisig")), "").unwrap();
-        }
-    }
+    claim_every_name(&hostile, 1000);
     let out = coffer(&["backup", "-c", &cfg]);
     let err = stderr(&out);
     assert_eq!(code(&out), 1, "{err}");
