@@ -72,23 +72,3 @@ impl<R: Read> Read for CancelReader<R> {
         self.0.read(buf)
     }
 }
-
-/// Installs the handlers for a command that starts what must not outlive
-/// it (scratch servers, a half-done load): a signal then stops the command
-/// through its own error paths, which undo what it started, instead of
-/// killing coffer mid-way.
-pub fn stop_on_signals() -> crate::error::Result<()> {
-    install_signal_handlers().map_err(|e| crate::error::Error::Store {
-        store: "signals".into(),
-        message: format!("cannot install signal handlers: {e}"),
-    })
-}
-
-/// [`Cancelled`](crate::error::Error::Cancelled) once a signal has arrived.
-pub fn check() -> crate::error::Result<()> {
-    if is_cancelled() {
-        Err(crate::error::Error::Cancelled)
-    } else {
-        Ok(())
-    }
-}

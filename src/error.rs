@@ -4,31 +4,14 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::config::{ConfigError, LoadError};
 use crate::envelope::{EnvelopeError, KeyError};
+use crate::fsutil::FsError;
+use crate::legacy::LegacyError;
+use crate::source::SourceError;
+use crate::store::StoreError;
 
-/// Process exit codes, fixed by the user-facing contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ExitCode {
-    Success = 0,
-    /// The job failed; nothing good was deleted.
-    Failed = 1,
-    /// Usage or configuration error.
-    Usage = 2,
-    /// Tampered, truncated, hash mismatch.
-    Integrity = 3,
-    /// Wrong or missing key.
-    Key = 4,
-}
-
-/// Classifies an envelope or key error for the exit code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
-    Integrity,
-    Key,
-    Usage,
-    Io,
-}
+pub use crate::exit::{Class, ExitCode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -44,24 +27,6 @@ pub enum Error {
         path: PathBuf,
         #[source]
         source: KeyError,
-    },
-
-    #[error("{}: cannot {op}", .path.display())]
-    Io {
-        path: PathBuf,
-        op: &'static str,
-        #[source]
-        source: io::Error,
-    },
-
-    #[error("{}: already exists; coffer never overwrites a file", .path.display())]
-    Exists { path: PathBuf },
-
-    #[error("{}: {problem}", .path.display())]
-    Permissions {
-        path: PathBuf,
-        problem: String,
-        fix: String,
     },
 
     /// The restore target already had something where a member goes; the
@@ -81,30 +46,31 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// A file or directory that the configuration or command line names is
-    /// missing, unreadable, or of the wrong kind.
-    #[error("{}: {problem}", .path.display())]
-    Named {
-        path: PathBuf,
-        problem: String,
-        fix: String,
-    },
-
     #[error("refusing to write binary data to a terminal")]
     BinaryToTerminal,
 
     #[error("{0}")]
     Usage(String),
 
+    /// A file the configuration or command line names, or one coffer
+    /// writes.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Fs(#[from] FsError),
+
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+
+    /// A store's failure, which knows its exit code: a host key or refused
+    /// credentials (4), a missing bucket (2), a network failure (1).
+    #[error(transparent)]
+    Storage(#[from] StoreError),
 
     #[error("{kind} source {name:?}")]
     Source {
         kind: &'static str,
         name: String,
         #[source]
-        source: crate::source::SourceError,
+        source: SourceError,
     },
 
     #[error("another coffer run of job {job:?} holds the lock {}", .path.display())]
@@ -115,14 +81,6 @@ pub enum Error {
 
     #[error("{store}: {message}")]
     Store { store: String, message: String },
-
-    /// An S3 store's failure, which knows its exit code: refused
-    /// credentials (4), a missing bucket (2), a network failure (1).
-    #[error("{store}: {error}")]
-    S3 {
-        store: String,
-        error: Box<crate::store::S3Error>,
-    },
 
     #[error("{}", stores_failed(name, complete, failures))]
     StoresFailed {
@@ -135,10 +93,6 @@ pub enum Error {
         /// a key others can read, a directory that cannot be made): exit 2
         /// unless a key problem says 4.
         usage_problem: bool,
-        /// What the run did do where the backup completed (its size, what
-        /// retention deleted, its warnings), for the hook, the log and the
-        /// metrics: a partial failure must not read as nothing done.
-        done: Option<Box<crate::pipeline::backup::Summary>>,
     },
 
     /// Damaged, tampered, truncated, or not matching its manifest.
@@ -149,7 +103,7 @@ pub enum Error {
     Legacy {
         path: PathBuf,
         #[source]
-        source: crate::legacy::LegacyError,
+        source: LegacyError,
     },
 
     /// A signing key or signing public key that cannot be used.
@@ -159,32 +113,10 @@ pub enum Error {
     #[error("{failed} of {total} backups failed verification")]
     VerifyFailed { failed: usize, total: usize },
 
-    #[error("{store}: {message}")]
-    HostKey {
-        store: String,
-        message: String,
-        /// The known_hosts line that would trust the offered key (unknown host only).
-        line: Option<String>,
-    },
-
-    /// A host key refused for a reason other than being unknown or changed
-    /// (revoked, or trusted only through a certificate authority).
-    #[error("{store}: {message}")]
-    HostKeyRefused {
-        store: String,
-        message: String,
-        fix: String,
-    },
-
     /// SIGINT or SIGTERM stopped the command; what it had started (a load,
     /// scratch servers) was stopped and undone first.
     #[error("cancelled by a signal")]
     Cancelled,
-
-    /// The server refused our key (SSH user authentication): a key
-    /// problem (exit 4), as refused S3 credentials are.
-    #[error("{store}: {message}")]
-    AuthRefused { store: String, message: String },
 }
 
 impl Error {
@@ -196,35 +128,14 @@ impl Error {
                 path: path.as_ref().to_path_buf(),
                 source: env,
             },
-            Err(source) => Error::Io {
-                path: path.as_ref().to_path_buf(),
-                op,
-                source,
-            },
+            Err(source) => Error::Fs(FsError::io(path, op, source)),
         }
     }
 
-    /// `what` (e.g. "recipients file") at `path` cannot be used: a missing or
-    /// unreadable file the operator named is a configuration error (exit 2),
-    /// not a failed job. Other I/O errors stay I/O errors.
+    /// `what` (e.g. "recipients file") at `path` cannot be used: see
+    /// [`FsError::named`].
     pub fn named(path: impl AsRef<Path>, what: &str, source: io::Error) -> Self {
-        let path = path.as_ref().to_path_buf();
-        let (problem, fix) = match source.kind() {
-            io::ErrorKind::NotFound => (
-                format!("no such file (the {what})"),
-                "check the path; relative paths in a config are taken from the config file's directory"
-                    .to_owned(),
-            ),
-            io::ErrorKind::PermissionDenied => (
-                format!("cannot be read (the {what}): permission denied"),
-                format!(
-                    "make it readable by the user coffer runs as (uid {})",
-                    rustix::process::geteuid().as_raw()
-                ),
-            ),
-            _ => return Error::io(path, "read", source),
-        };
-        Error::Named { path, problem, fix }
+        Error::Fs(FsError::named(path, what, source))
     }
 
     pub fn envelope(path: impl AsRef<Path>, source: EnvelopeError) -> Self {
@@ -245,8 +156,9 @@ impl Error {
         let class = match self {
             Error::Envelope { source, .. } => source.class(),
             Error::Key { source, .. } => source.class(),
-            Error::Io { .. }
-            | Error::Target { .. }
+            Error::Fs(e) => e.class(),
+            Error::Storage(e) => e.class(),
+            Error::Target { .. }
             | Error::Source { .. }
             | Error::Locked { .. }
             | Error::Store { .. }
@@ -257,22 +169,12 @@ impl Error {
                 ..
             } => Class::Io,
             Error::Integrity { .. } | Error::VerifyFailed { .. } => Class::Integrity,
-            Error::S3 { error, .. } => match error.exit_code() {
-                ExitCode::Key => Class::Key,
-                ExitCode::Usage => Class::Usage,
-                _ => Class::Io,
-            },
             Error::Legacy { source, .. } => match source {
-                crate::legacy::LegacyError::WrongKey | crate::legacy::LegacyError::NoKdfMatched => {
-                    Class::Key
-                }
-                crate::legacy::LegacyError::Io(_) => Class::Io,
+                LegacyError::WrongKey | LegacyError::NoKdfMatched => Class::Key,
+                LegacyError::Io(_) => Class::Io,
                 _ => Class::Integrity,
             },
-            Error::HostKey { .. }
-            | Error::HostKeyRefused { .. }
-            | Error::AuthRefused { .. }
-            | Error::Signing { .. }
+            Error::Signing { .. }
             | Error::StoresFailed {
                 key_problem: true, ..
             } => Class::Key,
@@ -283,19 +185,11 @@ impl Error {
             }
             | Error::Config(_)
             | Error::Check(_)
-            | Error::Exists { .. }
             | Error::TargetExists { .. }
-            | Error::Named { .. }
-            | Error::Permissions { .. }
             | Error::BinaryToTerminal
             | Error::Usage(_) => Class::Usage,
         };
-        match class {
-            Class::Integrity => ExitCode::Integrity,
-            Class::Key => ExitCode::Key,
-            Class::Usage => ExitCode::Usage,
-            Class::Io => ExitCode::Failed,
-        }
+        class.exit_code()
     }
 
     /// What the operator should do about it, in one line.
@@ -303,16 +197,12 @@ impl Error {
         match self {
             Error::Envelope { source, .. } => source.hint().map(str::to_owned),
             Error::Key { source, .. } => source.hint(),
-            Error::Exists { .. } => {
-                Some("choose another name, or move the existing file away first".into())
-            }
+            Error::Fs(e) => e.hint(),
+            Error::Storage(e) => e.hint(),
             Error::TargetExists { .. } => Some(
                 "the backup is fine: restore into a new or empty directory, or use --force to replace existing files".into(),
             ),
             Error::Target { source, .. } => Some(target_hint(source)),
-            Error::Permissions { fix, .. }
-            | Error::Named { fix, .. }
-            | Error::HostKeyRefused { fix, .. } => Some(fix.clone()),
             Error::BinaryToTerminal => {
                 Some("redirect the output to a file or pipe, or use -o FILE".into())
             }
@@ -322,10 +212,6 @@ impl Error {
                 "wait for it to finish; if no coffer is running, the lock is stale only if its process is gone".into(),
             ),
             Error::Check(_) => Some("fix these, then run `coffer config check` again".into()),
-            Error::HostKey { line: Some(line), .. } => Some(format!(
-                "check the fingerprint out of band (e.g. on the server: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then add to known_hosts: {line}"
-            )),
-            Error::S3 { error, .. } => error.hint(),
             Error::Legacy { .. } => Some(
                 "the legacy format is unauthenticated: check the restored data before trusting it".into(),
             ),
@@ -338,21 +224,46 @@ impl Error {
             Error::StoresFailed { .. } => Some(
                 "the complete copies are kept and nothing was deleted where the upload failed; the next run refills that store (signed jobs) once it is fixed".into(),
             ),
-            Error::AuthRefused { .. } => Some(
-                "check that the server's authorized_keys for this account holds the public half of `identity` (and that identity names the right key)".into(),
-            ),
-            Error::HostKey { line: None, .. } => Some(
-                "if the server's key really changed, verify the new fingerprint out of band and replace its known_hosts line".into(),
-            ),
             Error::Signing { .. } => Some(
                 "make a signing key pair with `coffer keygen --type signing --out PATH` (or `minisign -G -W`)".into(),
             ),
             Error::Cancelled => Some(
                 "stopped on request: what it had started was stopped and removed; run it again".into(),
             ),
-            Error::Io { .. } | Error::Usage(_) | Error::Store { .. } => None,
+            Error::Usage(_) | Error::Store { .. } => None,
         }
     }
+}
+
+impl From<LoadError> for Error {
+    fn from(e: LoadError) -> Self {
+        match e {
+            LoadError::File(e) => Error::Fs(e),
+            LoadError::Config(e) => Error::Config(e),
+        }
+    }
+}
+
+/// The exit code and hint of an error that reached the command line, by
+/// whichever type it kept: the crate's, or a leaf's that came through
+/// unconverted.
+pub fn verdict(e: &(dyn std::error::Error + 'static)) -> Option<(ExitCode, Option<String>)> {
+    if let Some(e) = e.downcast_ref::<Error>() {
+        return Some((e.exit_code(), e.hint()));
+    }
+    if let Some(e) = e.downcast_ref::<FsError>() {
+        return Some((e.class().exit_code(), e.hint()));
+    }
+    if let Some(e) = e.downcast_ref::<StoreError>() {
+        return Some((e.class().exit_code(), e.hint()));
+    }
+    if let Some(e) = e.downcast_ref::<ConfigError>() {
+        return Some((ExitCode::Usage, e.hint.clone()));
+    }
+    e.downcast_ref::<LoadError>().map(|e| match e {
+        LoadError::File(e) => (e.class().exit_code(), e.hint()),
+        LoadError::Config(e) => (ExitCode::Usage, e.hint.clone()),
+    })
 }
 
 /// Why a write to the restore target may have failed; never "do not trust
@@ -370,8 +281,8 @@ fn target_hint(e: &io::Error) -> String {
     format!("the backup is not at fault; {cause}, then restore again")
 }
 
-fn source_hint(e: &crate::source::SourceError) -> Option<String> {
-    use crate::source::SourceError as S;
+fn source_hint(e: &SourceError) -> Option<String> {
+    use SourceError as S;
     Some(match e {
         S::NotFound { .. } => "install the database client tools (e.g. mariadb-client, postgresql-client)".into(),
         S::Failed { .. } | S::Incomplete { .. } => {
@@ -389,18 +300,6 @@ fn source_hint(e: &crate::source::SourceError) -> Option<String> {
         }
         _ => return None,
     })
-}
-
-/// An error's message without the store's name in front, for a line that
-/// names the store once itself.
-pub fn about(e: &dyn std::error::Error, store: &str) -> String {
-    let text = crate::cli_chain(e);
-    let prefix = format!("{store}: ");
-    let mut rest = text.as_str();
-    while let Some(r) = rest.strip_prefix(&prefix) {
-        rest = r;
-    }
-    rest.to_owned()
 }
 
 fn stores_failed(name: &str, complete: &[String], failures: &[String]) -> String {

@@ -8,7 +8,96 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
+use crate::exit::Class;
+
+/// What can go wrong with a file the configuration or command line names,
+/// or one coffer writes; each names the path.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("{}: cannot {op}", .path.display())]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{}: already exists; coffer never overwrites a file", .path.display())]
+    Exists { path: PathBuf },
+
+    #[error("{}: {problem}", .path.display())]
+    Permissions {
+        path: PathBuf,
+        problem: String,
+        fix: String,
+    },
+
+    /// A file or directory that the configuration or command line names is
+    /// missing, unreadable, or of the wrong kind.
+    #[error("{}: {problem}", .path.display())]
+    Named {
+        path: PathBuf,
+        problem: String,
+        fix: String,
+    },
+}
+
+use FsError as Error;
+
+pub type Result<T, E = FsError> = std::result::Result<T, E>;
+
+impl FsError {
+    pub fn io(path: impl AsRef<Path>, op: &'static str, source: io::Error) -> Self {
+        FsError::Io {
+            path: path.as_ref().to_path_buf(),
+            op,
+            source,
+        }
+    }
+
+    /// `what` (e.g. "recipients file") at `path` cannot be used: a missing or
+    /// unreadable file the operator named is a configuration error (exit 2),
+    /// not a failed job. Other I/O errors stay I/O errors.
+    pub fn named(path: impl AsRef<Path>, what: &str, source: io::Error) -> Self {
+        let path = path.as_ref().to_path_buf();
+        let (problem, fix) = match source.kind() {
+            io::ErrorKind::NotFound => (
+                format!("no such file (the {what})"),
+                "check the path; relative paths in a config are taken from the config file's directory"
+                    .to_owned(),
+            ),
+            io::ErrorKind::PermissionDenied => (
+                format!("cannot be read (the {what}): permission denied"),
+                format!(
+                    "make it readable by the user coffer runs as (uid {})",
+                    current_uid()
+                ),
+            ),
+            _ => return FsError::io(path, "read", source),
+        };
+        FsError::Named { path, problem, fix }
+    }
+
+    pub fn class(&self) -> Class {
+        match self {
+            FsError::Io { .. } => Class::Io,
+            FsError::Exists { .. } | FsError::Permissions { .. } | FsError::Named { .. } => {
+                Class::Usage
+            }
+        }
+    }
+
+    /// What the operator should do about it, in one line.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            FsError::Io { .. } => None,
+            FsError::Exists { .. } => {
+                Some("choose another name, or move the existing file away first".into())
+            }
+            FsError::Permissions { fix, .. } | FsError::Named { fix, .. } => Some(fix.clone()),
+        }
+    }
+}
 
 /// Requires `path` to be an existing regular file (following symlinks), or
 /// says which file is missing or of the wrong kind.
@@ -238,10 +327,13 @@ impl AtomicFile {
 
     /// Makes the file durable and visible under its final name.
     pub fn commit(mut self) -> Result<()> {
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| Error::Usage("file already committed".into()))?;
+        let file = self.file.take().ok_or_else(|| {
+            Error::io(
+                &self.partial,
+                "commit",
+                io::Error::other("already committed"),
+            )
+        })?;
         file.sync_all()
             .map_err(|e| Error::io(&self.partial, "fsync", e))?;
         drop(file);

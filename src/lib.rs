@@ -25,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod envelope;
 pub mod error;
+pub mod exit;
 pub mod frames;
 pub mod fsutil;
 pub mod ledger;
@@ -47,6 +48,18 @@ pub fn cli_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// An error's message without the store's name in front, for a line that
+/// names the store once itself.
+pub fn about(e: &dyn std::error::Error, store: &str) -> String {
+    let text = cli_chain(e);
+    let prefix = format!("{store}: ");
+    let mut rest = text.as_str();
+    while let Some(r) = rest.strip_prefix(&prefix) {
+        rest = r;
+    }
+    rest.to_owned()
 }
 
 pub use error::{Error, ExitCode, Result};

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use coffer::pipeline::walk::walk_archive;
+use coffer::pipeline::restore::walk::walk_archive;
 use common::*;
 use sha2::{Digest, Sha256};
 

@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let hash = coffer::manifest::HashKind::Blake3;
-    let _ = coffer::pipeline::walk::walk_archive(data, hash, |_, member| {
+    let _ = coffer::pipeline::restore::walk::walk_archive(data, hash, |_, member| {
         let mut sink = [0u8; 4096];
         while let Ok(n) = member.read(&mut sink) {
             if n == 0 {

@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use crate::pipeline::{backup, notify};
+use crate::pipeline::backup::{self, notify};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -23,13 +23,13 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
     let config = backup::load_config(&a.config, a.job.as_deref());
     let result = match &config {
         Ok(c) => backup::run(c.clone(), a.dry_run),
-        Err(_) => Err(config.as_ref().err().map_or_else(
+        Err(_) => Err(backup::Failed::from(config.as_ref().err().map_or_else(
             || crate::Error::Usage("no configuration".into()),
             |e| crate::Error::Usage(crate::cli_chain(e)),
-        )),
+        ))),
     };
     if a.dry_run {
-        print_summary(a, out, &result?);
+        print_summary(a, out, &result.map_err(|f| f.error)?);
         return Ok(());
     }
     let job = match &config {
@@ -59,7 +59,7 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
     }
     // A run that failed in some stores still says what it warned of where
     // it completed (a store refilled, a source's skipped files).
-    if let Err(crate::Error::StoresFailed {
+    if let Err(backup::Failed {
         done: Some(done), ..
     }) = &result
     {
@@ -69,7 +69,8 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
     }
     // A config that failed to load keeps its own error (and exit code).
     let s = match (config, result) {
-        (Err(e), _) | (Ok(_), Err(e)) => return Err(e.into()),
+        (Err(e), _) => return Err(e.into()),
+        (Ok(_), Err(f)) => return Err(f.error.into()),
         (Ok(_), Ok(s)) => s,
     };
     print_summary(a, out, &s);

@@ -5,9 +5,9 @@ use clap::ValueEnum;
 use crate::envelope::{Metadata, DEFAULT_CHUNK_SIZE};
 use crate::error::Error;
 use crate::legacy::Md;
-use crate::pipeline::io::{Input, Output};
 use crate::pipeline::keys::{load_identities, load_recipients};
 use crate::pipeline::legacy::{open, KdfChoice};
+use crate::pipeline::plumbing::io::{Input, Output};
 use crate::pipeline::seal::copy;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -110,7 +110,7 @@ pub fn import(a: &ImportArgs, out: &super::Output) -> anyhow::Result<()> {
 
 /// A padding or truncation error found while streaming keeps its meaning.
 fn legacy_io(e: Error, data: &std::path::Path) -> anyhow::Error {
-    if let Error::Io { source, .. } = &e {
+    if let Error::Fs(crate::fsutil::FsError::Io { source, .. }) = &e {
         if let Some(inner) = source
             .get_ref()
             .and_then(|i| i.downcast_ref::<crate::legacy::LegacyError>())

@@ -1,9 +1,9 @@
 use std::path::PathBuf;
 
 use crate::config::Config;
+use crate::pipeline::catalog::locate::{origin, plausible, Origin};
+use crate::pipeline::catalog::{list, Listed, State};
 use crate::pipeline::job::{build_stores, trusted_verifier};
-use crate::pipeline::locate::{origin, plausible, Origin};
-use crate::pipeline::retention::{list, Listed, State};
 use crate::signing::Verifier;
 
 #[derive(Debug, clap::Args)]
@@ -49,7 +49,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
                 eprintln!(
                     "coffer: warning: {} is unreachable, its backups are left out: {}",
                     store.name(),
-                    crate::error::about(&e, store.name())
+                    crate::about(&e, store.name())
                 );
                 failed += 1;
                 if first_error.is_none() || e.exit_code() == crate::ExitCode::Key {

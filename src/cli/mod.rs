@@ -240,8 +240,8 @@ static LOG_FORMAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool
 
 /// Prints the error (and its hint) on stderr; returns the exit code.
 pub fn report(err: &anyhow::Error) -> u8 {
-    let (code, hint) = match err.downcast_ref::<Error>() {
-        Some(e) => (e.exit_code() as u8, e.hint()),
+    let (code, hint) = match err.chain().find_map(crate::error::verdict) {
+        Some((code, hint)) => (code as u8, hint),
         None => (ExitCode::Failed as u8, None),
     };
     if LOG_FORMAT.load(std::sync::atomic::Ordering::Relaxed) {

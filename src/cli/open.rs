@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
-use crate::pipeline::io::{Input, Output};
 use crate::pipeline::keys::load_identities;
+use crate::pipeline::plumbing::io::{Input, Output};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

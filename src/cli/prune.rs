@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use crate::config::Config;
 use crate::pipeline::job::{build_stores, policy};
-use crate::pipeline::retention::apply;
+use crate::pipeline::prune::apply;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

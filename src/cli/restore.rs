@@ -3,9 +3,9 @@ use std::path::PathBuf;
 use crate::config::Config;
 use crate::error::Error;
 use crate::manifest::Sidecar;
-use crate::pipeline::io::Output;
+use crate::pipeline::catalog::locate::{is_file, Catalog};
 use crate::pipeline::keys::load_identities;
-use crate::pipeline::locate::{is_file, Catalog};
+use crate::pipeline::plumbing::io::Output;
 use crate::pipeline::restore::{restore, stage, Expect, Target};
 use crate::signing::SIGNATURE_SUFFIX;
 
@@ -248,7 +248,7 @@ fn warn_unsigned(verifier: Option<&crate::signing::Verifier>, what: &str, out: &
 /// stores: every copy to try, best first.
 fn copies_in_stores(
     catalog: &Catalog,
-    found: crate::pipeline::locate::Found<'_>,
+    found: crate::pipeline::catalog::locate::Found<'_>,
     out: &super::Output,
 ) -> anyhow::Result<Vec<Opened>> {
     let mut copies = Vec::new();
@@ -267,7 +267,7 @@ fn copies_in_stores(
                     "{} in {}: {}",
                     sidecar.name,
                     store.name(),
-                    crate::error::about(&e, store.name())
+                    crate::about(&e, store.name())
                 ));
                 first_error.get_or_insert(e);
             }
@@ -334,15 +334,15 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
     )?;
     let input: Box<dyn std::io::Read + Send> = Box::new(std::io::BufReader::new(copy));
     if let (Some(source), Some(config)) = (&a.into_db, &config) {
-        if let Some(w) = crate::pipeline::load::warning(config, source) {
+        if let Some(w) = crate::pipeline::restore::load::warning(config, source) {
             out.warn(&w);
         }
-        let w = crate::pipeline::load::into_db(
+        let w = crate::pipeline::restore::load::into_db(
             config,
             source,
             a.database.as_deref(),
             a.force,
-            crate::pipeline::load::Walk {
+            crate::pipeline::restore::load::Walk {
                 input,
                 what: &what,
                 identities: &identities,

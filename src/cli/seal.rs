@@ -1,8 +1,8 @@
 use std::path::PathBuf;
 
 use crate::envelope::{Metadata, DEFAULT_CHUNK_SIZE};
-use crate::pipeline::io::{Input, Output};
 use crate::pipeline::keys::load_recipients;
+use crate::pipeline::plumbing::io::{Input, Output};
 use crate::pipeline::seal::{seal, SealRequest};
 
 #[derive(Debug, clap::Args)]

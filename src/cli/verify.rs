@@ -2,9 +2,9 @@ use std::path::PathBuf;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::pipeline::backup::notify;
 use crate::pipeline::keys::load_identities;
-use crate::pipeline::notify;
-use crate::pipeline::sqlclient::{mysql_client, MysqlClient};
+use crate::pipeline::plumbing::sqlclient::{mysql_client, MysqlClient};
 use crate::pipeline::verify::{verify, Drill, Outcome, Select};
 
 #[derive(Debug, clap::Args)]

@@ -482,7 +482,7 @@ mod tests {
         rsa_identity, rsa_recipient, AGE_ATTEMPTS, RSA_DECRYPTIONS,
     };
     use crate::envelope::keys::{generate_age, no_passphrase, parse_recipients};
-    use crate::error::Class;
+    use crate::exit::Class;
     use proptest::prelude::*;
 
     fn sample() -> (Header, DataKey) {

@@ -27,7 +27,7 @@ pub use stream::{
     StreamReader, StreamWriter, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, TAG_LEN,
 };
 
-use crate::error::Class;
+use crate::exit::Class;
 
 /// The random per-file key. Zeroized on drop; never leaves the process except
 /// wrapped for a recipient.

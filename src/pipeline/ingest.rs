@@ -86,7 +86,7 @@ fn read_small(dir: &File, name: &str) -> std::result::Result<Vec<u8>, String> {
     open_regular(
         dir,
         name,
-        Some(crate::pipeline::retention::SIDECAR_MAX as u64),
+        Some(crate::pipeline::catalog::SIDECAR_MAX as u64),
     )?
     .read_to_end(&mut buf)
     .map_err(|e| format!("{name}: {e}"))?;
@@ -175,12 +175,12 @@ fn newest_held(
 ) -> Result<Option<(chrono::DateTime<chrono::Utc>, String)>> {
     let mut newest: Option<(chrono::DateTime<chrono::Utc>, String)> = None;
     for store in stores {
-        let (listed, _) = crate::pipeline::retention::list(store.as_ref())?;
+        let (listed, _) = crate::pipeline::catalog::list(store.as_ref())?;
         for l in &listed {
-            if !crate::pipeline::locate::plausible(l, job, now)
+            if !crate::pipeline::catalog::locate::plausible(l, job, now)
                 || matches!(
-                    crate::pipeline::locate::origin(store.as_ref(), l, verifier),
-                    crate::pipeline::locate::Origin::Refused(_)
+                    crate::pipeline::catalog::locate::origin(store.as_ref(), l, verifier),
+                    crate::pipeline::catalog::locate::Origin::Refused(_)
                 )
             {
                 continue;
@@ -330,7 +330,7 @@ fn same_file(store: &dyn Store, file: &str, bytes: &[u8]) -> bool {
         .get(file)
         .ok()
         .and_then(|r| {
-            r.take(crate::pipeline::retention::SIDECAR_MAX as u64 + 1)
+            r.take(crate::pipeline::catalog::SIDECAR_MAX as u64 + 1)
                 .read_to_end(&mut held)
                 .ok()
         })
@@ -341,8 +341,9 @@ fn same_file(store: &dyn Store, file: &str, bytes: &[u8]) -> bool {
 /// `raw`) describes; anything but this upload itself is refused, never
 /// replaced.
 fn holds(store: &dyn Store, sidecar: &Sidecar, raw: &[u8]) -> std::result::Result<Holds, Left> {
-    let failed =
-        |e: Error| Left::StoreFailed(format!("{}: {}", store.name(), crate::cli_chain(&e)));
+    let failed = |e: crate::store::StoreError| {
+        Left::StoreFailed(format!("{}: {}", store.name(), crate::cli_chain(&e)))
+    };
     let sealed = store.stat(&sidecar.sealed_name()).map_err(failed)?;
     let side = store.stat(&sidecar.file_name()).map_err(failed)?;
     let clash = || {
@@ -370,7 +371,7 @@ fn holds_sealed(store: &dyn Store, sidecar: &Sidecar) -> bool {
     let Ok(r) = store.get(&sidecar.sealed_name()) else {
         return false;
     };
-    let mut hashed = crate::pipeline::walk::HashRead::new(r.take(sidecar.size + 1), kind);
+    let mut hashed = crate::pipeline::restore::walk::HashRead::new(r.take(sidecar.size + 1), kind);
     io::copy(&mut hashed, &mut io::sink()).is_ok()
         && hashed.len == sidecar.size
         && hashed.hex() == expected
@@ -386,7 +387,7 @@ fn copy_into(
     raw: &[u8],
     signature: Option<&str>,
 ) -> std::result::Result<(), Left> {
-    let failed = |e: Error| Left::StoreFailed(crate::cli_chain(&e));
+    let failed = |e: crate::store::StoreError| Left::StoreFailed(crate::cli_chain(&e));
     if let Some(sealed) = sealed {
         let sealed_name = sidecar.sealed_name();
         let mut u = store.put(&sealed_name).map_err(failed)?;

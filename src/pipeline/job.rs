@@ -317,7 +317,7 @@ pub fn prepare(config: Config, create_dirs: bool) -> Result<Job> {
                 continue;
             }
             if let Err(e) = LocalStore::new(st.name(), path).ensure_dir() {
-                unready.push((st.name(), e));
+                unready.push((st.name(), e.into()));
             }
         }
     }
@@ -499,11 +499,11 @@ pub fn check_lock_dir(c: &Config) -> Result<()> {
     } else {
         return Ok(());
     };
-    Err(Error::Permissions {
+    Err(Error::Fs(crate::fsutil::FsError::Permissions {
         path: dir.to_path_buf(),
         problem,
         fix,
-    })
+    }))
 }
 
 pub fn lock(job: &Job) -> Result<Lock> {
@@ -533,7 +533,7 @@ pub fn lock(job: &Job) -> Result<Lock> {
         .map_err(|e| Error::io(&path, "inspect the lock file", e))?;
     let me = rustix::process::geteuid().as_raw();
     if meta.uid() != me {
-        return Err(Error::Permissions {
+        return Err(Error::Fs(crate::fsutil::FsError::Permissions {
             problem: format!(
                 "is owned by uid {}, not by this user: someone else made the lock file",
                 meta.uid()
@@ -543,7 +543,7 @@ pub fn lock(job: &Job) -> Result<Lock> {
                 path.display()
             ),
             path,
-        });
+        }));
     }
     match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(Lock(f)),

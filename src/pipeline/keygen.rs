@@ -32,9 +32,9 @@ pub fn keygen(kind: KeyType, out: &Path) -> Result<Generated> {
     // Check both names first so a clash leaves nothing behind.
     for p in [out, public.as_path()] {
         if p.symlink_metadata().is_ok() {
-            return Err(Error::Exists {
+            return Err(Error::Fs(crate::fsutil::FsError::Exists {
                 path: p.to_path_buf(),
-            });
+            }));
         }
     }
     let (private_text, public_text, fp, kind_name, recipient) = match kind {

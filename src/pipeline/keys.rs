@@ -94,7 +94,7 @@ pub fn load_identities(paths: &[impl AsRef<Path>]) -> Result<Vec<Identity>> {
             let text = match fsutil::read_secret(p) {
                 // A public key is rightly world-readable; the problem to name
                 // is that it is not the private key.
-                Err(Error::Permissions { .. }) if is_public_key_file(p) => {
+                Err(crate::fsutil::FsError::Permissions { .. }) if is_public_key_file(p) => {
                     return Err(Error::key(p, KeyError::PublicAsIdentity));
                 }
                 other => other?,

@@ -2,7 +2,7 @@
 
 use crate::envelope::{self, Identity, OpenError};
 use crate::error::{Error, Result};
-use crate::pipeline::io::{Input, Output};
+use crate::pipeline::plumbing::io::{Input, Output};
 use crate::pipeline::seal::copy;
 
 /// Returns the number of plaintext bytes written. On any failure the output

@@ -4,7 +4,7 @@ use std::io;
 
 use crate::envelope::{self, Metadata, Recipient, SealError};
 use crate::error::{Error, Result};
-use crate::pipeline::io::{Input, Output};
+use crate::pipeline::plumbing::io::{Input, Output};
 
 pub struct SealRequest<'a> {
     pub recipients: &'a [Recipient],

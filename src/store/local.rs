@@ -6,7 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::{valid_file_name, Object, Store, Upload};
-use crate::error::{Error, Result};
+use super::{Result, StoreError as Error};
 use crate::fsutil::AtomicFile;
 
 pub struct LocalStore {
@@ -61,6 +61,7 @@ impl Upload for LocalUpload {
             .into_inner()
             .map_err(|e| Error::io(&target, "write", e.into_error()))?
             .commit()
+            .map_err(Error::from)
     }
 }
 
@@ -139,7 +140,7 @@ impl Store for LocalStore {
     fn delete(&self, file: &str) -> Result<()> {
         let p = self.path(file)?;
         fs::remove_file(&p).map_err(|e| Error::io(&p, "delete", e))?;
-        crate::fsutil::sync_parent(&p)
+        crate::fsutil::sync_parent(&p).map_err(Error::from)
     }
 }
 

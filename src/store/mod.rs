@@ -13,7 +13,103 @@ pub use local::LocalStore;
 pub use s3::{check_endpoint, S3Config, S3Error, S3Store, MIN_PART_SIZE};
 pub use sftp::{keyscan, Auth, HostKey, SftpConfig, SftpStore};
 
-use crate::error::Result;
+use std::path::PathBuf;
+
+use crate::exit::{Class, ExitCode};
+use crate::fsutil::FsError;
+
+/// What a store can fail with; each knows whose fault it is.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A local store's directory, or a key or known_hosts file a store
+    /// reads.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+
+    #[error("{0}")]
+    Usage(String),
+
+    #[error("{store}: {message}")]
+    Failed { store: String, message: String },
+
+    #[error("{store}: {message}")]
+    HostKey {
+        store: String,
+        message: String,
+        /// The known_hosts line that would trust the offered key (unknown host only).
+        line: Option<String>,
+    },
+
+    /// A host key refused for a reason other than being unknown or changed
+    /// (revoked, or trusted only through a certificate authority).
+    #[error("{store}: {message}")]
+    HostKeyRefused {
+        store: String,
+        message: String,
+        fix: String,
+    },
+
+    /// The server refused our key (SSH user authentication): a key
+    /// problem (exit 4), as refused S3 credentials are.
+    #[error("{store}: {message}")]
+    AuthRefused { store: String, message: String },
+
+    /// An S3 store's failure, which knows its exit code: refused
+    /// credentials (4), a missing bucket (2), a network failure (1).
+    #[error("{store}: {error}")]
+    S3 { store: String, error: Box<S3Error> },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl StoreError {
+    pub fn io(path: impl Into<PathBuf>, op: &'static str, source: std::io::Error) -> Self {
+        StoreError::Fs(FsError::Io {
+            path: path.into(),
+            op,
+            source,
+        })
+    }
+
+    pub fn class(&self) -> Class {
+        match self {
+            StoreError::Fs(e) => e.class(),
+            StoreError::Usage(_) => Class::Usage,
+            StoreError::Failed { .. } => Class::Io,
+            StoreError::HostKey { .. }
+            | StoreError::HostKeyRefused { .. }
+            | StoreError::AuthRefused { .. } => Class::Key,
+            StoreError::S3 { error, .. } => match error.exit_code() {
+                ExitCode::Key => Class::Key,
+                ExitCode::Usage => Class::Usage,
+                _ => Class::Io,
+            },
+        }
+    }
+
+    pub fn exit_code(&self) -> ExitCode {
+        self.class().exit_code()
+    }
+
+    /// What the operator should do about it, in one line.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            StoreError::Fs(e) => e.hint(),
+            StoreError::HostKeyRefused { fix, .. } => Some(fix.clone()),
+            StoreError::HostKey { line: Some(line), .. } => Some(format!(
+                "check the fingerprint out of band (e.g. on the server: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then add to known_hosts: {line}"
+            )),
+            StoreError::HostKey { line: None, .. } => Some(
+                "if the server's key really changed, verify the new fingerprint out of band and replace its known_hosts line".into(),
+            ),
+            StoreError::S3 { error, .. } => error.hint(),
+            StoreError::AuthRefused { .. } => Some(
+                "check that the server's authorized_keys for this account holds the public half of `identity` (and that identity names the right key)".into(),
+            ),
+            StoreError::Usage(_) | StoreError::Failed { .. } => None,
+        }
+    }
+}
 
 /// A file in a store.
 #[derive(Debug, Clone, PartialEq, Eq)]

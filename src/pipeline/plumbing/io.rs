@@ -87,7 +87,8 @@ impl Output {
             Output::File(w) => w
                 .into_inner()
                 .map_err(|e| Error::io(name, "write", e.into_error()))?
-                .commit(),
+                .commit()
+                .map_err(Error::from),
         }
     }
 }

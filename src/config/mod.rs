@@ -1,13 +1,16 @@
 //! The TOML configuration (DESIGN.md): parsed strictly — an unknown key is an
 //! error naming the file, line and key, with a suggestion for typos.
 
-use std::fmt::Write as _;
+mod error;
+
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 pub use crate::archive::Compression;
-
+use crate::fsutil::FsError;
+use error::suggestion;
+pub use error::{ConfigError, LoadError};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -365,16 +368,6 @@ pub fn check_job_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// A configuration error with where it is and what to do.
-#[derive(Debug, thiserror::Error)]
-#[error("{}{}: {message}", .path.display(), .line.map(|l| format!(":{l}")).unwrap_or_default())]
-pub struct ConfigError {
-    pub path: PathBuf,
-    pub line: Option<usize>,
-    pub message: String,
-    pub hint: Option<String>,
-}
-
 impl Config {
     /// Parses `text` (read from `path`, named in errors) and checks what can be
     /// checked without touching the system.
@@ -497,23 +490,24 @@ impl Config {
 
     /// Reads, checks (a config others can modify is refused) and parses the
     /// configuration; relative paths in it are taken from its directory.
-    pub fn load(path: &Path) -> crate::Result<Config> {
+    pub fn load(path: &Path) -> Result<Config, LoadError> {
         if !path.exists() {
-            return Err(crate::Error::Named {
+            return Err(FsError::Named {
                 path: path.to_path_buf(),
                 problem: "no such file (the configuration)".into(),
                 fix: "give the configuration with -c FILE or in COFFER_CONFIG (the default is /etc/coffer/coffer.toml)".into(),
-            });
+            }
+            .into());
         }
         crate::fsutil::check_not_writable_by_others(path)?;
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| crate::Error::named(path, "configuration", e))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| FsError::named(path, "configuration", e))?;
         let mut c = Config::parse(path, &text)?;
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        let base = std::path::absolute(dir).map_err(|e| crate::Error::io(dir, "resolve", e))?;
+        let base = std::path::absolute(dir).map_err(|e| FsError::io(dir, "resolve", e))?;
         c.resolve_paths(&base);
         Ok(c)
     }
@@ -572,23 +566,6 @@ impl Config {
             }
         }
     }
-}
-
-/// For "unknown field `x`, expected one of `a`, `b`": the closest expected name.
-fn suggestion(message: &str) -> Option<String> {
-    let unknown = message
-        .strip_prefix("unknown field `")
-        .or_else(|| message.strip_prefix("unknown variant `"))?;
-    let (bad, rest) = unknown.split_once('`')?;
-    let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
-    let best = expected
-        .iter()
-        .map(|e| (strsim::jaro_winkler(bad, e), *e))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))?;
-    let mut s = String::new();
-    let _ = write!(s, "did you mean `{}`?", best.1);
-    Some(s)
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ledger;
 use crate::manifest::{is_backup_name, Sidecar, SEALED_SUFFIX, SIDECAR_SUFFIX};
+use crate::pipeline::catalog::{believed_time, list, Listed, State};
 use crate::pipeline::job::build_stores;
-use crate::pipeline::retention::{believed_time, list, Listed, State};
 use crate::signing::{Verifier, SIGNATURE_SUFFIX};
 use crate::store::Store;
 
@@ -131,7 +131,7 @@ impl Catalog {
                     unreachable.push(format!(
                         "{} is unreachable, its backups are left out: {}",
                         s.name(),
-                        crate::error::about(&e, s.name())
+                        crate::about(&e, s.name())
                     ));
                     listed.push(Vec::new());
                     if e.exit_code() == crate::ExitCode::Key && key_failure.is_none() {

@@ -1,5 +1,5 @@
 //! A throwaway PostgreSQL server for `verify --restore-test`, fenced like
-//! [`super::scratch::ScratchMariaDb`]: `initdb` in a private temporary
+//! [`crate::pipeline::drill::mariadb::ScratchMariaDb`]: `initdb` in a private temporary
 //! directory (mode 0700, owned by the server's user), an unprivileged user
 //! when coffer runs as root, a Unix socket in that directory and no TCP
 //! (`listen_addresses = ''`), then stopped and removed with its data.
@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::client::LoadClient;
-use super::scratch::{reachable, run_as, subdir, RunAs};
+use crate::pipeline::drill::mariadb::{reachable, run_as, subdir, RunAs};
+use crate::pipeline::plumbing::client::LoadClient;
 
 /// The role that loads and counts; the bootstrap superuser only sets up.
 const LOADER: &str = "coffer";
@@ -234,6 +234,6 @@ impl ScratchPostgres {
 impl Drop for ScratchPostgres {
     fn drop(&mut self) {
         // SIGINT: PostgreSQL's fast shutdown.
-        crate::pipeline::scratch::stop_server(&mut self.child, rustix::process::Signal::Int);
+        crate::pipeline::drill::mariadb::stop_server(&mut self.child, rustix::process::Signal::Int);
     }
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::{self, StoreRun};
-use crate::pipeline::backup::Summary;
+use crate::pipeline::backup::{Failed, Summary};
 
 /// How long a hook may run before it is killed.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -58,7 +58,7 @@ impl Outcome {
         config: Option<&Config>,
         job: &str,
         started: chrono::DateTime<chrono::Utc>,
-        result: &Result<Summary, Error>,
+        result: &std::result::Result<Summary, Failed>,
     ) -> Self {
         let finished = chrono::Utc::now();
         let store_names: Vec<String> = config
@@ -96,21 +96,21 @@ impl Outcome {
                     })
                     .collect();
             }
-            Err(e) => {
+            Err(Failed { error: e, done }) => {
                 o.error = Some(crate::cli_chain(e));
                 o.exit_code = e.exit_code() as u8;
-                let (complete, failures, done): (&[String], &[String], _) = match e {
+                let done = done.as_deref();
+                let (complete, failures): (&[String], &[String]) = match e {
                     Error::StoresFailed {
                         name,
                         complete,
                         failures,
-                        done,
                         ..
                     } => {
                         o.name = Some(name.clone());
-                        (complete, failures, done.as_deref())
+                        (complete, failures)
                     }
-                    _ => (&[], &[], None),
+                    _ => (&[], &[]),
                 };
                 // Where the backup completed, what was written and deleted
                 // is said as on success: a partial failure is not nothing.
@@ -185,7 +185,7 @@ pub fn write_metrics(path: &Path, outcome: &Outcome) -> Result<(), Error> {
         .ok()
         .and_then(|t| metrics::previous_success(&t, &outcome.job));
     let text = metrics::render(&outcome.metrics_run(), previous);
-    crate::fsutil::replace(path, text.as_bytes(), 0o644)
+    crate::fsutil::replace(path, text.as_bytes(), 0o644).map_err(Error::from)
 }
 
 /// Writes a restore test's metrics into `path` (atomically, world-readable),
@@ -194,7 +194,7 @@ pub fn write_metrics(path: &Path, outcome: &Outcome) -> Result<(), Error> {
 pub fn write_drill_metrics(path: &Path, drill: &metrics::Drill) -> Result<(), Error> {
     let previous = std::fs::read_to_string(path).unwrap_or_default();
     let text = metrics::render_drill(drill, &previous);
-    crate::fsutil::replace(path, text.as_bytes(), 0o644)
+    crate::fsutil::replace(path, text.as_bytes(), 0o644).map_err(Error::from)
 }
 
 /// Runs the hook the outcome calls for, if configured. Returns a warning

@@ -15,19 +15,23 @@
 //!   atomic and never replacing an existing file (posix-rename@openssh.com
 //!   would silently replace one).
 
-use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+mod handshake;
+mod upload;
+
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use base64::Engine as _;
-use sha2::{Digest, Sha256};
-use ssh2::{MethodType, OpenFlags, OpenType, Session, Sftp};
+use ssh2::{OpenFlags, OpenType, Session, Sftp};
 
-use super::known_hosts::{self, Verdict};
-use super::{valid_file_name, Object, Store, Upload};
-use crate::error::{Error, Result};
+use crate::store::known_hosts::{self, Verdict};
+use crate::store::{valid_file_name, Object, Store, Upload};
+use crate::store::{Result, StoreError as Error};
+
+use handshake::host_pattern;
+pub use handshake::{handshake, keyscan, HostKey};
+use upload::SftpUpload;
 
 /// How the dedicated key is found.
 #[derive(Debug, Clone)]
@@ -48,130 +52,6 @@ pub struct SftpConfig {
     pub timeout: Duration,
     /// Connection attempts before giving up (with exponential backoff).
     pub retries: u32,
-}
-
-const KEX: &[&str] = &[
-    "curve25519-sha256",
-    "curve25519-sha256@libssh.org",
-    "ecdh-sha2-nistp256",
-    "ecdh-sha2-nistp384",
-    "ecdh-sha2-nistp521",
-    "diffie-hellman-group16-sha512",
-    "diffie-hellman-group14-sha256",
-];
-const HOST_KEYS: &[&str] = &[
-    "ssh-ed25519",
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-    "rsa-sha2-512",
-    "rsa-sha2-256",
-];
-const CIPHERS: &[&str] = &[
-    "chacha20-poly1305@openssh.com",
-    "aes256-gcm@openssh.com",
-    "aes128-gcm@openssh.com",
-    "aes256-ctr",
-    "aes192-ctr",
-    "aes128-ctr",
-];
-const MACS: &[&str] = &[
-    "hmac-sha2-256-etm@openssh.com",
-    "hmac-sha2-512-etm@openssh.com",
-    "hmac-sha2-256",
-    "hmac-sha2-512",
-];
-
-/// What a host key looks like to a person: type and SHA256 fingerprint.
-#[derive(Debug, Clone)]
-pub struct HostKey {
-    pub kind: String,
-    pub blob: Vec<u8>,
-}
-
-impl HostKey {
-    pub fn fingerprint(&self) -> String {
-        let digest = Sha256::digest(&self.blob);
-        format!(
-            "SHA256:{}",
-            base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
-        )
-    }
-
-    /// The `known_hosts` line that would trust this key.
-    pub fn known_hosts_line(&self, host: &str, port: u16) -> String {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.blob);
-        format!("{} {} {b64}", host_pattern(host, port), self.kind)
-    }
-}
-
-fn host_pattern(host: &str, port: u16) -> String {
-    known_hosts::lookup_name(host, port)
-}
-
-fn key_kind(t: ssh2::HostKeyType, blob: &[u8]) -> String {
-    // The blob starts with its own type name: trust it over the enum, which
-    // lacks some types.
-    if blob.len() > 4 {
-        let n = u32::from_be_bytes([blob[0], blob[1], blob[2], blob[3]]) as usize;
-        if let Some(name) = blob.get(4..4 + n).and_then(|b| std::str::from_utf8(b).ok()) {
-            return name.to_owned();
-        }
-    }
-    format!("{t:?}")
-}
-
-fn prefer(
-    sess: &Session,
-    kind: MethodType,
-    wanted: &[&str],
-) -> std::result::Result<(), ssh2::Error> {
-    let supported = sess.supported_algs(kind)?;
-    let list: Vec<&str> = wanted
-        .iter()
-        .copied()
-        .filter(|w| supported.contains(w))
-        .collect();
-    sess.method_pref(kind, &list.join(","))
-}
-
-/// Opens a TCP connection and completes the SSH handshake with modern
-/// algorithms only. Returns the session and the key the server offered.
-pub fn handshake(
-    host: &str,
-    port: u16,
-    timeout: Duration,
-) -> std::result::Result<(Session, HostKey), String> {
-    let addr = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("cannot resolve {host}"))?;
-    let tcp = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
-    let mut sess = Session::new().map_err(|e| e.to_string())?;
-    sess.set_timeout(u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX));
-    for (kind, list) in [
-        (MethodType::Kex, KEX),
-        (MethodType::HostKey, HOST_KEYS),
-        (MethodType::CryptCs, CIPHERS),
-        (MethodType::CryptSc, CIPHERS),
-        (MethodType::MacCs, MACS),
-        (MethodType::MacSc, MACS),
-    ] {
-        prefer(&sess, kind, list).map_err(|e| format!("algorithm setup: {e}"))?;
-    }
-    sess.set_tcp_stream(tcp);
-    sess.handshake()
-        .map_err(|e| format!("SSH handshake with {host}:{port} failed: {e}"))?;
-    let (blob, t) = sess
-        .host_key()
-        .ok_or_else(|| "the server offered no host key".to_owned())?;
-    let key = HostKey {
-        kind: key_kind(t, blob),
-        blob: blob.to_vec(),
-    };
-    Ok((sess, key))
 }
 
 struct Conn {
@@ -198,7 +78,7 @@ impl SftpStore {
     }
 
     fn err(&self, message: impl Into<String>) -> Error {
-        Error::Store {
+        Error::Failed {
             store: self.cfg.name.clone(),
             message: message.into(),
         }
@@ -227,7 +107,7 @@ impl SftpStore {
         self.check_host_key(&key).map_err(|e| (false, e))?;
         match &c.auth {
             Auth::KeyFile(p) => {
-                crate::fsutil::check_private(p).map_err(|e| (false, e))?;
+                crate::fsutil::check_private(p).map_err(|e| (false, e.into()))?;
                 sess.userauth_pubkey_file(&c.user, None, p, None)
                     .map_err(|e| {
                         (
@@ -274,7 +154,7 @@ impl SftpStore {
             // come at once (and keep their own exit code) every time.
             Err((true, e)) => {
                 if let Ok(mut g) = self.unreachable.lock() {
-                    *g = Some(crate::error::about(&e, &self.cfg.name));
+                    *g = Some(crate::about(&e, &self.cfg.name));
                 }
                 Err(e)
             }
@@ -384,101 +264,6 @@ const SFTP_NO_SUCH_FILE: i32 = 2;
 
 fn is_not_found(e: &ssh2::Error) -> bool {
     matches!(e.code(), ssh2::ErrorCode::SFTP(SFTP_NO_SUCH_FILE))
-}
-
-/// Says what a failed SFTP write usually means. OpenSSH's sftp-server speaks
-/// protocol version 3, which has no "disk full" status: ENOSPC and EDQUOT
-/// arrive as the bare FAILURE status, which libssh2 words as just "failure".
-fn write_error(e: &io::Error, partial: &Path) -> io::Error {
-    let said = e.to_string();
-    let meaning = match said.as_str() {
-        "failure" => "the server refused the write (SFTP status FAILURE), most often a full disk or quota on the server".to_owned(),
-        "no space on filesystem" | "quota exceeded" => format!("the server refused the write: {said}"),
-        _ => said,
-    };
-    io::Error::new(e.kind(), format!("{}: {meaning}", partial.display()))
-}
-
-struct SftpUpload {
-    store: String,
-    file: Option<ssh2::File>,
-    partial: PathBuf,
-    target: PathBuf,
-    conn: Option<Conn>,
-    written: u64,
-}
-
-impl Write for SftpUpload {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let f = self
-            .file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("upload already finished"))?;
-        let n = f.write(buf).map_err(|e| write_error(&e, &self.partial))?;
-        self.written += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self.file.as_mut() {
-            Some(f) => f.flush(),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Upload for SftpUpload {
-    fn commit(mut self: Box<Self>) -> Result<()> {
-        let err = |m: String| Error::Store {
-            store: self.store.clone(),
-            message: m,
-        };
-        let mut f = self
-            .file
-            .take()
-            .ok_or_else(|| err("upload already finished".into()))?;
-        f.flush()
-            .map_err(|e| err(format!("{}: write: {e}", self.partial.display())))?;
-        // fsync@openssh.com: the data is on the server's disk before the name appears.
-        f.fsync()
-            .map_err(|e| err(format!("{}: fsync: {e}", self.partial.display())))?;
-        drop(f);
-        let conn = self
-            .conn
-            .as_ref()
-            .ok_or_else(|| err("not connected".into()))?;
-        let st = conn
-            .sftp
-            .stat(&self.partial)
-            .map_err(|e| err(format!("{}: stat: {e}", self.partial.display())))?;
-        if st.size != Some(self.written) {
-            return Err(err(format!(
-                "{}: the server holds {:?} bytes, {} were sent",
-                self.partial.display(),
-                st.size,
-                self.written
-            )));
-        }
-        conn.sftp
-            .rename(&self.partial, &self.target, None)
-            .map_err(|e| {
-                err(format!(
-                    "rename {} to {}: {e}",
-                    self.partial.display(),
-                    self.target.display()
-                ))
-            })?;
-        Ok(())
-    }
-}
-
-impl Drop for SftpUpload {
-    fn drop(&mut self) {
-        if self.file.take().is_some() {
-            if let Some(c) = &self.conn {
-                let _ = c.sftp.unlink(&self.partial);
-            }
-        }
-    }
 }
 
 impl Store for SftpStore {
@@ -605,9 +390,4 @@ impl Read for RemoteRead {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.file.read(buf)
     }
-}
-
-/// `coffer keyscan`: the key a server offers, to verify out of band.
-pub fn keyscan(host: &str, port: u16, timeout: Duration) -> std::result::Result<HostKey, String> {
-    handshake(host, port, timeout).map(|(_, k)| k)
 }

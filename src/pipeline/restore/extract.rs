@@ -1,20 +1,17 @@
-//! `coffer restore`: decrypt, authenticate and unpack a backup — into a
-//! directory, or one member to stdout.
-//!
-//! Extraction never writes outside the target. Member paths must be relative
-//! without `..`; hard links and device files are refused. Symlinks are
-//! restored exactly as recorded, absolute or not (a backup of /etc is full of
-//! them), and coffer never follows one: every member is created relative to
-//! a directory opened one component at a time with `O_NOFOLLOW`, and a member
-//! whose parent chain holds a link — one already in the target, or one made
-//! earlier in the same archive — is refused. Whether a link's target lies
-//! inside the directory is not checked: that cannot be decided by looking at
-//! its text (`s -> .` makes `s/s/../..` climb), and does not matter when no
-//! link is followed. Modes never carry set-uid or set-gid bits; a directory
-//! that was already there keeps its own mode. Existing files are not
-//! replaced without `--force`. If anything fails (a bad chunk, a member that
-//! does not match the inner manifest), what was extracted is removed unless
-//! `--keep-partial`.
+//! Extraction into a directory. It never writes outside the target. Member
+//! paths must be relative without `..`; hard links and device files are
+//! refused. Symlinks are restored exactly as recorded, absolute or not (a
+//! backup of /etc is full of them), and coffer never follows one: every
+//! member is created relative to a directory opened one component at a time
+//! with `O_NOFOLLOW`, and a member whose parent chain holds a link — one
+//! already in the target, or one made earlier in the same archive — is
+//! refused. Whether a link's target lies inside the directory is not
+//! checked: that cannot be decided by looking at its text (`s -> .` makes
+//! `s/s/../..` climb), and does not matter when no link is followed. Modes
+//! never carry set-uid or set-gid bits; a directory that was already there
+//! keeps its own mode. Existing files are not replaced without `--force`. If
+//! anything fails (a bad chunk, a member that does not match the inner
+//! manifest), what was extracted is removed unless `--keep-partial`.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -30,26 +27,11 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, UTIME_OM
 use rustix::io::Errno;
 
 use crate::archive::EntryKind;
-use crate::envelope::Header;
-use crate::envelope::Identity;
 use crate::error::{Error, Result};
-use crate::manifest::HashKind;
-use crate::pipeline::walk::{walk_copy, Member, WalkError, Walked};
-
-pub enum Target {
-    Dir {
-        dir: PathBuf,
-        force: bool,
-        keep_partial: bool,
-    },
-    /// One member (joined if split) to `out`.
-    Member { name: String },
-    /// The whole archive, decompressed, to `out` (for `tar -x`).
-    Tar,
-}
+use crate::pipeline::restore::walk::{Member, WalkError};
 
 /// The relative path of a member inside the target, or why not.
-fn safe_relative(name: &[u8]) -> std::result::Result<PathBuf, String> {
+pub(super) fn safe_relative(name: &[u8]) -> std::result::Result<PathBuf, String> {
     let p = Path::new(OsStr::from_bytes(name));
     let mut out = PathBuf::new();
     for c in p.components() {
@@ -68,7 +50,7 @@ fn safe_relative(name: &[u8]) -> std::result::Result<PathBuf, String> {
 
 /// Copies a member out, telling a damaged backup (the read side) from a
 /// target that cannot take it (the write side).
-fn copy_out(
+pub(super) fn copy_out(
     data: &mut dyn Read,
     out: &mut dyn Write,
     path: &Path,
@@ -89,13 +71,13 @@ fn copy_out(
 /// Flags to open a directory only to work inside it. `NOFOLLOW` with
 /// `DIRECTORY` fails on a symlink instead of resolving it, so a link put in
 /// place after a check still cannot redirect anything.
-const TRAVERSE: OFlags = OFlags::PATH
+pub(super) const TRAVERSE: OFlags = OFlags::PATH
     .union(OFlags::DIRECTORY)
     .union(OFlags::NOFOLLOW)
     .union(OFlags::CLOEXEC);
 
 /// What is at `name` in `dir`, without following a link; `None` if nothing.
-fn kind_at(dir: &OwnedFd, name: &OsStr) -> io::Result<Option<FileType>> {
+pub(super) fn kind_at(dir: &OwnedFd, name: &OsStr) -> io::Result<Option<FileType>> {
     match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => Ok(Some(FileType::from_raw_mode(st.st_mode))),
         Err(Errno::NOENT) => Ok(None),
@@ -105,7 +87,7 @@ fn kind_at(dir: &OwnedFd, name: &OsStr) -> io::Result<Option<FileType>> {
 
 /// The directory `rel` under `root`, opened without following any link on
 /// the way; `None` if it is gone. Used to finish and undo.
-fn open_below(root: &OwnedFd, rel: &Path, last: OFlags) -> Option<OwnedFd> {
+pub(super) fn open_below(root: &OwnedFd, rel: &Path, last: OFlags) -> Option<OwnedFd> {
     let mut dir = rustix::fs::openat(root, ".", TRAVERSE, Mode::empty()).ok()?;
     let mut parts = rel.components().peekable();
     while let Some(c) = parts.next() {
@@ -119,47 +101,47 @@ fn open_below(root: &OwnedFd, rel: &Path, last: OFlags) -> Option<OwnedFd> {
     Some(dir)
 }
 
-struct Extractor {
+pub(super) struct Extractor {
     /// The target directory, for messages.
-    root: PathBuf,
+    pub(super) root: PathBuf,
     /// Every member is created relative to this, one component at a time.
-    root_fd: OwnedFd,
-    force: bool,
+    pub(super) root_fd: OwnedFd,
+    pub(super) force: bool,
     /// The directories this restore made in directories it did not make
     /// (relative to the root): all that is in one is this restore's too.
     /// Only these, not every directory under them: a chain of a hundred
     /// thousand new directories (one member can name it) would otherwise
     /// cost the sum of all its prefixes, quadratic in its depth.
-    made_dirs: HashSet<PathBuf>,
+    pub(super) made_dirs: HashSet<PathBuf>,
     /// The most components of any path in `made_dirs`: no deeper prefix
     /// needs looking up. It follows the target's own tree, which was there
     /// before, not the archive.
-    made_depth: usize,
+    pub(super) made_depth: usize,
     /// What this restore made outside any directory it made, newest last:
     /// to undo on failure, these (directories with what is in them) are
     /// removed. Into a new or empty target that is only the top level, so
     /// memory follows the directories, not the files.
-    undo_roots: Vec<PathBuf>,
+    pub(super) undo_roots: Vec<PathBuf>,
     /// Directory modes and mtimes, applied last (a read-only directory would
     /// refuse its own contents).
-    dirs: Vec<(PathBuf, u32, i64)>,
+    pub(super) dirs: Vec<(PathBuf, u32, i64)>,
     /// Files and links `--force` replaced, moved aside in their own
     /// directory (the directory's path, the name aside, the name): removed
     /// once the whole restore succeeded, put back if it fails. A replaced
     /// file is never gone before the archive has proved itself.
-    replaced: Vec<(PathBuf, std::ffi::OsString, std::ffi::OsString)>,
+    pub(super) replaced: Vec<(PathBuf, std::ffi::OsString, std::ffi::OsString)>,
     /// The directory the last member went into, still open: the next member
     /// is most often its sibling (tar keeps a directory's entries together),
     /// and a held descriptor cannot be redirected.
-    last_parent: Option<(PathBuf, OwnedFd)>,
+    pub(super) last_parent: Option<(PathBuf, OwnedFd)>,
 }
 
-fn mtime_of(secs: i64) -> SystemTime {
+pub(super) fn mtime_of(secs: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }
 
 impl Extractor {
-    fn open(root: PathBuf, force: bool) -> Result<Self> {
+    pub(super) fn open(root: PathBuf, force: bool) -> Result<Self> {
         let root_fd =
             rustix::fs::openat(rustix::fs::CWD, &root, TRAVERSE, Mode::empty()).map_err(|e| {
                 Error::Target {
@@ -182,12 +164,12 @@ impl Extractor {
     }
 
     /// Whether this restore made `rel`, as far as undoing goes.
-    fn made(&self, rel: &Path) -> bool {
+    pub(super) fn made(&self, rel: &Path) -> bool {
         self.in_made_dir(rel) || self.undo_roots.iter().any(|r| r == rel)
     }
 
     /// Whether `rel` is, or is inside, a directory this restore made.
-    fn in_made_dir(&self, rel: &Path) -> bool {
+    pub(super) fn in_made_dir(&self, rel: &Path) -> bool {
         let mut prefix = PathBuf::new();
         rel.components().take(self.made_depth).any(|c| {
             prefix.push(c);
@@ -196,7 +178,7 @@ impl Extractor {
     }
 
     /// Notes that `rel` was made (a directory if `dir`).
-    fn note_made(&mut self, rel: &Path, dir: bool) {
+    pub(super) fn note_made(&mut self, rel: &Path, dir: bool) {
         let inside_own = rel.parent().is_some_and(|p| self.in_made_dir(p));
         if !inside_own {
             self.undo_roots.push(rel.to_path_buf());
@@ -210,7 +192,7 @@ impl Extractor {
     /// Something at `rel` stops a member from being written: if this restore
     /// made it, the archive contradicts itself (or is hostile); otherwise it
     /// was in the target before, and the backup is not at fault.
-    fn in_the_way(&self, rel: &Path, problem: &'static str) -> WalkError {
+    pub(super) fn in_the_way(&self, rel: &Path, problem: &'static str) -> WalkError {
         let path = self.root.join(rel);
         if self.made(rel) {
             WalkError::Refused(format!("{} {problem}", path.display()))
@@ -223,7 +205,7 @@ impl Extractor {
     /// (0700 until `finish`), and refusing to pass through any symlink: one
     /// planted earlier in the archive, or already in the target, could point
     /// anywhere.
-    fn parent_of(&mut self, rel: &Path) -> std::result::Result<OwnedFd, WalkError> {
+    pub(super) fn parent_of(&mut self, rel: &Path) -> std::result::Result<OwnedFd, WalkError> {
         let parent = rel.parent().unwrap_or(Path::new(""));
         if let Some((p, fd)) = &self.last_parent {
             if p == parent {
@@ -238,7 +220,7 @@ impl Extractor {
         Ok(dir)
     }
 
-    fn open_parent(&mut self, parent: &Path) -> std::result::Result<OwnedFd, WalkError> {
+    pub(super) fn open_parent(&mut self, parent: &Path) -> std::result::Result<OwnedFd, WalkError> {
         let mut dir = rustix::fs::openat(&self.root_fd, ".", TRAVERSE, Mode::empty())
             .map_err(|e| WalkError::target(&self.root, "open", e.into()))?;
         let mut at = PathBuf::new();
@@ -273,7 +255,7 @@ impl Extractor {
         Ok(dir)
     }
 
-    fn member(
+    pub(super) fn member(
         &mut self,
         m: &Member<'_>,
         data: &mut dyn Read,
@@ -369,7 +351,7 @@ impl Extractor {
     /// An existing file or link is an error, or with `--force` is moved
     /// aside (the link itself, never what it points to), to be removed when
     /// the restore succeeds or put back when it fails.
-    fn make_room(
+    pub(super) fn make_room(
         &mut self,
         dir: &OwnedFd,
         name: &OsStr,
@@ -404,7 +386,7 @@ impl Extractor {
         }
     }
 
-    fn finish(&mut self) {
+    pub(super) fn finish(&mut self) {
         for (parent, aside, _) in std::mem::take(&mut self.replaced) {
             if let Some(dir) = open_below(&self.root_fd, &parent, TRAVERSE) {
                 let _ = rustix::fs::unlinkat(&dir, &aside, AtFlags::empty());
@@ -420,7 +402,7 @@ impl Extractor {
         }
     }
 
-    fn undo(&mut self) {
+    pub(super) fn undo(&mut self) {
         self.last_parent = None;
         for rel in self.undo_roots.iter().rev() {
             let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
@@ -443,7 +425,7 @@ impl Extractor {
     /// What --force moved aside goes back, newest first (a name replaced
     /// twice returns to its first content), over whatever this restore
     /// wrote there: a restore that did not finish never costs an old file.
-    fn put_back_replaced(&mut self) {
+    pub(super) fn put_back_replaced(&mut self) {
         for (parent, aside, name) in std::mem::take(&mut self.replaced).into_iter().rev() {
             if let Some(dir) = open_below(&self.root_fd, &parent, TRAVERSE) {
                 let _ = rustix::fs::renameat(&dir, &aside, &dir, &name);
@@ -457,7 +439,7 @@ impl Extractor {
 /// however deep the tree (a restore may make one deeper than the open-file
 /// limit): the walk climbs back by `..`, and stops if that is not the
 /// directory it came from.
-fn remove_tree(dir: &OwnedFd, name: &OsStr) {
+pub(super) fn remove_tree(dir: &OwnedFd, name: &OsStr) {
     const OPEN: OFlags = OFlags::RDONLY
         .union(OFlags::DIRECTORY)
         .union(OFlags::NOFOLLOW)
@@ -532,316 +514,8 @@ fn remove_tree(dir: &OwnedFd, name: &OsStr) {
 }
 
 /// Never set-id bits from an archive on a directory; sticky may stay (/tmp).
-fn dir_mode(recorded: u32) -> u32 {
+pub(super) fn dir_mode(recorded: u32) -> u32 {
     recorded & 0o1777
-}
-
-/// What the sidecar (signed, where signatures are configured) says the
-/// sealed file is; a restore refuses a file that disagrees.
-#[derive(Debug, Clone)]
-pub struct Expect {
-    pub name: String,
-    pub job: String,
-    pub size: u64,
-    /// The digest the sidecar vouches with (BLAKE3 from v3 on), and its hex.
-    pub digest: (HashKind, String),
-}
-
-impl Expect {
-    pub fn of(s: &crate::manifest::Sidecar) -> Self {
-        let (kind, hex) = s.file_digest();
-        Expect {
-            name: s.name.clone(),
-            job: s.job.clone(),
-            size: s.size,
-            digest: (kind, hex.to_owned()),
-        }
-    }
-
-    /// The ciphertext's size and digest against the sidecar.
-    pub fn check_ciphertext(&self, len: u64, hex: &str) -> std::result::Result<(), String> {
-        if len > self.size {
-            // Readers stop one byte past the sidecar's size.
-            return Err(format!(
-                "the sealed file is longer than the {} bytes its sidecar says",
-                self.size
-            ));
-        }
-        if len != self.size {
-            return Err(format!(
-                "the sealed file is {len} bytes, its sidecar says {}",
-                self.size
-            ));
-        }
-        let (kind, expected) = &self.digest;
-        let same: bool = subtle::ConstantTimeEq::ct_eq(hex.as_bytes(), expected.as_bytes()).into();
-        if !same {
-            return Err(format!(
-                "the sealed file's {} is {hex}, its sidecar says {expected}",
-                kind.label()
-            ));
-        }
-        Ok(())
-    }
-
-    /// The authenticated header against the sidecar: its job, and its name
-    /// where it gives one (backups of earlier versions do not).
-    fn check_header(&self, header: &Header) -> std::result::Result<(), String> {
-        if header.metadata.job.as_deref() != Some(self.job.as_str()) {
-            return Err(format!(
-                "the header names job {:?}, the sidecar {:?}",
-                header.metadata.job, self.job
-            ));
-        }
-        match &header.metadata.name {
-            Some(name) if *name != self.name => Err(format!(
-                "the header names backup {name}, the sidecar {}",
-                self.name
-            )),
-            _ => Ok(()),
-        }
-    }
-
-    /// What a walk of an already checked private copy learnt: the header
-    /// and the inner manifest against the sidecar.
-    fn check_archive(&self, w: &Walked) -> std::result::Result<(), String> {
-        self.check_header(&w.header)?;
-        if w.manifest.name != self.name || w.manifest.job != self.job {
-            return Err(format!(
-                "the inner manifest names {} of job {:?}, the sidecar {} of job {:?}",
-                w.manifest.name, w.manifest.job, self.name, self.job
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Copies the sealed file (ciphertext, never plaintext) into a private
-/// unlinked temporary file, at most one byte more than the sidecar says, and
-/// checks its size and digest against the sidecar; returns it rewound. What
-/// is decrypted afterwards is exactly what was checked: a server that
-/// answers a second read differently, or cuts the stream, gets nowhere.
-pub fn spool(input: Box<dyn Read + Send>, what: &str, expect: Option<&Expect>) -> Result<File> {
-    let mut spool = tempfile::tempfile().map_err(|e| {
-        Error::io(
-            std::env::temp_dir(),
-            "create a private copy of the sealed file in",
-            e,
-        )
-    })?;
-    let limit = expect.map_or(u64::MAX, |x| x.size.saturating_add(1));
-    let kind = expect.map_or(HashKind::Blake3, |x| x.digest.0);
-    let mut hashed = crate::pipeline::walk::HashRead::new(input.take(limit), kind);
-    // In large pieces: BLAKE3 hashes many 1 KiB chunks at once only when it
-    // is given them at once, and io::copy's own buffer is 8 KiB.
-    let mut piece = vec![0u8; SPOOL_PIECE];
-    loop {
-        let n = match hashed.read(&mut piece) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io(what, "read", e)),
-        };
-        spool.write_all(&piece[..n]).map_err(|e| {
-            Error::io(
-                std::env::temp_dir(),
-                "write the private copy of the sealed file to",
-                e,
-            )
-        })?;
-    }
-    let len = hashed.len;
-    let hex = hashed.hex();
-    if let Some(x) = expect {
-        x.check_ciphertext(len, &hex)
-            .map_err(|message| integrity(what, message))?;
-    }
-    rewind(&mut spool)?;
-    Ok(spool)
-}
-
-/// What [`spool`] reads from a store at a time.
-const SPOOL_PIECE: usize = 256 << 10;
-
-fn integrity(what: &str, message: String) -> Error {
-    Error::Integrity {
-        what: what.to_owned(),
-        message,
-    }
-}
-
-fn rewind(f: &mut File) -> Result<()> {
-    io::Seek::seek(f, io::SeekFrom::Start(0))
-        .map(drop)
-        .map_err(|e| Error::io(std::env::temp_dir(), "rewind the private copy in", e))
-}
-
-/// A restore that writes or loads anything first authenticates all of the
-/// ciphertext, and returns the private copy it checked, rewound, for the
-/// pass that writes. First [`spool`] copies the sealed file and checks its
-/// size and hash against the sidecar; only then does a private key touch
-/// it: a copy the sidecar does not vouch for never reaches a passphrase
-/// prompt, a hardware token, an age plugin or an RSA decryption. Then every
-/// chunk and the header are authenticated, and the header must name the job
-/// and the backup the sidecar names. Nothing is decompressed: a forger who
-/// could pass these checks could equally have written an archive consistent
-/// in itself, so the archive's own checks (every member against the inner
-/// manifest) run in the writing pass, which undoes what it wrote on a
-/// mismatch.
-///
-/// `thorough` adds a full pass over the archive before anything is written,
-/// for what cannot be undone (a load into a database, files replaced by
-/// `--force`). Backups of earlier versions, whose header does not name them,
-/// always get it: only their inner manifest, at the archive's end, ties the
-/// file to its sidecar.
-pub fn stage(
-    input: Box<dyn Read + Send>,
-    what: &str,
-    identities: &[Identity],
-    expect: Option<&Expect>,
-    thorough: bool,
-) -> Result<File> {
-    let mut spool = spool(input, what, expect)?;
-    let header = authenticate(&spool, identities).map_err(|e| e.into_error(what))?;
-    if let Some(x) = expect {
-        x.check_header(&header)
-            .map_err(|message| integrity(what, message))?;
-    }
-    if thorough || (expect.is_some() && header.metadata.name.is_none()) {
-        let w = walk_copy(reopen(&spool)?, identities, None, |_, _| Ok(()))
-            .map_err(|e| e.into_error(what))?;
-        if let Some(x) = expect {
-            x.check_archive(&w)
-                .map_err(|message| integrity(what, message))?;
-        }
-    }
-    rewind(&mut spool)?;
-    Ok(spool)
-}
-
-/// A second handle on the private copy, from its start.
-fn reopen(spool: &File) -> Result<io::BufReader<File>> {
-    let mut copy = spool
-        .try_clone()
-        .map_err(|e| Error::io(std::env::temp_dir(), "reopen the private copy in", e))?;
-    rewind(&mut copy)?;
-    Ok(io::BufReader::with_capacity(256 << 10, copy))
-}
-
-/// Opens the envelope and authenticates every chunk of the private copy, on
-/// every core, without decompressing.
-fn authenticate(spool: &File, identities: &[Identity]) -> std::result::Result<Header, WalkError> {
-    let header = crate::envelope::authenticate(identities, spool, crate::frames::workers())?;
-    crate::pipeline::walk::archive_of(&header)?;
-    Ok(header)
-}
-
-/// Restores `input` (named `what` in messages). Returns what the walk
-/// checked, except for `Target::Tar`, which passes the archive through.
-pub fn restore(
-    input: Box<dyn Read + Send>,
-    what: &str,
-    identities: &[Identity],
-    target: Target,
-    out: &mut dyn Write,
-    expect: Option<&Expect>,
-) -> Result<Option<Walked>> {
-    let mismatch = |message: String| integrity(what, message);
-    match target {
-        Target::Dir {
-            dir,
-            force,
-            keep_partial,
-        } => {
-            fs::create_dir_all(&dir).map_err(|e| Error::Target {
-                path: dir.clone(),
-                op: "create directory",
-                source: e,
-            })?;
-            let root = fs::canonicalize(&dir).map_err(|e| Error::io(&dir, "resolve", e))?;
-            let mut ex = Extractor::open(root, force)?;
-            match walk_copy(input, identities, None, |m, data| ex.member(m, data)) {
-                Ok(w) => {
-                    if let Some(Err(message)) = expect.map(|x| x.check_archive(&w)) {
-                        ex.undo();
-                        return Err(mismatch(message));
-                    }
-                    ex.finish();
-                    Ok(Some(w))
-                }
-                Err(e) => {
-                    let e = e.into_error(what);
-                    // --keep-partial keeps what a failing target (a full
-                    // disk) got; what a damaged or forged archive wrote
-                    // always goes.
-                    if keep_partial && matches!(e, Error::Target { .. }) {
-                        // What was written stays; what it replaced comes back.
-                        ex.put_back_replaced();
-                    } else {
-                        ex.undo();
-                    }
-                    Err(e)
-                }
-            }
-        }
-        Target::Tar => {
-            let w = walk_copy(input, identities, Some(&mut *out), |_, _| Ok(()))
-                .map_err(|e| e.into_error(what))?;
-            flush(out)?;
-            if let Some(x) = expect {
-                x.check_archive(&w).map_err(mismatch)?;
-            }
-            Ok(None)
-        }
-        Target::Member { name } => {
-            let mut found = false;
-            // What to offer if the name is not there: the dumps, not every
-            // file of a tree.
-            let mut offer: Vec<String> = Vec::new();
-            let mut files = 0u64;
-            let w = walk_copy(input, identities, None, |m, data| {
-                // By its bytes: two names that differ only in bytes that are
-                // not UTF-8 read the same once made lossy, and are two files.
-                if m.raw == name.as_bytes() {
-                    found = true;
-                    copy_out(data, out, Path::new("<stdout>"))?;
-                }
-                if m.part.is_none_or(|n| n == 0) {
-                    if m.name.starts_with("files/") {
-                        files += 1;
-                    } else if offer.len() < 50 && !m.name.starts_with("MANIFEST") {
-                        offer.push(m.name.to_owned());
-                    }
-                }
-                Ok(())
-            })
-            .map_err(|e| e.into_error(what))?;
-            flush(out)?;
-            if let Some(x) = expect {
-                x.check_archive(&w).map_err(mismatch)?;
-            }
-            if !found {
-                if files > 0 {
-                    offer.push(format!(
-                        "{files} files/ members (restore --to DIR to see them)"
-                    ));
-                }
-                let holds = offer.join(", ");
-                return Err(Error::Usage(format!(
-                    "{what} has no member {name:?}; it holds: {holds}"
-                )));
-            }
-            Ok(Some(w))
-        }
-    }
-}
-
-fn flush(out: &mut dyn Write) -> Result<()> {
-    out.flush().map_err(|e| Error::Target {
-        path: "<stdout>".into(),
-        op: "write",
-        source: e,
-    })
 }
 
 #[cfg(test)]

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::pipeline::client::LoadClient;
-use crate::pipeline::sqlclient::{mysql_client, MysqlClient};
+use crate::pipeline::plumbing::client::LoadClient;
+use crate::pipeline::plumbing::sqlclient::{mysql_client, MysqlClient};
 use crate::source::find_program;
 
 /// The account the scratch server runs as when coffer runs as root, unless

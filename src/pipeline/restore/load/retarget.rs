@@ -1,0 +1,271 @@
+//! A single-database dump loaded into another database: the lines that
+//! name its own database dropped, as a stream.
+
+use std::io::{self, BufRead, Read};
+
+/// The lines of a single-database dump that name its database, dropped so
+/// that it loads into the database the client was started on.
+pub(super) const RETARGETED: [&[u8]; 2] = [b"CREATE DATABASE ", b"USE `"];
+/// Bytes of a line that decide whether it is dropped: the longest prefix.
+pub(super) const HEAD: usize = 16;
+
+/// Drops the `CREATE DATABASE` and `USE` lines of a single-database dump,
+/// streaming: only a line's first [`HEAD`] bytes are held, the rest passes
+/// through (or is skipped) in the reader's pieces, however long the line
+/// (a dump's extended INSERT can be hundreds of megabytes).
+pub(super) struct Retarget<R> {
+    pub(super) inner: io::BufReader<R>,
+    /// The start of the current line, while it is being decided or sent.
+    pub(super) head: Vec<u8>,
+    pub(super) sent: usize,
+    pub(super) line: Line,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Line {
+    /// At the start of a line: its head is read next.
+    Start,
+    /// Sending the head of a line that is kept.
+    Head,
+    /// Passing the rest of a kept line through.
+    Pass,
+    /// Skipping the rest of a dropped line.
+    Skip,
+}
+
+impl<R: Read> Retarget<R> {
+    pub(super) fn new(inner: R) -> Self {
+        Retarget {
+            inner: io::BufReader::with_capacity(1 << 20, inner),
+            head: Vec::with_capacity(HEAD),
+            sent: 0,
+            line: Line::Start,
+        }
+    }
+
+    /// Reads the head of the next line: [`HEAD`] bytes, or less up to its
+    /// newline or the end of the dump.
+    pub(super) fn read_head(&mut self) -> io::Result<()> {
+        self.head.clear();
+        self.sent = 0;
+        while self.head.len() < HEAD && self.head.last() != Some(&b'\n') {
+            let buf = self.inner.fill_buf()?;
+            if buf.is_empty() {
+                break;
+            }
+            let want = (HEAD - self.head.len()).min(buf.len());
+            let take = memchr::memchr(b'\n', &buf[..want]).map_or(want, |i| i + 1);
+            self.head.extend_from_slice(&buf[..take]);
+            self.inner.consume(take);
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for Retarget<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            match self.line {
+                Line::Start => {
+                    self.read_head()?;
+                    if self.head.is_empty() {
+                        return Ok(0);
+                    }
+                    let ended = self.head.last() == Some(&b'\n');
+                    self.line = match (RETARGETED.iter().any(|p| self.head.starts_with(p)), ended) {
+                        (true, true) => Line::Start,
+                        (true, false) => Line::Skip,
+                        (false, _) => Line::Head,
+                    };
+                }
+                Line::Head => {
+                    let n = (self.head.len() - self.sent).min(out.len());
+                    out[..n].copy_from_slice(&self.head[self.sent..self.sent + n]);
+                    self.sent += n;
+                    if self.sent == self.head.len() {
+                        let ended = self.head.last() == Some(&b'\n');
+                        self.line = if ended { Line::Start } else { Line::Pass };
+                    }
+                    return Ok(n);
+                }
+                Line::Skip => {
+                    let buf = self.inner.fill_buf()?;
+                    if buf.is_empty() {
+                        return Ok(0);
+                    }
+                    let (n, ended) = through_newline(buf);
+                    self.inner.consume(n);
+                    if ended {
+                        self.line = Line::Start;
+                    }
+                }
+                Line::Pass => {
+                    let buf = self.inner.fill_buf()?;
+                    if buf.is_empty() {
+                        return Ok(0);
+                    }
+                    let limit = buf.len().min(out.len());
+                    let (n, ended) = through_newline(&buf[..limit]);
+                    out[..n].copy_from_slice(&buf[..n]);
+                    self.inner.consume(n);
+                    if ended {
+                        self.line = Line::Start;
+                    }
+                    return Ok(n);
+                }
+            }
+        }
+    }
+}
+
+/// How much of `buf` belongs to the current line (its newline included),
+/// and whether the line ends there.
+pub(super) fn through_newline(buf: &[u8]) -> (usize, bool) {
+    match memchr::memchr(b'\n', buf) {
+        Some(i) => (i + 1, true),
+        None => (buf.len(), false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The line-based rewrite the streaming one replaced: the reference.
+    fn by_lines(dump: &[u8]) -> Vec<u8> {
+        dump.split_inclusive(|&b| b == b'\n')
+            .filter(|l| !RETARGETED.iter().any(|p| l.starts_with(p)))
+            .flatten()
+            .copied()
+            .collect()
+    }
+
+    /// Hands out at most `step` bytes per read, as a pipe might.
+    struct Trickle<R>(R, usize);
+
+    impl<R: Read> Read for Trickle<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.1);
+            self.0.read(&mut buf[..n])
+        }
+    }
+
+    /// Everything `r` yields, read `step` bytes at a time at most.
+    fn drain(mut r: impl Read, step: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; step];
+        loop {
+            match r.read(&mut buf).unwrap() {
+                0 => return out,
+                n => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    #[test]
+    fn a_dump_loses_only_the_lines_that_name_its_database() {
+        let dump =
+            b"-- MariaDB dump\nCREATE DATABASE /*!32312 IF NOT EXISTS*/ `shop`;\n\nUSE `shop`;\n\
+                     CREATE TABLE t (x INT);\nINSERT INTO t VALUES (1);\n-- USE `shop`;\nUSE `x`";
+        let out = drain(Retarget::new(&dump[..]), 7);
+        assert_eq!(
+            out,
+            b"-- MariaDB dump\n\nCREATE TABLE t (x INT);\nINSERT INTO t VALUES (1);\n-- USE `shop`;\n"
+        );
+        assert_eq!(out, by_lines(dump));
+    }
+
+    /// Counts the bytes read from it.
+    struct Tally<R> {
+        inner: R,
+        read: std::rc::Rc<std::cell::Cell<u64>>,
+    }
+
+    impl<R: Read> Read for Tally<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read.set(self.read.get() + n as u64);
+            Ok(n)
+        }
+    }
+
+    /// The bytes `r` yields, and how far at most its reading ran ahead of
+    /// its output (what it held, or skipped).
+    fn stream(mut r: impl Read, read: &std::cell::Cell<u64>) -> (u64, u64) {
+        let mut buf = vec![0u8; 64 << 10];
+        let (mut out, mut ahead) = (0, 0);
+        loop {
+            match r.read(&mut buf).unwrap() {
+                0 => return (out, ahead),
+                n => out += n as u64,
+            }
+            ahead = ahead.max(read.get() - out);
+        }
+    }
+
+    #[test]
+    fn a_line_far_longer_than_any_buffer_streams_through_in_bounded_memory() {
+        const LONG: u64 = 256 << 20;
+        let read = std::rc::Rc::new(std::cell::Cell::new(0));
+        let tally = |inner| Tally {
+            inner,
+            read: std::rc::Rc::clone(&read),
+        };
+        // A kept line comes out while it is read, never more than the
+        // reader's buffer behind.
+        let kept: Box<dyn Read> = Box::new(
+            b"INSERT INTO t VALUES "
+                .chain(io::repeat(b'x').take(LONG))
+                .chain(&b";\n"[..]),
+        );
+        let (out, ahead) = stream(Retarget::new(tally(kept)), &read);
+        assert_eq!(out, LONG + 23);
+        assert!(ahead <= (1 << 20) + HEAD as u64, "held {ahead} bytes");
+
+        // A dropped one is skipped in the same pieces.
+        let dropped: Box<dyn Read> = Box::new(
+            b"USE `shop`;\nCREATE DATABASE `shop` /* "
+                .chain(io::repeat(b'y').take(LONG))
+                .chain(&b" */;\nSELECT 1;\n"[..]),
+        );
+        let mut r = Retarget::new(dropped);
+        assert_eq!(drain(&mut r, 1 << 16), b"SELECT 1;\n");
+        assert!(r.head.capacity() <= HEAD, "{}", r.head.capacity());
+        assert_eq!(r.inner.capacity(), 1 << 20);
+    }
+
+    fn line() -> impl Strategy<Value = Vec<u8>> {
+        let prefix = prop_oneof![
+            Just(""),
+            Just("CREATE DATABASE "),
+            Just("CREATE DATABASE"),
+            Just("CREATE DATABASE IF NOT EXISTS "),
+            Just("USE `"),
+            Just("USE "),
+            Just("US"),
+            Just(" USE `"),
+        ];
+        (prefix, "[ -~\t\r]{0,40}").prop_map(|(p, rest)| format!("{p}{rest}").into_bytes())
+    }
+
+    proptest! {
+        #[test]
+        fn streams_exactly_what_the_line_based_rewrite_did(
+            lines in proptest::collection::vec(line(), 0..30),
+            trailing_newline: bool,
+            piece in 1usize..40,
+            step in 1usize..40,
+        ) {
+            let mut dump = lines.join(&b'\n');
+            if trailing_newline {
+                dump.push(b'\n');
+            }
+            let out = drain(Retarget::new(Trickle(&dump[..], piece)), step);
+            prop_assert_eq!(out, by_lines(&dump));
+        }
+    }
+}

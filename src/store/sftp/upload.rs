@@ -1,0 +1,103 @@
+//! An upload to `{file}.partial`, fsynced and renamed into place.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::store::{Result, StoreError as Error, Upload};
+
+use super::Conn;
+
+/// Says what a failed SFTP write usually means. OpenSSH's sftp-server speaks
+/// protocol version 3, which has no "disk full" status: ENOSPC and EDQUOT
+/// arrive as the bare FAILURE status, which libssh2 words as just "failure".
+pub(super) fn write_error(e: &io::Error, partial: &Path) -> io::Error {
+    let said = e.to_string();
+    let meaning = match said.as_str() {
+        "failure" => "the server refused the write (SFTP status FAILURE), most often a full disk or quota on the server".to_owned(),
+        "no space on filesystem" | "quota exceeded" => format!("the server refused the write: {said}"),
+        _ => said,
+    };
+    io::Error::new(e.kind(), format!("{}: {meaning}", partial.display()))
+}
+
+pub(super) struct SftpUpload {
+    pub(super) store: String,
+    pub(super) file: Option<ssh2::File>,
+    pub(super) partial: PathBuf,
+    pub(super) target: PathBuf,
+    pub(super) conn: Option<Conn>,
+    pub(super) written: u64,
+}
+
+impl Write for SftpUpload {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("upload already finished"))?;
+        let n = f.write(buf).map_err(|e| write_error(&e, &self.partial))?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Upload for SftpUpload {
+    fn commit(mut self: Box<Self>) -> Result<()> {
+        let err = |m: String| Error::Failed {
+            store: self.store.clone(),
+            message: m,
+        };
+        let mut f = self
+            .file
+            .take()
+            .ok_or_else(|| err("upload already finished".into()))?;
+        f.flush()
+            .map_err(|e| err(format!("{}: write: {e}", self.partial.display())))?;
+        // fsync@openssh.com: the data is on the server's disk before the name appears.
+        f.fsync()
+            .map_err(|e| err(format!("{}: fsync: {e}", self.partial.display())))?;
+        drop(f);
+        let conn = self
+            .conn
+            .as_ref()
+            .ok_or_else(|| err("not connected".into()))?;
+        let st = conn
+            .sftp
+            .stat(&self.partial)
+            .map_err(|e| err(format!("{}: stat: {e}", self.partial.display())))?;
+        if st.size != Some(self.written) {
+            return Err(err(format!(
+                "{}: the server holds {:?} bytes, {} were sent",
+                self.partial.display(),
+                st.size,
+                self.written
+            )));
+        }
+        conn.sftp
+            .rename(&self.partial, &self.target, None)
+            .map_err(|e| {
+                err(format!(
+                    "rename {} to {}: {e}",
+                    self.partial.display(),
+                    self.target.display()
+                ))
+            })?;
+        Ok(())
+    }
+}
+
+impl Drop for SftpUpload {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            if let Some(c) = &self.conn {
+                let _ = c.sftp.unlink(&self.partial);
+            }
+        }
+    }
+}
