@@ -16,8 +16,11 @@ use crate::error::{Error, Result};
 use crate::manifest;
 use crate::pipeline::job::Job;
 use crate::pipeline::plumbing::thread::named_thread;
-use crate::store::Upload;
+use crate::store::{StoreError, Upload};
 
+/// One store's upload within a run, on a thread of its own so stores (and a
+/// slow network) run in parallel with each other and with compression.
+///
 /// A store that stops taking data — a server that hangs without closing
 /// the connection, a hung network mount — must not hold the others: the
 /// run watches each writer's progress, and one that takes no byte for the
@@ -257,18 +260,23 @@ pub(super) fn write_counted(
 /// A store's write error: its own (e.g. S3's refused credentials) keeps its
 /// exit code.
 pub(super) fn upload_error(e: io::Error, store: &str) -> Error {
-    let message = match e
+    type Inner = dyn std::error::Error + Send + Sync;
+    let own = e
         .get_ref()
-        .map(<dyn std::error::Error + Send + Sync>::is::<Error>)
-    {
-        Some(true) => match e
-            .into_inner()
-            .map(<dyn std::error::Error + Send + Sync>::downcast::<Error>)
-        {
-            Some(Ok(inner)) => return *inner,
-            _ => "upload failed".to_owned(),
-        },
-        _ => format!("upload failed: {e}"),
+        .is_some_and(|i| Inner::is::<Error>(i) || Inner::is::<StoreError>(i));
+    let message = if own {
+        match e.into_inner() {
+            Some(inner) => match inner.downcast::<StoreError>() {
+                Ok(s) => return Error::Storage(*s),
+                Err(inner) => match inner.downcast::<Error>() {
+                    Ok(err) => return *err,
+                    Err(_) => "upload failed".to_owned(),
+                },
+            },
+            None => "upload failed".to_owned(),
+        }
+    } else {
+        format!("upload failed: {e}")
     };
     Error::Store {
         store: store.to_owned(),
@@ -506,6 +514,23 @@ pub(super) fn open_uploads<'a>(job: &'a Job, sealed_file: &str) -> Result<Fanout
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store's own error carried through `Write` (S3 refusing a part for
+    /// its credentials) keeps its exit code: a key problem, not a failed
+    /// write.
+    #[test]
+    fn a_stores_own_write_error_keeps_its_exit_code() {
+        let refused = io::Error::other(StoreError::AuthRefused {
+            store: "s3".into(),
+            message: "credentials refused".into(),
+        });
+        let e = upload_error(refused, "s3");
+        assert_eq!(e.exit_code(), crate::ExitCode::Key, "{e}");
+        assert_eq!(e.to_string(), "s3: credentials refused");
+        let plain = upload_error(io::Error::other("connection reset"), "s3");
+        assert_eq!(plain.exit_code(), crate::ExitCode::Failed);
+        assert_eq!(plain.to_string(), "s3: upload failed: connection reset");
+    }
 
     /// An upload whose writes and commit never return: a hung mount or a
     /// server that stopped answering with its connection open.

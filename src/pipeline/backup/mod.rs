@@ -39,9 +39,6 @@ pub struct Summary {
     pub warnings: Vec<String>,
 }
 
-/// One store's upload within a run, on a thread of its own so stores (and a
-/// slow network) run in parallel with each other and with compression.
-///
 /// Lets sources write into the archive without knowing it.
 struct ArchiveSink<'a, W: Write>(&'a mut ArchiveWriter<W>);
 

@@ -19,7 +19,7 @@ use mariadb::ScratchMariaDb;
 use postgres::ScratchPostgres;
 
 /// Where the drill writes what it found: the caller's report lines.
-pub struct Notes<'a> {
+pub(crate) struct Notes<'a> {
     pub checks: &'a mut Vec<String>,
     pub problems: &'a mut Vec<String>,
 }
@@ -78,14 +78,14 @@ struct Loaded {
 /// The restore test's state while the backup is walked: scratch servers
 /// and the private directory for SQLite copies, started on first use.
 #[derive(Default)]
-pub struct Drilling {
+pub(crate) struct Drilling {
     mysql: Option<ScratchMariaDb>,
     postgres: Option<ScratchPostgres>,
     files: Option<tempfile::TempDir>,
     loading: Option<(String, Target, Sink)>,
     loaded: Vec<Loaded>,
     skipped: Vec<String>,
-    pub bytes: u64,
+    pub(crate) bytes: u64,
 }
 
 fn restore_error(e: impl std::fmt::Display) -> WalkError {
@@ -93,7 +93,7 @@ fn restore_error(e: impl std::fmt::Display) -> WalkError {
 }
 
 impl Drilling {
-    pub fn member(
+    pub(crate) fn member(
         &mut self,
         name: &str,
         data: &mut dyn Read,
@@ -198,7 +198,7 @@ impl Drilling {
         Ok(None)
     }
 
-    pub fn finish_loading(&mut self) {
+    pub(crate) fn finish_loading(&mut self) {
         let Some((member, target, sink)) = self.loading.take() else {
             return;
         };
@@ -215,7 +215,7 @@ impl Drilling {
 
     /// Counts what was restored, compares it with the manifest and records
     /// checks and problems; returns every table's comparison.
-    pub fn compare(&self, manifest: &crate::manifest::Inner, r: &mut Notes<'_>) -> Vec<TableCheck> {
+    pub(crate) fn compare(&self, manifest: &crate::manifest::Inner, r: &mut Notes<'_>) -> Vec<TableCheck> {
         let restored = self.restored(r);
         for s in &self.skipped {
             r.checks.push(format!(

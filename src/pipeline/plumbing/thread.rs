@@ -5,7 +5,7 @@ use std::thread::JoinHandle;
 /// `std::thread::spawn` with a name, which per-thread CPU accounting (perf,
 /// `top -H`) shows. Like `spawn`, panics only if the system cannot make a
 /// thread at all.
-pub fn named_thread<T: Send + 'static>(
+pub(crate) fn named_thread<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> JoinHandle<T> {
