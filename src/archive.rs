@@ -850,6 +850,14 @@ impl<R> HeaderGuard<R> {
             self.done = true;
             return Ok(());
         }
+        if !checksum_matches(h) {
+            // The tar crate refuses it too, but as an I/O error: damage in
+            // an authenticated archive is the archive's, in restore as in
+            // verify.
+            let reason = "a tar header whose checksum does not match".to_owned();
+            *self.refused.borrow_mut() = Some(reason.clone());
+            return Err(io::Error::new(io::ErrorKind::InvalidData, reason));
+        }
         let field = &h[124..136];
         let size = if field[0] & 0x80 != 0 {
             field[4..]
@@ -886,6 +894,32 @@ impl<R> HeaderGuard<R> {
             .saturating_add(size.div_ceil(512).saturating_mul(512));
         Ok(())
     }
+}
+
+/// A ustar/GNU header's checksum: the unsigned sum of its bytes, the
+/// checksum field counted as spaces, in octal in that field.
+fn checksum_matches(h: &[u8; 512]) -> bool {
+    let field = &h[148..156];
+    let end = field
+        .iter()
+        .position(|&b| b == 0 || b == b' ')
+        .unwrap_or(field.len());
+    let start = field[..end].iter().take_while(|&&b| b == b' ').count();
+    let stored = std::str::from_utf8(&field[start..end])
+        .ok()
+        .and_then(|t| u64::from_str_radix(t, 8).ok());
+    let sum: u64 = h
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u64::from(b)
+            }
+        })
+        .sum();
+    stored == Some(sum)
 }
 
 impl<R: Read> Read for HeaderGuard<R> {

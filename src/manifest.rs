@@ -288,7 +288,9 @@ impl HashKind {
             HashKind::Sha256 => (&e.sha256, &e.blake3),
             HashKind::Blake3 => (&e.blake3, &e.sha256),
         };
-        if mine.is_none() && other.is_some() {
+        if other.is_some() {
+            // One digest per entry, of the archive's kind: a second one
+            // would be checked by no one (FORMAT.md §5).
             return Err(format!(
                 "{}: a digest other than the archive's {}",
                 e.path,

@@ -838,3 +838,96 @@ fn a_deep_path_costs_memory_in_proportion_to_its_length() {
         "peak RSS {peak} KiB restoring one member {depth} directories deep"
     );
 }
+
+/// A name that leaves the target (`..`, or absolute) is refused by restore
+/// as damage (exit 3); verify's walk refuses it too, so `verify -i` never
+/// calls good what restore will not write.
+#[test]
+fn a_name_that_leaves_the_target_is_refused_by_the_walk_as_by_restore() {
+    let cases: &[(&str, &[u8])] = &[
+        ("dotdot", b"files/../../escaped"),
+        ("inner-dotdot", b"files/a/../b"),
+        ("absolute", b"/etc/escaped"),
+    ];
+    let e = Env::new();
+    for (label, name) in cases {
+        let tar_bytes = forged_tar(&[(name, tar::EntryType::Regular, None, b"x")], None);
+        let sealed = e.seal(&tar_bytes, label);
+        let out = e.restore_to(&sealed, &e.p().join(format!("t-{label}")), false);
+        assert_eq!(code(&out), 3, "{label}: restore: {}", stderr(&out));
+        assert_walk_refuses(&tar_bytes, &out);
+    }
+}
+
+/// An archive that makes a symlink and then a member below it contradicts
+/// itself: restore refuses it as damage (exit 3, not "the target is in the
+/// way"), and the walk refuses it before anything is written.
+#[test]
+fn a_member_below_the_archives_own_symlink_is_damage_not_the_target() {
+    let tar_bytes = forged_tar(
+        &[
+            (b"files/l", tar::EntryType::Symlink, Some("elsewhere"), b""),
+            (b"files/l/x", tar::EntryType::Regular, None, b"x"),
+        ],
+        None,
+    );
+    let e = Env::new();
+    let sealed = e.seal(&tar_bytes, "through-link");
+    let target = e.p().join("t");
+    let out = e.restore_to(&sealed, &target, false);
+    assert_eq!(code(&out), 3, "restore: {}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("the backup is fine"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!target.join("files/l").exists(), "nothing is left behind");
+    assert_walk_refuses(&tar_bytes, &out);
+}
+
+/// A tar header whose checksum does not match is damage to the backup: the
+/// same exit (3) in restore as in verify's walk.
+#[test]
+fn a_bad_tar_header_checksum_is_damage_in_restore_as_in_verify() {
+    let mut tar_bytes = forged_tar(
+        &[(b"files/a", tar::EntryType::Regular, None, b"payload")],
+        None,
+    );
+    // The mode field of the first header: the checksum no longer matches.
+    tar_bytes[100] ^= 0x01;
+    let e = Env::new();
+    let sealed = e.seal(&tar_bytes, "bad-cksum");
+    let out = e.restore_to(&sealed, &e.p().join("t"), false);
+    assert_eq!(code(&out), 3, "restore: {}", stderr(&out));
+    assert_walk_refuses(&tar_bytes, &out);
+}
+
+/// A file's manifest entry must carry its digest, and only the archive's
+/// kind of it: an entry without one would leave the member's content
+/// unchecked, and one with both gives a reader two answers (FORMAT.md §5).
+#[test]
+fn a_file_entry_needs_exactly_one_digest_of_the_archives_kind() {
+    let data = b"payload";
+    let sha = hex::encode(Sha256::digest(data));
+    let cases = [
+        (
+            "no-digest",
+            serde_json::json!([{"path": "files/a", "kind": "file", "size": 7}]),
+        ),
+        (
+            "both",
+            serde_json::json!([{"path": "files/a", "kind": "file", "size": 7,
+                "sha256": sha, "blake3": hex::encode(blake3::hash(data).as_bytes())}]),
+        ),
+    ];
+    let e = Env::new();
+    for (label, members) in cases {
+        let mut b = tar::Builder::new(Vec::new());
+        raw_entry(&mut b, &(b"files/a", tar::EntryType::Regular, None, data));
+        let tar_bytes = close_with_manifest(b, members);
+        let sealed = e.seal(&tar_bytes, label);
+        let out = e.restore_to(&sealed, &e.p().join(format!("t-{label}")), false);
+        assert_eq!(code(&out), 3, "{label}: restore: {}", stderr(&out));
+        assert_walk_refuses(&tar_bytes, &out);
+    }
+}

@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::pipeline::restore::walk::{Member, WalkError};
 
 /// The relative path of a member inside the target, or why not.
-pub(super) fn safe_relative(name: &[u8]) -> std::result::Result<PathBuf, String> {
+pub(crate) fn safe_relative(name: &[u8]) -> std::result::Result<PathBuf, String> {
     let p = Path::new(OsStr::from_bytes(name));
     let mut out = PathBuf::new();
     for c in p.components() {

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use sha2::{Digest, Sha256};
 
 use super::{MANIFEST_CAP, NAME_MAX, PENDING_CAP};
+use crate::pipeline::restore::extract::safe_relative;
 use crate::archive::{self, EntryKind};
 use crate::manifest::{
     self, HashKind, Hasher, Inner, ListEntry, MemberEntry, MemberList, INNER_NAME,
@@ -44,6 +45,8 @@ pub(super) struct Checker {
     pub(super) current: Option<Logical>,
     pub(super) pending: Vec<Seen>,
     pub(super) names: HashSet<[u8; 16]>,
+    /// The keys of the symlinks among them: no later member may lie below one.
+    pub(super) links: HashSet<[u8; 16]>,
     pub(super) lists: Vec<ListEntry>,
     pub(super) members: usize,
     /// [`PENDING_CAP`], smaller in tests.
@@ -60,6 +63,7 @@ impl Default for Checker {
             current: None,
             pending: Vec::new(),
             names: HashSet::new(),
+            links: HashSet::new(),
             lists: Vec::new(),
             members: 0,
             cap: PENDING_CAP,
@@ -137,8 +141,29 @@ impl Checker {
                 "a member written where {INNER_NAME} or its lists go"
             ));
         }
+        // Where restore would refuse to write it, so does the walk: one
+        // rule for what a restorable name is.
+        safe_relative(&name)?;
+        if !self.links.is_empty() {
+            let mut at = 0;
+            while let Some(i) = path[at..].iter().position(|&b| b == b'/') {
+                at += i;
+                if self.links.contains(&archive::name_key(&path[..at])) {
+                    // Restore never writes through a link, and this one is
+                    // the archive's own: it contradicts itself.
+                    return Err(format!(
+                        "a member below {}, which this archive made a symlink",
+                        String::from_utf8_lossy(&path[..at])
+                    ));
+                }
+                at += 1;
+            }
+        }
         if !self.names.insert(archive::name_key(&path)) {
             return Err("a second member of this name".into());
+        }
+        if matches!(kind, EntryKind::Symlink(_)) {
+            self.links.insert(archive::name_key(&path));
         }
         self.current = Some(Logical {
             name: name.clone(),
@@ -279,6 +304,12 @@ impl Checker {
                         ));
                     }
                 }
+                // A file's content must be compared with something.
+                Ok(None) if kind_ok && s.kind == "file" => add(format!(
+                    "{shown}: {what} gives no {} for a {}",
+                    self.hash.name(),
+                    l.kind
+                )),
                 Ok(None) => {}
                 Err(e) => add(format!("{what}: {e}")),
             }
