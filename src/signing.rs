@@ -27,6 +27,14 @@ pub enum SignatureError {
     OtherKey { found: String, expected: String },
     #[error("the signature does not match: the file was changed or forged")]
     Mismatch,
+    #[error("the signature was made for another file: its trusted comment is {found:?}, not {expected:?}")]
+    OtherFile { found: String, expected: String },
+}
+
+/// The trusted comment coffer signs with a sidecar: its file name, so that a
+/// signature moved to another backup's sidecar is refused.
+pub fn trusted_comment(file_name: &str) -> String {
+    format!("coffer sidecar {file_name}")
 }
 
 fn key_id(keynum: &[u8]) -> String {
@@ -76,7 +84,7 @@ impl Signer {
     /// the signature covers) names the file, so a signature cannot be moved
     /// to another backup's sidecar unnoticed by a reader of `minisign -V`.
     pub fn sign(&self, data: &[u8], file_name: &str) -> Result<String, String> {
-        let trusted = format!("coffer sidecar {file_name}");
+        let trusted = trusted_comment(file_name);
         let sig = minisign::sign(
             Some(&self.pk),
             &self.sk,
@@ -115,8 +123,15 @@ impl Verifier {
         key_id(self.pk.keynum())
     }
 
-    /// Checks `signature` (a `.minisig` file's contents) over `data`.
-    pub fn verify(&self, data: &[u8], signature: &str) -> Result<(), SignatureError> {
+    /// Checks `signature` (a `.minisig` file's contents) over `data`, the
+    /// sidecar stored as `file_name`: the signature and the trusted comment
+    /// that names the file.
+    pub fn verify(
+        &self,
+        data: &[u8],
+        signature: &str,
+        file_name: &str,
+    ) -> Result<(), SignatureError> {
         let sig = SignatureBox::from_string(signature)
             .map_err(|e| SignatureError::Malformed(e.to_string()))?;
         if sig.keynum() != self.pk.keynum() {
@@ -127,7 +142,17 @@ impl Verifier {
         }
         // Legacy (non-prehashed) signatures are refused: coffer never makes them.
         minisign::verify(&self.pk, &sig, Cursor::new(data), true, false, false)
-            .map_err(|_| SignatureError::Mismatch)
+            .map_err(|_| SignatureError::Mismatch)?;
+        // Covered by the signature (checked above), so only the signer
+        // could have written it.
+        let found = sig
+            .trusted_comment()
+            .map_err(|e| SignatureError::Malformed(e.to_string()))?;
+        let expected = trusted_comment(file_name);
+        if found != expected {
+            return Err(SignatureError::OtherFile { found, expected });
+        }
+        Ok(())
     }
 }
 
@@ -144,20 +169,23 @@ mod tests {
         let sig = signer
             .sign(b"{\"sha256\":\"ab\"}", "x.coffer.json")
             .unwrap();
-        assert_eq!(verifier.verify(b"{\"sha256\":\"ab\"}", &sig), Ok(()));
         assert_eq!(
-            verifier.verify(b"{\"sha256\":\"ac\"}", &sig),
+            verifier.verify(b"{\"sha256\":\"ab\"}", &sig, "x.coffer.json"),
+            Ok(())
+        );
+        assert_eq!(
+            verifier.verify(b"{\"sha256\":\"ac\"}", &sig, "x.coffer.json"),
             Err(SignatureError::Mismatch)
         );
         // Another key's signature names both keys.
         let (sk2, _) = generate().unwrap();
         let other = Signer::parse(&sk2).unwrap().sign(b"{}", "x").unwrap();
         assert!(matches!(
-            verifier.verify(b"{}", &other),
+            verifier.verify(b"{}", &other, "x"),
             Err(SignatureError::OtherKey { .. })
         ));
         assert!(matches!(
-            verifier.verify(b"{}", "garbage"),
+            verifier.verify(b"{}", "garbage", "x"),
             Err(SignatureError::Malformed(_))
         ));
     }
@@ -172,9 +200,29 @@ mod tests {
         let forged = sig.replace("a.coffer.json", "b.coffer.json");
         assert_ne!(sig, forged);
         assert_eq!(
-            Verifier::parse(&pk).unwrap().verify(b"data", &forged),
+            Verifier::parse(&pk)
+                .unwrap()
+                .verify(b"data", &forged, "b.coffer.json"),
             Err(SignatureError::Mismatch)
         );
+    }
+
+    /// A good signature over another backup's sidecar bytes, put beside
+    /// this one under its name, names the other file in its trusted
+    /// comment: refused, as `minisign -V` shows it.
+    #[test]
+    fn a_signature_made_for_another_file_is_refused() {
+        let (sk, pk) = generate().unwrap();
+        let sig = Signer::parse(&sk)
+            .unwrap()
+            .sign(b"data", "a.coffer.json")
+            .unwrap();
+        let v = Verifier::parse(&pk).unwrap();
+        assert_eq!(v.verify(b"data", &sig, "a.coffer.json"), Ok(()));
+        assert!(matches!(
+            v.verify(b"data", &sig, "b.coffer.json"),
+            Err(SignatureError::OtherFile { .. })
+        ));
     }
 
     #[test]

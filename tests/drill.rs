@@ -17,7 +17,6 @@ use std::process::{Command, Output, Stdio};
 
 use common::*;
 use harness::{MariaDb, Postgres};
-use sha2::{Digest, Sha256};
 
 struct Env {
     dir: tempfile::TempDir,
@@ -167,7 +166,7 @@ fn lose_a_row_before_sealing(e: &Env, member: &str, edit: impl Fn(Vec<u8>) -> Ve
         entry.read_to_end(&mut data).unwrap();
         if path == member {
             data = edit(data);
-            edited = Some((data.len(), hex::encode(Sha256::digest(&data))));
+            edited = Some((data.len(), hex::encode(blake3::hash(&data).as_bytes())));
         } else if path == "MANIFEST.json" {
             let (len, sha) = edited
                 .clone()
@@ -176,7 +175,7 @@ fn lose_a_row_before_sealing(e: &Env, member: &str, edit: impl Fn(Vec<u8>) -> Ve
             for x in m["members"].as_array_mut().unwrap() {
                 if x["path"] == member {
                     x["size"] = len.into();
-                    x["sha256"] = sha.clone().into();
+                    x["blake3"] = sha.clone().into();
                 }
             }
             data = serde_json::to_vec(&m).unwrap();
@@ -194,6 +193,8 @@ fn lose_a_row_before_sealing(e: &Env, member: &str, edit: impl Fn(Vec<u8>) -> Ve
         job: Some("prod".into()),
         compression: Some("none".into()),
         content: Some("tar".into()),
+        // As coffer writes it: the members' digests are BLAKE3, one each.
+        member_hash: Some("blake3".into()),
         ..Default::default()
     };
     let mut w = coffer::envelope::seal(&recipients, meta, 65536, Vec::new()).unwrap();

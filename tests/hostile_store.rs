@@ -1579,3 +1579,60 @@ fn refill_copies_the_newest_backups_not_what_a_lagging_store_still_holds() {
     assert_eq!(sealed_in(&env.store()), vec![x2.clone(), x3.clone()]);
     assert_eq!(sealed_in(&second), vec![x2, x3]);
 }
+
+/// A signed v3 sidecar vouches for its sealed file twice, by BLAKE3 (what
+/// coffer checks) and SHA-256 (what `sha256sum -c` checks): one that is
+/// wrong fails `verify` and `restore` (exit 3), so coffer never says good
+/// where the independent check says bad. And a good signature whose trusted
+/// comment names another file was made for that file: refused too.
+#[test]
+fn a_signed_sidecar_must_agree_with_sha256sum_and_name_its_own_file() {
+    let e = Env::new();
+    let cfg = e.config("signed.toml", true, "");
+    ok(&["backup", "-c", &cfg]);
+    let name = e.names().pop().unwrap();
+    let sidecar_path = e.file(&name, ".coffer.json");
+    let sig_path = e.file(&name, ".coffer.json.minisig");
+    let genuine = fs::read(&sidecar_path).unwrap();
+    let genuine_sig = fs::read(&sig_path).unwrap();
+    let signer =
+        coffer::signing::Signer::parse(&fs::read_to_string(e.p().join("sign.key")).unwrap())
+            .unwrap();
+    let said = |out: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(out))
+    };
+    let file_name = format!("{name}.coffer.json");
+
+    // The signing key's holder wrote a wrong SHA-256 (a bug, or a host
+    // that lies to sha256sum): the BLAKE3 still matches.
+    let mut wrong: serde_json::Value = serde_json::from_slice(&genuine).unwrap();
+    wrong["sha256"] = "00".repeat(32).into();
+    let wrong = serde_json::to_vec(&wrong).unwrap();
+    fs::write(&sidecar_path, &wrong).unwrap();
+    fs::write(&sig_path, signer.sign(&wrong, &file_name).unwrap()).unwrap();
+    let out = coffer(&["verify", "-c", &cfg]);
+    assert_eq!(code(&out), 3, "{}", said(&out));
+    assert!(said(&out).contains("SHA-256"), "{}", said(&out));
+    let to = e.p().join("out-sha");
+    let out = e.restore(&cfg, &name, &to, &[]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(is_empty_or_absent(&to));
+
+    // The genuine bytes, signed with a trusted comment naming another file.
+    fs::write(&sidecar_path, &genuine).unwrap();
+    fs::write(
+        &sig_path,
+        signer
+            .sign(&genuine, "prod-20200101T000000Z.coffer.json")
+            .unwrap(),
+    )
+    .unwrap();
+    let out = coffer(&["verify", "-c", &cfg]);
+    assert_eq!(code(&out), 3, "{}", said(&out));
+    assert!(said(&out).contains("trusted comment"), "{}", said(&out));
+
+    // Put back as it was made: good again.
+    fs::write(&sig_path, &genuine_sig).unwrap();
+    let out = coffer(&["verify", "-c", &cfg]);
+    assert_eq!(code(&out), 0, "{}", said(&out));
+}

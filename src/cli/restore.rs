@@ -79,10 +79,7 @@ fn sidecar_beside(
             .into());
         }
     };
-    let sidecar = Sidecar::parse(&raw).map_err(|message| Error::Integrity {
-        what: path.clone(),
-        message,
-    })?;
+    // The signature first: nothing an unchecked sidecar says is parsed.
     if let Some(v) = verifier {
         let sig_path = format!("{path}{SIGNATURE_SUFFIX}");
         let sig = crate::fsutil::read_regular(std::path::Path::new(&sig_path), 64 * 1024).map_err(
@@ -91,12 +88,20 @@ fn sidecar_beside(
                 message: format!("unsigned: cannot read {sig_path}: {e}"),
             },
         )?;
-        v.verify(&raw, &String::from_utf8_lossy(&sig))
+        let sidecar_name = std::path::Path::new(&path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        v.verify(&raw, &String::from_utf8_lossy(&sig), &sidecar_name)
             .map_err(|e| Error::Integrity {
                 what: path.clone(),
                 message: format!("signature: {e}"),
             })?;
     }
+    let sidecar = Sidecar::parse(&raw).map_err(|message| Error::Integrity {
+        what: path.clone(),
+        message,
+    })?;
     // The signed name must be this file's: a server that renames an older
     // backup's three files to a newer name changes nothing that is signed.
     let base = std::path::Path::new(file)

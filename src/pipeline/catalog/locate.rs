@@ -67,7 +67,8 @@ pub fn origin(store: &dyn Store, l: &Listed, verifier: Option<&Verifier>) -> Ori
     if let Err(e) = read {
         return Origin::Refused(e);
     }
-    match v.verify(&l.raw, &String::from_utf8_lossy(&sig)) {
+    let sidecar_name = format!("{}{SIDECAR_SUFFIX}", l.name);
+    match v.verify(&l.raw, &String::from_utf8_lossy(&sig), &sidecar_name) {
         Ok(()) => Origin::Signed(v.key_id()),
         Err(e) => Origin::Refused(format!("signature: {e}")),
     }

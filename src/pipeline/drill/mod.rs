@@ -215,7 +215,11 @@ impl Drilling {
 
     /// Counts what was restored, compares it with the manifest and records
     /// checks and problems; returns every table's comparison.
-    pub(crate) fn compare(&self, manifest: &crate::manifest::Inner, r: &mut Notes<'_>) -> Vec<TableCheck> {
+    pub(crate) fn compare(
+        &self,
+        manifest: &crate::manifest::Inner,
+        r: &mut Notes<'_>,
+    ) -> Vec<TableCheck> {
         let restored = self.restored(r);
         for s in &self.skipped {
             r.checks.push(format!(

@@ -40,6 +40,10 @@ pub struct Expect {
     pub size: u64,
     /// The digest the sidecar vouches with (BLAKE3 from v3 on), and its hex.
     pub digest: (HashKind, String),
+    /// The SHA-256 a sidecar records beside its BLAKE3, for `sha256sum -c`:
+    /// checked too, so that coffer and that independent check never
+    /// disagree about one file.
+    pub sha256: Option<String>,
 }
 
 impl Expect {
@@ -50,11 +54,17 @@ impl Expect {
             job: s.job.clone(),
             size: s.size,
             digest: (kind, hex.to_owned()),
+            sha256: (kind != HashKind::Sha256).then(|| s.sha256.clone()),
         }
     }
 
     /// The ciphertext's size and digest against the sidecar.
-    pub fn check_ciphertext(&self, len: u64, hex: &str) -> std::result::Result<(), String> {
+    pub fn check_ciphertext(
+        &self,
+        len: u64,
+        hex: &str,
+        sha256: Option<&str>,
+    ) -> std::result::Result<(), String> {
         if len > self.size {
             // Readers stop one byte past the sidecar's size.
             return Err(format!(
@@ -76,7 +86,24 @@ impl Expect {
                 kind.label()
             ));
         }
+        if let (Some(want), Some(got)) = (&self.sha256, sha256) {
+            let same: bool = subtle::ConstantTimeEq::ct_eq(got.as_bytes(), want.as_bytes()).into();
+            if !same {
+                return Err(format!(
+                    "the sealed file's SHA-256 is {got}, its sidecar says {want} (its {} matches: the sidecar is wrong, and `sha256sum -c` would fail)",
+                    kind.label()
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// What [`Expect::check_ciphertext`] found to match, for a report.
+    pub fn matched(&self) -> String {
+        match self.sha256 {
+            Some(_) => format!("{} and SHA-256 match the sidecar", self.digest.0.label()),
+            None => format!("{} matches the sidecar", self.digest.0.label()),
+        }
     }
 
     /// The authenticated header against the sidecar: its job, and its name
@@ -126,7 +153,8 @@ pub fn spool(input: Box<dyn Read + Send>, what: &str, expect: Option<&Expect>) -
     })?;
     let limit = expect.map_or(u64::MAX, |x| x.size.saturating_add(1));
     let kind = expect.map_or(HashKind::Blake3, |x| x.digest.0);
-    let mut hashed = crate::pipeline::restore::walk::HashRead::new(input.take(limit), kind);
+    let mut hashed = crate::pipeline::restore::walk::HashRead::new(input.take(limit), kind)
+        .and_sha256(expect.is_some_and(|x| x.sha256.is_some()));
     // In large pieces: BLAKE3 hashes many 1 KiB chunks at once only when it
     // is given them at once, and io::copy's own buffer is 8 KiB.
     let mut piece = vec![0u8; SPOOL_PIECE];
@@ -146,9 +174,9 @@ pub fn spool(input: Box<dyn Read + Send>, what: &str, expect: Option<&Expect>) -
         })?;
     }
     let len = hashed.len;
-    let hex = hashed.hex();
+    let (hex, sha256) = hashed.hexes();
     if let Some(x) = expect {
-        x.check_ciphertext(len, &hex)
+        x.check_ciphertext(len, &hex, sha256.as_deref())
             .map_err(|message| integrity(what, message))?;
     }
     rewind(&mut spool)?;

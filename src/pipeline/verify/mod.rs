@@ -247,8 +247,7 @@ fn check_one(
                 }
             };
             r.checks.push(format!("size {} bytes", sidecar.size));
-            r.checks
-                .push(format!("{} matches the sidecar", expect.digest.0.label()));
+            r.checks.push(expect.matched());
             match keyed_checked(
                 Box::new(io::BufReader::new(copy)),
                 ids,
@@ -388,18 +387,19 @@ fn keyless(
     expect: &crate::pipeline::restore::Expect,
     r: &mut Report,
 ) -> std::result::Result<Header, String> {
-    let mut raw = HashRead::new(reader.take(expect.size.saturating_add(1)), expect.digest.0);
+    let mut raw = HashRead::new(reader.take(expect.size.saturating_add(1)), expect.digest.0)
+        .and_sha256(expect.sha256.is_some());
     let (header, _) = Header::read(&mut raw).map_err(|e| match e {
         OpenError::Envelope(e) => format!("header: {e}"),
         OpenError::Io(e) => format!("read: {e}"),
     })?;
     io::copy(&mut raw, &mut io::sink()).map_err(|e| format!("read: {e}"))?;
     let len = raw.len;
-    match expect.check_ciphertext(len, &raw.hex()) {
+    let (hex, sha256) = raw.hexes();
+    match expect.check_ciphertext(len, &hex, sha256.as_deref()) {
         Ok(()) => {
             r.checks.push(format!("size {len} bytes"));
-            r.checks
-                .push(format!("{} matches the sidecar", expect.digest.0.label()));
+            r.checks.push(expect.matched());
         }
         Err(e) => r.problems.push(e),
     }

@@ -8,11 +8,11 @@ use std::collections::HashSet;
 use sha2::{Digest, Sha256};
 
 use super::{MANIFEST_CAP, NAME_MAX, PENDING_CAP};
-use crate::pipeline::restore::extract::safe_relative;
 use crate::archive::{self, EntryKind};
 use crate::manifest::{
     self, HashKind, Hasher, Inner, ListEntry, MemberEntry, MemberList, INNER_NAME,
 };
+use crate::pipeline::restore::extract::safe_relative;
 
 /// A logical member being read: its parts' bytes all feed one hash.
 pub(super) struct Logical {

@@ -9,6 +9,8 @@ mod check;
 use std::io::{self, BufReader, Read, Write};
 use std::path::PathBuf;
 
+use sha2::{Digest, Sha256};
+
 use crate::archive::{self, Compression, EntryKind, ReadError};
 use crate::envelope::{self, Header, Identity, OpenError};
 use crate::manifest::{self, HashKind, Hasher, Inner, INNER_NAME};
@@ -22,6 +24,8 @@ use check::{Checker, Logical};
 pub struct HashRead<R> {
     pub inner: R,
     hash: Hasher,
+    /// The SHA-256 as well, where a sidecar records it beside its BLAKE3.
+    sha256: Option<Sha256>,
     pub len: u64,
 }
 
@@ -30,12 +34,28 @@ impl<R: Read> HashRead<R> {
         HashRead {
             inner,
             hash: kind.hasher(),
+            sha256: None,
             len: 0,
         }
     }
 
+    /// Also computes the SHA-256 (see [`HashRead::hexes`]).
+    #[must_use]
+    pub fn and_sha256(mut self, also: bool) -> Self {
+        self.sha256 = also.then(Sha256::new);
+        self
+    }
+
     pub fn hex(self) -> String {
-        hex::encode(self.hash.finalize())
+        self.hexes().0
+    }
+
+    /// The digest of its kind, and the SHA-256 when asked for.
+    pub fn hexes(self) -> (String, Option<String>) {
+        (
+            hex::encode(self.hash.finalize()),
+            self.sha256.map(|h| hex::encode(h.finalize())),
+        )
     }
 }
 
@@ -43,6 +63,9 @@ impl<R: Read> Read for HashRead<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hash.update(&buf[..n]);
+        if let Some(h) = &mut self.sha256 {
+            h.update(&buf[..n]);
+        }
         self.len += n as u64;
         Ok(n)
     }
@@ -461,7 +484,6 @@ fn keep(slot: &mut Option<WalkError>, path: &str, e: WalkError) -> ReadError {
 mod tests {
     use super::*;
     use crate::manifest::{MemberEntry, MemberList};
-    use sha2::{Digest, Sha256};
 
     fn seen(check: &mut Checker, name: &[u8], data: &[u8]) {
         check.start(name, &EntryKind::File).unwrap();
