@@ -258,3 +258,38 @@ fn inspect_needs_no_key_and_reports_bad_files() {
     assert_eq!(code(&out), 1);
     assert!(stderr(&out).contains("cannot open"));
 }
+
+/// A reader that stops reading (`coffer list | head -1`) is no error of
+/// coffer's: the command finishes quietly with its own exit code, never a
+/// panic (exit 101). The pipe's read end is closed before coffer writes, so
+/// every line meets a closed pipe.
+#[test]
+fn a_closed_stdout_ends_quietly_with_the_commands_own_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    ok(&["keygen", "--type", "age", "--out", key.to_str().unwrap()]);
+    let recipient = fs::read_to_string(dir.path().join("k.pub")).unwrap();
+    let sealed = seal_sample(dir.path(), recipient.trim(), b"data");
+    let run = |args: &[&str]| {
+        let mut child = std::process::Command::new(bin())
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        child.wait_with_output().unwrap()
+    };
+    for args in [
+        vec!["inspect", sealed.to_str().unwrap()],
+        vec!["inspect", "--json", sealed.to_str().unwrap()],
+    ] {
+        let out = run(&args);
+        assert_eq!(code(&out), 0, "{args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    }
+    // A failing command keeps its own exit code.
+    let out = run(&["inspect", dir.path().join("k.pub").to_str().unwrap()]);
+    assert_ne!(code(&out), 0);
+    assert_ne!(code(&out), 101, "{}", stderr(&out));
+}

@@ -81,7 +81,7 @@ fn print_summary(a: &Args, out: &super::Output, s: &backup::Summary) {
     for w in &s.warnings {
         // A dry run's "warnings" are its plan.
         if a.dry_run {
-            println!("{w}");
+            outln!("{w}");
         } else {
             out.warn(w);
         }

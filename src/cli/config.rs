@@ -21,7 +21,7 @@ pub fn run(c: &Command) -> anyhow::Result<()> {
             if !problems.is_empty() {
                 return Err(Error::Check(problems).into());
             }
-            println!("{}: ok", config.display());
+            outln!("{}: ok", config.display());
             Ok(())
         }
     }

@@ -32,7 +32,7 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
         "ingested"
     };
     for n in &r.ingested {
-        println!("{}", super::one_line(&format!("{verb} {n}")));
+        outln!("{}", super::one_line(&format!("{verb} {n}")));
     }
     for (n, why) in &r.refused {
         out.warn(&format!("left {n} in {}: {why}", a.from.display()));

@@ -14,7 +14,7 @@ pub struct Args {
 pub fn run(a: &Args) -> anyhow::Result<()> {
     let i = inspect(&a.file)?;
     if a.json {
-        println!(
+        outln!(
             "{}",
             super::terminal_safe(&serde_json::to_string_pretty(&i)?)
         );
@@ -23,27 +23,27 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     // The header is unauthenticated: nothing in it reaches the terminal raw.
     let opt = |v: &Option<String>| super::one_line(v.as_deref().unwrap_or("-"));
     let num = |v: Option<u64>| v.map_or_else(|| "unknown".into(), |n| n.to_string());
-    println!("file:        {}", super::one_line(&i.file));
-    println!("format:      coffer v{}", i.format_version);
-    println!("created:     {}", super::one_line(&i.metadata.created));
-    println!("job:         {}", opt(&i.metadata.job));
-    println!("compression: {}", opt(&i.metadata.compression));
-    println!("content:     {}", opt(&i.metadata.content));
-    println!("chunk size:  {} bytes", i.chunk_size);
-    println!("header:      {} bytes", i.header_bytes);
-    println!(
+    outln!("file:        {}", super::one_line(&i.file));
+    outln!("format:      coffer v{}", i.format_version);
+    outln!("created:     {}", super::one_line(&i.metadata.created));
+    outln!("job:         {}", opt(&i.metadata.job));
+    outln!("compression: {}", opt(&i.metadata.compression));
+    outln!("content:     {}", opt(&i.metadata.content));
+    outln!("chunk size:  {} bytes", i.chunk_size);
+    outln!("header:      {} bytes", i.header_bytes);
+    outln!(
         "payload:     {} bytes in {} chunks ({} bytes of plaintext)",
         num(i.payload_bytes),
         num(i.chunks),
         num(i.plaintext_bytes)
     );
-    println!("recipients:");
+    outln!("recipients:");
     for r in &i.recipients {
-        println!(
+        outln!(
             "  {}",
             super::one_line(&format!("{} {}", r.kind, r.fingerprint))
         );
     }
-    println!("(unauthenticated until opened with a key: coffer open -i KEY)");
+    outln!("(unauthenticated until opened with a key: coffer open -i KEY)");
     Ok(())
 }

@@ -21,7 +21,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         }
     })?;
     // The line on stdout (append it to known_hosts); how to check it on stderr.
-    println!("{}", key.known_hosts_line(&a.host, a.port));
+    outln!("{}", key.known_hosts_line(&a.host, a.port));
     eprintln!(
         "{} {} — compare with `ssh-keygen -lf /etc/ssh/ssh_host_{}_key.pub` run on the server itself before trusting it",
         key.kind,

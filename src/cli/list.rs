@@ -96,7 +96,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         }
     }
     if a.json {
-        println!(
+        outln!(
             "{}",
             super::terminal_safe(&serde_json::to_string_pretty(&rows)?)
         );
@@ -169,6 +169,6 @@ fn print_table(rows: &[serde_json::Value]) {
             w2 = w[2],
             w3 = w[3],
         );
-        println!("{}", line.trim_end());
+        outln!("{}", line.trim_end());
     }
 }

@@ -1,6 +1,14 @@
 //! Command-line parsing and printing. No crypto and no I/O logic here: each
 //! subcommand turns its arguments into a pipeline call and prints the result.
 
+/// `println!` for results on stdout, which a reader may stop reading
+/// (`coffer list | head -1`): see [`out_line`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::out_line(format_args!($($arg)*))
+    };
+}
+
 mod backup;
 mod config;
 mod ingest;
@@ -189,7 +197,41 @@ pub enum Command {
     },
 }
 
+/// Set once stdout's reader has gone: what is left to say is dropped, and
+/// the command finishes with its own exit code instead of a panic (101).
+static STDOUT_GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Any other failure to write stdout (a full disk under `> report.json`):
+/// the command fails with it once it is done.
+static STDOUT_FAILED: std::sync::Mutex<Option<std::io::Error>> = std::sync::Mutex::new(None);
+
+/// One line of a command's result on stdout.
+pub fn out_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    use std::sync::atomic::Ordering;
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o.write_fmt(args).and_then(|()| o.write_all(b"\n")) {
+        STDOUT_GONE.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            if let Ok(mut failed) = STDOUT_FAILED.lock() {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let result = run_command(cli);
+    let failed = STDOUT_FAILED.lock().ok().and_then(|mut f| f.take());
+    match (result, failed) {
+        (Ok(()), Some(e)) => Err(Error::io("stdout", "write", e).into()),
+        (result, _) => result,
+    }
+}
+
+fn run_command(cli: Cli) -> anyhow::Result<()> {
     let out = Output {
         verbose: cli.verbose,
         format: cli.log_format,

@@ -21,7 +21,7 @@ pub struct Args {
 
 /// Store file names are the server's: escaped, never raw to a terminal.
 fn say(line: &str) {
-    println!("{}", super::one_line(line));
+    outln!("{}", super::one_line(line));
 }
 
 pub fn run(a: &Args) -> anyhow::Result<()> {
@@ -38,7 +38,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
             continue;
         }
         if !prune && a.store.is_none() {
-            println!("{}: prune = false, skipped", store.name());
+            outln!("{}: prune = false, skipped", store.name());
             continue;
         }
         let r = apply(

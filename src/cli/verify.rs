@@ -65,7 +65,7 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
     }
     let reports = &outcome.reports;
     if a.json {
-        println!(
+        outln!(
             "{}",
             super::terminal_safe(&serde_json::to_string_pretty(&reports)?)
         );
@@ -73,7 +73,7 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
         for r in reports {
             if r.ok {
                 // Names and messages quote the store: never raw to a terminal.
-                println!(
+                outln!(
                     "{}",
                     super::one_line(&format!(
                         "ok    {} ({}, {}): {}",
@@ -84,7 +84,7 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
                     ))
                 );
             } else {
-                println!(
+                outln!(
                     "{}",
                     super::one_line(&format!(
                         "FAIL  {} ({}, {}): {}",
@@ -161,14 +161,14 @@ fn print_drill(d: &Drill) {
     };
     let (w0, w1, w2) = (width(0), width(1), width(2));
     for r in std::iter::once(&head).chain(&rows) {
-        println!(
+        outln!(
             "      {:<w0$}  {:>w1$}  {:>w2$}  {}",
             r[0], r[1], r[2], r[3]
         );
     }
     #[allow(clippy::cast_precision_loss)]
     let mib = d.restored_bytes as f64 / 1_048_576.0;
-    println!(
+    outln!(
         "      restored {} bytes ({mib:.1} MiB) in {:.2} s: {:.1} MiB/s",
         d.restored_bytes,
         d.restore_seconds,
