@@ -36,6 +36,11 @@ impl MysqlSource {
         a.extend(
             [
                 "--single-transaction",
+                // No LOCK TABLES around each table's rows: a table whose
+                // default draws from a sequence (DEFAULT NEXTVAL(s)) could
+                // not be loaded by the client (ERROR 1100, the sequence is
+                // not locked), and a single transaction needs none.
+                "--skip-add-locks",
                 "--routines",
                 "--triggers",
                 "--events",
