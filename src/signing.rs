@@ -97,6 +97,19 @@ impl Signer {
     }
 }
 
+/// A checked signature's trusted comment must name the sidecar it signs.
+pub fn check_comment(found: &str, file_name: &str) -> Result<(), SignatureError> {
+    let expected = trusted_comment(file_name);
+    if found == expected {
+        Ok(())
+    } else {
+        Err(SignatureError::OtherFile {
+            found: found.to_owned(),
+            expected,
+        })
+    }
+}
+
 /// A public key to check signatures with.
 pub struct Verifier {
     pk: PublicKey,
@@ -124,14 +137,20 @@ impl Verifier {
     }
 
     /// Checks `signature` (a `.minisig` file's contents) over `data`, the
-    /// sidecar stored as `file_name`: the signature and the trusted comment
+    /// sidecar stored as `file_name`: the signature, and the trusted comment
     /// that names the file.
-    pub fn verify(
+    pub fn verify_for(
         &self,
         data: &[u8],
         signature: &str,
         file_name: &str,
     ) -> Result<(), SignatureError> {
+        check_comment(&self.verify(data, signature)?, file_name)
+    }
+
+    /// Checks `signature` over `data`; returns its trusted comment (which
+    /// the signature covers), for [`check_comment`].
+    pub fn verify(&self, data: &[u8], signature: &str) -> Result<String, SignatureError> {
         let sig = SignatureBox::from_string(signature)
             .map_err(|e| SignatureError::Malformed(e.to_string()))?;
         if sig.keynum() != self.pk.keynum() {
@@ -145,14 +164,8 @@ impl Verifier {
             .map_err(|_| SignatureError::Mismatch)?;
         // Covered by the signature (checked above), so only the signer
         // could have written it.
-        let found = sig
-            .trusted_comment()
-            .map_err(|e| SignatureError::Malformed(e.to_string()))?;
-        let expected = trusted_comment(file_name);
-        if found != expected {
-            return Err(SignatureError::OtherFile { found, expected });
-        }
-        Ok(())
+        sig.trusted_comment()
+            .map_err(|e| SignatureError::Malformed(e.to_string()))
     }
 }
 
@@ -170,22 +183,22 @@ mod tests {
             .sign(b"{\"sha256\":\"ab\"}", "x.coffer.json")
             .unwrap();
         assert_eq!(
-            verifier.verify(b"{\"sha256\":\"ab\"}", &sig, "x.coffer.json"),
+            verifier.verify_for(b"{\"sha256\":\"ab\"}", &sig, "x.coffer.json"),
             Ok(())
         );
         assert_eq!(
-            verifier.verify(b"{\"sha256\":\"ac\"}", &sig, "x.coffer.json"),
+            verifier.verify_for(b"{\"sha256\":\"ac\"}", &sig, "x.coffer.json"),
             Err(SignatureError::Mismatch)
         );
         // Another key's signature names both keys.
         let (sk2, _) = generate().unwrap();
         let other = Signer::parse(&sk2).unwrap().sign(b"{}", "x").unwrap();
         assert!(matches!(
-            verifier.verify(b"{}", &other, "x"),
+            verifier.verify_for(b"{}", &other, "x"),
             Err(SignatureError::OtherKey { .. })
         ));
         assert!(matches!(
-            verifier.verify(b"{}", "garbage", "x"),
+            verifier.verify_for(b"{}", "garbage", "x"),
             Err(SignatureError::Malformed(_))
         ));
     }
@@ -202,7 +215,7 @@ mod tests {
         assert_eq!(
             Verifier::parse(&pk)
                 .unwrap()
-                .verify(b"data", &forged, "b.coffer.json"),
+                .verify_for(b"data", &forged, "b.coffer.json"),
             Err(SignatureError::Mismatch)
         );
     }
@@ -218,9 +231,9 @@ mod tests {
             .sign(b"data", "a.coffer.json")
             .unwrap();
         let v = Verifier::parse(&pk).unwrap();
-        assert_eq!(v.verify(b"data", &sig, "a.coffer.json"), Ok(()));
+        assert_eq!(v.verify_for(b"data", &sig, "a.coffer.json"), Ok(()));
         assert!(matches!(
-            v.verify(b"data", &sig, "b.coffer.json"),
+            v.verify_for(b"data", &sig, "b.coffer.json"),
             Err(SignatureError::OtherFile { .. })
         ));
     }

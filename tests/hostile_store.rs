@@ -1630,6 +1630,21 @@ fn a_signed_sidecar_must_agree_with_sha256sum_and_name_its_own_file() {
     let out = coffer(&["verify", "-c", &cfg]);
     assert_eq!(code(&out), 3, "{}", said(&out));
     assert!(said(&out).contains("trusted comment"), "{}", said(&out));
+    // The same three files restored as a file, with the signing key.
+    let to = e.p().join("out-comment");
+    let out = coffer(&[
+        "restore",
+        "-i",
+        &e.key(),
+        "--signing-key",
+        e.p().join("sign.key.pub").to_str().unwrap(),
+        e.file(&name, ".coffer").to_str().unwrap(),
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stderr(&out).contains("trusted comment"), "{}", stderr(&out));
+    assert!(is_empty_or_absent(&to));
 
     // Put back as it was made: good again.
     fs::write(&sig_path, &genuine_sig).unwrap();

@@ -80,6 +80,7 @@ fn sidecar_beside(
         }
     };
     // The signature first: nothing an unchecked sidecar says is parsed.
+    let mut signed_comment = None;
     if let Some(v) = verifier {
         let sig_path = format!("{path}{SIGNATURE_SUFFIX}");
         let sig = crate::fsutil::read_regular(std::path::Path::new(&sig_path), 64 * 1024).map_err(
@@ -88,15 +89,13 @@ fn sidecar_beside(
                 message: format!("unsigned: cannot read {sig_path}: {e}"),
             },
         )?;
-        let sidecar_name = std::path::Path::new(&path)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        v.verify(&raw, &String::from_utf8_lossy(&sig), &sidecar_name)
+        let comment = v
+            .verify(&raw, &String::from_utf8_lossy(&sig))
             .map_err(|e| Error::Integrity {
                 what: path.clone(),
                 message: format!("signature: {e}"),
             })?;
+        signed_comment = Some(comment);
     }
     let sidecar = Sidecar::parse(&raw).map_err(|message| Error::Integrity {
         what: path.clone(),
@@ -117,6 +116,15 @@ fn sidecar_beside(
             ),
         }
         .into());
+    }
+    // A signature made for another sidecar, moved beside this one.
+    if let Some(comment) = signed_comment {
+        crate::signing::check_comment(&comment, &sidecar.file_name()).map_err(|e| {
+            Error::Integrity {
+                what: path.clone(),
+                message: format!("signature: {e}"),
+            }
+        })?;
     }
     Ok(Some(Expect::of(&sidecar)))
 }

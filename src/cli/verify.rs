@@ -163,7 +163,10 @@ fn print_drill(d: &Drill) {
     for r in std::iter::once(&head).chain(&rows) {
         outln!(
             "      {:<w0$}  {:>w1$}  {:>w2$}  {}",
-            r[0], r[1], r[2], r[3]
+            r[0],
+            r[1],
+            r[2],
+            r[3]
         );
     }
     #[allow(clippy::cast_precision_loss)]

@@ -240,7 +240,7 @@ fn one(ctx: &Ctx<'_>, name: &str) -> std::result::Result<chrono::DateTime<chrono
         Some(v) => {
             let sig = read_small(dir, &sig_name).map_err(|e| format!("unsigned: {e}"))?;
             let text = String::from_utf8_lossy(&sig).into_owned();
-            v.verify(&raw, &text, &sidecar_name)
+            v.verify_for(&raw, &text, &sidecar_name)
                 .map_err(|e| format!("signature: {e}"))?;
             Some(text)
         }

@@ -68,7 +68,7 @@ pub fn origin(store: &dyn Store, l: &Listed, verifier: Option<&Verifier>) -> Ori
         return Origin::Refused(e);
     }
     let sidecar_name = format!("{}{SIDECAR_SUFFIX}", l.name);
-    match v.verify(&l.raw, &String::from_utf8_lossy(&sig), &sidecar_name) {
+    match v.verify_for(&l.raw, &String::from_utf8_lossy(&sig), &sidecar_name) {
         Ok(()) => Origin::Signed(v.key_id()),
         Err(e) => Origin::Refused(format!("signature: {e}")),
     }
