@@ -113,6 +113,11 @@ pub enum Error {
     #[error("{failed} of {total} backups failed verification")]
     VerifyFailed { failed: usize, total: usize },
 
+    /// Stores lack backups that another store holds: nothing is damaged,
+    /// but a copy is missing (exit 1).
+    #[error("{stores} store(s) lack backups that another store holds (see the MISSING lines); every copy present is good")]
+    VerifyMissing { stores: usize },
+
     /// SIGINT or SIGTERM stopped the command; what it had started (a load,
     /// scratch servers) was stopped and undone first.
     #[error("cancelled by a signal")]
@@ -162,6 +167,7 @@ impl Error {
             | Error::Source { .. }
             | Error::Locked { .. }
             | Error::Store { .. }
+            | Error::VerifyMissing { .. }
             | Error::Cancelled
             | Error::StoresFailed {
                 key_problem: false,
@@ -229,6 +235,9 @@ impl Error {
             ),
             Error::Cancelled => Some(
                 "stopped on request: what it had started was stopped and removed; run it again".into(),
+            ),
+            Error::VerifyMissing { .. } => Some(
+                "the next `coffer backup` copies them back from the store that holds them (a write-only repository: upload them again and run `coffer ingest`)".into(),
             ),
             Error::Usage(_) | Error::Store { .. } => None,
         }

@@ -35,7 +35,28 @@ pub fn next<'a>(known: impl IntoIterator<Item = &'a Entry>) -> (u64, String) {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Findings {
     pub checks: Vec<String>,
+    /// Forks, reordering, entries lost or hidden with no copy anywhere,
+    /// staleness: the store's history cannot be trusted.
     pub problems: Vec<String>,
+    /// Entries this store lacks that another store holds: not damage, but
+    /// work for the next refill.
+    pub elsewhere: Vec<String>,
+}
+
+/// Why an entry is not in a store, as the caller found out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Absence {
+    /// Deleted by coffer's retention (a `prune` record says so).
+    Pruned(String),
+    /// Not here, but this other store holds it (its name and where).
+    Elsewhere(String),
+}
+
+/// What the other stores know: why an entry is absent here, and the
+/// newest sequence number any store holds.
+pub struct Elsewhere<'a> {
+    pub explain: &'a dyn Fn(u64) -> Option<Absence>,
+    pub newest: Option<u64>,
 }
 
 /// How far ahead of the checker's clock a time may be before it is called
@@ -57,11 +78,36 @@ pub fn future_slack() -> Duration {
 ///   backups, or a job that stopped running);
 /// - an entry dated in the future: refused.
 pub fn check(entries: &[Entry], keep_last: u32, max_age: Duration, now: DateTime<Utc>) -> Findings {
+    let alone = Elsewhere {
+        explain: &|_| None,
+        newest: None,
+    };
+    check_with(entries, keep_last, max_age, now, &alone)
+}
+
+/// [`check`], where an absent entry may be explained: deleted by retention
+/// (not a problem), or held by another store (a note, not damage). Only an
+/// absence nothing explains is the alarm: a store that lost or hides it.
+/// Entries another store holds past this store's newest count as absent
+/// here, so a store that missed the last nights is told apart from one
+/// whose whole job went stale.
+pub fn check_with(
+    entries: &[Entry],
+    keep_last: u32,
+    max_age: Duration,
+    now: DateTime<Utc>,
+    others: &Elsewhere<'_>,
+) -> Findings {
     let mut f = Findings::default();
     if entries.is_empty() {
-        f.problems.push(
-            "no signed ledger entry: nothing proves this store holds the job's backups".into(),
-        );
+        match others.newest {
+            Some(n) => f.elsewhere.push(format!(
+                "no entry of this job's ledger is in this store, and other stores hold up to #{n}"
+            )),
+            None => f.problems.push(
+                "no signed ledger entry: nothing proves this store holds the job's backups".into(),
+            ),
+        }
         return f;
     }
     let mut sorted: Vec<&Entry> = entries.iter().collect();
@@ -101,27 +147,8 @@ pub fn check(entries: &[Entry], keep_last: u32, max_age: Duration, now: DateTime
         }
     }
     let newest = sorted[sorted.len() - 1];
-    let window_start = newest
-        .seq
-        .saturating_sub(u64::from(keep_last.max(1)) - 1)
-        .max(1);
-    let missing: Vec<String> = (window_start..=newest.seq)
-        .filter(|s| !sorted.iter().any(|e| e.seq == *s))
-        .map(|s| format!("#{s}"))
-        .collect();
-    if missing.is_empty() {
-        f.checks.push(format!(
-            "ledger: #{window_start} to #{} present, the newest is {}",
-            newest.seq, newest.name
-        ));
-    } else {
-        f.problems.push(format!(
-            "missing: ledger entries {} before #{} ({}) are not in this store",
-            missing.join(", "),
-            newest.seq,
-            newest.name
-        ));
-    }
+    let top = others.newest.map_or(newest.seq, |n| n.max(newest.seq));
+    window(&sorted, keep_last, top, others, &mut f);
     for e in &sorted {
         if e.created > now + future_slack() {
             f.problems.push(format!(
@@ -132,7 +159,9 @@ pub fn check(entries: &[Entry], keep_last: u32, max_age: Duration, now: DateTime
         }
     }
     let age = now - newest.created;
-    if age > max_age {
+    if age > max_age && top > newest.seq {
+        // Newer entries are elsewhere: said above, not a stale job.
+    } else if age > max_age {
         f.problems.push(format!(
             "stale: the newest backup {} is {} hours old (max_age is {} hours)",
             newest.name,
@@ -146,6 +175,41 @@ pub fn check(entries: &[Entry], keep_last: u32, max_age: Duration, now: DateTime
         ));
     }
     f
+}
+
+/// The newest `keep_last` sequence numbers up to `top`: each present,
+/// removed by retention as recorded, held by another store, or lost.
+fn window(sorted: &[&Entry], keep_last: u32, top: u64, others: &Elsewhere<'_>, f: &mut Findings) {
+    let newest = sorted[sorted.len() - 1];
+    let window_start = top.saturating_sub(u64::from(keep_last.max(1)) - 1).max(1);
+    let mut lost = Vec::new();
+    let mut pruned = Vec::new();
+    for s in (window_start..=top).filter(|s| !sorted.iter().any(|e| e.seq == *s)) {
+        match (others.explain)(s) {
+            Some(Absence::Pruned(why)) => pruned.push(format!("#{s} ({why})")),
+            Some(Absence::Elsewhere(at)) => f
+                .elsewhere
+                .push(format!("#{s} is not in this store; a good copy is {at}")),
+            None => lost.push(format!("#{s}")),
+        }
+    }
+    if !pruned.is_empty() {
+        f.checks.push(format!(
+            "removed by retention, as recorded: {}",
+            pruned.join(", ")
+        ));
+    }
+    if lost.is_empty() {
+        f.checks.push(format!(
+            "ledger: #{window_start} to #{top} accounted for, the newest here is {}",
+            newest.name
+        ));
+    } else {
+        f.problems.push(format!(
+            "missing: ledger entries {} are not in this store nor in any other, and no prune record says they were removed (lost or hidden by the store; the copies present are not affected)",
+            lost.join(", "),
+        ));
+    }
 }
 
 #[cfg(test)]

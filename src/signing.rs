@@ -31,10 +31,15 @@ pub enum SignatureError {
     OtherFile { found: String, expected: String },
 }
 
-/// The trusted comment coffer signs with a sidecar: its file name, so that a
-/// signature moved to another backup's sidecar is refused.
+/// The trusted comment coffer signs a sidecar (or a prune record) with: its
+/// file name, so that a signature moved to another file is refused.
 pub fn trusted_comment(file_name: &str) -> String {
-    format!("coffer sidecar {file_name}")
+    let what = if file_name.ends_with(".pruned") {
+        "prune record"
+    } else {
+        "sidecar"
+    };
+    format!("coffer {what} {file_name}")
 }
 
 fn key_id(keynum: &[u8]) -> String {

@@ -1651,3 +1651,112 @@ fn a_signed_sidecar_must_agree_with_sha256sum_and_name_its_own_file() {
     let out = coffer(&["verify", "-c", &cfg]);
     assert_eq!(code(&out), 0, "{}", said(&out));
 }
+
+/// A deliberate `prune --keep-last 3` under the job's own configuration
+/// (keep_last = 7) is recorded, signed by the host's key: a later verify
+/// says those entries were removed by retention, and passes. A backup the
+/// store removes on its own, with no record, is still the alarm (exit 3),
+/// and the message says the copies present are not affected.
+#[test]
+fn a_deliberate_prune_is_not_reported_as_a_store_that_lost_backups() {
+    let e = Env::new();
+    let signed = e.config("signed.toml", true, "");
+    for _ in 0..6 {
+        ok(&["backup", "-c", &signed]);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let said = |out: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(out))
+    };
+    ok(&["prune", "-c", &signed, "--keep-last", "3"]);
+    assert_eq!(e.names().len(), 3);
+    let out = coffer(&["verify", "-c", &signed]);
+    assert_eq!(code(&out), 0, "{}", said(&out));
+    assert!(
+        said(&out).contains("removed by retention, as recorded"),
+        "{}",
+        said(&out)
+    );
+    // The store drops one of the three kept, with no record of it.
+    let names = e.names();
+    for suffix in [".coffer", ".coffer.json", ".coffer.json.minisig"] {
+        fs::remove_file(e.file(&names[1], suffix)).unwrap();
+    }
+    let out = coffer(&["verify", "-c", &signed]);
+    assert_eq!(code(&out), 3, "{}", said(&out));
+    assert!(said(&out).contains("not affected"), "{}", said(&out));
+    // An unsigned record the store writes itself excuses nothing.
+    let fake = e.file(&names[1], ".coffer.pruned");
+    fs::write(
+        &fake,
+        format!(
+            "{{\"format\":\"coffer-pruned/1\",\"name\":\"{}\",\"job\":\"prod\",\"seq\":5,\"digest\":\"{}\",\"pruned\":\"2026-12-01T00:00:00.000Z\",\"why\":\"retention\"}}",
+            names[1],
+            "00".repeat(32)
+        ),
+    )
+    .unwrap();
+    let out = coffer(&["verify", "-c", &signed]);
+    assert_eq!(code(&out), 3, "{}", said(&out));
+}
+
+/// A night that did not reach one store (the server was down) is not a
+/// damaged backup: verify names the store that holds a good copy (exit 1,
+/// not 3), and the next run refills the store, after which verify passes.
+/// A sealed file whose sidecar never arrived is a leftover, not damage.
+#[test]
+fn a_missed_night_in_one_store_names_the_good_copy_and_heals() {
+    let e = Env::new();
+    let base = e.config("one.toml", true, "");
+    let second = e.p().join("second");
+    let two = e.p().join("two.toml");
+    fs::write(
+        &two,
+        format!(
+            "{}[[store]]\ntype = \"local\"\nname = \"second\"\npath = \"{}\"\n",
+            fs::read_to_string(&base).unwrap().replace(
+                "[[store]]\ntype = \"local\"\n",
+                "[[store]]\ntype = \"local\"\nname = \"first\"\n"
+            ),
+            second.display()
+        ),
+    )
+    .unwrap();
+    chmod(&two, 0o600);
+    let two = two.to_str().unwrap();
+    let said = |out: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(out))
+    };
+    for _ in 0..3 {
+        ok(&["backup", "-c", two]);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    // The second store missed the newest night.
+    let newest = e.names().pop().unwrap();
+    for suffix in [".coffer", ".coffer.json", ".coffer.json.minisig"] {
+        fs::remove_file(second.join(format!("{newest}{suffix}"))).unwrap();
+    }
+    let out = coffer(&["verify", "-c", two]);
+    assert_eq!(code(&out), 1, "{}", said(&out));
+    assert!(said(&out).contains("MISSING"), "{}", said(&out));
+    assert!(
+        said(&out).contains(&format!("{newest} in first")),
+        "{}",
+        said(&out)
+    );
+    // An upload whose sidecar never arrived: a leftover, said as such.
+    fs::write(second.join("prod-20261201T000000Z.coffer"), b"partial").unwrap();
+    let out = coffer(&["verify", "-c", two]);
+    assert_eq!(code(&out), 1, "{}", said(&out));
+    assert!(
+        said(&out).contains("note  prod-20261201T000000Z"),
+        "{}",
+        said(&out)
+    );
+    // The next run refills the second store and removes the leftover.
+    ok(&["backup", "-c", two]);
+    assert!(second.join(format!("{newest}.coffer.json")).exists());
+    assert!(!second.join("prod-20261201T000000Z.coffer").exists());
+    let out = coffer(&["verify", "-c", two]);
+    assert_eq!(code(&out), 0, "{}", said(&out));
+}

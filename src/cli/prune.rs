@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use crate::config::Config;
 use crate::pipeline::job::{build_stores, policy};
-use crate::pipeline::prune::apply;
+use crate::pipeline::prune::{apply, How};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -33,6 +33,16 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     }
     let now = chrono::Utc::now();
     let verifier = crate::pipeline::job::trusted_verifier(&config)?;
+    // Where this machine holds the signing key (the backup host), what it
+    // deletes is recorded signed: a later verify believes the record.
+    let signer = match &config.job.signing_key {
+        Some(_) => crate::pipeline::job::load_signer(&config).ok().flatten(),
+        None => None,
+    };
+    let recorder = crate::pipeline::catalog::Recorder {
+        signer: signer.as_ref(),
+        window: config.job.keep_last,
+    };
     for (store, prune) in build_stores(&config) {
         if a.store.as_deref().is_some_and(|s| s != store.name()) {
             continue;
@@ -41,15 +51,14 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
             outln!("{}: prune = false, skipped", store.name());
             continue;
         }
-        let r = apply(
-            store.as_ref(),
-            &config.job.name,
-            p,
-            None,
-            a.dry_run,
+        let how = How {
+            protect: None,
+            dry_run: a.dry_run,
             now,
-            verifier.as_ref(),
-        )?;
+            verifier: verifier.as_ref(),
+            recorder: Some(&recorder),
+        };
+        let r = apply(store.as_ref(), &config.job.name, p, &how)?;
         for (name, why) in &r.ignored {
             say(&format!(
                 "{}: ignore {name} (never counted, never deleted: {why})",

@@ -5,7 +5,7 @@ use crate::error::Error;
 use crate::pipeline::backup::notify;
 use crate::pipeline::keys::load_identities;
 use crate::pipeline::plumbing::sqlclient::{mysql_client, MysqlClient};
-use crate::pipeline::verify::{verify, Drill, Outcome, Select};
+use crate::pipeline::verify::{verify, Drill, Outcome, Select, Verdict};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -64,14 +64,80 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
         out.warn(u);
     }
     let reports = &outcome.reports;
-    if a.json {
+    print_reports(reports, a.json)?;
+    let failed = reports
+        .iter()
+        .filter(|r| r.verdict == Verdict::Damaged)
+        .count();
+    if failed > 0 {
+        return Err(Error::VerifyFailed {
+            failed,
+            total: reports.len(),
+        }
+        .into());
+    }
+    if let Some(e) = outcome.key_failure {
+        // A host key that changed is not a network outage: exit 4, with
+        // that store's own error and hint.
+        return Err(e.into());
+    }
+    if !outcome.unreachable.is_empty() {
+        // A verify job that stays green while a store cannot be reached
+        // would hide exactly what it is run to find.
+        return Err(Error::Store {
+            store: "verify".into(),
+            message: format!(
+                "{} store(s) could not be reached (see the warnings): their backups were not verified, the others' were",
+                outcome.unreachable.len()
+            ),
+        }
+        .into());
+    }
+    if reports.is_empty() {
+        return Err(Error::Usage("no backups to verify".into()).into());
+    }
+    let missing = reports
+        .iter()
+        .filter(|r| r.verdict == Verdict::Missing)
+        .count();
+    if missing > 0 {
+        return Err(Error::VerifyMissing { stores: missing }.into());
+    }
+    Ok(())
+}
+
+/// Each report on one line (or all as JSON): ok, a note, what is missing
+/// and where it is, or what is wrong.
+fn print_reports(reports: &[crate::pipeline::verify::Report], json: bool) -> anyhow::Result<()> {
+    if json {
         outln!(
             "{}",
             super::terminal_safe(&serde_json::to_string_pretty(&reports)?)
         );
     } else {
         for r in reports {
-            if r.ok {
+            if r.verdict == Verdict::Leftover {
+                outln!(
+                    "{}",
+                    super::one_line(&format!(
+                        "note  {} ({}): {}",
+                        r.name,
+                        r.store,
+                        r.checks.join("; ")
+                    ))
+                );
+            } else if r.verdict == Verdict::Missing {
+                outln!(
+                    "{}",
+                    super::one_line(&format!(
+                        "MISSING {} ({}, {}): {}",
+                        r.name,
+                        r.store,
+                        r.level,
+                        r.problems.join("; ")
+                    ))
+                );
+            } else if r.ok {
                 // Names and messages quote the store: never raw to a terminal.
                 outln!(
                     "{}",
@@ -99,34 +165,6 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
                 print_drill(d);
             }
         }
-    }
-    let failed = reports.iter().filter(|r| !r.ok).count();
-    if failed > 0 {
-        return Err(Error::VerifyFailed {
-            failed,
-            total: reports.len(),
-        }
-        .into());
-    }
-    if let Some(e) = outcome.key_failure {
-        // A host key that changed is not a network outage: exit 4, with
-        // that store's own error and hint.
-        return Err(e.into());
-    }
-    if !outcome.unreachable.is_empty() {
-        // A verify job that stays green while a store cannot be reached
-        // would hide exactly what it is run to find.
-        return Err(Error::Store {
-            store: "verify".into(),
-            message: format!(
-                "{} store(s) could not be reached (see the warnings): their backups were not verified, the others' were",
-                outcome.unreachable.len()
-            ),
-        }
-        .into());
-    }
-    if reports.is_empty() {
-        return Err(Error::Usage("no backups to verify".into()).into());
     }
     Ok(())
 }

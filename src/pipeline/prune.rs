@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::manifest::is_backup_name;
 use crate::manifest::{SEALED_SUFFIX, SIDECAR_SUFFIX};
 use crate::pipeline::catalog::locate::{origin, plausible, Origin};
-use crate::pipeline::catalog::{believed_time, list, State};
+use crate::pipeline::catalog::{believed_time, list, Recorder, State};
 use crate::retention::{self, Backup, Decision, Policy};
 use crate::signing::{Verifier, SIGNATURE_SUFFIX};
 use crate::store::Store;
@@ -35,19 +35,31 @@ fn partial_owner(file: &str) -> Option<&str> {
         .or_else(|| stem.strip_suffix(SEALED_SUFFIX))
 }
 
+/// How a retention run goes.
+#[derive(Clone, Copy)]
+pub struct How<'a> {
+    /// The backup this run just made, never deleted.
+    pub protect: Option<&'a str>,
+    pub dry_run: bool,
+    pub now: chrono::DateTime<chrono::Utc>,
+    /// With a signing public key: only what it signed holds a keep slot.
+    pub verifier: Option<&'a Verifier>,
+    /// Where deletions are recorded for `verify`.
+    pub recorder: Option<&'a Recorder<'a>>,
+}
+
 /// Plans and (unless `dry_run`) deletes, in one store, for one job. Only
 /// backups that could be genuine hold keep slots (see `PruneReport::ignored`),
 /// ordered by the time the store vouches for, never by the uploader's word
 /// alone; so nothing an uploader writes alone can push a genuine backup out.
-pub fn apply(
-    store: &dyn Store,
-    job: &str,
-    policy: Policy,
-    protect: Option<&str>,
-    dry_run: bool,
-    now: chrono::DateTime<chrono::Utc>,
-    verifier: Option<&Verifier>,
-) -> Result<PruneReport> {
+pub fn apply(store: &dyn Store, job: &str, policy: Policy, how: &How<'_>) -> Result<PruneReport> {
+    let How {
+        protect,
+        dry_run,
+        now,
+        verifier,
+        recorder,
+    } = *how;
     let (listed, partials) = list(store)?;
     let mut backups = Vec::new();
     let mut ignored = Vec::new();
@@ -87,6 +99,16 @@ pub fn apply(
     let mut deleted = Vec::new();
     for d in decisions.iter().filter(|d| !d.keep) {
         if !dry_run {
+            // The record first: a later verify then knows this deletion
+            // for retention's, not the store's doing.
+            if let (Some(r), Some(l)) = (recorder, listed.iter().find(|l| l.name == d.name)) {
+                let why = format!(
+                    "retention (keep_last = {}; {})",
+                    policy.keep_last,
+                    d.reasons.join(", ")
+                );
+                r.record(store, job, l, &why, now)?;
+            }
             // Sidecar first: if interrupted, what remains is an incomplete
             // backup (never counted), not a sidecar pointing at nothing.
             store.delete(&format!("{}{SIDECAR_SUFFIX}", d.name))?;
@@ -98,12 +120,38 @@ pub fn apply(
         }
         deleted.push(d.name.clone());
     }
+    let stale = leftovers(store, job, &listed, partials, how)?;
+    Ok(PruneReport {
+        store: store.name().to_owned(),
+        decisions,
+        deleted,
+        stale_partials: stale,
+        ignored,
+    })
+}
+
+/// Removes what interrupted runs left (and records no longer needed);
+/// returns the files removed.
+fn leftovers(
+    store: &dyn Store,
+    job: &str,
+    listed: &[crate::pipeline::catalog::Listed],
+    partials: Vec<crate::store::Object>,
+    how: &How<'_>,
+) -> Result<Vec<String>> {
+    let How {
+        protect,
+        dry_run,
+        now,
+        recorder,
+        ..
+    } = *how;
     let mut stale = Vec::new();
     // Leftovers of interrupted runs or removals — a sealed file without its
     // sidecar, a signature without both — are never backups. This job's are
     // removed by its next run (it holds the lock: nothing of the job is in
     // flight) or, by `prune`, once a day old; never the backup just made.
-    for l in &listed {
+    for l in listed {
         let leftover = matches!(l.state, State::NoSidecar | State::NoSealedFile)
             && is_backup_name(job, &l.name)
             && Some(l.name.as_str()) != protect;
@@ -148,13 +196,18 @@ pub fn apply(
             stale.push(p.name);
         }
     }
-    Ok(PruneReport {
-        store: store.name().to_owned(),
-        decisions,
-        deleted,
-        stale_partials: stale,
-        ignored,
-    })
+    // Records of entries verify no longer looks at.
+    if let (Some(r), false) = (recorder, dry_run) {
+        let newest = listed
+            .iter()
+            .filter_map(crate::pipeline::catalog::locate::ledger_entry)
+            .map(|e| e.seq)
+            .max();
+        if let Some(newest) = newest {
+            stale.extend(r.expire(store, job, newest)?);
+        }
+    }
+    Ok(stale)
 }
 
 #[cfg(test)]

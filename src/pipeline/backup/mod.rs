@@ -250,18 +250,26 @@ fn prune_where_complete(
     let mut pruned = Vec::new();
     let mut failed = Vec::new();
     let verifier = job.signer.as_ref().and_then(|s| s.verifier().ok());
+    let recorder = crate::pipeline::catalog::Recorder {
+        signer: job.signer.as_ref(),
+        window: job.config.job.keep_last,
+    };
     for &i in complete {
         if !job.prune[i] {
             continue;
         }
+        let how = prune::How {
+            protect: Some(name),
+            dry_run: false,
+            now,
+            verifier: verifier.as_ref(),
+            recorder: Some(&recorder),
+        };
         match prune::apply(
             job.stores[i].as_ref(),
             &job.config.job.name,
             job.policy,
-            Some(name),
-            false,
-            now,
-            verifier.as_ref(),
+            &how,
         ) {
             Ok(r) => pruned.push(r),
             Err(e) => {

@@ -4,6 +4,9 @@
 //! store; it reads and never deletes.
 
 pub mod locate;
+pub mod pruned;
+
+pub use pruned::{pruned, Recorder, PRUNED_SUFFIX};
 
 use std::collections::BTreeMap;
 use std::io::Read;

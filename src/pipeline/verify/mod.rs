@@ -26,11 +26,31 @@ pub enum Select {
     Name(String),
 }
 
+/// What a report says of what it checked. Only `Damaged` is about the
+/// bytes (exit 3); the others say what is missing and where a good copy
+/// is, or that nothing is wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Ok,
+    /// An incomplete upload, not a backup: removed by the job's next run
+    /// (or `coffer prune`, once a day old). Nothing is wrong with any backup.
+    Leftover,
+    /// Backups this store should hold are not there, and another store
+    /// holds a good copy: the next backup run (or `ingest`) refills it.
+    Missing,
+    /// Damaged, forged, or will not restore; or a store that lost or hides
+    /// backups no other store holds.
+    Damaged,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub store: String,
     pub name: String,
+    /// The verdict is `ok` or `leftover`: nothing needs doing.
     pub ok: bool,
+    pub verdict: Verdict,
     /// `keyless` or `keyed`.
     pub level: &'static str,
     pub checks: Vec<String>,
@@ -78,6 +98,8 @@ pub fn verify(
             Some((f.store, f.listed.name.clone()))
         }
     };
+    // Each store's trusted ledger entries, where its ledger is checked.
+    let mut ledgers: Vec<(usize, Vec<ledger::Entry>)> = Vec::new();
     for (i, listed) in catalog.listed.iter().enumerate() {
         let store = catalog.stores[i].as_ref();
         let mut ledger_entries = Vec::new();
@@ -91,6 +113,7 @@ pub fn verify(
                 store: store.name().to_owned(),
                 name: l.name.clone(),
                 ok: false,
+                verdict: Verdict::Damaged,
                 level,
                 checks: Vec::new(),
                 problems: Vec::new(),
@@ -112,16 +135,16 @@ pub fn verify(
                         ledger_entries.extend(ledger_entry(l));
                     }
                 }
-                (State::NoSidecar, _) => r
-                    .problems
-                    .push("no sidecar: an incomplete upload, not a backup".into()),
-                (State::NoSealedFile, _) => {
-                    r.problems.push("sidecar without its .coffer file".into());
-                }
-                (State::BadSidecar(e), _) => r.problems.push(format!("sidecar is not valid: {e}")),
-                (State::Complete, None) => r.problems.push("sidecar unreadable".into()),
+                (state, _) => not_a_backup(state, &mut r),
             }
-            r.ok = r.problems.is_empty();
+            if r.verdict != Verdict::Leftover {
+                r.verdict = if r.problems.is_empty() {
+                    Verdict::Ok
+                } else {
+                    Verdict::Damaged
+                };
+            }
+            r.ok = r.verdict != Verdict::Damaged;
             reports.push(r);
         }
         // A drill a signal stopped (its servers stopped and removed, the
@@ -135,28 +158,107 @@ pub fn verify(
                 .iter()
                 .any(|u| u.starts_with(store.name()))
         {
-            let f = ledger::check(
-                &ledger_entries,
-                config.job.keep_last,
-                chrono::Duration::hours(i64::from(config.job.max_age_hours)),
-                now,
-            );
-            reports.push(Report {
-                store: store.name().to_owned(),
-                name: format!("ledger of job {job}"),
-                ok: f.problems.is_empty(),
-                level: "ledger",
-                checks: f.checks,
-                problems: f.problems,
-                drill: None,
-            });
+            ledgers.push((i, ledger_entries));
         }
     }
+    reports.extend(ledger_reports(
+        config,
+        &catalog,
+        &ledgers,
+        verifier.as_ref(),
+        now,
+    ));
     Ok(Outcome {
         reports,
         unreachable: catalog.unreachable,
         key_failure: catalog.key_failure,
     })
+}
+
+/// The ledger of each store whose ledger is checked, once every store is
+/// read: an entry one store lacks may be where another holds it, or
+/// removed by retention as a record says.
+fn ledger_reports(
+    config: &Config,
+    catalog: &Catalog,
+    ledgers: &[(usize, Vec<ledger::Entry>)],
+    verifier: Option<&crate::signing::Verifier>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<Report> {
+    let job = config.job.name.as_str();
+    let mut out = Vec::new();
+    for (i, entries) in ledgers {
+        let store = catalog.stores[*i].as_ref();
+        let pruned = crate::pipeline::catalog::pruned(store, job, verifier);
+        let held_elsewhere = |seq: u64| {
+            ledgers.iter().filter(|(j, _)| j != i).find_map(|(j, es)| {
+                es.iter()
+                    .find(|e| e.seq == seq)
+                    .map(|e| (catalog.stores[*j].name(), e.name.as_str()))
+            })
+        };
+        let explain = |seq: u64| {
+            if let Some(why) = pruned.get(&seq) {
+                return Some(ledger::Absence::Pruned(why.clone()));
+            }
+            held_elsewhere(seq).map(|(other, name)| {
+                ledger::Absence::Elsewhere(format!(
+                    "{name} in {other}; the next `coffer backup` copies it back (a write-only repository: upload it again and run `coffer ingest`)"
+                ))
+            })
+        };
+        let others = ledger::Elsewhere {
+            explain: &explain,
+            newest: ledgers
+                .iter()
+                .filter(|(j, _)| j != i)
+                .flat_map(|(_, es)| es.iter().map(|e| e.seq))
+                .max(),
+        };
+        let f = ledger::check_with(
+            entries,
+            config.job.keep_last,
+            chrono::Duration::hours(i64::from(config.job.max_age_hours)),
+            now,
+            &others,
+        );
+        let verdict = if !f.problems.is_empty() {
+            Verdict::Damaged
+        } else if !f.elsewhere.is_empty() {
+            Verdict::Missing
+        } else {
+            Verdict::Ok
+        };
+        let mut problems = f.problems;
+        problems.extend(f.elsewhere);
+        out.push(Report {
+            store: store.name().to_owned(),
+            name: format!("ledger of job {job}"),
+            ok: verdict == Verdict::Ok,
+            verdict,
+            level: "ledger",
+            checks: f.checks,
+            problems,
+            drill: None,
+        });
+    }
+    out
+}
+
+/// A listed entry that is not a complete backup: a leftover of an
+/// interrupted upload (not damage), or a sidecar that vouches for nothing.
+fn not_a_backup(state: &State, r: &mut Report) {
+    match state {
+        State::NoSidecar => {
+            r.verdict = Verdict::Leftover;
+            r.checks.push(
+                "an incomplete upload (a sealed file with no sidecar), not a backup: the job's next run removes it, or `coffer prune` once it is a day old".into(),
+            );
+        }
+        State::NoSealedFile => r.problems.push("sidecar without its .coffer file".into()),
+        State::BadSidecar(e) => r.problems.push(format!("sidecar is not valid: {e}")),
+        State::Complete => r.problems.push("sidecar unreadable".into()),
+    }
 }
 
 struct Context<'a> {
