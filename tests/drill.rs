@@ -542,3 +542,50 @@ fn a_mariadb_table_whose_default_draws_from_a_sequence_restores() {
         "{reports:#}"
     );
 }
+
+/// A MariaDB schema as people have them: a table whose name holds a
+/// backtick, a table with an invisible column among many (its INSERT lists
+/// the columns), a trigger and a procedure whose bodies INSERT. The drill
+/// counts exactly the rows the dump holds, and every table loads.
+#[test]
+fn mariadb_drill_counts_real_schemas_exactly() {
+    let e = Env::new();
+    let maria = MariaDb::start();
+    let cols = (1..=40)
+        .map(|i| format!("column_with_a_long_name_{i} INT DEFAULT 0, "))
+        .collect::<Vec<_>>()
+        .concat();
+    maria.sql(&format!(
+        "CREATE DATABASE shop; USE shop; \
+         CREATE TABLE `we``ird` (id INT); INSERT INTO `we``ird` VALUES (1),(2); \
+         CREATE TABLE inv (id INT, secret INT INVISIBLE, {cols}last INT); \
+         INSERT INTO inv (id, secret, last) VALUES (1,2,3),(4,5,6),(7,8,9); \
+         CREATE TABLE log (x INT); CREATE TABLE t (id INT); \
+         CREATE TRIGGER tr AFTER INSERT ON t FOR EACH ROW INSERT INTO log VALUES (NEW.id); \
+         INSERT INTO t VALUES (1),(2),(3);"
+    ));
+    let body = e.p().join("proc.sql");
+    fs::write(
+        &body,
+        "USE shop;\nDELIMITER //\nCREATE PROCEDURE p() BEGIN\nINSERT INTO log VALUES (99);\nINSERT INTO `log` VALUES (100);\nEND//\nDELIMITER ;\n",
+    )
+    .unwrap();
+    maria.load(&body);
+    let options = maria.user_with_options_file("backup", "drill-pw", e.p());
+    let cfg = e.config(&format!(
+        "[[source]]\ntype = \"mysql\"\nname = \"main\"\ndatabases = [\"shop\"]\noptions_file = \"{}\"\n",
+        options.display()
+    ));
+    e.backup(&cfg, None);
+    let (out, reports) = e.drill(&cfg, None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        tables(&reports),
+        [
+            "mysql main shop.inv 3 3 ok",
+            "mysql main shop.log 3 3 ok",
+            "mysql main shop.t 3 3 ok",
+            "mysql main shop.we`ird 2 2 ok",
+        ]
+    );
+}
