@@ -107,7 +107,7 @@ pub fn apply(store: &dyn Store, job: &str, policy: Policy, how: &How<'_>) -> Res
                     policy.keep_last,
                     d.reasons.join(", ")
                 );
-                r.record(store, job, l, &why, now)?;
+                r.record(store, job, l, &why, (newest_seq(&listed), now))?;
             }
             // Sidecar first: if interrupted, what remains is an incomplete
             // backup (never counted), not a sidecar pointing at nothing.
@@ -128,6 +128,16 @@ pub fn apply(store: &dyn Store, job: &str, policy: Policy, how: &How<'_>) -> Res
         stale_partials: stale,
         ignored,
     })
+}
+
+/// The newest ledger sequence number among the listed backups (0: none).
+fn newest_seq(listed: &[crate::pipeline::catalog::Listed]) -> u64 {
+    listed
+        .iter()
+        .filter_map(crate::pipeline::catalog::locate::ledger_entry)
+        .map(|e| e.seq)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Removes what interrupted runs left (and records no longer needed);
@@ -196,16 +206,10 @@ fn leftovers(
             stale.push(p.name);
         }
     }
-    // Records of entries verify no longer looks at.
+    // Records of entries verify no longer looks at: housekeeping, not
+    // reported.
     if let (Some(r), false) = (recorder, dry_run) {
-        let newest = listed
-            .iter()
-            .filter_map(crate::pipeline::catalog::locate::ledger_entry)
-            .map(|e| e.seq)
-            .max();
-        if let Some(newest) = newest {
-            stale.extend(r.expire(store, job, newest)?);
-        }
+        r.expire(store, job, newest_seq(listed))?;
     }
     Ok(stale)
 }

@@ -55,22 +55,33 @@ pub struct Recorder<'a> {
 }
 
 impl Recorder<'_> {
-    /// Writes the record of `l` (deleted for `why`) before it is deleted. A
-    /// backup with no ledger entry (format 1) needs none.
+    /// Writes the record of `l` (deleted for `why`) before it is deleted,
+    /// where `verify` will look for it: within the window below `newest`,
+    /// the newest sequence number the store holds. A backup with no ledger
+    /// entry (format 1) needs none.
     pub fn record(
         &self,
         store: &dyn Store,
         job: &str,
         l: &Listed,
         why: &str,
-        now: chrono::DateTime<chrono::Utc>,
+        (newest, now): (u64, chrono::DateTime<chrono::Utc>),
     ) -> Result<()> {
         let Some(entry) = crate::pipeline::catalog::locate::ledger_entry(l) else {
             return Ok(());
         };
+        if entry.seq <= newest.saturating_sub(u64::from(self.window.max(1))) {
+            return Ok(());
+        }
         let file = format!("{}{PRUNED_SUFFIX}", l.name);
         if store.stat(&file)?.is_some() {
             return Ok(());
+        }
+        // The signature is written first, so that no record is ever there
+        // unsigned where a key signs; one left by an interrupted run goes.
+        let sig_file = format!("{file}{SIGNATURE_SUFFIX}");
+        if store.stat(&sig_file)?.is_some() {
+            store.delete(&sig_file)?;
         }
         let bytes = serde_json::to_vec(&Record {
             format: "coffer-pruned/1".into(),
@@ -87,7 +98,7 @@ impl Recorder<'_> {
                 path: file.clone().into(),
                 message,
             })?;
-            let mut u = store.put(&format!("{file}{SIGNATURE_SUFFIX}"))?;
+            let mut u = store.put(&sig_file)?;
             u.write_all(sig.as_bytes())
                 .map_err(|e| Error::io(&file, "write", e))?;
             u.commit()?;
