@@ -39,6 +39,13 @@ pub const COUNT_QUERY: &str = "SELECT format('%s.%s', n.nspname, c.relname), \
      AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
      ORDER BY 1;";
 
+/// The roles the database's row-level security policies are granted to:
+/// `pg_dump` (with or without `--no-owner`) writes them into the policies,
+/// so a restore needs them to exist. NUL-separated (psql `-A -t -0`).
+pub const POLICY_ROLES_QUERY: &str = "SELECT DISTINCT r.rolname \
+     FROM pg_catalog.pg_policy p CROSS JOIN LATERAL unnest(p.polroles) AS u(oid) \
+     JOIN pg_catalog.pg_roles r ON r.oid = u.oid ORDER BY 1;";
+
 /// Parses [`COUNT_QUERY`]'s output (psql `-A -t -z -0`): `name\0count\0`...
 pub fn parse_counts(out: &[u8]) -> Result<Vec<(String, u64)>, String> {
     let mut fields = out.split(|&b| b == 0);
@@ -201,6 +208,47 @@ impl PostgresSource {
         cmd
     }
 
+    /// Records the roles the database's policies name, as the member
+    /// `postgres/{source}/{db}.roles` (NUL-separated) before its dump, so
+    /// that a restore drill can create them before it loads the dump.
+    fn policy_roles(
+        &self,
+        db: &str,
+        sink: &mut dyn Sink,
+        report: &mut Report,
+    ) -> Result<(), SourceError> {
+        let psql = program("psql")?;
+        let mut args = self.connection_args();
+        args.push(format!("--dbname={db}"));
+        args.extend(PSQL_QUIET.map(String::from));
+        args.extend(["-c".to_owned(), POLICY_ROLES_QUERY.to_owned()]);
+        let out = self
+            .command(&psql, &args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| SourceError::Spawn {
+                program: "psql (policy roles)".into(),
+                source: e,
+            })?;
+        if !out.status.success() {
+            return Err(SourceError::Failed {
+                program: "psql (policy roles)".into(),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        if out.stdout.iter().all(|&b| b == 0) {
+            return Ok(());
+        }
+        let member = format!("postgres/{}/{db}.roles", self.name);
+        sink.stream(&member, &mut &out.stdout[..])
+            .map_err(SourceError::Sink)?;
+        let mut c = vec![psql.display().to_string()];
+        c.extend(args);
+        report.commands.push(c);
+        Ok(())
+    }
+
     fn dump(
         &self,
         program: &PathBuf,
@@ -234,6 +282,7 @@ impl PostgresSource {
             format!("--dbname={db}"),
         ]);
         let member = format!("postgres/{}/{db}.dump", self.name);
+        self.policy_roles(db, sink, report)?;
         if !self.row_counts {
             return self.dump(pg_dump, args, &member, sink, report);
         }

@@ -18,6 +18,9 @@ use crate::pipeline::restore::walk::WalkError;
 use mariadb::ScratchMariaDb;
 use postgres::ScratchPostgres;
 
+/// The largest list of roles a dump's policies may name.
+const ROLES_MAX: u64 = 1 << 20;
+
 /// Where the drill writes what it found: the caller's report lines.
 pub(crate) struct Notes<'a> {
     pub checks: &'a mut Vec<String>,
@@ -100,6 +103,37 @@ impl Drilling {
     ) -> std::result::Result<(), WalkError> {
         if crate::cancel::is_cancelled() {
             return Err(restore_error(crate::cancel::cancelled_error()));
+        }
+        if name.starts_with("postgres/")
+            && std::path::Path::new(name)
+                .extension()
+                .is_some_and(|e| e == "roles")
+        {
+            // The roles the next dump's policies name: made first, as a
+            // real restore needs them to exist.
+            self.finish_loading();
+            let mut roles = Vec::new();
+            data.take(ROLES_MAX + 1)
+                .read_to_end(&mut roles)
+                .map_err(restore_error)?;
+            if roles.len() as u64 > ROLES_MAX {
+                return Err(restore_error(format!(
+                    "{name}: larger than {ROLES_MAX} bytes"
+                )));
+            }
+            if self.postgres.is_none() {
+                self.postgres = Some(ScratchPostgres::start().map_err(restore_error)?);
+            }
+            if let Some(pg) = &self.postgres {
+                let names: Vec<String> = roles
+                    .split(|&b| b == 0)
+                    .filter(|r| !r.is_empty())
+                    .map(|r| String::from_utf8_lossy(r).into_owned())
+                    .collect();
+                pg.create_roles(&names)
+                    .map_err(|e| restore_error(format!("{name}: {e}")))?;
+            }
+            return Ok(());
         }
         let same = self.loading.as_ref().is_some_and(|(n, _, _)| n == name);
         if !same {

@@ -163,7 +163,12 @@ impl ScratchPostgres {
             self.query(
                 SUPERUSER,
                 "postgres",
-                &format!("CREATE ROLE {LOADER} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"),
+                // BYPASSRLS: the loader owns what it loads, and a table
+                // that forces row-level security on its owner would
+                // otherwise count only the rows its policies let through.
+                &format!(
+                    "CREATE ROLE {LOADER} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE BYPASSRLS"
+                ),
             )
             .map_err(|e| format!("setting up the scratch server: {e}"))?;
             return Ok(self);
@@ -222,6 +227,33 @@ impl ScratchPostgres {
         restore.args(["--no-owner", "--no-acl", "--exit-on-error"]);
         let child = LoadClient::spawn(restore).map_err(|e| format!("pg_restore: {e}"))?;
         Ok((name, child))
+    }
+
+    /// Makes the roles a dump's row-level security policies name (NOLOGIN,
+    /// no privilege), where they do not exist yet. The names are the
+    /// backup's: quoted as identifiers and literals, never spliced as SQL.
+    pub fn create_roles(&self, roles: &[String]) -> Result<(), String> {
+        for role in roles.iter().take(1000) {
+            if role.starts_with("pg_") || role.contains('\0') {
+                continue;
+            }
+            let literal = role.replace('\'', "''");
+            let exists = self.query(
+                SUPERUSER,
+                "postgres",
+                &format!("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = '{literal}'"),
+            )?;
+            if exists.contains(&b'1') {
+                continue;
+            }
+            let ident = role.replace('"', "\"\"");
+            self.query(
+                SUPERUSER,
+                "postgres",
+                &format!("CREATE ROLE \"{ident}\" NOLOGIN"),
+            )?;
+        }
+        Ok(())
     }
 
     /// Exact row counts of every table in `database`, as `schema.table`.
