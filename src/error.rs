@@ -237,7 +237,7 @@ impl Error {
                 "stopped on request: what it had started was stopped and removed; run it again".into(),
             ),
             Error::VerifyMissing { .. } => Some(
-                "the next `coffer backup` copies them back from the store that holds them (a write-only repository: upload them again and run `coffer ingest`)".into(),
+                "nothing present is damaged; each MISSING line names the store with the good copy and how this store gets it back".into(),
             ),
             Error::Usage(_) | Error::Store { .. } => None,
         }

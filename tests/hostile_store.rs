@@ -76,6 +76,27 @@ impl Env {
     fn key(&self) -> String {
         self.p().join("backup.key").display().to_string()
     }
+    /// The job with two local stores, `first` (the usual one) and
+    /// `second`; returns the config and the second store's directory.
+    fn two_stores(&self, file: &str, signed: bool) -> (String, PathBuf) {
+        let base = self.config(&format!("base-{file}"), signed, "");
+        let second = self.p().join(format!("second-{file}"));
+        let path = self.p().join(file);
+        fs::write(
+            &path,
+            format!(
+                "{}[[store]]\ntype = \"local\"\nname = \"second\"\npath = \"{}\"\n",
+                fs::read_to_string(&base).unwrap().replace(
+                    "[[store]]\ntype = \"local\"\n",
+                    "[[store]]\ntype = \"local\"\nname = \"first\"\n"
+                ),
+                second.display()
+            ),
+        )
+        .unwrap();
+        chmod(&path, 0o600);
+        (path.display().to_string(), second)
+    }
     /// `coffer restore -c CFG -i KEY WHAT --to TO [EXTRA…]`.
     fn restore(&self, cfg: &str, what: &str, to: &Path, extra: &[&str]) -> std::process::Output {
         let key = self.key();
@@ -1707,23 +1728,8 @@ fn a_deliberate_prune_is_not_reported_as_a_store_that_lost_backups() {
 #[test]
 fn a_missed_night_in_one_store_names_the_good_copy_and_heals() {
     let e = Env::new();
-    let base = e.config("one.toml", true, "");
-    let second = e.p().join("second");
-    let two = e.p().join("two.toml");
-    fs::write(
-        &two,
-        format!(
-            "{}[[store]]\ntype = \"local\"\nname = \"second\"\npath = \"{}\"\n",
-            fs::read_to_string(&base).unwrap().replace(
-                "[[store]]\ntype = \"local\"\n",
-                "[[store]]\ntype = \"local\"\nname = \"first\"\n"
-            ),
-            second.display()
-        ),
-    )
-    .unwrap();
-    chmod(&two, 0o600);
-    let two = two.to_str().unwrap();
+    let (two, second) = e.two_stores("two.toml", true);
+    let two = two.as_str();
     let said = |out: &std::process::Output| {
         format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(out))
     };
@@ -1759,4 +1765,26 @@ fn a_missed_night_in_one_store_names_the_good_copy_and_heals() {
     assert!(!second.join("prod-20261201T000000Z.coffer").exists());
     let out = coffer(&["verify", "-c", two]);
     assert_eq!(code(&out), 0, "{}", said(&out));
+}
+
+/// An unsigned job never copies backups between stores (a forgery in one
+/// would spread): the MISSING line says so and what to do, instead of
+/// promising a refill that does not come.
+#[test]
+fn a_missed_night_of_an_unsigned_job_says_how_to_copy_it_back() {
+    let e = Env::new();
+    let (two, second) = e.two_stores("unsigned-two.toml", false);
+    for _ in 0..2 {
+        ok(&["backup", "-c", &two]);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let newest = e.names().pop().unwrap();
+    for suffix in [".coffer", ".coffer.json"] {
+        fs::remove_file(second.join(format!("{newest}{suffix}"))).unwrap();
+    }
+    let out = coffer(&["verify", "-c", &two]);
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert_eq!(code(&out), 1, "{said}");
+    assert!(said.contains("this job is unsigned"), "{said}");
+    assert!(said.contains(&format!("{newest} in first")), "{said}");
 }

@@ -197,13 +197,28 @@ fn ledger_reports(
                     .map(|e| (catalog.stores[*j].name(), e.name.as_str()))
             })
         };
+        // How this store gets a backup back, truthfully for its kind.
+        let refill_hint = |name: &str, other: &str| {
+            let managed = config
+                .stores
+                .get(*i)
+                .is_none_or(crate::config::Store::prune);
+            if config.job.signing_key.is_none() && config.job.signing_public_key.is_none() {
+                format!("this job is unsigned, so no run copies backups between stores: copy {name}'s files from {other} into this store yourself, or sign the job (signing_key)")
+            } else if managed {
+                "the next `coffer backup` copies it back".to_owned()
+            } else {
+                format!("this store is the server's to fill (prune = false): upload {name} into its incoming directory again and run `coffer ingest --accept-late {name}` there")
+            }
+        };
         let explain = |seq: u64| {
             if let Some(why) = pruned.get(&seq) {
                 return Some(ledger::Absence::Pruned(why.clone()));
             }
             held_elsewhere(seq).map(|(other, name)| {
                 ledger::Absence::Elsewhere(format!(
-                    "{name} in {other}; the next `coffer backup` copies it back (a write-only repository: upload it again and run `coffer ingest`)"
+                    "{name} in {other}; {}",
+                    refill_hint(name, other)
                 ))
             })
         };
