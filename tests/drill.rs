@@ -620,3 +620,29 @@ fn postgres_drill_loads_and_counts_tables_under_row_level_security() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(tables(&reports), ["postgres pg app.public.notes 30 30 ok"]);
 }
+
+/// A view whose definer is the server's root account and which calls a
+/// stored function: the dump names `DEFINER=root@localhost`, which a real
+/// restore onto the same server has. The drill loads it too.
+#[test]
+fn mariadb_drill_loads_a_root_definer_view_that_calls_a_function() {
+    let e = Env::new();
+    let maria = MariaDb::start();
+    maria.sql(
+        "CREATE DATABASE shop; USE shop; CREATE TABLE t (id INT); \
+         INSERT INTO t VALUES (1),(2),(3); \
+         CREATE FUNCTION twice(x INT) RETURNS INT DETERMINISTIC RETURN x * 2; \
+         CREATE DEFINER = root@localhost VIEW v AS SELECT twice(id) AS d FROM t;",
+    );
+    let options = maria.user_with_options_file("backup", "drill-pw", e.p());
+    // Dumping a view's columns runs its function.
+    maria.sql("GRANT EXECUTE ON shop.* TO 'backup'@'127.0.0.1'");
+    let cfg = e.config(&format!(
+        "[[source]]\ntype = \"mysql\"\nname = \"main\"\ndatabases = [\"shop\"]\noptions_file = \"{}\"\n",
+        options.display()
+    ));
+    e.backup(&cfg, None);
+    let (out, reports) = e.drill(&cfg, None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(tables(&reports), ["mysql main shop.t 3 3 ok"]);
+}

@@ -4,6 +4,7 @@
 //! counted against the manifest. May call `restore` (the walk's error) and
 //! `plumbing`; never `verify`, which calls it.
 
+mod definer;
 pub mod mariadb;
 pub mod postgres;
 
@@ -15,6 +16,7 @@ use serde::Serialize;
 
 use crate::pipeline::plumbing::client::LoadClient;
 use crate::pipeline::restore::walk::WalkError;
+use definer::DefinerFilter;
 use mariadb::ScratchMariaDb;
 use postgres::ScratchPostgres;
 
@@ -69,6 +71,8 @@ enum Target {
 
 enum Sink {
     Loader(LoadClient),
+    /// A MariaDB/MySQL dump, its definers made the loader's.
+    Mysql(LoadClient, DefinerFilter),
     File(std::fs::File),
 }
 
@@ -156,6 +160,24 @@ impl Drilling {
                     self.bytes += counted.n;
                 }
             }
+            Sink::Mysql(client, filter) => {
+                if let Some(stdin) = client.stdin() {
+                    // As above: a failing load is reported when waited for.
+                    let mut piece = vec![0u8; 64 << 10];
+                    loop {
+                        let n = match data.read(&mut piece) {
+                            Ok(0) => break,
+                            Ok(n) => n,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                            Err(e) => return Err(restore_error(e)),
+                        };
+                        self.bytes += n as u64;
+                        if filter.feed(&piece[..n], stdin).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
             Sink::File(f) => {
                 self.bytes += io::copy(data, f).map_err(restore_error)?;
             }
@@ -173,7 +195,10 @@ impl Drilling {
                 return Ok(None);
             };
             let child = db.loader().map_err(restore_error)?;
-            return Ok(Some((Target::Mysql, Sink::Loader(child))));
+            return Ok(Some((
+                Target::Mysql,
+                Sink::Mysql(child, DefinerFilter::default()),
+            )));
         }
         if let Some(rest) = name.strip_prefix("postgres/") {
             let Some((source, file)) = rest.split_once('/') else {
@@ -238,6 +263,12 @@ impl Drilling {
         };
         let result = match sink {
             Sink::Loader(client) => client.finish(),
+            Sink::Mysql(mut client, mut filter) => {
+                if let Some(stdin) = client.stdin() {
+                    let _ = filter.end(stdin);
+                }
+                client.finish()
+            }
             Sink::File(f) => f.sync_all().map_err(|e| e.to_string()),
         };
         self.loaded.push(Loaded {
