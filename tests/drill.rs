@@ -62,6 +62,14 @@ impl Env {
         chmod(&p, 0o600);
         p
     }
+    /// A job backing up database `shop` of `maria` as user `backup`.
+    fn shop_job(&self, maria: &MariaDb) -> PathBuf {
+        let options = maria.user_with_options_file("backup", "drill-pw", self.p());
+        self.config(&format!(
+            "[[source]]\ntype = \"mysql\"\nname = \"main\"\ndatabases = [\"shop\"]\noptions_file = \"{}\"\n",
+            options.display()
+        ))
+    }
     fn run(&self, args: &[&str], path: Option<&str>) -> Output {
         let mut c = Command::new(bin());
         c.args(args).env("TMPDIR", &self.tmp).stdin(Stdio::null());
@@ -435,11 +443,7 @@ fn mariadb_drill_restores_exact_counts_and_catches_a_row_lost_before_sealing() {
         "CREATE DATABASE shop; USE shop; CREATE TABLE t (id INT PRIMARY KEY, v TEXT); \
          INSERT INTO t SELECT seq, CONCAT('v', seq) FROM seq_1_to_3000; CREATE TABLE empty_one (x INT);",
     );
-    let options = maria.user_with_options_file("backup", "drill-pw", e.p());
-    let cfg = e.config(&format!(
-        "[[source]]\ntype = \"mysql\"\nname = \"main\"\ndatabases = [\"shop\"]\noptions_file = \"{}\"\n",
-        options.display()
-    ));
+    let cfg = e.shop_job(&maria);
     e.backup(&cfg, None);
     let (out, reports) = e.drill(&cfg, None);
     assert!(out.status.success(), "{}", text(&out));
@@ -529,11 +533,7 @@ fn a_mariadb_table_whose_default_draws_from_a_sequence_restores() {
          CREATE TABLE t (id INT DEFAULT NEXTVAL(ids), v INT); \
          INSERT INTO t (v) SELECT seq FROM seq_1_to_50;",
     );
-    let options = maria.user_with_options_file("backup", "drill-pw", e.p());
-    let cfg = e.config(&format!(
-        "[[source]]\ntype = \"mysql\"\nname = \"main\"\ndatabases = [\"shop\"]\noptions_file = \"{}\"\n",
-        options.display()
-    ));
+    let cfg = e.shop_job(&maria);
     e.backup(&cfg, None);
     let (out, reports) = e.drill(&cfg, None);
     assert!(out.status.success(), "{}", text(&out));
@@ -571,11 +571,7 @@ fn mariadb_drill_counts_real_schemas_exactly() {
     )
     .unwrap();
     maria.load(&body);
-    let options = maria.user_with_options_file("backup", "drill-pw", e.p());
-    let cfg = e.config(&format!(
-        "[[source]]\ntype = \"mysql\"\nname = \"main\"\ndatabases = [\"shop\"]\noptions_file = \"{}\"\n",
-        options.display()
-    ));
+    let cfg = e.shop_job(&maria);
     e.backup(&cfg, None);
     let (out, reports) = e.drill(&cfg, None);
     assert!(out.status.success(), "{}", text(&out));
@@ -634,13 +630,9 @@ fn mariadb_drill_loads_a_root_definer_view_that_calls_a_function() {
          CREATE FUNCTION twice(x INT) RETURNS INT DETERMINISTIC RETURN x * 2; \
          CREATE DEFINER = root@localhost VIEW v AS SELECT twice(id) AS d FROM t;",
     );
-    let options = maria.user_with_options_file("backup", "drill-pw", e.p());
+    let cfg = e.shop_job(&maria);
     // Dumping a view's columns runs its function.
     maria.sql("GRANT EXECUTE ON shop.* TO 'backup'@'127.0.0.1'");
-    let cfg = e.config(&format!(
-        "[[source]]\ntype = \"mysql\"\nname = \"main\"\ndatabases = [\"shop\"]\noptions_file = \"{}\"\n",
-        options.display()
-    ));
     e.backup(&cfg, None);
     let (out, reports) = e.drill(&cfg, None);
     assert!(out.status.success(), "{}", text(&out));
@@ -658,11 +650,7 @@ fn a_table_outside_the_snapshot_is_named_once() {
         "CREATE DATABASE shop; USE shop; CREATE TABLE a (id INT) ENGINE=Aria; \
          CREATE TABLE m (id INT) ENGINE=MyISAM; CREATE TABLE i (id INT) ENGINE=InnoDB;",
     );
-    let options = maria.user_with_options_file("backup", "drill-pw", e.p());
-    let cfg = e.config(&format!(
-        "[[source]]\ntype = \"mysql\"\nname = \"main\"\ndatabases = [\"shop\"]\noptions_file = \"{}\"\n",
-        options.display()
-    ));
+    let cfg = e.shop_job(&maria);
     let out = e.run(&["backup", "-c", cfg.to_str().unwrap()], None);
     assert!(out.status.success(), "{}", text(&out));
     let said = text(&out);

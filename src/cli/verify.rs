@@ -116,51 +116,23 @@ fn print_reports(reports: &[crate::pipeline::verify::Report], json: bool) -> any
         );
     } else {
         for r in reports {
-            if r.verdict == Verdict::Leftover {
-                outln!(
-                    "{}",
-                    super::one_line(&format!(
-                        "note  {} ({}): {}",
-                        r.name,
-                        r.store,
-                        r.checks.join("; ")
-                    ))
-                );
-            } else if r.verdict == Verdict::Missing {
-                outln!(
-                    "{}",
-                    super::one_line(&format!(
-                        "MISSING {} ({}, {}): {}",
-                        r.name,
-                        r.store,
-                        r.level,
-                        r.problems.join("; ")
-                    ))
-                );
-            } else if r.ok {
-                // Names and messages quote the store: never raw to a terminal.
-                outln!(
-                    "{}",
-                    super::one_line(&format!(
-                        "ok    {} ({}, {}): {}",
-                        r.name,
-                        r.store,
-                        r.level,
-                        r.checks.join("; ")
-                    ))
-                );
-            } else {
-                outln!(
-                    "{}",
-                    super::one_line(&format!(
-                        "FAIL  {} ({}, {}): {}",
-                        r.name,
-                        r.store,
-                        r.level,
-                        r.problems.join("; ")
-                    ))
-                );
-            }
+            let (label, said) = match r.verdict {
+                Verdict::Ok => ("ok", &r.checks),
+                Verdict::Leftover => ("note", &r.checks),
+                Verdict::Missing => ("MISSING", &r.problems),
+                Verdict::Damaged => ("FAIL", &r.problems),
+            };
+            // Names and messages quote the store: never raw to a terminal.
+            outln!(
+                "{}",
+                super::one_line(&format!(
+                    "{label:<5} {} ({}, {}): {}",
+                    r.name,
+                    r.store,
+                    r.level,
+                    said.join("; ")
+                ))
+            );
             if let Some(d) = &r.drill {
                 print_drill(d);
             }
