@@ -1404,3 +1404,51 @@ fn an_unsigned_backup_is_never_loaded_through_a_postgres_superuser() {
     assert_eq!(code(&out), 2, "{err}");
     assert!(err.contains("superuser"), "{err}");
 }
+
+/// A database's own default character set and collation (and with them
+/// the collation its triggers and routines are created under) go with a
+/// load into another database: the dump's CREATE DATABASE becomes an ALTER
+/// DATABASE of the target, not a line dropped.
+#[test]
+fn restore_into_db_keeps_the_databases_character_set_and_collation() {
+    let e = Env::new();
+    let maria = MariaDb::start();
+    maria.sql(
+        "CREATE DATABASE latin CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci; \
+         USE latin; CREATE TABLE t (v VARCHAR(10)); INSERT INTO t VALUES ('å');",
+    );
+    let options = maria.user_with_options_file("backup", "restore-pw", e.p());
+    maria.sql("GRANT ALL ON `restored`.* TO 'backup'@'127.0.0.1'");
+    let cfg = e.config(
+        "coffer.toml",
+        &format!(
+            "[[source]]\ntype = \"mysql\"\nname = \"main\"\ndatabases = [\"latin\"]\noptions_file = \"{}\"\n{}",
+            options.display(),
+            e.local_store()
+        ),
+    );
+    let c = cfg.to_str().unwrap();
+    let out = run(&["backup", "-c", c]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&[
+        "restore",
+        "-c",
+        c,
+        "-i",
+        e.key(),
+        "latest",
+        "--into-db",
+        "main",
+        "--database",
+        "restored",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        maria
+            .sql("SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'restored'")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["utf8mb4", "utf8mb4_unicode_ci"]
+    );
+    assert_eq!(maria.sql("SELECT v FROM restored.t").trim(), "å");
+}

@@ -1,5 +1,8 @@
 //! A single-database dump loaded into another database: the lines that
-//! name its own database dropped, as a stream.
+//! name its own database dropped, as a stream; its `CREATE DATABASE` kept
+//! as `ALTER DATABASE` of the target, so the target takes the database's
+//! own default character set and collation (and with them those of the
+//! triggers, routines and events created in it).
 
 use std::io::{self, BufRead, Read};
 
@@ -8,6 +11,33 @@ use std::io::{self, BufRead, Read};
 pub(super) const RETARGETED: [&[u8]; 2] = [b"CREATE DATABASE ", b"USE `"];
 /// Bytes of a line that decide whether it is dropped: the longest prefix.
 pub(super) const HEAD: usize = 16;
+/// The longest `CREATE DATABASE` line rewritten; a longer one is dropped.
+const CREATE_MAX: usize = 4096;
+
+/// `CREATE DATABASE [/*!32312 IF NOT EXISTS*/] `db` /*!40100 DEFAULT
+/// CHARACTER SET … COLLATE … */;` as `ALTER DATABASE /*!40100 … */;` — of
+/// the database the client was started on; `None` (drop the line) when it
+/// sets nothing.
+pub(super) fn alter_database(line: &[u8]) -> Option<Vec<u8>> {
+    let rest = line.strip_prefix(b"CREATE DATABASE ")?;
+    let rest = rest
+        .strip_prefix(b"/*!32312 IF NOT EXISTS*/ ")
+        .unwrap_or(rest);
+    let mut i = 1;
+    if rest.first() != Some(&b'`') {
+        return None;
+    }
+    loop {
+        match rest.get(i)? {
+            b'`' if rest.get(i + 1) == Some(&b'`') => i += 2,
+            b'`' => break,
+            _ => i += 1,
+        }
+    }
+    let settings = &rest[i + 1..];
+    memchr::memmem::find(settings, b"CHARACTER SET")?;
+    Some([&b"ALTER DATABASE"[..], settings].concat())
+}
 
 /// Drops the `CREATE DATABASE` and `USE` lines of a single-database dump,
 /// streaming: only a line's first [`HEAD`] bytes are held, the rest passes
@@ -62,6 +92,41 @@ impl<R: Read> Retarget<R> {
     }
 }
 
+impl<R: Read> Retarget<R> {
+    /// A `CREATE DATABASE` line whose head was read: the whole line (up to
+    /// [`CREATE_MAX`]), sent on as [`alter_database`] has it, or dropped.
+    fn create_database(&mut self, mut ended: bool) -> io::Result<Line> {
+        while !ended && self.head.len() < CREATE_MAX {
+            let buf = self.inner.fill_buf()?;
+            if buf.is_empty() {
+                break;
+            }
+            let want = (CREATE_MAX - self.head.len()).min(buf.len());
+            let (take, end) = through_newline(&buf[..want]);
+            self.head.extend_from_slice(&buf[..take]);
+            self.inner.consume(take);
+            ended = end;
+        }
+        let alter = if ended {
+            alter_database(&self.head)
+        } else {
+            None
+        };
+        let too_long = !ended && self.head.len() >= CREATE_MAX;
+        // Held no longer than the line's decision.
+        self.head = Vec::with_capacity(HEAD);
+        self.sent = 0;
+        Ok(match alter {
+            Some(alter) => {
+                self.head = alter;
+                Line::Head
+            }
+            None if too_long => Line::Skip,
+            None => Line::Start,
+        })
+    }
+}
+
 impl<R: Read> Read for Retarget<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if out.is_empty() {
@@ -75,6 +140,10 @@ impl<R: Read> Read for Retarget<R> {
                         return Ok(0);
                     }
                     let ended = self.head.last() == Some(&b'\n');
+                    if self.head.starts_with(RETARGETED[0]) {
+                        self.line = self.create_database(ended)?;
+                        continue;
+                    }
                     self.line = match (RETARGETED.iter().any(|p| self.head.starts_with(p)), ended) {
                         (true, true) => Line::Start,
                         (true, false) => Line::Skip,
@@ -138,9 +207,16 @@ mod tests {
     /// The line-based rewrite the streaming one replaced: the reference.
     fn by_lines(dump: &[u8]) -> Vec<u8> {
         dump.split_inclusive(|&b| b == b'\n')
-            .filter(|l| !RETARGETED.iter().any(|p| l.starts_with(p)))
+            .filter_map(|l| {
+                if l.starts_with(RETARGETED[0]) && l.ends_with(b"\n") {
+                    alter_database(l)
+                } else if RETARGETED.iter().any(|p| l.starts_with(p)) {
+                    None
+                } else {
+                    Some(l.to_vec())
+                }
+            })
             .flatten()
-            .copied()
             .collect()
     }
 
@@ -177,6 +253,19 @@ mod tests {
             b"-- MariaDB dump\n\nCREATE TABLE t (x INT);\nINSERT INTO t VALUES (1);\n-- USE `shop`;\n"
         );
         assert_eq!(out, by_lines(dump));
+    }
+
+    /// The database's own character set and collation go to the target.
+    #[test]
+    fn create_database_becomes_alter_database_of_the_target() {
+        let dump = b"CREATE DATABASE /*!32312 IF NOT EXISTS*/ `sh``op` /*!40100 DEFAULT CHARACTER SET latin1 COLLATE latin1_swedish_ci */;\n\nUSE `sh``op`;\nCREATE TABLE t (x INT);\n";
+        for step in [1, 5, 64, 4096] {
+            let out = drain(Retarget::new(Trickle(&dump[..], step)), 3);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                "ALTER DATABASE /*!40100 DEFAULT CHARACTER SET latin1 COLLATE latin1_swedish_ci */;\n\nCREATE TABLE t (x INT);\n"
+            );
+        }
     }
 
     /// Counts the bytes read from it.
