@@ -24,9 +24,37 @@ use check::{Checker, Logical};
 pub struct HashRead<R> {
     pub inner: R,
     hash: Hasher,
-    /// The SHA-256 as well, where a sidecar records it beside its BLAKE3.
-    sha256: Option<Sha256>,
+    /// The SHA-256 as well, where a sidecar records it beside its BLAKE3:
+    /// on a thread of its own, so that checking both takes no longer than
+    /// checking one.
+    sha256: Option<SideSha256>,
     pub len: u64,
+}
+
+/// A SHA-256 computed on another thread from the pieces handed to it.
+struct SideSha256 {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    worker: std::thread::JoinHandle<[u8; 32]>,
+}
+
+impl SideSha256 {
+    fn start() -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(16);
+        let worker = crate::pipeline::plumbing::thread::named_thread("sha256", move || {
+            let mut h = Sha256::new();
+            for piece in rx {
+                h.update(&piece);
+            }
+            h.finalize().into()
+        });
+        SideSha256 { tx, worker }
+    }
+
+    /// The digest, or `None` if the thread failed (the check then fails).
+    fn finish(self) -> Option<[u8; 32]> {
+        drop(self.tx);
+        self.worker.join().ok()
+    }
 }
 
 impl<R: Read> HashRead<R> {
@@ -42,7 +70,7 @@ impl<R: Read> HashRead<R> {
     /// Also computes the SHA-256 (see [`HashRead::hexes`]).
     #[must_use]
     pub fn and_sha256(mut self, also: bool) -> Self {
-        self.sha256 = also.then(Sha256::new);
+        self.sha256 = also.then(SideSha256::start);
         self
     }
 
@@ -50,11 +78,13 @@ impl<R: Read> HashRead<R> {
         self.hexes().0
     }
 
-    /// The digest of its kind, and the SHA-256 when asked for.
+    /// The digest of its kind, and the SHA-256 when asked for (empty if
+    /// its thread failed, which no sidecar matches).
     pub fn hexes(self) -> (String, Option<String>) {
         (
             hex::encode(self.hash.finalize()),
-            self.sha256.map(|h| hex::encode(h.finalize())),
+            self.sha256
+                .map(|h| h.finish().map(hex::encode).unwrap_or_default()),
         )
     }
 }
@@ -62,10 +92,11 @@ impl<R: Read> HashRead<R> {
 impl<R: Read> Read for HashRead<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
-        if let Some(h) = &mut self.sha256 {
-            h.update(&buf[..n]);
+        if let (Some(h), true) = (&self.sha256, n > 0) {
+            // A closed queue means the thread failed: `hexes` says so.
+            let _ = h.tx.send(buf[..n].to_vec());
         }
+        self.hash.update(&buf[..n]);
         self.len += n as u64;
         Ok(n)
     }
