@@ -70,6 +70,13 @@ impl Env {
             options.display()
         ))
     }
+    /// Backs up, then drills the backup, which must pass: its reports.
+    fn drilled(&self, cfg: &Path) -> serde_json::Value {
+        self.backup(cfg, None);
+        let (out, reports) = self.drill(cfg, None);
+        assert!(out.status.success(), "{}", text(&out));
+        reports
+    }
     fn run(&self, args: &[&str], path: Option<&str>) -> Output {
         let mut c = Command::new(bin());
         c.args(args).env("TMPDIR", &self.tmp).stdin(Stdio::null());
@@ -373,9 +380,7 @@ fn postgres_drill_restores_exact_counts_and_catches_a_dump_that_lost_a_row() {
         passfile.display(),
         pg.port
     ));
-    e.backup(&cfg, None);
-    let (out, reports) = e.drill(&cfg, None);
-    assert!(out.status.success(), "{}", text(&out));
+    let reports = e.drilled(&cfg);
     assert_eq!(
         tables(&reports),
         [
@@ -444,9 +449,7 @@ fn mariadb_drill_restores_exact_counts_and_catches_a_row_lost_before_sealing() {
          INSERT INTO t SELECT seq, CONCAT('v', seq) FROM seq_1_to_3000; CREATE TABLE empty_one (x INT);",
     );
     let cfg = e.shop_job(&maria);
-    e.backup(&cfg, None);
-    let (out, reports) = e.drill(&cfg, None);
-    assert!(out.status.success(), "{}", text(&out));
+    let reports = e.drilled(&cfg);
     assert_eq!(
         tables(&reports),
         [
@@ -534,9 +537,7 @@ fn a_mariadb_table_whose_default_draws_from_a_sequence_restores() {
          INSERT INTO t (v) SELECT seq FROM seq_1_to_50;",
     );
     let cfg = e.shop_job(&maria);
-    e.backup(&cfg, None);
-    let (out, reports) = e.drill(&cfg, None);
-    assert!(out.status.success(), "{}", text(&out));
+    let reports = e.drilled(&cfg);
     assert!(
         tables(&reports).contains(&"mysql main shop.t 50 50 ok".to_owned()),
         "{reports:#}"
@@ -572,9 +573,7 @@ fn mariadb_drill_counts_real_schemas_exactly() {
     .unwrap();
     maria.load(&body);
     let cfg = e.shop_job(&maria);
-    e.backup(&cfg, None);
-    let (out, reports) = e.drill(&cfg, None);
-    assert!(out.status.success(), "{}", text(&out));
+    let reports = e.drilled(&cfg);
     assert_eq!(
         tables(&reports),
         [
@@ -611,9 +610,7 @@ fn postgres_drill_loads_and_counts_tables_under_row_level_security() {
         passfile.display(),
         pg.port
     ));
-    e.backup(&cfg, None);
-    let (out, reports) = e.drill(&cfg, None);
-    assert!(out.status.success(), "{}", text(&out));
+    let reports = e.drilled(&cfg);
     assert_eq!(tables(&reports), ["postgres pg app.public.notes 30 30 ok"]);
 }
 
@@ -633,9 +630,7 @@ fn mariadb_drill_loads_a_root_definer_view_that_calls_a_function() {
     let cfg = e.shop_job(&maria);
     // Dumping a view's columns runs its function.
     maria.sql("GRANT EXECUTE ON shop.* TO 'backup'@'127.0.0.1'");
-    e.backup(&cfg, None);
-    let (out, reports) = e.drill(&cfg, None);
-    assert!(out.status.success(), "{}", text(&out));
+    let reports = e.drilled(&cfg);
     assert_eq!(tables(&reports), ["mysql main shop.t 3 3 ok"]);
 }
 

@@ -57,6 +57,22 @@ impl Env {
     }
 }
 
+/// `restore -c CFG -i KEY latest --into-db SOURCE --database DB`.
+fn into_db(cfg: &str, key: &str, source: &str, db: &str) -> std::process::Output {
+    run(&[
+        "restore",
+        "-c",
+        cfg,
+        "-i",
+        key,
+        "latest",
+        "--into-db",
+        source,
+        "--database",
+        db,
+    ])
+}
+
 fn run(args: &[&str]) -> std::process::Output {
     Command::new(bin())
         .args(args)
@@ -828,18 +844,7 @@ fn restore_into_db_loads_mariadb_and_postgres_and_refuses_non_empty_targets() {
     assert!(out.status.success(), "{}", stderr(&out));
     let c = cfg.to_str().unwrap();
 
-    let out = run(&[
-        "restore",
-        "-c",
-        c,
-        "-i",
-        e.key(),
-        "latest",
-        "--into-db",
-        "main",
-        "--database",
-        "restored",
-    ]);
+    let out = into_db(c, e.key(), "main", "restored");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         maria
@@ -1430,18 +1435,7 @@ fn restore_into_db_keeps_the_databases_character_set_and_collation() {
     let c = cfg.to_str().unwrap();
     let out = run(&["backup", "-c", c]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = run(&[
-        "restore",
-        "-c",
-        c,
-        "-i",
-        e.key(),
-        "latest",
-        "--into-db",
-        "main",
-        "--database",
-        "restored",
-    ]);
+    let out = into_db(c, e.key(), "main", "restored");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         maria
