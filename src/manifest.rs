@@ -496,6 +496,20 @@ mod tests {
         assert!(Sidecar::parse(&sidecar(SIDECAR_FORMAT_V1, Some(1), Some(""))).is_err());
     }
 
+    /// FORMAT.md §6: a key given twice, or a value of another type, is
+    /// refused, as an unknown key is.
+    #[test]
+    fn duplicate_keys_and_wrong_types_are_refused() {
+        let good = sidecar(SIDECAR_FORMAT, Some(1), Some(""));
+        assert!(Sidecar::parse(&good).is_ok());
+        let text = String::from_utf8(good).unwrap();
+        let twice = text.replacen('{', "{\"job\":\"other\",", 1);
+        assert!(Sidecar::parse(twice.as_bytes()).is_err(), "{twice}");
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["size"] = "12".into();
+        assert!(Sidecar::parse(&serde_json::to_vec(&v).unwrap()).is_err());
+    }
+
     #[test]
     fn blake3_belongs_to_v3_and_is_what_a_reader_checks() {
         let v3 = Sidecar::parse(&sidecar(SIDECAR_FORMAT, Some(1), Some(""))).unwrap();
