@@ -1750,19 +1750,21 @@ fn a_missed_night_in_one_store_names_the_good_copy_and_heals() {
         "{}",
         said(&out)
     );
-    // An upload whose sidecar never arrived: a leftover, said as such.
-    fs::write(second.join("prod-20261201T000000Z.coffer"), b"partial").unwrap();
+    // An upload whose sidecar never arrived (a run in the same second as
+    // the newest): a leftover, said as such.
+    let partial = format!("{newest}-1");
+    fs::write(second.join(format!("{partial}.coffer")), b"partial").unwrap();
     let out = coffer(&["verify", "-c", two]);
     assert_eq!(code(&out), 1, "{}", said(&out));
     assert!(
-        said(&out).contains("note  prod-20261201T000000Z"),
+        said(&out).contains(&format!("note  {partial}")),
         "{}",
         said(&out)
     );
     // The next run refills the second store and removes the leftover.
     ok(&["backup", "-c", two]);
     assert!(second.join(format!("{newest}.coffer.json")).exists());
-    assert!(!second.join("prod-20261201T000000Z.coffer").exists());
+    assert!(!second.join(format!("{partial}.coffer")).exists());
     let out = coffer(&["verify", "-c", two]);
     assert_eq!(code(&out), 0, "{}", said(&out));
 }
@@ -1787,4 +1789,35 @@ fn a_missed_night_of_an_unsigned_job_says_how_to_copy_it_back() {
     assert_eq!(code(&out), 1, "{said}");
     assert!(said.contains("this job is unsigned"), "{said}");
     assert!(said.contains(&format!("{newest} in first")), "{said}");
+}
+
+/// A store that loses (or drops) every sidecar of an unsigned job is not a
+/// store of leftovers: sealed files older than the newest complete backup
+/// and than a day are backups whose sidecars are gone, and verify fails
+/// (exit 3) instead of passing with notes; a backup run does not delete
+/// them as interrupted uploads.
+#[test]
+fn sealed_files_that_lost_their_sidecars_are_not_leftovers() {
+    let e = Env::new();
+    let unsigned = e.config("unsigned.toml", false, "");
+    for _ in 0..2 {
+        ok(&["backup", "-c", &unsigned]);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let names = e.names();
+    for n in &names {
+        fs::remove_file(e.file(n, ".coffer.json")).unwrap();
+        sh(
+            &format!("touch -d '2 days ago' {}", e.file(n, ".coffer").display()),
+            e.p(),
+        );
+    }
+    let out = coffer(&["verify", "-c", &unsigned]);
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert_eq!(code(&out), 3, "{said}");
+    assert!(said.contains("sidecar is gone"), "{said}");
+    ok(&["backup", "-c", &unsigned]);
+    for n in &names {
+        assert!(e.file(n, ".coffer").exists(), "{n} was deleted");
+    }
 }

@@ -35,9 +35,18 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     let verifier = crate::pipeline::job::trusted_verifier(&config)?;
     // Where this machine holds the signing key (the backup host), what it
     // deletes is recorded signed: a later verify believes the record.
-    let signer = match &config.job.signing_key {
-        Some(_) => crate::pipeline::job::load_signer(&config).ok().flatten(),
-        None => None,
+    let signer = match crate::pipeline::job::load_signer(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "coffer: warning: {}",
+                super::one_line(&format!(
+                    "prune records are written unsigned, so verify with a signing public key will not believe them: {}",
+                    crate::cli_chain(&e)
+                ))
+            );
+            None
+        }
     };
     let recorder = crate::pipeline::catalog::Recorder {
         signer: signer.as_ref(),

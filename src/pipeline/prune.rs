@@ -88,6 +88,14 @@ pub fn apply(store: &dyn Store, job: &str, policy: Policy, how: &How<'_>) -> Res
             (None, None) => ignored.push((l.name.clone(), "no usable time".into())),
         }
     }
+    // The newest ledger number among what holds keep slots (this job's,
+    // plausible, signed where signatures count): nothing else may decide
+    // which prune records are written or kept.
+    let newest = newest_seq(
+        listed
+            .iter()
+            .filter(|l| backups.iter().any(|b| b.name == l.name)),
+    );
     let mut decisions = retention::plan(&backups, policy);
     // Whatever the clock says, a run never deletes the backup it just made.
     for d in &mut decisions {
@@ -107,7 +115,7 @@ pub fn apply(store: &dyn Store, job: &str, policy: Policy, how: &How<'_>) -> Res
                     policy.keep_last,
                     d.reasons.join(", ")
                 );
-                r.record(store, job, l, &why, (newest_seq(&listed), now))?;
+                r.record(store, job, l, &why, (newest, now))?;
             }
             // Sidecar first: if interrupted, what remains is an incomplete
             // backup (never counted), not a sidecar pointing at nothing.
@@ -120,7 +128,14 @@ pub fn apply(store: &dyn Store, job: &str, policy: Policy, how: &How<'_>) -> Res
         }
         deleted.push(d.name.clone());
     }
-    let stale = leftovers(store, job, &listed, partials, how)?;
+    let others = || {
+        backups
+            .iter()
+            .map(|b| b.name.as_str())
+            .filter(|&n| Some(n) != protect)
+    };
+    let span = (others().min(), others().max());
+    let stale = leftovers(store, job, &listed, partials, how, (newest, span))?;
     Ok(PruneReport {
         store: store.name().to_owned(),
         decisions,
@@ -130,10 +145,9 @@ pub fn apply(store: &dyn Store, job: &str, policy: Policy, how: &How<'_>) -> Res
     })
 }
 
-/// The newest ledger sequence number among the listed backups (0: none).
-fn newest_seq(listed: &[crate::pipeline::catalog::Listed]) -> u64 {
+/// The newest ledger sequence number among `listed` (0: none).
+fn newest_seq<'a>(listed: impl Iterator<Item = &'a crate::pipeline::catalog::Listed>) -> u64 {
     listed
-        .iter()
         .filter_map(crate::pipeline::catalog::locate::ledger_entry)
         .map(|e| e.seq)
         .max()
@@ -148,6 +162,7 @@ fn leftovers(
     listed: &[crate::pipeline::catalog::Listed],
     partials: Vec<crate::store::Object>,
     how: &How<'_>,
+    (newest, (oldest_backup, newest_backup)): (u64, (Option<&str>, Option<&str>)),
 ) -> Result<Vec<String>> {
     let How {
         protect,
@@ -160,13 +175,24 @@ fn leftovers(
     // Leftovers of interrupted runs or removals — a sealed file without its
     // sidecar, a signature without both — are never backups. This job's are
     // removed by its next run (it holds the lock: nothing of the job is in
-    // flight) or, by `prune`, once a day old; never the backup just made.
+    // flight) where they are newer than its newest backup (what an
+    // interrupted upload leaves) or older than its oldest (what an
+    // interrupted removal leaves: retention deletes the sidecar first), or
+    // by `prune` once a day old; never the backup just made. A sealed file
+    // among the backups kept that lost its sidecar is not taken away by a
+    // backup run.
     for l in listed {
         let leftover = matches!(l.state, State::NoSidecar | State::NoSealedFile)
             && is_backup_name(job, &l.name)
             && Some(l.name.as_str()) != protect;
         let old = l.sealed_mtime > 0 && now.timestamp() - l.sealed_mtime > STALE_PARTIAL_SECS;
-        if !(leftover && (protect.is_some() || old)) {
+        let name = l.name.as_str();
+        let interrupted = match (oldest_backup, newest_backup) {
+            (Some(o), Some(n)) => name > n || name < o,
+            _ => !old,
+        };
+        let due = if protect.is_some() { interrupted } else { old };
+        if !(leftover && due) {
             continue;
         }
         let mut removed = Vec::new();
@@ -209,7 +235,7 @@ fn leftovers(
     // Records of entries verify no longer looks at: housekeeping, not
     // reported.
     if let (Some(r), false) = (recorder, dry_run) {
-        r.expire(store, job, newest_seq(listed))?;
+        r.expire(store, job, newest)?;
     }
     Ok(stale)
 }

@@ -27,9 +27,10 @@ pub const PRUNED_SUFFIX: &str = ".coffer.pruned";
 /// The largest record read: one is a few hundred bytes.
 const RECORD_MAX: u64 = 4096;
 
-/// The most records read from one store: they are kept only within the
-/// ledger window, so more is a store padding its listing.
-const RECORDS_MAX: usize = 4096;
+/// The most records read from one store, newest first: they are kept only
+/// within the ledger window, so more is a store padding its listing (and
+/// padding with older names cannot push the newest out of view).
+const RECORDS_MAX: usize = 1024;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,12 +75,18 @@ impl Recorder<'_> {
             return Ok(());
         }
         let file = format!("{}{PRUNED_SUFFIX}", l.name);
+        let sig_file = format!("{file}{SIGNATURE_SUFFIX}");
         if store.stat(&file)?.is_some() {
-            return Ok(());
+            // Kept if it is signed, or nothing here could sign it; an
+            // unsigned one (planted, or written without the key) is
+            // replaced by a signed one.
+            if self.signer.is_none() || store.stat(&sig_file)?.is_some() {
+                return Ok(());
+            }
+            store.delete(&file)?;
         }
         // The signature is written first, so that no record is ever there
         // unsigned where a key signs; one left by an interrupted run goes.
-        let sig_file = format!("{file}{SIGNATURE_SUFFIX}");
         if store.stat(&sig_file)?.is_some() {
             store.delete(&sig_file)?;
         }
@@ -151,13 +158,14 @@ fn records(
     verifier: Option<&Verifier>,
 ) -> Result<BTreeMap<u64, (String, String)>> {
     let mut out = BTreeMap::new();
-    let names: Vec<String> = store
+    let mut names: Vec<String> = store
         .list()?
         .into_iter()
         .filter_map(|o| o.name.strip_suffix(PRUNED_SUFFIX).map(str::to_owned))
         .filter(|n| is_backup_name(job, n))
-        .take(RECORDS_MAX)
         .collect();
+    names.sort_unstable_by(|a, b| b.cmp(a));
+    names.truncate(RECORDS_MAX);
     for name in names {
         let file = format!("{name}{PRUNED_SUFFIX}");
         let Some(bytes) = read_small(store, &file) else {

@@ -20,6 +20,9 @@ pub use crate::pipeline::drill::{Drill, TableCheck};
 use crate::pipeline::drill::{Drilling, Notes};
 use crate::pipeline::restore::walk::{walk, HashRead, WalkError, Walked};
 
+/// How long a sealed file with no sidecar may be an upload just interrupted.
+const LEFTOVER_GRACE_SECS: i64 = 24 * 3600;
+
 pub enum Select {
     All,
     Latest,
@@ -103,6 +106,7 @@ pub fn verify(
     for (i, listed) in catalog.listed.iter().enumerate() {
         let store = catalog.stores[i].as_ref();
         let mut ledger_entries = Vec::new();
+        let span = complete_span(listed, job);
         for l in listed {
             if let Some((ci, cn)) = &chosen {
                 if *ci != i || cn != &l.name {
@@ -135,7 +139,7 @@ pub fn verify(
                         ledger_entries.extend(ledger_entry(l));
                     }
                 }
-                (state, _) => not_a_backup(state, &mut r),
+                (_, _) => not_a_backup(l, span, (job, now), &mut r),
             }
             if r.verdict != Verdict::Leftover {
                 r.verdict = if r.problems.is_empty() {
@@ -262,13 +266,51 @@ fn ledger_reports(
 
 /// A listed entry that is not a complete backup: a leftover of an
 /// interrupted upload (not damage), or a sidecar that vouches for nothing.
-fn not_a_backup(state: &State, r: &mut Report) {
-    match state {
+/// The names of the oldest and the newest complete backup of `job` listed.
+fn complete_span<'a>(
+    listed: &'a [crate::pipeline::catalog::Listed],
+    job: &str,
+) -> Option<(&'a str, &'a str)> {
+    let names = || {
+        listed
+            .iter()
+            .filter(|l| {
+                l.state == State::Complete
+                    && l.sidecar.as_ref().is_some_and(|s| s.job == job)
+                    && is_backup_name(job, &l.name)
+            })
+            .map(|l| l.name.as_str())
+    };
+    Some((names().min()?, names().max()?))
+}
+
+/// An interrupted upload is newer than the newest complete backup, an
+/// interrupted removal older than the oldest (retention deletes the sidecar
+/// first), and either may be at most a day old; a sealed file among the
+/// complete backups whose sidecar is gone is a backup the store lost the
+/// sidecar of, not a leftover.
+fn not_a_backup(
+    l: &crate::pipeline::catalog::Listed,
+    span: Option<(&str, &str)>,
+    (job, now): (&str, chrono::DateTime<chrono::Utc>),
+    r: &mut Report,
+) {
+    match &l.state {
         State::NoSidecar => {
-            r.verdict = Verdict::Leftover;
-            r.checks.push(
-                "an incomplete upload (a sealed file with no sidecar), not a backup: the job's next run removes it, or `coffer prune` once it is a day old".into(),
-            );
+            let name = l.name.as_str();
+            let newer = span.is_some_and(|(oldest, newest)| name > newest || name < oldest);
+            let recent =
+                l.sealed_mtime > 0 && now.timestamp() - l.sealed_mtime <= LEFTOVER_GRACE_SECS;
+            if is_backup_name(job, &l.name) && (newer || recent) {
+                r.verdict = Verdict::Leftover;
+                r.checks.push(
+                    "an incomplete upload (a sealed file with no sidecar), not a backup: the job's next run removes it, or `coffer prune` once it is a day old".into(),
+                );
+            } else {
+                r.problems.push(
+                    "a sealed file with no sidecar, among the complete backups and older than a day: not an interrupted upload or removal but a backup whose sidecar is gone (it cannot be trusted to restore; another store may hold it)".into(),
+                );
+            }
         }
         State::NoSealedFile => r.problems.push("sidecar without its .coffer file".into()),
         State::BadSidecar(e) => r.problems.push(format!("sidecar is not valid: {e}")),
