@@ -283,6 +283,8 @@ fn a_closed_stdout_ends_quietly_with_the_commands_own_exit_code() {
     for args in [
         vec!["inspect", sealed.to_str().unwrap()],
         vec!["inspect", "--json", sealed.to_str().unwrap()],
+        vec!["completions", "bash"],
+        vec!["man"],
     ] {
         let out = run(&args);
         assert_eq!(code(&out), 0, "{args:?}: {}", stderr(&out));

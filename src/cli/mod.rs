@@ -206,13 +206,18 @@ static STDOUT_FAILED: std::sync::Mutex<Option<std::io::Error>> = std::sync::Mute
 
 /// One line of a command's result on stdout.
 pub fn out_line(args: std::fmt::Arguments<'_>) {
+    out_bytes(format!("{args}\n").as_bytes());
+}
+
+/// A command's result on stdout, as bytes (completions, a manual page).
+pub fn out_bytes(bytes: &[u8]) {
     use std::io::Write as _;
     use std::sync::atomic::Ordering;
     if STDOUT_GONE.load(Ordering::Relaxed) {
         return;
     }
     let mut o = std::io::stdout().lock();
-    if let Err(e) = o.write_fmt(args).and_then(|()| o.write_all(b"\n")) {
+    if let Err(e) = o.write_all(bytes).and_then(|()| o.flush()) {
         STDOUT_GONE.store(true, Ordering::Relaxed);
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             if let Ok(mut failed) = STDOUT_FAILED.lock() {
@@ -256,18 +261,22 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Open(a) => open::run(&a),
         Command::Inspect(a) => inspect::run(&a),
         Command::Completions { shell } => {
+            let mut script = Vec::new();
             clap_complete::generate(
                 shell,
                 &mut <Cli as clap::CommandFactory>::command(),
                 "coffer",
-                &mut std::io::stdout(),
+                &mut script,
             );
+            out_bytes(&script);
             Ok(())
         }
         Command::Man { dir: None } => {
+            let mut page = Vec::new();
             clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
-                .render(&mut std::io::stdout())
+                .render(&mut page)
                 .map_err(|e| Error::io("stdout", "write", e))?;
+            out_bytes(&page);
             Ok(())
         }
         Command::Man { dir: Some(dir) } => {
