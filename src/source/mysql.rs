@@ -27,7 +27,7 @@ impl MysqlSource {
             })
     }
 
-    fn argv(&self) -> Vec<String> {
+    fn argv(&self, history: bool) -> Vec<String> {
         let mut a = Vec::new();
         // Must be the first option, or the client ignores it.
         if let Some(f) = &self.options_file {
@@ -49,6 +49,12 @@ impl MysqlSource {
             ]
             .map(String::from),
         );
+        if history {
+            // Every row version of a system-versioned table, and its load
+            // sets system_versioning_insert_history: without it a restore
+            // keeps only the current rows.
+            a.push("--dump-history".into());
+        }
         if self.all {
             a.push("--all-databases".into());
         } else {
@@ -99,8 +105,9 @@ impl Source for MysqlSource {
             check_component("database", db)?;
         }
         let program = Self::program()?;
-        let warnings = self.outside_the_snapshot();
-        let argv = self.argv();
+        let mut warnings = self.outside_the_snapshot();
+        let history = self.history(&program, &mut warnings);
+        let argv = self.argv(history);
         let mut cmd = Command::new(&program);
         cmd.args(&argv);
         // A password in the environment would show in /proc/PID/environ.
@@ -154,32 +161,95 @@ impl MysqlSource {
     /// writes while the dump runs may be partly in them. Best effort: a
     /// client that cannot ask says nothing, and the dump goes on.
     fn outside_the_snapshot(&self) -> Vec<String> {
-        let Some(client) = find_program("mariadb").or_else(|| find_program("mysql")) else {
-            return Vec::new();
-        };
+        let sql = format!(
+            "SELECT CONCAT(TABLE_SCHEMA, '.', TABLE_NAME, ' (', ENGINE, ')') \
+             FROM information_schema.TABLES WHERE TABLE_TYPE = 'BASE TABLE' AND {} \
+             AND ENGINE IN (SELECT ENGINE FROM information_schema.ENGINES WHERE TRANSACTIONS = 'NO') \
+             ORDER BY 1",
+            self.which_schemas()
+        );
+        self.ask(&sql)
+            .into_iter()
+            .map(|t| {
+                format!(
+                    "{t} does not take part in transactions: --single-transaction cannot make it consistent with the rest of the dump, and writes while the backup ran may be partly in it (convert it to InnoDB, or back it up while nothing writes)"
+                )
+            })
+            .collect()
+    }
+
+    /// Whether the dump keeps the history of system-versioned tables
+    /// (`--dump-history`, mariadb-dump 10.11 and later). Where it cannot —
+    /// an older or MySQL client, or a table versioned by transaction id,
+    /// which the option refuses to dump at all — the dump keeps the current
+    /// rows, and a warning names what is not kept.
+    fn history(&self, program: &std::path::Path, warnings: &mut Vec<String>) -> bool {
+        let sql = format!(
+            "SELECT CONCAT(t.TABLE_SCHEMA, '.', t.TABLE_NAME, IF(EXISTS(SELECT 1 FROM information_schema.COLUMNS c \
+             WHERE c.TABLE_SCHEMA = t.TABLE_SCHEMA AND c.TABLE_NAME = t.TABLE_NAME \
+             AND c.GENERATION_EXPRESSION = 'ROW START' AND c.DATA_TYPE = 'bigint'), ' trx', '')) \
+             FROM information_schema.TABLES t WHERE t.TABLE_TYPE = 'SYSTEM VERSIONED' AND {} ORDER BY 1",
+            self.which_schemas().replace("TABLE_SCHEMA", "t.TABLE_SCHEMA")
+        );
+        let versioned = self.ask(&sql);
+        if versioned.is_empty() {
+            return false;
+        }
+        let by_trx: Vec<&str> = versioned
+            .iter()
+            .filter_map(|t| t.strip_suffix(" trx"))
+            .collect();
+        if !by_trx.is_empty() {
+            warnings.push(format!(
+                "the history of {} is not in the backup, only its current rows: it is versioned by transaction id, whose history mariadb-dump cannot dump",
+                by_trx.join(", ")
+            ));
+            return false;
+        }
+        let can = Command::new(program)
+            .arg("--help")
+            .env_remove("MYSQL_PWD")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--dump-history"));
+        if !can {
+            warnings.push(format!(
+                "the history of {} is not in the backup, only its current rows: {} cannot dump it (mariadb-dump 10.11 or later can)",
+                versioned.join(", "),
+                program.display()
+            ));
+        }
+        can
+    }
+
+    /// The SQL condition on TABLE_SCHEMA that selects the dumped databases.
+    fn which_schemas(&self) -> String {
         let quoted: Vec<String> = self
             .databases
             .iter()
             .map(|d| format!("'{}'", d.replace('\\', "\\\\").replace('\'', "''")))
             .collect();
-        let which = if self.all || quoted.is_empty() {
+        if self.all || quoted.is_empty() {
             "TABLE_SCHEMA NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys')"
                 .to_owned()
         } else {
             format!("TABLE_SCHEMA IN ({})", quoted.join(", "))
+        }
+    }
+
+    /// The first column of each row `sql` returns, through the client with
+    /// the source's option file. Best effort: a client that cannot ask
+    /// returns nothing, and the dump goes on.
+    fn ask(&self, sql: &str) -> Vec<String> {
+        let Some(client) = find_program("mariadb").or_else(|| find_program("mysql")) else {
+            return Vec::new();
         };
-        let sql = format!(
-            "SELECT CONCAT(TABLE_SCHEMA, '.', TABLE_NAME, ' (', ENGINE, ')') \
-             FROM information_schema.TABLES WHERE TABLE_TYPE = 'BASE TABLE' AND {which} \
-             AND ENGINE IN (SELECT ENGINE FROM information_schema.ENGINES WHERE TRANSACTIONS = 'NO') \
-             ORDER BY 1"
-        );
         let mut cmd = Command::new(client);
         // Must be the first option, or the client ignores it.
         if let Some(f) = &self.options_file {
             cmd.arg(format!("--defaults-extra-file={}", f.display()));
         }
-        cmd.args(["--batch", "--skip-column-names", "-e", &sql])
+        cmd.args(["--batch", "--skip-column-names", "-e", sql])
             .env_remove("MYSQL_PWD")
             .stdin(std::process::Stdio::null());
         let Ok(out) = cmd.output() else {
@@ -192,11 +262,7 @@ impl MysqlSource {
             .lines()
             .filter(|l| !l.is_empty())
             .take(100)
-            .map(|t| {
-                format!(
-                    "{t} does not take part in transactions: --single-transaction cannot make it consistent with the rest of the dump, and writes while the backup ran may be partly in it (convert it to InnoDB, or back it up while nothing writes)"
-                )
-            })
+            .map(str::to_owned)
             .collect()
     }
 }

@@ -316,8 +316,21 @@ impl ScratchMariaDb {
         let (db, table) = qualified
             .split_once('.')
             .ok_or_else(|| format!("bad table name {qualified}"))?;
+        // A system-versioned table's dump carries its history (every row
+        // version), so what it holds is counted with the history too.
+        let literal = |s: &str| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"));
+        let kind = self.query(&format!(
+            "SELECT TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {}",
+            literal(db),
+            literal(table)
+        ))?;
+        let history = if kind == "SYSTEM VERSIONED" {
+            " FOR SYSTEM_TIME ALL"
+        } else {
+            ""
+        };
         let q = format!(
-            "SELECT COUNT(*) FROM `{}`.`{}`",
+            "SELECT COUNT(*) FROM `{}`.`{}`{history}",
             db.replace('`', "``"),
             table.replace('`', "``")
         );
