@@ -1446,3 +1446,94 @@ fn restore_into_db_keeps_the_databases_character_set_and_collation() {
     );
     assert_eq!(maria.sql("SELECT v FROM restored.t").trim(), "å");
 }
+
+/// A PostgreSQL database restored under another name keeps what made it
+/// that database: its comment, its settings (`ALTER DATABASE … SET`), and
+/// — loaded through a superuser, where the roles exist — the owners of its
+/// objects, as pg_restore keeps them. Through a role that cannot give
+/// objects away, the restore says whose objects it now owns.
+#[test]
+fn a_postgres_restore_keeps_the_database_comment_settings_and_owners() {
+    let e = Env::new();
+    let pg = Postgres::start();
+    pg.sql("postgres", "CREATE ROLE app_owner NOLOGIN");
+    pg.sql(
+        "postgres",
+        "CREATE ROLE loader LOGIN CREATEDB PASSWORD 'loader-pw'",
+    );
+    pg.sql("postgres", "CREATE DATABASE app");
+    pg.sql("postgres", "COMMENT ON DATABASE app IS 'the shop''s data'");
+    pg.sql("postgres", "ALTER DATABASE app SET work_mem TO '8MB'");
+    pg.sql(
+        "app",
+        "CREATE TABLE o (id int PRIMARY KEY); INSERT INTO o SELECT generate_series(1, 100); \
+         ALTER TABLE o OWNER TO app_owner;",
+    );
+    let passfile = e.p().join("pgpass");
+    fs::write(
+        &passfile,
+        format!(
+            "{}127.0.0.1:{}:*:loader:loader-pw\n",
+            fs::read_to_string(pg.passfile(e.p())).unwrap(),
+            pg.port
+        ),
+    )
+    .unwrap();
+    chmod(&passfile, 0o600);
+    let sign = e.p().join("sign.key");
+    ok(&[
+        "keygen",
+        "--type",
+        "signing",
+        "--out",
+        sign.to_str().unwrap(),
+    ]);
+    let config = |user: &str| {
+        e.config(
+            &format!("{user}.toml"),
+            &format!(
+                "signing_key = \"{s}\"\nsigning_public_key = \"{s}.pub\"\n\
+                 [[source]]\ntype = \"postgres\"\nname = \"pg\"\ndatabases = [\"app\"]\npassfile = \"{}\"\n\
+                 host = \"127.0.0.1\"\nport = {}\nuser = \"{user}\"\n{}",
+                passfile.display(),
+                pg.port,
+                e.local_store(),
+                s = sign.display(),
+            ),
+        )
+    };
+    let superuser = config("postgres");
+    let out = run(&["backup", "-c", superuser.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = into_db(superuser.to_str().unwrap(), e.key(), "pg", "copy");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        pg.sql(
+            "copy",
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = 'copy'"
+        )
+        .trim(),
+        "the shop's data"
+    );
+    assert_eq!(pg.sql("copy", "SHOW work_mem").trim(), "8MB");
+    assert_eq!(
+        pg.sql(
+            "copy",
+            "SELECT tableowner FROM pg_tables WHERE tablename = 'o'"
+        )
+        .trim(),
+        "app_owner"
+    );
+
+    let loader = config("loader");
+    let out = into_db(loader.to_str().unwrap(), e.key(), "pg", "copy2");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("owned by app_owner are owned by loader in copy2"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(pg.sql("copy2", "SHOW work_mem").trim(), "8MB");
+    assert_eq!(pg.sql("copy2", "SELECT count(*) FROM o").trim(), "100");
+}

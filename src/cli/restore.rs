@@ -350,7 +350,7 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
         if let Some(w) = crate::pipeline::restore::load::warning(config, source) {
             out.warn(&w);
         }
-        let w = crate::pipeline::restore::load::into_db(
+        let loaded = crate::pipeline::restore::load::into_db(
             config,
             source,
             a.database.as_deref(),
@@ -363,10 +363,13 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
                 authenticated: verifier.is_some(),
             },
         )?;
+        for w in &loaded.warnings {
+            out.warn(w);
+        }
         out.summary(
             &format!(
                 "restored {what} into the {source} server: every chunk authenticated, {} members match {}{}",
-                w.members,
+                loaded.walked.members,
                 crate::manifest::INNER_NAME,
                 older_than(&passed_over)
             ),

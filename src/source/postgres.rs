@@ -279,6 +279,10 @@ impl PostgresSource {
         args.extend([
             "--format=custom".into(),
             "--compress=0".into(),
+            // The database's own comment and settings go into the archive
+            // only with --create; a restore that does not create the
+            // database skips them.
+            "--create".into(),
             format!("--dbname={db}"),
         ]);
         let member = format!("postgres/{}/{db}.dump", self.name);

@@ -5,6 +5,8 @@
 //! The target must be empty (or absent) unless `--force`; a target coffer
 //! created is dropped again if the load fails.
 
+mod postgres;
+mod prelude;
 mod retarget;
 
 use std::io::{self, Read};
@@ -17,7 +19,6 @@ use crate::error::{Error, Result};
 use crate::pipeline::plumbing::client::LoadClient;
 use crate::pipeline::plumbing::sqlclient::{self, MysqlClient};
 use crate::pipeline::restore::walk::{walk, WalkError, Walked};
-use crate::source::find_program;
 
 use retarget::Retarget;
 /// Database names become SQL identifiers and argv: keep them plain.
@@ -193,51 +194,6 @@ fn file_privileges(options_file: Option<&PathBuf>) -> Result<Vec<&'static str>> 
     Ok(held)
 }
 
-/// What the PostgreSQL role coffer loads through may do beyond the database
-/// being loaded, that a dump's SQL (a function run by a materialized view's
-/// refresh, a `COPY … TO PROGRAM`) would do with it: a superuser, or a
-/// member of the roles that run programs or read and write the server's
-/// files, reaches the database server's operating system account; a role
-/// with CREATEROLE can make itself such a member (before PostgreSQL 16).
-/// Roles the login role (the session's, which a role setting may differ
-/// from) is a member of count as its own: the dump can `SET ROLE` to any
-/// of them.
-fn pg_server_privileges(passfile: Option<&PathBuf>, args: &[String]) -> Result<Vec<String>> {
-    let mut probe = pg_command("psql", passfile, args)?;
-    probe.args(["-X", "-A", "-t", "-d", "postgres", "-c"]).arg(
-        "SELECT concat_ws(',', \
-           CASE WHEN EXISTS (SELECT 1 FROM pg_roles s \
-             WHERE s.rolsuper AND pg_has_role(session_user, s.oid, 'MEMBER')) \
-             THEN 'superuser' END, \
-           CASE WHEN EXISTS (SELECT 1 FROM pg_roles s \
-             WHERE s.rolcreaterole AND pg_has_role(session_user, s.oid, 'MEMBER')) \
-             THEN 'CREATEROLE' END, \
-           CASE WHEN pg_has_role(session_user, 'pg_execute_server_program', 'MEMBER') \
-             THEN 'pg_execute_server_program' END, \
-           CASE WHEN pg_has_role(session_user, 'pg_read_server_files', 'MEMBER') \
-             THEN 'pg_read_server_files' END, \
-           CASE WHEN pg_has_role(session_user, 'pg_write_server_files', 'MEMBER') \
-             THEN 'pg_write_server_files' END)",
-    );
-    let held = query(probe)?;
-    Ok(held
-        .split(',')
-        .filter(|p| !p.is_empty())
-        .map(str::to_owned)
-        .collect())
-}
-
-fn pg_command(program: &str, passfile: Option<&PathBuf>, args: &[String]) -> Result<Command> {
-    let p =
-        find_program(program).ok_or_else(|| Error::Usage(format!("{program} is not installed")))?;
-    let mut c = Command::new(p);
-    c.args(args).env_remove("PGPASSWORD");
-    if let Some(f) = passfile {
-        c.env("PGPASSFILE", f);
-    }
-    Ok(c)
-}
-
 /// Runs a query and returns its trimmed output.
 fn query(mut c: Command) -> Result<String> {
     let out = c
@@ -307,8 +263,9 @@ pub fn into_db(
     database: Option<&str>,
     force: bool,
     walk_in: Walk<'_>,
-) -> Result<Walked> {
+) -> Result<Loaded> {
     let engine = engine(config, source)?;
+    let mut warnings = Vec::new();
     // A signal stops the load (it terminates the client, and the walk's
     // reads fail) so that a database coffer created is dropped again,
     // rather than killing coffer with the load half done.
@@ -333,23 +290,31 @@ pub fn into_db(
             passfile,
             args,
             databases,
-        } => into_postgres(
+        } => postgres::into_postgres(
             source,
             database,
             force,
             walk_in,
-            passfile.as_ref(),
-            &args,
+            (passfile.as_ref(), &args),
             &databases,
+            &mut warnings,
         ),
     };
-    loaded.map_err(|e| {
+    let walked = loaded.map_err(|e| {
         if crate::cancel::is_cancelled() {
             Error::Cancelled
         } else {
             e
         }
-    })
+    })?;
+    Ok(Loaded { walked, warnings })
+}
+
+/// A finished load: the backup as checked, and what the target did not
+/// take as the source had it.
+pub struct Loaded {
+    pub walked: Walked,
+    pub warnings: Vec<String>,
 }
 
 /// The backup to read, for the loaders.
@@ -443,7 +408,7 @@ fn into_mysql(
             }
             Ok(())
         });
-        finish_load(result.map(|w| (w, found)), loader, what, &member)
+        finish_load(result.map(|w| (w, found)), Some(loader), what, &member)
     })();
     if outcome.is_err() && !existed {
         let mut drop_db = mysql_client(options_file)?;
@@ -455,115 +420,17 @@ fn into_mysql(
     outcome
 }
 
-fn into_postgres(
-    source: &str,
-    database: Option<&str>,
-    force: bool,
-    w: Walk<'_>,
-    passfile: Option<&PathBuf>,
-    args: &[String],
-    databases: &[String],
-) -> Result<Walked> {
-    let Walk {
-        input,
-        what,
-        identities,
-        authenticated,
-    } = w;
-
-    let from = match (database, databases) {
-        (Some(d), dbs) if dbs.iter().any(|x| x == d) => d.to_owned(),
-        (_, [only]) => only.clone(),
-        _ => {
-            return Err(Error::Usage(format!(
-                "source {source:?} dumps {} databases: name the one to restore with --database",
-                databases.len()
-            )))
-        }
-    };
-    let target = database.unwrap_or(&from).to_owned();
-    check_name(&target)?;
-    let held = if authenticated {
-        Vec::new()
-    } else {
-        pg_server_privileges(passfile, args)?
-    };
-    if !held.is_empty() {
-        return Err(Error::Usage(format!(
-            "source {source:?} loads through a PostgreSQL role with {} on the whole server, \
-             and the dump would run with it: a forged backup could run programs or read and \
-             write files as the server's operating system account. Load through a role that \
-             may only create and own databases (CREATE ROLE … LOGIN CREATEDB), restore a signed \
-             backup with its signing public key (signing_public_key or --signing-key), or load \
-             a backup you trust yourself: coffer restore … --stdout --member \
-             postgres/{source}/{from}.dump | pg_restore -d …",
-            held.join(" and ")
-        )));
-    }
-    let mut probe = pg_command("psql", passfile, args)?;
-    probe
-        .args(["-X", "-A", "-t", "-d", "postgres", "-c"])
-        .arg(format!(
-            "SELECT count(*) FROM pg_database WHERE datname = '{target}'"
-        ));
-    let exists = query(probe)? == "1";
-    if exists {
-        let mut count = pg_command("psql", passfile, args)?;
-        count.args(["-X", "-A", "-t", "-d", &target, "-c"]).arg(
-                    "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
-                );
-        let tables: u64 = query(count)?.parse().unwrap_or(0);
-        if tables > 0 && !force {
-            return Err(Error::Usage(format!(
-                        "database {target} is not empty ({tables} tables); use --force to load into it anyway"
-                    )));
-        }
-    } else {
-        let mut create = pg_command("psql", passfile, args)?;
-        create
-            .args(["-X", "-d", "postgres", "-c"])
-            .arg(format!("CREATE DATABASE \"{target}\""));
-        query(create)?;
-    }
-    // Every failure from here on, a signal before the client starts
-    // included, drops the database this load created.
-    let outcome = (|| {
-        let mut restore = pg_command("pg_restore", passfile, args)?;
-        restore.args(["--no-owner", "--exit-on-error", "-d", &target]);
-        let mut loader = Loader::start(restore)?;
-        let member = format!("postgres/{source}/{from}.dump");
-        let mut found = false;
-        let result = walk(input, identities, |m, data| {
-            if m.name == member {
-                found = true;
-                loader.feed(data, &target)?;
-            }
-            Ok(())
-        });
-        finish_load(result.map(|w| (w, found)), loader, what, &member)
-    })();
-    if outcome.is_err() && !exists {
-        let mut drop_db = pg_command("psql", passfile, args)?;
-        drop_db
-            .args(["-X", "-d", "postgres", "-c"])
-            .arg(format!("DROP DATABASE IF EXISTS \"{target}\""));
-        let _ = query(drop_db);
-    }
-    outcome
-}
-
 fn finish_load(
     result: std::result::Result<(Walked, bool), WalkError>,
-    loader: Loader,
+    loader: Option<Loader>,
     what: &str,
     member: &str,
 ) -> Result<Walked> {
     match result {
         Ok((w, found)) => {
-            if !found {
-                drop(loader);
+            let Some(loader) = loader.filter(|_| found) else {
                 return Err(Error::Usage(format!("{what} has no member {member}")));
-            }
+            };
             loader.finish()?;
             Ok(w)
         }
