@@ -2,7 +2,10 @@
 //! name its own database dropped, as a stream; its `CREATE DATABASE` kept
 //! as `ALTER DATABASE` of the target, so the target takes the database's
 //! own default character set and collation (and with them those of the
-//! triggers, routines and events created in it).
+//! triggers, routines and events created in it); and a column whose default
+//! draws from a sequence of the dump's own database draws from the target's
+//! (the server writes `nextval(`db`.`seq`)`, which would tie the copy to the
+//! database it was made from).
 
 use std::io::{self, BufRead, Read};
 
@@ -13,6 +16,53 @@ pub(super) const RETARGETED: [&[u8]; 2] = [b"CREATE DATABASE ", b"USE `"];
 pub(super) const HEAD: usize = 16;
 /// The longest `CREATE DATABASE` line rewritten; a longer one is dropped.
 const CREATE_MAX: usize = 4096;
+/// How a line of a `CREATE TABLE` statement starts (a column or a key).
+const COLUMN: &[u8] = b"  `";
+/// The longest column line whose sequence default is rewritten; a longer
+/// one (a vast ENUM) passes as it is.
+const COLUMN_MAX: usize = 64 << 10;
+
+/// The database a `CREATE DATABASE` line names, as quoted (backticks
+/// doubled, without the outer ones).
+fn database_name(line: &[u8]) -> Option<&[u8]> {
+    let rest = line.strip_prefix(b"CREATE DATABASE ")?;
+    let rest = rest
+        .strip_prefix(b"/*!32312 IF NOT EXISTS*/ ")
+        .unwrap_or(rest);
+    let end = quoted_end(rest)?;
+    Some(&rest[1..end])
+}
+
+/// The index of the backtick that closes the name `text` starts with.
+fn quoted_end(text: &[u8]) -> Option<usize> {
+    if text.first() != Some(&b'`') {
+        return None;
+    }
+    let mut i = 1;
+    loop {
+        match text.get(i)? {
+            b'`' if text.get(i + 1) == Some(&b'`') => i += 2,
+            b'`' => return Some(i),
+            _ => i += 1,
+        }
+    }
+}
+
+/// A column line with `nextval(`db`.` (the dump's own database `db`, as
+/// quoted) made `nextval(`, so that the sequence is looked up in the
+/// database the table is created in.
+pub(super) fn unqualify_sequences(line: &[u8], db: &[u8]) -> Vec<u8> {
+    let needle = [&b"nextval(`"[..], db, b"`."].concat();
+    let mut out = Vec::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(i) = memchr::memmem::find(rest, &needle) {
+        out.extend_from_slice(&rest[..i]);
+        out.extend_from_slice(b"nextval(");
+        rest = &rest[i + needle.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
+}
 
 /// `CREATE DATABASE [/*!32312 IF NOT EXISTS*/] `db` /*!40100 DEFAULT
 /// CHARACTER SET … COLLATE … */;` as `ALTER DATABASE /*!40100 … */;` — of
@@ -23,18 +73,7 @@ pub(super) fn alter_database(line: &[u8]) -> Option<Vec<u8>> {
     let rest = rest
         .strip_prefix(b"/*!32312 IF NOT EXISTS*/ ")
         .unwrap_or(rest);
-    let mut i = 1;
-    if rest.first() != Some(&b'`') {
-        return None;
-    }
-    loop {
-        match rest.get(i)? {
-            b'`' if rest.get(i + 1) == Some(&b'`') => i += 2,
-            b'`' => break,
-            _ => i += 1,
-        }
-    }
-    let settings = &rest[i + 1..];
+    let settings = &rest[quoted_end(rest)? + 1..];
     memchr::memmem::find(settings, b"CHARACTER SET")?;
     Some([&b"ALTER DATABASE"[..], settings].concat())
 }
@@ -49,6 +88,9 @@ pub(super) struct Retarget<R> {
     pub(super) head: Vec<u8>,
     pub(super) sent: usize,
     pub(super) line: Line,
+    /// The dump's own database, as quoted, once its `CREATE DATABASE` line
+    /// has passed.
+    database: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -70,6 +112,7 @@ impl<R: Read> Retarget<R> {
             head: Vec::with_capacity(HEAD),
             sent: 0,
             line: Line::Start,
+            database: None,
         }
     }
 
@@ -95,19 +138,12 @@ impl<R: Read> Retarget<R> {
 impl<R: Read> Retarget<R> {
     /// A `CREATE DATABASE` line whose head was read: the whole line (up to
     /// [`CREATE_MAX`]), sent on as [`alter_database`] has it, or dropped.
-    fn create_database(&mut self, mut ended: bool) -> io::Result<Line> {
-        while !ended && self.head.len() < CREATE_MAX {
-            let buf = self.inner.fill_buf()?;
-            if buf.is_empty() {
-                break;
-            }
-            let want = (CREATE_MAX - self.head.len()).min(buf.len());
-            let (take, end) = through_newline(&buf[..want]);
-            self.head.extend_from_slice(&buf[..take]);
-            self.inner.consume(take);
-            ended = end;
-        }
+    fn create_database(&mut self, ended: bool) -> io::Result<Line> {
+        let ended = self.read_line(ended, CREATE_MAX)?;
         let alter = if ended {
+            if let Some(name) = database_name(&self.head) {
+                self.database = Some(name.to_vec());
+            }
             alter_database(&self.head)
         } else {
             None
@@ -124,6 +160,34 @@ impl<R: Read> Retarget<R> {
             None if too_long => Line::Skip,
             None => Line::Start,
         })
+    }
+
+    /// A column line whose head was read: the whole line (up to
+    /// [`COLUMN_MAX`]) with its sequence defaults unqualified, then sent;
+    /// a longer line is sent as it is.
+    fn column(&mut self, ended: bool, db: &[u8]) -> io::Result<Line> {
+        // Whole when its newline or the end of the dump was reached.
+        if self.read_line(ended, COLUMN_MAX)? || self.head.len() < COLUMN_MAX {
+            self.head = unqualify_sequences(&self.head, db);
+        }
+        Ok(Line::Head)
+    }
+
+    /// Reads the rest of the current line into `head`, up to `max` bytes
+    /// in all: whether its newline was reached.
+    fn read_line(&mut self, mut ended: bool, max: usize) -> io::Result<bool> {
+        while !ended && self.head.len() < max {
+            let buf = self.inner.fill_buf()?;
+            if buf.is_empty() {
+                break;
+            }
+            let want = (max - self.head.len()).min(buf.len());
+            let (take, end) = through_newline(&buf[..want]);
+            self.head.extend_from_slice(&buf[..take]);
+            self.inner.consume(take);
+            ended = end;
+        }
+        Ok(ended)
     }
 }
 
@@ -143,6 +207,13 @@ impl<R: Read> Read for Retarget<R> {
                     if self.head.starts_with(RETARGETED[0]) {
                         self.line = self.create_database(ended)?;
                         continue;
+                    }
+                    if self.head.starts_with(COLUMN) {
+                        if let Some(db) = self.database.take() {
+                            self.line = self.column(ended, &db)?;
+                            self.database = Some(db);
+                            continue;
+                        }
                     }
                     self.line = match (RETARGETED.iter().any(|p| self.head.starts_with(p)), ended) {
                         (true, true) => Line::Start,
@@ -206,12 +277,18 @@ mod tests {
 
     /// The line-based rewrite the streaming one replaced: the reference.
     fn by_lines(dump: &[u8]) -> Vec<u8> {
+        let mut db: Option<Vec<u8>> = None;
         dump.split_inclusive(|&b| b == b'\n')
             .filter_map(|l| {
                 if l.starts_with(RETARGETED[0]) && l.ends_with(b"\n") {
+                    if let Some(name) = database_name(l) {
+                        db = Some(name.to_vec());
+                    }
                     alter_database(l)
                 } else if RETARGETED.iter().any(|p| l.starts_with(p)) {
                     None
+                } else if let (true, Some(db)) = (l.starts_with(COLUMN), &db) {
+                    Some(unqualify_sequences(l, db))
                 } else {
                     Some(l.to_vec())
                 }
@@ -266,6 +343,44 @@ mod tests {
                 "ALTER DATABASE /*!40100 DEFAULT CHARACTER SET latin1 COLLATE latin1_swedish_ci */;\n\nCREATE TABLE t (x INT);\n"
             );
         }
+    }
+
+    /// A column's default drawn from a sequence of the dump's own database
+    /// is drawn from the target's; other databases' sequences, data lines
+    /// and lines before the database is known keep their names.
+    #[test]
+    fn a_sequence_default_of_the_dumps_own_database_follows_the_target() {
+        let dump = b"  `a` int DEFAULT nextval(`sh``op`.`s`),\n\
+            CREATE DATABASE `sh``op` /*!40100 DEFAULT CHARACTER SET utf8mb4 */;\n\
+            CREATE TABLE `t` (\n  `a` bigint(20) DEFAULT nextval(`sh``op`.`s`),\n\
+            \x20 `b` bigint(20) DEFAULT nextval(`other`.`s`) COMMENT 'nextval(`sh``op`.`x`)',\n) ;\n\
+            INSERT INTO `t` VALUES ('nextval(`sh``op`.`s`)');\n";
+        for step in [1, 3, 64, 4096] {
+            let out = drain(Retarget::new(Trickle(&dump[..], step)), 5);
+            assert_eq!(
+                String::from_utf8(out.clone()).unwrap(),
+                "  `a` int DEFAULT nextval(`sh``op`.`s`),\n\
+                 ALTER DATABASE /*!40100 DEFAULT CHARACTER SET utf8mb4 */;\n\
+                 CREATE TABLE `t` (\n  `a` bigint(20) DEFAULT nextval(`s`),\n\
+                 \x20 `b` bigint(20) DEFAULT nextval(`other`.`s`) COMMENT 'nextval(`x`)',\n) ;\n\
+                 INSERT INTO `t` VALUES ('nextval(`sh``op`.`s`)');\n"
+            );
+            assert_eq!(out, by_lines(dump));
+        }
+        // A column line longer than the rewrite holds passes as it is.
+        let long = [
+            &b"CREATE DATABASE `d` /*!40100 DEFAULT CHARACTER SET latin1 */;\n  `e` enum("[..],
+            &vec![b'x'; COLUMN_MAX],
+            b") DEFAULT nextval(`d`.`s`)\nSELECT 1;\n",
+        ]
+        .concat();
+        let out = drain(Retarget::new(&long[..]), 4096);
+        let alter = b"ALTER DATABASE /*!40100 DEFAULT CHARACTER SET latin1 */;\n";
+        assert_eq!(out[..alter.len()], alter[..]);
+        assert_eq!(
+            out[alter.len()..],
+            long[long.len() - out.len() + alter.len()..]
+        );
     }
 
     /// Counts the bytes read from it.
@@ -337,6 +452,9 @@ mod tests {
             Just("USE "),
             Just("US"),
             Just(" USE `"),
+            Just("CREATE DATABASE `d` "),
+            Just("  `c` int DEFAULT nextval(`d`.`s`) "),
+            Just("  `"),
         ];
         (prefix, "[ -~\t\r]{0,40}").prop_map(|(p, rest)| format!("{p}{rest}").into_bytes())
     }
