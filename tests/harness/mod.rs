@@ -366,6 +366,25 @@ impl Postgres {
         )
     }
 
+    /// `pg_dump --schema-only --create` of `db`: every object's definition,
+    /// owner and grants, without comments and the dump's random
+    /// `\restrict` key.
+    pub fn schema(&self, db: &str) -> String {
+        let out = run_ok(
+            self.client("pg_dump", db)
+                .args(["--schema-only", "--create"]),
+            "pg_dump --schema-only",
+        );
+        out.lines()
+            .filter(|l| {
+                !l.starts_with("--")
+                    && !l.starts_with("\\restrict")
+                    && !l.starts_with("\\unrestrict")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
     /// Restores a custom-format dump into `db` (which must exist).
     pub fn restore(&self, db: &str, dump: &Path) {
         run_ok(
