@@ -381,7 +381,7 @@ impl Postgres {
                     && !l.starts_with("\\restrict")
                     && !l.starts_with("\\unrestrict")
             })
-            .map(|l| format!("{l}\n"))
+            .flat_map(|l| [l, "\n"])
             .collect()
     }
 
