@@ -570,14 +570,13 @@ impl Sshd {
 
     /// A `[[store]]` block for coffer.
     pub fn store_config(&self, extra: &str) -> String {
-        format!(
-            "[[store]]\ntype = \"sftp\"\nname = \"remote\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\n\
-             identity = \"{}\"\nknown_hosts = \"{}\"\npath = \"{}\"\ntimeout_secs = 5\nretries = 2\n{extra}\n",
+        sftp_store(
             self.port,
-            self.user,
-            self.client_key.display(),
-            self.known_hosts.display(),
-            self.remote_path
+            &self.user,
+            &self.client_key,
+            &self.known_hosts,
+            &self.remote_path,
+            extra,
         )
     }
 
@@ -589,5 +588,128 @@ impl Sshd {
 impl Drop for Sshd {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A `[[store]]` block for an SFTP server on loopback.
+fn sftp_store(port: u16, user: &str, key: &Path, known: &Path, path: &str, extra: &str) -> String {
+    format!(
+        "[[store]]\ntype = \"sftp\"\nname = \"remote\"\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"{user}\"\n\
+         identity = \"{}\"\nknown_hosts = \"{}\"\npath = \"{path}\"\ntimeout_secs = 5\nretries = 2\n{extra}\n",
+        key.display(),
+        known.display(),
+    )
+}
+
+/// A private dropbear server in its default configuration (its 24 KiB
+/// receive window included), serving SFTP through the machine's
+/// sftp-server. Dropbear reads a login's keys from its home directory
+/// only, so it runs in a mount namespace of its own where a temporary
+/// directory stands in for root's home: the machine's is never touched.
+pub struct Dropbear {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub client_key: PathBuf,
+    pub known_hosts: PathBuf,
+    child: Child,
+}
+
+impl Dropbear {
+    pub fn start() -> Self {
+        let server = need("dropbear");
+        let keygen = need("dropbearkey");
+        need("unshare");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let home = d.join("home");
+        fs::create_dir_all(home.join(".ssh")).unwrap();
+        fs::create_dir(d.join("backups")).unwrap();
+        fs::set_permissions(home.join(".ssh"), fs::Permissions::from_mode(0o700)).unwrap();
+        let host_key = d.join("host_ed25519");
+        let out = run_ok(
+            Command::new(&keygen)
+                .args(["-t", "ed25519", "-f"])
+                .arg(&host_key),
+            "dropbearkey",
+        );
+        let host_line = out
+            .lines()
+            .find(|l| l.starts_with("ssh-ed25519 "))
+            .expect("dropbearkey prints the public key")
+            .to_owned();
+        run_ok(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "coffer", "-f"])
+                .arg(d.join("client_ed25519")),
+            "ssh-keygen client",
+        );
+        fs::copy(
+            d.join("client_ed25519.pub"),
+            home.join(".ssh/authorized_keys"),
+        )
+        .unwrap();
+        let port = free_port();
+        let mut fields = host_line.split_whitespace();
+        let (kind, b64) = (fields.next().unwrap(), fields.next().unwrap());
+        let known_hosts = d.join("known_hosts");
+        fs::write(&known_hosts, format!("[127.0.0.1]:{port} {kind} {b64}\n")).unwrap();
+        let client_key = d.join("client_ed25519");
+        fs::set_permissions(&client_key, fs::Permissions::from_mode(0o600)).unwrap();
+        let log = d.join("dropbear.log");
+        let mut cmd = Command::new("unshare");
+        if !is_root() {
+            // A user namespace in which this user is root.
+            cmd.arg("--map-root-user");
+        }
+        let script = format!(
+            "mount --bind '{}' /root && exec '{}' -F -E -s -p 127.0.0.1:{port} -r '{}' -P '{}'",
+            home.display(),
+            server.display(),
+            host_key.display(),
+            d.join("dropbear.pid").display()
+        );
+        let child = cmd
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start dropbear");
+        wait_until("dropbear", &log, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Dropbear {
+            dir,
+            port,
+            client_key,
+            known_hosts,
+            child,
+        }
+    }
+
+    /// Where uploads land (the server has no chroot: the path is absolute).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("backups")
+    }
+
+    /// A `[[store]]` block for coffer, logging in as root.
+    pub fn store_config(&self, extra: &str) -> String {
+        sftp_store(
+            self.port,
+            "root",
+            &self.client_key,
+            &self.known_hosts,
+            &self.data_dir().display().to_string(),
+            extra,
+        )
+    }
+}
+
+impl Drop for Dropbear {
+    fn drop(&mut self) {
+        // Its sessions are its children: they go with it.
+        let pid = self.child.id().to_string();
+        let _ = Command::new("pkill").args(["-KILL", "-P", &pid]).status();
+        stop(&mut self.child);
     }
 }

@@ -292,6 +292,8 @@ impl Store for SftpStore {
             target,
             conn: Some(conn),
             written: 0,
+            patience: self.stall_after(),
+            done: false,
         }))
     }
 

@@ -2,6 +2,7 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::store::{Result, StoreError as Error, Upload};
 
@@ -27,6 +28,11 @@ pub(super) struct SftpUpload {
     pub(super) target: PathBuf,
     pub(super) conn: Option<Conn>,
     pub(super) written: u64,
+    /// How long writes may go on returning nothing before the upload is
+    /// given up.
+    pub(super) patience: Duration,
+    /// Renamed into place: nothing left to remove.
+    pub(super) done: bool,
 }
 
 impl Write for SftpUpload {
@@ -35,9 +41,28 @@ impl Write for SftpUpload {
             .file
             .as_mut()
             .ok_or_else(|| io::Error::other("upload already finished"))?;
-        let n = f.write(buf).map_err(|e| write_error(&e, &self.partial))?;
-        self.written += n as u64;
-        Ok(n)
+        // libssh2 pipelines writes: when the server's window is small
+        // (dropbear's 24 KiB) a call can send a piece and return 0, to be
+        // called again with the same bytes. Only a write that makes no
+        // progress for the store's patience is an error.
+        let started = Instant::now();
+        loop {
+            let n = f.write(buf).map_err(|e| write_error(&e, &self.partial))?;
+            if n > 0 || buf.is_empty() {
+                self.written += n as u64;
+                return Ok(n);
+            }
+            if started.elapsed() > self.patience {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!(
+                        "{}: the server took no data for {} s",
+                        self.partial.display(),
+                        self.patience.as_secs()
+                    ),
+                ));
+            }
+        }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self.file.as_mut() {
@@ -88,13 +113,18 @@ impl Upload for SftpUpload {
                     self.target.display()
                 ))
             })?;
+        self.done = true;
         Ok(())
     }
 }
 
 impl Drop for SftpUpload {
+    /// An upload that did not reach its name (a failed write, flush, fsync,
+    /// size check or rename) removes its partial file where the connection
+    /// still allows; the next run removes what it could not.
     fn drop(&mut self) {
-        if self.file.take().is_some() {
+        drop(self.file.take());
+        if !self.done {
             if let Some(c) = &self.conn {
                 let _ = c.sftp.unlink(&self.partial);
             }
