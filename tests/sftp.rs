@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use harness::{Dropbear, Sshd};
+use harness::{Dropbear, Rclone, Sshd};
 
 struct Job {
     dir: tempfile::TempDir,
@@ -573,12 +573,32 @@ fn list_and_verify_report_a_changed_host_key_as_exit_4() {
 }
 
 /// Dropbear in its default configuration: a 24 KiB receive window, on which
-/// libssh2 hands back writes of zero bytes that are to be repeated. Nine
-/// nights of a 2 MiB file (keep_last = 7 deletes), then every command an
-/// operator runs: list, keyless and keyed verify, restore, prune.
+/// libssh2 hands back writes of zero bytes that are to be repeated.
 #[test]
 fn dropbear_with_its_default_window_serves_every_command() {
     let server = Dropbear::start();
+    let said = every_command(&server.store_config(""), &server.data_dir());
+    assert!(!said.contains("warning"), "{said}");
+}
+
+/// `rclone serve sftp`: no fsync@openssh.com (the run says once that the
+/// server's durability is weaker, and stores the backup), and a rename that
+/// would replace an existing file (coffer looks first).
+#[test]
+fn rclone_serve_sftp_serves_every_command_and_says_what_it_cannot_promise() {
+    let server = Rclone::start();
+    let said = every_command(&server.store_config(""), &server.data_dir());
+    assert_eq!(
+        said.matches("the server does not offer fsync").count(),
+        1,
+        "{said}"
+    );
+}
+
+/// Nine nights of a 2 MiB file to `store` (keep_last = 7 deletes), then
+/// every command an operator runs: list, keyless and keyed verify, restore,
+/// prune. What the last night said on stderr.
+fn every_command(store: &str, held_in: &Path) -> String {
     let j = Job::new();
     let data = j.dir.path().join("data.bin");
     fs::write(&data, pattern(2 << 20, 7)).unwrap();
@@ -586,13 +606,15 @@ fn dropbear_with_its_default_window_serves_every_command() {
         "[[source]]\ntype = \"files\"\nname = \"data\"\npaths = [\"{}\"]\n",
         data.display()
     );
-    let cfg = j.config("keep_last = 7", &files_source, &server.store_config(""));
+    let cfg = j.config("keep_last = 7", &files_source, store);
     let c = cfg.to_str().unwrap();
+    let mut said = String::new();
     for night in 0..9 {
         let out = j.backup(&cfg);
         assert!(out.status.success(), "night {night}: {}", stderr(&out));
+        said = stderr(&out);
     }
-    let held = files(&server.data_dir());
+    let held = files(held_in);
     assert_eq!(
         held.iter().filter(|f| f.ends_with(".coffer")).count(),
         7,
@@ -629,13 +651,14 @@ fn dropbear_with_its_default_window_serves_every_command() {
     assert_eq!(restored.len(), 1, "{restored:?}");
     assert_eq!(fs::read(&restored[0]).unwrap(), fs::read(&data).unwrap());
     ok(&["prune", "-c", c, "--keep-last", "3"]);
-    let held = files(&server.data_dir());
+    let held = files(held_in);
     assert_eq!(
         held.iter().filter(|f| f.ends_with(".coffer")).count(),
         3,
         "{held:?}"
     );
     ok(&["verify", "-c", c]);
+    said
 }
 
 /// Every regular file under `dir`.

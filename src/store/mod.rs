@@ -143,6 +143,11 @@ pub trait Store: Send + Sync {
     fn stall_after(&self) -> std::time::Duration {
         std::time::Duration::from_secs(600)
     }
+    /// What this store could not promise in this run, once each (a server
+    /// without fsync): the run's warnings.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The most files a store may list. A job's directory holds a few files per

@@ -705,6 +705,90 @@ impl Dropbear {
     }
 }
 
+/// A private `rclone serve sftp` of a temporary directory, key-only, with
+/// its own host key and an empty rclone configuration.
+pub struct Rclone {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub client_key: PathBuf,
+    pub known_hosts: PathBuf,
+    child: Child,
+}
+
+impl Rclone {
+    pub fn start() -> Self {
+        let rclone = need("rclone");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::create_dir(d.join("backups")).unwrap();
+        for key in ["host_ed25519", "client_ed25519"] {
+            run_ok(
+                Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                    .arg(d.join(key)),
+                "ssh-keygen",
+            );
+        }
+        let port = free_port();
+        let host_pub = fs::read_to_string(d.join("host_ed25519.pub")).unwrap();
+        let mut fields = host_pub.split_whitespace();
+        let (kind, b64) = (fields.next().unwrap(), fields.next().unwrap());
+        let known_hosts = d.join("known_hosts");
+        fs::write(&known_hosts, format!("[127.0.0.1]:{port} {kind} {b64}\n")).unwrap();
+        let log = d.join("rclone.log");
+        let child = Command::new(rclone)
+            .args(["serve", "sftp"])
+            .arg(d.join("backups"))
+            .args(["--addr", &format!("127.0.0.1:{port}"), "--user", "coffer"])
+            .arg("--key")
+            .arg(d.join("host_ed25519"))
+            .arg("--authorized-keys")
+            .arg(d.join("client_ed25519.pub"))
+            .arg("--config")
+            .arg(d.join("rclone.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start rclone serve sftp");
+        wait_until("rclone serve sftp", &log, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        let client_key = d.join("client_ed25519");
+        fs::set_permissions(&client_key, fs::Permissions::from_mode(0o600)).unwrap();
+        Rclone {
+            dir,
+            port,
+            client_key,
+            known_hosts,
+            child,
+        }
+    }
+
+    /// Where uploads land; the server shows it as `/`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("backups")
+    }
+
+    /// A `[[store]]` block for coffer.
+    pub fn store_config(&self, extra: &str) -> String {
+        sftp_store(
+            self.port,
+            "coffer",
+            &self.client_key,
+            &self.known_hosts,
+            "/",
+            extra,
+        )
+    }
+}
+
+impl Drop for Rclone {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
 impl Drop for Dropbear {
     fn drop(&mut self) {
         // Its sessions are its children: they go with it.

@@ -134,6 +134,11 @@ pub fn run(config: Config, dry_run: bool) -> std::result::Result<Summary, Failed
         Err(e) => return Err(e.into()),
     };
     stored.warnings.extend(refill(&job, &stored.complete, now));
+    for s in &job.stores {
+        stored
+            .warnings
+            .extend(s.notes().into_iter().map(|n| format!("{}: {n}", s.name())));
+    }
     let (pruned, prune_failed) = prune_where_complete(&job, &stored.complete, &name, now);
     if !stored.failed.is_empty() || !unready.is_empty() || !prune_failed.is_empty() {
         let mut failures: Vec<String> = stored

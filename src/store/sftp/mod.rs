@@ -59,7 +59,25 @@ struct Conn {
     sftp: Sftp,
 }
 
+/// What a store could not promise, each said once per run.
+#[derive(Clone, Default)]
+pub(super) struct Notes(std::sync::Arc<Mutex<Vec<String>>>);
+
+impl Notes {
+    pub(super) fn say(&self, note: &str) {
+        if let Ok(mut v) = self.0.lock() {
+            if !v.iter().any(|n| n == note) {
+                v.push(note.to_owned());
+            }
+        }
+    }
+    fn all(&self) -> Vec<String> {
+        self.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
 pub struct SftpStore {
+    notes: Notes,
     cfg: SftpConfig,
     conn: Mutex<Option<Conn>>,
     /// Why connecting failed, once every attempt had: the rest of the run
@@ -71,6 +89,7 @@ pub struct SftpStore {
 impl SftpStore {
     pub fn new(cfg: SftpConfig) -> Self {
         SftpStore {
+            notes: Notes::default(),
             cfg,
             conn: Mutex::new(None),
             unreachable: Mutex::new(None),
@@ -294,6 +313,7 @@ impl Store for SftpStore {
             written: 0,
             patience: self.stall_after(),
             done: false,
+            notes: self.notes.clone(),
         }))
     }
 
@@ -372,6 +392,10 @@ impl Store for SftpStore {
     fn delete(&self, file: &str) -> Result<()> {
         let p = self.remote(file)?;
         self.with_conn(|s| s.unlink(&p))
+    }
+
+    fn notes(&self) -> Vec<String> {
+        self.notes.all()
     }
 
     /// Twice the time any one request may take.

@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 
 use crate::store::{Result, StoreError as Error, Upload};
 
-use super::Conn;
+use super::{Conn, Notes};
+
+/// SFTP's status for a request the server does not implement.
+const SFTP_OP_UNSUPPORTED: i32 = 8;
 
 /// Says what a failed SFTP write usually means. OpenSSH's sftp-server speaks
 /// protocol version 3, which has no "disk full" status: ENOSPC and EDQUOT
@@ -33,6 +36,8 @@ pub(super) struct SftpUpload {
     pub(super) patience: Duration,
     /// Renamed into place: nothing left to remove.
     pub(super) done: bool,
+    /// Where a weaker guarantee is said, once per store.
+    pub(super) notes: Notes,
 }
 
 impl Write for SftpUpload {
@@ -84,14 +89,39 @@ impl Upload for SftpUpload {
             .ok_or_else(|| err("upload already finished".into()))?;
         f.flush()
             .map_err(|e| err(format!("{}: write: {e}", self.partial.display())))?;
-        // fsync@openssh.com: the data is on the server's disk before the name appears.
-        f.fsync()
-            .map_err(|e| err(format!("{}: fsync: {e}", self.partial.display())))?;
+        // fsync@openssh.com: the data is on the server's disk before the
+        // name appears. A server without it (rclone serve sftp) still gets
+        // the backup, its size checked below; the run says once that a
+        // crash of that server could lose it.
+        match f.fsync() {
+            Ok(()) => {}
+            Err(e) if matches!(e.code(), ssh2::ErrorCode::SFTP(SFTP_OP_UNSUPPORTED)) => {
+                self.notes.say(
+                    "the server does not offer fsync (fsync@openssh.com): a backup is stored \
+                     once its size is checked, but may not be on the server's disk yet if the \
+                     server crashes right after the run",
+                );
+            }
+            Err(e) => return Err(err(format!("{}: fsync: {e}", self.partial.display()))),
+        }
         drop(f);
         let conn = self
             .conn
             .as_ref()
             .ok_or_else(|| err("not connected".into()))?;
+        // SFTP's rename refuses an existing target on OpenSSH, but some
+        // servers (rclone) replace it: the target is looked for first. The
+        // run's lock keeps this job's own runs from racing the check.
+        match conn.sftp.lstat(&self.target) {
+            Err(e) if super::is_not_found(&e) => {}
+            Ok(_) => {
+                return Err(err(format!(
+                    "{} already exists; a backup is never written over",
+                    self.target.display()
+                )))
+            }
+            Err(e) => return Err(err(format!("{}: stat: {e}", self.target.display()))),
+        }
         let st = conn
             .sftp
             .stat(&self.partial)
