@@ -716,3 +716,33 @@ fn a_key_with_a_control_character_does_not_break_the_listing() {
         "keep_last = 1 pruned the older one: {sealed:?}"
     );
 }
+
+/// An endpoint on `http://localhost` without `path_style`: the bucket is
+/// addressed in the path, so nothing is looked up in DNS
+/// (`<bucket>.localhost`) and nothing leaves the machine; backup, list and
+/// keyless verify work as with the explicit setting.
+#[test]
+fn a_localhost_endpoint_is_addressed_path_style() {
+    let Some(g) = Garage::start() else { return };
+    let j = Job::new();
+    fs::write(j.path("data/a.txt"), b"a").unwrap();
+    assert!(g.block.contains("path_style = true") && g.block.contains("http://127.0.0.1:"));
+    let block = g
+        .block
+        .replace("path_style = true\n", "")
+        .replace("http://127.0.0.1:", "http://localhost:");
+    let cfg = j.config("s3.toml", "", &j.files_source(), &block);
+    let out = j.backup(&cfg);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let c = cfg.to_str().unwrap();
+    let listed = j.run(&["list", "-c", c]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout)
+            .matches("complete")
+            .count(),
+        1
+    );
+    let verified = j.run(&["verify", "-c", c]);
+    assert!(verified.status.success(), "{}", stderr(&verified));
+}

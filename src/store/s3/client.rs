@@ -22,6 +22,15 @@ pub fn is_loopback(host: &url::Host<&str>) -> bool {
     }
 }
 
+/// Whether `endpoint` is on this machine: then it is addressed path-style,
+/// as virtual-hosted style would look `<bucket>.localhost` up in DNS and so
+/// leave the machine.
+fn on_loopback(endpoint: &str) -> bool {
+    url::Url::parse(endpoint)
+        .ok()
+        .is_some_and(|u| u.host().is_some_and(|h| is_loopback(&h)))
+}
+
 /// Checks an endpoint: HTTPS, or HTTP to a loopback address.
 pub fn check_endpoint(endpoint: &str) -> std::result::Result<(), String> {
     let url = url::Url::parse(endpoint).map_err(|e| format!("endpoint {endpoint:?}: {e}"))?;
@@ -155,7 +164,7 @@ pub(super) fn connect(cfg: &S3Config) -> std::result::Result<Inner, S3Error> {
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(cfg.region.clone()))
         .endpoint_url(cfg.endpoint.clone())
-        .force_path_style(cfg.path_style)
+        .force_path_style(cfg.path_style || on_loopback(&cfg.endpoint))
         .credentials_provider(creds)
         .http_client(http)
         .retry_config(RetryConfig::standard().with_max_attempts(cfg.retries.max(1)))
