@@ -677,3 +677,32 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A relative `path` starts at the login directory, which the chroot
+/// recipe's `internal-sftp -d /backups` moves: the error names where the
+/// path led and how to write it, and the local store still gets the backup.
+#[test]
+fn a_store_directory_that_is_not_there_is_named_with_the_fix() {
+    let sshd = Sshd::start();
+    let j = Job::new();
+    let store = sshd.store_config("").replace(
+        &format!("path = \"{}\"", sshd.remote_path),
+        "path = \"backups\"",
+    );
+    assert!(store.contains("path = \"backups\""), "{store}");
+    let cfg = j.config("", &j.sqlite(), &format!("{}\n{store}", j.local()));
+    let out = j.backup(&cfg);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("directory \"backups\" does not exist on the server: a relative path starts at the login directory")
+            && said.contains("path = \"/backups\""),
+        "{said}"
+    );
+    assert_eq!(
+        files(&j.local_dir()).len(),
+        2,
+        "{:?}",
+        files(&j.local_dir())
+    );
+}

@@ -229,7 +229,7 @@ fn a_write_only_upload_account_cannot_hurt_ingested_backups() {
     for f in fs::read_dir(&stage).unwrap() {
         let f = f.unwrap().file_name().into_string().unwrap();
         assert!(
-            sftp(&sshd, &stage, &format!("put {f} backups/{f}")),
+            sftp(&sshd, &stage, &format!("put {f} {}/{f}", sshd.remote_path)),
             "upload {f}"
         );
     }

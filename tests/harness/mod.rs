@@ -462,7 +462,8 @@ impl Sshd {
                 .unwrap();
             fs::set_permissions(c.path(), fs::Permissions::from_mode(0o755)).unwrap();
             fs::create_dir(c.path().join("backups")).unwrap();
-            (Some(c), "backups".to_owned())
+            // As docs/BACKUP-SERVER.md spells it, word for word.
+            (Some(c), "/backups".to_owned())
         } else {
             fs::create_dir(d.join("backups")).unwrap();
             (None, d.join("backups").display().to_string())
@@ -478,7 +479,12 @@ impl Sshd {
             d = d.display()
         );
         if let Some(c) = &chroot {
-            config = config + "ChrootDirectory " + &c.path().display().to_string() + "\n";
+            config = config.replace(
+                "ForceCommand internal-sftp\n",
+                "ForceCommand internal-sftp -d /backups\n",
+            ) + "ChrootDirectory "
+                + &c.path().display().to_string()
+                + "\n";
         }
         fs::write(d.join("sshd_config"), config).unwrap();
         let host_pub = fs::read_to_string(d.join("host_ed25519.pub")).unwrap();

@@ -259,7 +259,13 @@ impl SftpStore {
         }
     }
 
-    fn with_conn<T>(&self, f: impl Fn(&Sftp) -> std::result::Result<T, ssh2::Error>) -> Result<T> {
+    /// Runs `f` on the store's connection; a failure names `about`, the
+    /// remote path it was about.
+    fn with_conn<T>(
+        &self,
+        about: &Path,
+        f: impl Fn(&Sftp) -> std::result::Result<T, ssh2::Error>,
+    ) -> Result<T> {
         let mut guard = self
             .conn
             .lock()
@@ -270,16 +276,36 @@ impl SftpStore {
         let conn = guard.as_ref().ok_or_else(|| self.err("not connected"))?;
         match f(&conn.sftp) {
             Ok(v) => Ok(v),
+            Err(e) if is_not_found(&e) && about == Path::new(&self.cfg.path) => {
+                let login = conn.sftp.realpath(Path::new(".")).ok();
+                Err(self.err(missing_directory(&self.cfg.path, login.as_deref())))
+            }
             Err(e) => {
                 // A failed call may mean a dead connection: start afresh next time.
                 *guard = None;
-                Err(self.err(e.to_string()))
+                Err(self.err(format!("{}: {e}", about.display())))
             }
         }
     }
 }
 
 const SFTP_NO_SUCH_FILE: i32 = 2;
+
+/// The store's directory is not on the server: where a relative `path`
+/// led (it starts at the login directory, which a chroot's
+/// `internal-sftp -d` moves), and how to write it.
+fn missing_directory(path: &str, login: Option<&Path>) -> String {
+    match login {
+        Some(login) if !path.starts_with('/') => format!(
+            "directory {path:?} does not exist on the server: a relative path starts at the \
+             login directory, {}, so it is {}; write the directory from the server's (or \
+             chroot's) root, e.g. path = \"/{path}\"",
+            login.display(),
+            login.join(path).display()
+        ),
+        _ => format!("directory {path:?} does not exist on the server"),
+    }
+}
 
 fn is_not_found(e: &ssh2::Error) -> bool {
     matches!(e.code(), ssh2::ErrorCode::SFTP(SFTP_NO_SUCH_FILE))
@@ -303,7 +329,14 @@ impl Store for SftpStore {
                 0o600,
                 OpenType::File,
             )
-            .map_err(|e| self.err(format!("create {}: {e}", partial.display())))?;
+            .map_err(|e| {
+                let dir = Path::new(&self.cfg.path);
+                if is_not_found(&e) && conn.sftp.stat(dir).is_err_and(|e| is_not_found(&e)) {
+                    let login = conn.sftp.realpath(Path::new(".")).ok();
+                    return self.err(missing_directory(&self.cfg.path, login.as_deref()));
+                }
+                self.err(format!("create {}: {e}", partial.display()))
+            })?;
         Ok(Box::new(SftpUpload {
             store: self.cfg.name.clone(),
             file: Some(f),
@@ -334,7 +367,7 @@ impl Store for SftpStore {
         let dir = PathBuf::from(&self.cfg.path);
         // One entry at a time, at most MAX_LISTED: a server that streams
         // names without end is refused, not buffered.
-        let entries = self.with_conn(|s| {
+        let entries = self.with_conn(&dir, |s| {
             let mut d = s.opendir(&dir)?;
             let mut entries = Vec::new();
             let mut read = 0usize;
@@ -377,7 +410,7 @@ impl Store for SftpStore {
 
     fn stat(&self, file: &str) -> Result<Option<Object>> {
         let p = self.remote(file)?;
-        let r = self.with_conn(|s| match s.lstat(&p) {
+        let r = self.with_conn(&p, |s| match s.lstat(&p) {
             Ok(st) => Ok(Some(st)),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(e),
@@ -391,7 +424,7 @@ impl Store for SftpStore {
 
     fn delete(&self, file: &str) -> Result<()> {
         let p = self.remote(file)?;
-        self.with_conn(|s| s.unlink(&p))
+        self.with_conn(&p, |s| s.unlink(&p))
     }
 
     fn notes(&self) -> Vec<String> {
