@@ -931,3 +931,70 @@ fn a_file_entry_needs_exactly_one_digest_of_the_archives_kind() {
         assert_walk_refuses(&tar_bytes, &out);
     }
 }
+
+/// Archives whose tar structure contradicts itself or is cut short, though
+/// every byte is authenticated: MANIFEST.json as a directory, a member
+/// below a regular file, a symlink where earlier members made a directory,
+/// a stream that ends inside a member, a header whose size is no number.
+/// Each is damage (exit 3) in restore, and the walk that verify runs
+/// refuses it too: one verdict for one archive.
+#[test]
+fn a_tar_that_contradicts_itself_or_ends_early_is_damage_in_restore_and_verify() {
+    let manifest_dir = {
+        let mut b = tar::Builder::new(Vec::new());
+        raw_entry(&mut b, &(b"files/a", tar::EntryType::Regular, None, b"x"));
+        let m = serde_json::to_vec(&serde_json::json!({
+            "format": "coffer-manifest/1", "name": "prod-20261123T000000Z", "job": "prod",
+            "created": "2026-11-23T00:00:00.000Z", "tool_version": "0", "host": "h",
+            "sources": [], "members": [{"path": "files/a", "kind": "file", "size": 1,
+                "sha256": hex::encode(Sha256::digest(b"x"))}],
+        }))
+        .unwrap();
+        raw_entry(
+            &mut b,
+            &(b"MANIFEST.json", tar::EntryType::Directory, None, &m),
+        );
+        b.into_inner().unwrap()
+    };
+    let below_a_file = forged_tar(
+        &[
+            (b"files/a", tar::EntryType::Regular, None, b"x"),
+            (b"files/a/x", tar::EntryType::Regular, None, b"y"),
+        ],
+        None,
+    );
+    let link_over_dir = forged_tar(
+        &[
+            (b"files/a/x", tar::EntryType::Regular, None, b"y"),
+            (b"files/a", tar::EntryType::Symlink, Some("elsewhere"), b""),
+        ],
+        None,
+    );
+    let mut cut = forged_tar(
+        &[(b"files/a", tar::EntryType::Regular, None, &[7u8; 2000])],
+        None,
+    );
+    cut.truncate(512 + 1000);
+    let mut no_number = forged_tar(
+        &[(b"files/a", tar::EntryType::Regular, None, b"payload")],
+        None,
+    );
+    no_number[124..136].copy_from_slice(b"zzzzzzzzzzz\0");
+    let mut h = tar::Header::new_old();
+    h.as_mut_bytes().copy_from_slice(&no_number[..512]);
+    h.set_cksum();
+    no_number[..512].copy_from_slice(h.as_bytes());
+    let e = Env::new();
+    for (label, tar_bytes) in [
+        ("manifest-dir", manifest_dir),
+        ("below-a-file", below_a_file),
+        ("link-over-dir", link_over_dir),
+        ("cut", cut),
+        ("no-number", no_number),
+    ] {
+        let sealed = e.seal(&tar_bytes, label);
+        let out = e.restore_to(&sealed, &e.p().join(format!("t-{label}")), false);
+        assert_eq!(code(&out), 3, "{label}: restore: {}", stderr(&out));
+        assert_walk_refuses(&tar_bytes, &out);
+    }
+}

@@ -3,7 +3,7 @@
 //! in order, and every member against the member lists and the inner
 //! manifest.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use sha2::{Digest, Sha256};
 
@@ -13,6 +13,10 @@ use crate::manifest::{
     self, HashKind, Hasher, Inner, ListEntry, MemberEntry, MemberList, INNER_NAME,
 };
 use crate::pipeline::restore::extract::safe_relative;
+
+/// The most directories the walk remembers to refuse a file or symlink in
+/// one's place (128 MiB or so); restore refuses the rest when it writes.
+const DIRS_CAP: usize = 8 << 20;
 
 /// A logical member being read: its parts' bytes all feed one hash.
 pub(super) struct Logical {
@@ -45,8 +49,12 @@ pub(super) struct Checker {
     pub(super) current: Option<Logical>,
     pub(super) pending: Vec<Seen>,
     pub(super) names: HashSet<[u8; 16]>,
-    /// The keys of the symlinks among them: no later member may lie below one.
-    pub(super) links: HashSet<[u8; 16]>,
+    /// The keys of the symlinks and regular files among them, with which
+    /// of the two: no later member may lie below one.
+    pub(super) leaves: HashMap<[u8; 16], &'static str>,
+    /// The keys of the directories the members so far lie in (up to
+    /// [`DIRS_CAP`]): no later file or symlink may take one's place.
+    pub(super) dirs: HashSet<[u8; 16]>,
     pub(super) lists: Vec<ListEntry>,
     pub(super) members: usize,
     /// [`PENDING_CAP`], smaller in tests.
@@ -63,7 +71,8 @@ impl Default for Checker {
             current: None,
             pending: Vec::new(),
             names: HashSet::new(),
-            links: HashSet::new(),
+            leaves: HashMap::new(),
+            dirs: HashSet::new(),
             lists: Vec::new(),
             members: 0,
             cap: PENDING_CAP,
@@ -144,27 +153,7 @@ impl Checker {
         // Where restore would refuse to write it, so does the walk: one
         // rule for what a restorable name is.
         safe_relative(&name)?;
-        if !self.links.is_empty() {
-            let mut at = 0;
-            while let Some(i) = path[at..].iter().position(|&b| b == b'/') {
-                at += i;
-                if self.links.contains(&archive::name_key(&path[..at])) {
-                    // Restore never writes through a link, and this one is
-                    // the archive's own: it contradicts itself.
-                    return Err(format!(
-                        "a member below {}, which this archive made a symlink",
-                        String::from_utf8_lossy(&path[..at])
-                    ));
-                }
-                at += 1;
-            }
-        }
-        if !self.names.insert(archive::name_key(&path)) {
-            return Err("a second member of this name".into());
-        }
-        if matches!(kind, EntryKind::Symlink(_)) {
-            self.links.insert(archive::name_key(&path));
-        }
+        self.place(&path, kind)?;
         self.current = Some(Logical {
             name: name.clone(),
             kind: match kind {
@@ -177,6 +166,55 @@ impl Checker {
             next_part: part.map(|n| n + 1),
         });
         Ok((name, part))
+    }
+
+    /// Places a member's (canonical) path in the tree the archive makes:
+    /// one member per name, none below a file or symlink, no file or
+    /// symlink where members made a directory.
+    fn place(&mut self, path: &[u8], kind: &EntryKind<'_>) -> Result<(), String> {
+        // The directories the member lies in, deepest last.
+        let parents: Vec<usize> = path
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &b)| (b == b'/').then_some(i))
+            .collect();
+        for &at in &parents {
+            if let Some(what) = self.leaves.get(&archive::name_key(&path[..at])) {
+                // Restore never writes through a link nor turns a file into
+                // a directory: the archive contradicts itself.
+                return Err(format!(
+                    "a member below {}, which this archive made a {what}",
+                    String::from_utf8_lossy(&path[..at])
+                ));
+            }
+        }
+        let key = archive::name_key(path);
+        let leaf = match kind {
+            EntryKind::Dir => None,
+            EntryKind::Symlink(_) => Some("symlink"),
+            EntryKind::File => Some("file"),
+        };
+        if let Some(what) = leaf {
+            if self.dirs.contains(&key) {
+                return Err(format!(
+                    "a {what} where earlier members made {} a directory",
+                    String::from_utf8_lossy(path)
+                ));
+            }
+        }
+        if !self.names.insert(key) {
+            return Err("a second member of this name".into());
+        }
+        if let Some(what) = leaf {
+            self.leaves.insert(key, what);
+        }
+        // Deepest first: a directory already known has its parents known.
+        for &at in parents.iter().rev() {
+            if self.dirs.len() >= DIRS_CAP || !self.dirs.insert(archive::name_key(&path[..at])) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn close(&mut self) {

@@ -375,7 +375,12 @@ pub fn walk_archive<R: Read>(
     // backup.
     let mut consumer_error: Option<WalkError> = None;
     let mut drain = vec![0u8; DRAIN_SIZE];
-    let rest = archive::read_members(tar, |m| {
+    let read_failed = std::cell::Cell::new(false);
+    let watched = Watch {
+        inner: tar,
+        failed: &read_failed,
+    };
+    let rest = archive::read_members(watched, |m| {
         let shown = String::from_utf8_lossy(&m.path).into_owned();
         let refuse = |reason: String| ReadError::Refused {
             path: shown.clone(),
@@ -397,6 +402,9 @@ pub fn walk_archive<R: Read>(
             };
             if shown != expected {
                 return Err(refuse(format!("expected {expected} here")));
+            }
+            if !matches!(m.kind, EntryKind::File) {
+                return Err(refuse("not a regular file".into()));
             }
             let b = read_manifest(&mut *m.data, limit, &shown)?;
             let integrity = |slot: &mut Option<WalkError>, e: String| {
@@ -458,10 +466,37 @@ pub fn walk_archive<R: Read>(
         }
         Ok(())
     });
-    let rest = rest.map_err(|e| consumer_error.take().unwrap_or_else(|| e.into()))?;
+    let rest = rest.map_err(|e| consumer_error.take().unwrap_or_else(|| e.into()));
+    let rest = tar_verdict(rest, read_failed.get())?.inner;
     let manifest =
         manifest.ok_or_else(|| WalkError::Integrity(format!("the archive has no {INNER_NAME}")))?;
     Ok((rest, (manifest, check.members)))
+}
+
+/// An I/O error from a walk whose stream never failed: the stream under the
+/// tar reader gave every byte it was asked for, authenticated, so the tar
+/// structure itself is wrong (a stream ending inside a header or a member,
+/// a size that is no number) — damage, as in verify.
+fn tar_verdict<T>(walked: Result<T, WalkError>, read_failed: bool) -> Result<T, WalkError> {
+    match walked {
+        Err(WalkError::Io(e)) if !read_failed => Err(WalkError::Integrity(format!(
+            "the archive is not a well-formed tar stream: {e}"
+        ))),
+        other => other,
+    }
+}
+
+/// A reader that notes whether its inner reader ever failed, so that an
+/// error the tar reader makes of good bytes is told from one it passed on.
+struct Watch<'f, R> {
+    inner: R,
+    failed: &'f std::cell::Cell<bool>,
+}
+
+impl<R: Read> Read for Watch<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|_| self.failed.set(true))
+    }
 }
 
 /// How much of a member the walk reads at a time where the consumer left it.
