@@ -41,6 +41,20 @@ if ! python3 -c 'import prometheus_client' 2>/dev/null; then
   python3 -m pip install --quiet prometheus-client
 fi
 
+# moto's S3 server, another S3 implementation tests/s3.rs runs coffer
+# against: in a virtual environment of its own, pinned, its command linked
+# onto PATH.
+MOTO_VERSION=5.2.6
+MOTO_VENV=/opt/coffer-test-moto
+if ! "$MOTO_VENV/bin/pip" show moto 2>/dev/null | grep -qx "Version: $MOTO_VERSION"; then
+  if ! python3 -m venv "$MOTO_VENV" 2>/dev/null; then
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends python3-venv
+    /usr/bin/python3 -m venv "$MOTO_VENV"
+  fi
+  "$MOTO_VENV/bin/pip" install --quiet "moto[server]==$MOTO_VERSION"
+fi
+$sudo ln -sf "$MOTO_VENV/bin/moto_server" /usr/local/bin/moto_server
+
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install Rust (https://rustup.rs) or Debian's cargo package" >&2
   exit 1

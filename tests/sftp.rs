@@ -577,7 +577,8 @@ fn list_and_verify_report_a_changed_host_key_as_exit_4() {
 #[test]
 fn dropbear_with_its_default_window_serves_every_command() {
     let server = Dropbear::start();
-    let said = every_command(&server.store_config(""), &server.data_dir());
+    let held = server.data_dir();
+    let said = every_command(&server.store_config(""), &|| files(&held));
     assert!(!said.contains("warning"), "{said}");
 }
 
@@ -587,95 +588,13 @@ fn dropbear_with_its_default_window_serves_every_command() {
 #[test]
 fn rclone_serve_sftp_serves_every_command_and_says_what_it_cannot_promise() {
     let server = Rclone::start();
-    let said = every_command(&server.store_config(""), &server.data_dir());
+    let held = server.data_dir();
+    let said = every_command(&server.store_config(""), &|| files(&held));
     assert_eq!(
         said.matches("the server does not offer fsync").count(),
         1,
         "{said}"
     );
-}
-
-/// Nine nights of a 2 MiB file to `store` (keep_last = 7 deletes), then
-/// every command an operator runs: list, keyless and keyed verify, restore,
-/// prune. What the last night said on stderr.
-fn every_command(store: &str, held_in: &Path) -> String {
-    let j = Job::new();
-    let data = j.dir.path().join("data.bin");
-    fs::write(&data, pattern(2 << 20, 7)).unwrap();
-    let files_source = format!(
-        "[[source]]\ntype = \"files\"\nname = \"data\"\npaths = [\"{}\"]\n",
-        data.display()
-    );
-    let cfg = j.config("keep_last = 7", &files_source, store);
-    let c = cfg.to_str().unwrap();
-    let mut said = String::new();
-    for night in 0..9 {
-        let out = j.backup(&cfg);
-        assert!(out.status.success(), "night {night}: {}", stderr(&out));
-        said = stderr(&out);
-    }
-    let held = files(held_in);
-    assert_eq!(
-        held.iter().filter(|f| f.ends_with(".coffer")).count(),
-        7,
-        "{held:?}"
-    );
-    assert!(!held.iter().any(|f| f.ends_with(".partial")), "{held:?}");
-    let listed = ok(&["list", "-c", c]);
-    assert_eq!(
-        String::from_utf8_lossy(&listed.stdout)
-            .matches("complete")
-            .count(),
-        7,
-        "{}",
-        String::from_utf8_lossy(&listed.stdout)
-    );
-    ok(&["verify", "-c", c]);
-    let key = j.key.to_str().unwrap();
-    ok(&["verify", "-c", c, "-i", key, "latest"]);
-    let to = j.dir.path().join("restored");
-    ok(&[
-        "restore",
-        "-c",
-        c,
-        "-i",
-        key,
-        "latest",
-        "--to",
-        to.to_str().unwrap(),
-    ]);
-    let restored: Vec<PathBuf> = walk_files(&to)
-        .into_iter()
-        .filter(|p| p.ends_with("data.bin"))
-        .collect();
-    assert_eq!(restored.len(), 1, "{restored:?}");
-    assert_eq!(fs::read(&restored[0]).unwrap(), fs::read(&data).unwrap());
-    ok(&["prune", "-c", c, "--keep-last", "3"]);
-    let held = files(held_in);
-    assert_eq!(
-        held.iter().filter(|f| f.ends_with(".coffer")).count(),
-        3,
-        "{held:?}"
-    );
-    ok(&["verify", "-c", c]);
-    said
-}
-
-/// Every regular file under `dir`.
-fn walk_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(d) = pending.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                pending.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 /// A relative `path` starts at the login directory, which the chroot

@@ -187,3 +187,66 @@ pub fn value(samples: &[String], prefix: &str) -> f64 {
         .parse()
         .unwrap()
 }
+
+/// Nine nights of a 2 MiB file to `store`, a `[[store]]` block (keep_last
+/// = 7 deletes), then every command an operator runs: list, keyless and
+/// keyed verify, restore, prune. `held` names the files the store holds.
+/// What the last night said on stderr.
+pub fn every_command(store: &str, held: &dyn Fn() -> Vec<String>) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = d.join("backup.key");
+    ok(&["keygen", "--type", "age", "--out", key.to_str().unwrap()]);
+    let data = d.join("data.bin");
+    fs::write(&data, pattern(2 << 20, 7)).unwrap();
+    let cfg = d.join("coffer.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[job]\nname = \"prod\"\nrecipients = [\"{}.pub\"]\nlock_file = \"{}/lock\"\nkeep_last = 7\n\
+             [[source]]\ntype = \"files\"\nname = \"data\"\npaths = [\"{}\"]\n{store}",
+            key.display(),
+            d.display(),
+            data.display()
+        ),
+    )
+    .unwrap();
+    chmod(&cfg, 0o600);
+    let c = cfg.to_str().unwrap();
+    let sealed = || held().iter().filter(|f| f.ends_with(".coffer")).count();
+    let mut said = String::new();
+    for night in 0..9 {
+        let out = Command::new(bin())
+            .args(["backup", "-c", c])
+            .env("TMPDIR", d)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "night {night}: {}", stderr(&out));
+        said = stderr(&out);
+    }
+    assert_eq!(sealed(), 7, "{:?}", held());
+    assert!(
+        !held().iter().any(|f| f.ends_with(".partial")),
+        "{:?}",
+        held()
+    );
+    let listed = ok(&["list", "-c", c]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert_eq!(listed.matches("complete").count(), 7, "{listed}");
+    ok(&["verify", "-c", c]);
+    let k = key.to_str().unwrap();
+    ok(&["verify", "-c", c, "-i", k, "latest"]);
+    let member = format!("files/data{}", data.display());
+    let out = ok(&[
+        "restore", "-c", c, "-i", k, "latest", "--stdout", "--member", &member,
+    ]);
+    assert!(
+        out.stdout == fs::read(&data).unwrap(),
+        "the restored file differs"
+    );
+    ok(&["prune", "-c", c, "--keep-last", "3"]);
+    assert_eq!(sealed(), 3, "{:?}", held());
+    ok(&["verify", "-c", c]);
+    said
+}

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::primitives::DateTime;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectLockMode};
 use aws_sdk_s3::Client;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -55,6 +56,8 @@ pub(super) struct PartCtx {
     pub(super) cfg: Arc<S3Config>,
     pub(super) key: String,
     pub(super) upload_id: String,
+    /// The Object Lock the object was asked for, to check it holds it.
+    pub(super) lock: Option<(ObjectLockMode, DateTime)>,
 }
 
 pub(super) async fn upload_part(
@@ -216,9 +219,20 @@ impl S3Upload {
                 )
                 .send(),
         );
-        r.map_err(|e| classify(&ctx.cfg, "complete upload of", &ctx.key, &e))?;
-        self.finished = true;
-        // The object is there: check it holds what was sent.
+        // A reply the SDK cannot read though the server answered 200 (moto
+        // 5.2 names its root element wrongly) may well mean the object was
+        // made: the HEAD below decides, and a missing object keeps the
+        // upload unfinished, so that it is aborted.
+        let unread = match &r {
+            Ok(_) => None,
+            Err(e) if e.raw_response().is_some_and(|r| r.status().is_success()) => Some(format!(
+                "the server's reply to completing the upload of {} is not an S3 reply ({})",
+                ctx.key,
+                super::error::root_cause(e)
+            )),
+            Err(e) => return Err(classify(&ctx.cfg, "complete upload of", &ctx.key, e)),
+        };
+        // The object should be there: check it holds what was sent.
         let head = self.inner.rt.block_on(
             ctx.client
                 .head_object()
@@ -226,16 +240,31 @@ impl S3Upload {
                 .key(&ctx.key)
                 .send(),
         );
+        if let (Some(message), Err(_)) = (&unread, &head) {
+            return Err(S3Error::Request {
+                op: "complete upload of",
+                key: ctx.key.clone(),
+                message: format!("{message}, and the object cannot be found"),
+                transient: false,
+            });
+        }
+        self.finished = true;
         match head {
-            Ok(h) if h.content_length() == i64::try_from(self.written).ok() => Ok(()),
+            Ok(h) if h.content_length() == i64::try_from(self.written).ok() => {
+                match not_locked_as_asked(ctx.lock.as_ref(), &h) {
+                    None => Ok(()),
+                    Some(message) => {
+                        // Counted nowhere and protected by nothing: removed,
+                        // so that the run's failure leaves nothing behind.
+                        self.delete_object();
+                        Err(S3Error::ObjectLock {
+                            message: format!("{}: {message}", ctx.key),
+                        })
+                    }
+                }
+            }
             Ok(h) => {
-                let _ = self.inner.rt.block_on(
-                    ctx.client
-                        .delete_object()
-                        .bucket(&ctx.cfg.bucket)
-                        .key(&ctx.key)
-                        .send(),
-                );
+                self.delete_object();
                 Err(S3Error::Mismatch {
                     key: ctx.key.clone(),
                     message: format!(
@@ -251,6 +280,42 @@ impl S3Upload {
             Err(e) => Err(classify(&ctx.cfg, "check", &ctx.key, &e)),
         }
     }
+}
+
+impl S3Upload {
+    fn delete_object(&self) {
+        let ctx = &self.ctx;
+        let _ = self.inner.rt.block_on(
+            ctx.client
+                .delete_object()
+                .bucket(&ctx.cfg.bucket)
+                .key(&ctx.key)
+                .send(),
+        );
+    }
+}
+
+/// Why an object does not hold the Object Lock it was asked for (a server
+/// that ignores the lock headers on multipart uploads), if it does not:
+/// the mode asked, and a retain-until date no earlier than asked.
+fn not_locked_as_asked(
+    asked: Option<&(ObjectLockMode, DateTime)>,
+    head: &aws_sdk_s3::operation::head_object::HeadObjectOutput,
+) -> Option<String> {
+    let (mode, until) = asked?;
+    let held_mode = head.object_lock_mode();
+    let held_until = head.object_lock_retain_until_date();
+    if held_mode == Some(mode) && held_until.is_some_and(|u| u.secs() >= until.secs()) {
+        return None;
+    }
+    Some(format!(
+        "the server stored it without the lock asked for ({} until {}): it holds {} until {}; \
+         this server does not keep Object Lock on multipart uploads",
+        mode.as_str(),
+        until,
+        held_mode.map_or("no lock mode", ObjectLockMode::as_str),
+        held_until.map_or_else(|| "no date".to_owned(), ToString::to_string),
+    ))
 }
 
 impl Write for S3Upload {
@@ -312,6 +377,7 @@ impl Drop for S3Upload {
 impl S3Store {
     pub(super) fn start_upload(&self, key: String, inner: Arc<Inner>) -> Result<Box<dyn Upload>> {
         let now = chrono::Utc::now().timestamp();
+        let lock = self.cfg.object_lock_days.map(|days| lock_until(days, now));
         let r = inner
             .rt
             .block_on(create_request(&inner.client, &self.cfg, &key, now).send());
@@ -332,6 +398,7 @@ impl S3Store {
                 cfg: Arc::clone(&self.cfg),
                 key,
                 upload_id,
+                lock,
             }),
             inner,
             buf: Vec::with_capacity(self.cfg.part_size),
