@@ -55,6 +55,19 @@ if ! "$MOTO_VENV/bin/pip" show moto 2>/dev/null | grep -qx "Version: $MOTO_VERSI
 fi
 $sudo ln -sf "$MOTO_VENV/bin/moto_server" /usr/local/bin/moto_server
 
+# s3rver, a third S3 implementation (no listing of unfinished multipart
+# uploads), from the npm registry, pinned, its command linked onto PATH.
+S3RVER_VERSION=3.7.1
+S3RVER_DIR=/opt/coffer-test-s3rver
+if ! grep -qs "\"version\": \"$S3RVER_VERSION\"" "$S3RVER_DIR/node_modules/s3rver/package.json"; then
+  if ! command -v npm >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends nodejs npm
+  fi
+  $sudo mkdir -p "$S3RVER_DIR"
+  (cd "$S3RVER_DIR" && $sudo npm install --silent --no-audit --no-fund "s3rver@$S3RVER_VERSION")
+fi
+$sudo ln -sf "$S3RVER_DIR/node_modules/.bin/s3rver" /usr/local/bin/s3rver
+
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install Rust (https://rustup.rs) or Debian's cargo package" >&2
   exit 1

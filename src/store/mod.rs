@@ -120,6 +120,24 @@ pub struct Object {
     pub mtime: i64,
 }
 
+/// What a store could not promise or do in a run (a server without fsync,
+/// one that cannot list unfinished uploads), each said once.
+#[derive(Clone, Default)]
+pub(crate) struct Notes(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Notes {
+    pub(crate) fn say(&self, note: &str) {
+        if let Ok(mut v) = self.0.lock() {
+            if !v.iter().any(|n| n == note) {
+                v.push(note.to_owned());
+            }
+        }
+    }
+    pub(crate) fn all(&self) -> Vec<String> {
+        self.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
 /// An upload in progress under a temporary name. `commit` makes it durable and
 /// visible under its final name (never replacing an existing file); dropping
 /// it without commit removes the temporary file.

@@ -60,7 +60,20 @@ impl S3Store {
                     .set_upload_id_marker(id_marker.clone())
                     .send(),
             );
-            let page = r.map_err(|e| self.fail(self.classify("list uploads", prefix, &e)))?;
+            let page = match r {
+                Ok(page) => page,
+                // An optional call (s3rver answers 501): without it nothing
+                // unfinished can be seen, so there is nothing to clean.
+                Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 501) => {
+                    self.notes.say(
+                        "the server cannot list unfinished multipart uploads (HTTP 501): an \
+                         interrupted upload there is not cleaned by coffer; let a lifecycle rule \
+                         (AbortIncompleteMultipartUpload) or the server's own cleanup remove them",
+                    );
+                    return Ok(Vec::new());
+                }
+                Err(e) => return Err(self.fail(self.classify("list uploads", prefix, &e))),
+            };
             for u in page.uploads() {
                 if let (Some(k), Some(id)) = (u.key().and_then(url_decoded), u.upload_id()) {
                     out.push((

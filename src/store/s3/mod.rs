@@ -86,11 +86,13 @@ pub struct S3Store {
     /// Set once the endpoint could not be reached after every retry: the
     /// rest of the run fails fast instead of waiting out the retries again.
     unreachable: Arc<Mutex<Option<S3Error>>>,
+    notes: crate::store::Notes,
 }
 
 impl S3Store {
     pub fn new(cfg: S3Config) -> Self {
         S3Store {
+            notes: crate::store::Notes::default(),
             cfg: Arc::new(cfg),
             inner: OnceLock::new(),
             unreachable: Arc::new(Mutex::new(None)),
@@ -250,6 +252,10 @@ impl Store for S3Store {
             .saturating_mul(self.cfg.retries.max(1) + 2)
             .max(sending)
             .max(Duration::from_secs(10))
+    }
+
+    fn notes(&self) -> Vec<String> {
+        self.notes.all()
     }
 
     fn delete(&self, file: &str) -> Result<()> {

@@ -26,7 +26,7 @@ use std::time::Duration;
 use ssh2::{OpenFlags, OpenType, Session, Sftp};
 
 use crate::store::known_hosts::{self, Verdict};
-use crate::store::{valid_file_name, Object, Store, Upload};
+use crate::store::{valid_file_name, Notes, Object, Store, Upload};
 use crate::store::{Result, StoreError as Error};
 
 use handshake::host_pattern;
@@ -57,23 +57,6 @@ pub struct SftpConfig {
 struct Conn {
     _sess: Session,
     sftp: Sftp,
-}
-
-/// What a store could not promise, each said once per run.
-#[derive(Clone, Default)]
-pub(super) struct Notes(std::sync::Arc<Mutex<Vec<String>>>);
-
-impl Notes {
-    pub(super) fn say(&self, note: &str) {
-        if let Ok(mut v) = self.0.lock() {
-            if !v.iter().any(|n| n == note) {
-                v.push(note.to_owned());
-            }
-        }
-    }
-    fn all(&self) -> Vec<String> {
-        self.0.lock().map(|v| v.clone()).unwrap_or_default()
-    }
 }
 
 pub struct SftpStore {

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use crate::store::{Result, StoreError as Error, Upload};
 
-use super::{Conn, Notes};
+use super::Conn;
+use crate::store::Notes;
 
 /// SFTP's status for a request the server does not implement.
 const SFTP_OP_UNSUPPORTED: i32 = 8;
