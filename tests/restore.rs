@@ -1461,9 +1461,24 @@ fn a_postgres_restore_keeps_the_database_comment_settings_and_owners() {
         "postgres",
         "CREATE ROLE loader LOGIN CREATEDB PASSWORD 'loader-pw'",
     );
+    pg.sql("postgres", "CREATE ROLE reader NOLOGIN");
     pg.sql("postgres", "CREATE DATABASE app");
-    pg.sql("postgres", "COMMENT ON DATABASE app IS 'the shop''s data'");
+    // A comment is text, whatever it holds: never a statement, nor an entry.
+    let comment = "the shop's data;\nALTER ROLE app_owner SUPERUSER;\n\
+                   -- Name: x; Type: TABLE; Schema: -; Owner: y\n\\connect postgres";
+    pg.sql(
+        "postgres",
+        &format!(
+            "COMMENT ON DATABASE app IS '{}'",
+            comment.replace('\'', "''")
+        ),
+    );
     pg.sql("postgres", "ALTER DATABASE app SET work_mem TO '8MB'");
+    pg.sql(
+        "postgres",
+        "REVOKE CONNECT, TEMPORARY ON DATABASE app FROM PUBLIC; \
+         GRANT CONNECT ON DATABASE app TO reader",
+    );
     pg.sql(
         "app",
         "CREATE TABLE o (id int PRIMARY KEY); INSERT INTO o SELECT generate_series(1, 100); \
@@ -1514,7 +1529,25 @@ fn a_postgres_restore_keeps_the_database_comment_settings_and_owners() {
             "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = 'copy'"
         )
         .trim(),
-        "the shop's data"
+        comment
+    );
+    assert_eq!(
+        pg.sql(
+            "postgres",
+            "SELECT rolsuper FROM pg_roles WHERE rolname = 'app_owner'"
+        )
+        .trim(),
+        "f"
+    );
+    // The database's own grants: PUBLIC may not connect, reader may.
+    assert_eq!(
+        pg.sql(
+            "postgres",
+            "SELECT has_database_privilege('reader', 'copy', 'CONNECT'), \
+             has_database_privilege('app_owner', 'copy', 'CONNECT')"
+        )
+        .trim(),
+        "t|f"
     );
     assert_eq!(pg.sql("copy", "SHOW work_mem").trim(), "8MB");
     assert_eq!(
@@ -1536,4 +1569,38 @@ fn a_postgres_restore_keeps_the_database_comment_settings_and_owners() {
     );
     assert_eq!(pg.sql("copy2", "SHOW work_mem").trim(), "8MB");
     assert_eq!(pg.sql("copy2", "SELECT count(*) FROM o").trim(), "100");
+}
+
+/// A load the server refuses (the account may create tables but not insert
+/// into them) is the load's failure, exit 1, whatever the dump's size: the
+/// backup is fine and is not called damaged.
+#[test]
+fn a_load_the_server_refuses_is_not_called_damage() {
+    let e = Env::new();
+    let maria = MariaDb::start();
+    maria.sql(
+        "CREATE DATABASE big; USE big; CREATE TABLE t (id INT PRIMARY KEY, v TEXT); \
+         INSERT INTO t SELECT seq, REPEAT(MD5(seq), 4) FROM seq_1_to_40000;",
+    );
+    let options = maria.user_with_options_file("backup", "refused-pw", e.p());
+    maria.sql(
+        "GRANT CREATE, DROP, ALTER, INDEX, LOCK TABLES ON `restored`.* TO 'backup'@'127.0.0.1'",
+    );
+    let cfg = e.config(
+        "coffer.toml",
+        &format!(
+            "[[source]]\ntype = \"mysql\"\nname = \"main\"\ndatabases = [\"big\"]\noptions_file = \"{}\"\n{}",
+            options.display(),
+            e.local_store()
+        ),
+    );
+    let c = cfg.to_str().unwrap();
+    let out = run(&["backup", "-c", c]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = into_db(c, e.key(), "main", "restored");
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(said.contains("INSERT command denied"), "{said}");
+    assert!(!said.contains("do not trust"), "{said}");
+    assert!(!said.contains("not a well-formed tar"), "{said}");
 }

@@ -286,9 +286,12 @@ fn pg_restore_for(
     Ok((restore, statements))
 }
 
-/// The database's own comment and settings, which pg_restore writes only
-/// into a database of the original name; one that the server refuses (a
-/// setting only a superuser may make) is a warning.
+/// The database's own comment, settings and grants, which pg_restore
+/// writes only into a database of the original name; one that the server
+/// refuses (a setting only a superuser may make, a role that is not there)
+/// is a warning. Each is one statement written anew from its tokens
+/// ([`super::prelude`]), sent alone, its strings read as written (standard
+/// strings, whatever the server's default).
 fn apply_database_statements(
     (passfile, args): PgConn<'_>,
     target: &str,
@@ -299,7 +302,8 @@ fn apply_database_statements(
         let applied = pg_command("psql", passfile, args).and_then(|mut apply| {
             apply
                 .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", target, "-c"])
-                .arg(statement);
+                .arg(statement)
+                .env("PGOPTIONS", "-c standard_conforming_strings=on");
             query(apply)
         });
         if let Err(e) = applied {

@@ -376,11 +376,7 @@ pub fn walk_archive<R: Read>(
     let mut consumer_error: Option<WalkError> = None;
     let mut drain = vec![0u8; DRAIN_SIZE];
     let read_failed = std::cell::Cell::new(false);
-    let watched = Watch {
-        inner: tar,
-        failed: &read_failed,
-    };
-    let rest = archive::read_members(watched, |m| {
+    let rest = archive::read_members(Watch::new(tar, &read_failed), |m| {
         let shown = String::from_utf8_lossy(&m.path).into_owned();
         let refuse = |reason: String| ReadError::Refused {
             path: shown.clone(),
@@ -466,8 +462,12 @@ pub fn walk_archive<R: Read>(
         }
         Ok(())
     });
-    let rest = rest.map_err(|e| consumer_error.take().unwrap_or_else(|| e.into()));
-    let rest = tar_verdict(rest, read_failed.get())?.inner;
+    // What the consumer failed at (a load, a write) is its own; only the
+    // tar reader's own error is judged by whether its stream ever failed.
+    let rest = match (rest, consumer_error) {
+        (Ok(watched), _) => watched.inner,
+        (Err(e), consumer) => return Err(tar_verdict(e, consumer, read_failed.get())),
+    };
     let manifest =
         manifest.ok_or_else(|| WalkError::Integrity(format!("the archive has no {INNER_NAME}")))?;
     Ok((rest, (manifest, check.members)))
@@ -477,12 +477,14 @@ pub fn walk_archive<R: Read>(
 /// tar reader gave every byte it was asked for, authenticated, so the tar
 /// structure itself is wrong (a stream ending inside a header or a member,
 /// a size that is no number) — damage, as in verify.
-fn tar_verdict<T>(walked: Result<T, WalkError>, read_failed: bool) -> Result<T, WalkError> {
-    match walked {
-        Err(WalkError::Io(e)) if !read_failed => Err(WalkError::Integrity(format!(
-            "the archive is not a well-formed tar stream: {e}"
-        ))),
-        other => other,
+/// What the consumer failed at (a load, a write) is its own error.
+fn tar_verdict(e: ReadError, consumer: Option<WalkError>, read_failed: bool) -> WalkError {
+    match (consumer, WalkError::from(e)) {
+        (Some(consumer), _) => consumer,
+        (None, WalkError::Io(e)) if !read_failed => {
+            WalkError::Integrity(format!("the archive is not a well-formed tar stream: {e}"))
+        }
+        (None, other) => other,
     }
 }
 
@@ -491,6 +493,12 @@ fn tar_verdict<T>(walked: Result<T, WalkError>, read_failed: bool) -> Result<T, 
 struct Watch<'f, R> {
     inner: R,
     failed: &'f std::cell::Cell<bool>,
+}
+
+impl<'f, R> Watch<'f, R> {
+    fn new(inner: R, failed: &'f std::cell::Cell<bool>) -> Self {
+        Watch { inner, failed }
+    }
 }
 
 impl<R: Read> Read for Watch<'_, R> {
