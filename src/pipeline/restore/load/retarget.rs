@@ -48,19 +48,47 @@ fn quoted_end(text: &[u8]) -> Option<usize> {
     }
 }
 
-/// A column line with `nextval(`db`.` (the dump's own database `db`, as
-/// quoted) made `nextval(`, so that the sequence is looked up in the
-/// database the table is created in.
+/// A column line of a `CREATE TABLE` with `DEFAULT nextval(`db`.` (the
+/// dump's own database `db`, as quoted) made `DEFAULT nextval(`, so that
+/// the sequence is looked up in the database the table is created in.
+/// Only outside quotes: a string (a default, a comment) that holds those
+/// words keeps them.
 pub(super) fn unqualify_sequences(line: &[u8], db: &[u8]) -> Vec<u8> {
-    let needle = [&b"nextval(`"[..], db, b"`."].concat();
+    let needle = [&b"DEFAULT nextval(`"[..], db, b"`."].concat();
     let mut out = Vec::with_capacity(line.len());
-    let mut rest = line;
-    while let Some(i) = memchr::memmem::find(rest, &needle) {
-        out.extend_from_slice(&rest[..i]);
-        out.extend_from_slice(b"nextval(");
-        rest = &rest[i + needle.len()..];
+    let mut i = 0;
+    let mut quote: Option<u8> = None;
+    while i < line.len() {
+        let c = line[i];
+        match quote {
+            Some(q) => {
+                if c == b'\\' && q == b'\'' {
+                    // An escaped byte inside a string.
+                    out.extend_from_slice(&line[i..(i + 2).min(line.len())]);
+                    i += 2;
+                    continue;
+                }
+                if c == q {
+                    // A doubled quote stays inside; a single one closes.
+                    if line.get(i + 1) == Some(&q) {
+                        out.extend_from_slice(&[q, q]);
+                        i += 2;
+                        continue;
+                    }
+                    quote = None;
+                }
+            }
+            None if c == b'\'' || c == b'`' || c == b'"' => quote = Some(c),
+            None if line[i..].starts_with(&needle) => {
+                out.extend_from_slice(b"DEFAULT nextval(");
+                i += needle.len();
+                continue;
+            }
+            None => {}
+        }
+        out.push(c);
+        i += 1;
     }
-    out.extend_from_slice(rest);
     out
 }
 
@@ -91,6 +119,8 @@ pub(super) struct Retarget<R> {
     /// The dump's own database, as quoted, once its `CREATE DATABASE` line
     /// has passed.
     database: Option<Vec<u8>>,
+    /// Between a `CREATE TABLE` line and the `)` line that ends it.
+    in_table: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -113,6 +143,7 @@ impl<R: Read> Retarget<R> {
             sent: 0,
             line: Line::Start,
             database: None,
+            in_table: false,
         }
     }
 
@@ -208,7 +239,12 @@ impl<R: Read> Read for Retarget<R> {
                         self.line = self.create_database(ended)?;
                         continue;
                     }
-                    if self.head.starts_with(COLUMN) {
+                    if self.head.starts_with(b"CREATE TABLE ") {
+                        self.in_table = true;
+                    } else if self.head.starts_with(b")") {
+                        self.in_table = false;
+                    }
+                    if self.in_table && self.head.starts_with(COLUMN) {
                         if let Some(db) = self.database.take() {
                             self.line = self.column(ended, &db)?;
                             self.database = Some(db);
@@ -278,8 +314,14 @@ mod tests {
     /// The line-based rewrite the streaming one replaced: the reference.
     fn by_lines(dump: &[u8]) -> Vec<u8> {
         let mut db: Option<Vec<u8>> = None;
+        let mut in_table = false;
         dump.split_inclusive(|&b| b == b'\n')
             .filter_map(|l| {
+                if l.starts_with(b"CREATE TABLE ") {
+                    in_table = true;
+                } else if l.starts_with(b")") {
+                    in_table = false;
+                }
                 if l.starts_with(RETARGETED[0]) && l.ends_with(b"\n") {
                     if let Some(name) = database_name(l) {
                         db = Some(name.to_vec());
@@ -287,7 +329,7 @@ mod tests {
                     alter_database(l)
                 } else if RETARGETED.iter().any(|p| l.starts_with(p)) {
                     None
-                } else if let (true, Some(db)) = (l.starts_with(COLUMN), &db) {
+                } else if let (true, Some(db)) = (in_table && l.starts_with(COLUMN), &db) {
                     Some(unqualify_sequences(l, db))
                 } else {
                     Some(l.to_vec())
@@ -353,8 +395,10 @@ mod tests {
         let dump = b"  `a` int DEFAULT nextval(`sh``op`.`s`),\n\
             CREATE DATABASE `sh``op` /*!40100 DEFAULT CHARACTER SET utf8mb4 */;\n\
             CREATE TABLE `t` (\n  `a` bigint(20) DEFAULT nextval(`sh``op`.`s`),\n\
-            \x20 `b` bigint(20) DEFAULT nextval(`other`.`s`) COMMENT 'nextval(`sh``op`.`x`)',\n) ;\n\
-            INSERT INTO `t` VALUES ('nextval(`sh``op`.`s`)');\n";
+            \x20 `b` bigint(20) DEFAULT nextval(`other`.`s`) COMMENT 'DEFAULT nextval(`sh``op`.`x`)',\n\
+            \x20 `c` text DEFAULT 'it''s \\' DEFAULT nextval(`sh``op`.`s`)',\n) ;\n\
+            INSERT INTO `t` VALUES ('nextval(`sh``op`.`s`)');\n\
+            CREATE PROCEDURE p() BEGIN\n  `x` DEFAULT nextval(`sh``op`.`s`);\nEND;\n";
         for step in [1, 3, 64, 4096] {
             let out = drain(Retarget::new(Trickle(&dump[..], step)), 5);
             assert_eq!(
@@ -362,14 +406,16 @@ mod tests {
                 "  `a` int DEFAULT nextval(`sh``op`.`s`),\n\
                  ALTER DATABASE /*!40100 DEFAULT CHARACTER SET utf8mb4 */;\n\
                  CREATE TABLE `t` (\n  `a` bigint(20) DEFAULT nextval(`s`),\n\
-                 \x20 `b` bigint(20) DEFAULT nextval(`other`.`s`) COMMENT 'nextval(`x`)',\n) ;\n\
-                 INSERT INTO `t` VALUES ('nextval(`sh``op`.`s`)');\n"
+                 \x20 `b` bigint(20) DEFAULT nextval(`other`.`s`) COMMENT 'DEFAULT nextval(`sh``op`.`x`)',\n\
+                 \x20 `c` text DEFAULT 'it''s \\' DEFAULT nextval(`sh``op`.`s`)',\n) ;\n\
+                 INSERT INTO `t` VALUES ('nextval(`sh``op`.`s`)');\n\
+                 CREATE PROCEDURE p() BEGIN\n  `x` DEFAULT nextval(`sh``op`.`s`);\nEND;\n"
             );
             assert_eq!(out, by_lines(dump));
         }
         // A column line longer than the rewrite holds passes as it is.
         let long = [
-            &b"CREATE DATABASE `d` /*!40100 DEFAULT CHARACTER SET latin1 */;\n  `e` enum("[..],
+            &b"CREATE DATABASE `d` /*!40100 DEFAULT CHARACTER SET latin1 */;\nCREATE TABLE `t` (\n  `e` enum("[..],
             &vec![b'x'; COLUMN_MAX],
             b") DEFAULT nextval(`d`.`s`)\nSELECT 1;\n",
         ]
@@ -377,6 +423,7 @@ mod tests {
         let out = drain(Retarget::new(&long[..]), 4096);
         let alter = b"ALTER DATABASE /*!40100 DEFAULT CHARACTER SET latin1 */;\n";
         assert_eq!(out[..alter.len()], alter[..]);
+        assert!(out.ends_with(b") DEFAULT nextval(`d`.`s`)\nSELECT 1;\n"));
         assert_eq!(
             out[alter.len()..],
             long[long.len() - out.len() + alter.len()..]
@@ -454,6 +501,9 @@ mod tests {
             Just(" USE `"),
             Just("CREATE DATABASE `d` "),
             Just("  `c` int DEFAULT nextval(`d`.`s`) "),
+            Just("  `c` text DEFAULT 'DEFAULT nextval(`d`.`s`)' "),
+            Just("CREATE TABLE `t` ("),
+            Just(") ENGINE=InnoDB"),
             Just("  `"),
         ];
         (prefix, "[ -~\t\r]{0,40}").prop_map(|(p, rest)| format!("{p}{rest}").into_bytes())
