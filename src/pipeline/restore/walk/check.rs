@@ -48,10 +48,9 @@ pub(super) struct Checker {
     pub(super) hash: HashKind,
     pub(super) current: Option<Logical>,
     pub(super) pending: Vec<Seen>,
-    pub(super) names: HashSet<[u8; 16]>,
-    /// The keys of the symlinks and regular files among them, with which
-    /// of the two: no later member may lie below one.
-    pub(super) leaves: HashMap<[u8; 16], &'static str>,
+    /// Each name's key, with what the member is (a directory, or the
+    /// file or symlink no later member may lie below).
+    pub(super) names: HashMap<[u8; 16], Option<&'static str>>,
     /// The keys of the directories the members so far lie in (up to
     /// [`DIRS_CAP`]): no later file or symlink may take one's place.
     pub(super) dirs: HashSet<[u8; 16]>,
@@ -70,8 +69,7 @@ impl Default for Checker {
             hash: HashKind::Blake3,
             current: None,
             pending: Vec::new(),
-            names: HashSet::new(),
-            leaves: HashMap::new(),
+            names: HashMap::new(),
             dirs: HashSet::new(),
             lists: Vec::new(),
             members: 0,
@@ -179,7 +177,7 @@ impl Checker {
             .filter_map(|(i, &b)| (b == b'/').then_some(i))
             .collect();
         for &at in &parents {
-            if let Some(what) = self.leaves.get(&archive::name_key(&path[..at])) {
+            if let Some(Some(what)) = self.names.get(&archive::name_key(&path[..at])) {
                 // Restore never writes through a link nor turns a file into
                 // a directory: the archive contradicts itself.
                 return Err(format!(
@@ -202,11 +200,8 @@ impl Checker {
                 ));
             }
         }
-        if !self.names.insert(key) {
+        if self.names.insert(key, leaf).is_some() {
             return Err("a second member of this name".into());
-        }
-        if let Some(what) = leaf {
-            self.leaves.insert(key, what);
         }
         // Deepest first: a directory already known has its parents known.
         for &at in parents.iter().rev() {
