@@ -113,15 +113,13 @@ impl Upload for SftpUpload {
         // SFTP's rename refuses an existing target on OpenSSH, but some
         // servers (rclone) replace it: the target is looked for first. The
         // run's lock keeps this job's own runs from racing the check.
-        match conn.sftp.lstat(&self.target) {
-            Err(e) if super::is_not_found(&e) => {}
-            Ok(_) => {
-                return Err(err(format!(
-                    "{} already exists; a backup is never written over",
-                    self.target.display()
-                )))
-            }
-            Err(e) => return Err(err(format!("{}: stat: {e}", self.target.display()))),
+        // A server that answers a missing name with another status than
+        // "no such file" leaves the decision to the rename.
+        if conn.sftp.lstat(&self.target).is_ok() {
+            return Err(err(format!(
+                "{} already exists; a backup is never written over",
+                self.target.display()
+            )));
         }
         let st = conn
             .sftp
