@@ -625,3 +625,43 @@ fn a_store_directory_that_is_not_there_is_named_with_the_fix() {
         files(&j.local_dir())
     );
 }
+
+/// A server that accepts and then answers no request costs the run one
+/// timeout, not one per file: after its first request goes unanswered the
+/// store is left for the rest of the run (one SSH connection per attempt at
+/// most), the local store gets the backup, and the failure says what
+/// happened.
+#[test]
+fn a_server_that_stops_answering_costs_one_timeout_not_one_per_file() {
+    let sshd = Sshd::stalling();
+    let j = Job::new();
+    let cfg = j.config(
+        "",
+        &j.sqlite(),
+        &format!(
+            "{}\n{}",
+            j.local(),
+            sshd.store_config("")
+                .replace("timeout_secs = 5", "timeout_secs = 2")
+        ),
+    );
+    let out = j.backup(&cfg);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_eq!(
+        files(&j.local_dir()).len(),
+        2,
+        "{:?}",
+        files(&j.local_dir())
+    );
+    // Whether the first request or SFTP's own start went unanswered.
+    let said = stderr(&out);
+    assert!(
+        said.contains("stopped answering (a request had no reply within 2 s)")
+            || said.contains("cannot start SFTP: [Session(-9)] Timed out"),
+        "{said}"
+    );
+    // At most one connection per configured attempt (retries = 2), where a
+    // run that waited out each file took one per file.
+    let connections = sshd.log().matches("Accepted publickey").count();
+    assert!((1..=2).contains(&connections), "{}", sshd.log());
+}

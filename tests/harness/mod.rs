@@ -422,6 +422,18 @@ pub struct Sshd {
 
 impl Sshd {
     pub fn start() -> Self {
+        Sshd::start_with(None)
+    }
+
+    /// A server that accepts, authenticates and starts SFTP, then answers
+    /// no request: OpenSSH's sftp-server behind a pipe that passes only its
+    /// client's first message (SSH_FXP_INIT) and then holds the rest. Not
+    /// chrooted (the pipe needs a shell).
+    pub fn stalling() -> Self {
+        Sshd::start_with(Some(9))
+    }
+
+    fn start_with(stall_after: Option<u64>) -> Self {
         need("sshd");
         need("ssh-keygen");
         let dir = tempfile::tempdir().unwrap();
@@ -452,7 +464,7 @@ impl Sshd {
                         .to_owned()
                 }
             });
-        let (chroot, remote_path) = if is_root() {
+        let (chroot, remote_path) = if is_root() && stall_after.is_none() {
             // sshd demands root ownership and no group/other write on every
             // component of the chroot path; /run qualifies, /tmp does not.
             fs::create_dir_all("/run/sshd").ok();
@@ -478,6 +490,24 @@ impl Sshd {
             hk = d.join("host_ed25519").display(),
             d = d.display()
         );
+        if let Some(bytes) = stall_after {
+            let server = Path::new("/usr/lib/openssh/sftp-server");
+            assert!(server.is_file(), "OpenSSH's sftp-server is not installed");
+            let wrapper = d.join("stalling-sftp");
+            fs::write(
+                &wrapper,
+                format!(
+                    "#!/bin/sh\n{{ head -c {bytes}; cat > /dev/null; }} | {}\n",
+                    server.display()
+                ),
+            )
+            .unwrap();
+            fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+            config = config.replace(
+                "ForceCommand internal-sftp\n",
+                &format!("ForceCommand {}\n", wrapper.display()),
+            );
+        }
         if let Some(c) = &chroot {
             config = config.replace(
                 "ForceCommand internal-sftp\n",

@@ -182,6 +182,25 @@ impl SftpStore {
         Err((false, self.err("no connection attempts made")))
     }
 
+    /// A request the server let time out: it accepted the connection and
+    /// then stopped answering. The rest of the run fails fast on this store
+    /// instead of waiting out the timeout once more for every file.
+    fn note_stall(&self, e: &ssh2::Error) {
+        if matches!(e.code(), ssh2::ErrorCode::Session(LIBSSH2_ERROR_TIMEOUT)) {
+            if let Ok(mut g) = self.unreachable.lock() {
+                g.get_or_insert_with(|| {
+                    format!(
+                        "{}:{} stopped answering (a request had no reply within {} s); \
+                         this run leaves it",
+                        self.cfg.host,
+                        self.cfg.port,
+                        self.cfg.timeout.as_secs()
+                    )
+                });
+            }
+        }
+    }
+
     fn check_host_key(&self, key: &HostKey) -> Result<()> {
         let c = &self.cfg;
         let file = c.known_hosts.display();
@@ -266,6 +285,7 @@ impl SftpStore {
             Err(e) => {
                 // A failed call may mean a dead connection: start afresh next time.
                 *guard = None;
+                self.note_stall(&e);
                 Err(self.err(format!("{}: {e}", about.display())))
             }
         }
@@ -273,6 +293,8 @@ impl SftpStore {
 }
 
 const SFTP_NO_SUCH_FILE: i32 = 2;
+/// libssh2's code for a blocking call that reached the session's timeout.
+const LIBSSH2_ERROR_TIMEOUT: i32 = -9;
 
 /// The store's directory is not on the server: where a relative `path`
 /// led (it starts at the login directory, which a chroot's
@@ -318,6 +340,7 @@ impl Store for SftpStore {
                     let login = conn.sftp.realpath(Path::new(".")).ok();
                     return self.err(missing_directory(&self.cfg.path, login.as_deref()));
                 }
+                self.note_stall(&e);
                 self.err(format!("create {}: {e}", partial.display()))
             })?;
         Ok(Box::new(SftpUpload {
@@ -336,10 +359,10 @@ impl Store for SftpStore {
     fn get(&self, file: &str) -> Result<Box<dyn Read + Send>> {
         let p = self.remote(file)?;
         let conn = self.connect()?;
-        let f = conn
-            .sftp
-            .open(&p)
-            .map_err(|e| self.err(format!("open {}: {e}", p.display())))?;
+        let f = conn.sftp.open(&p).map_err(|e| {
+            self.note_stall(&e);
+            self.err(format!("open {}: {e}", p.display()))
+        })?;
         Ok(Box::new(RemoteRead {
             _conn: conn,
             file: f,
