@@ -20,7 +20,7 @@ mod upload;
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ssh2::{OpenFlags, OpenType, Session, Sftp};
@@ -62,11 +62,15 @@ struct Conn {
 pub struct SftpStore {
     notes: Notes,
     cfg: SftpConfig,
-    conn: Mutex<Option<Conn>>,
+    /// The run's one connection for listings, looks and reads, made on
+    /// first use (uploads each have their own, to stream in parallel).
+    conn: Mutex<Option<Arc<Conn>>>,
     /// Why connecting failed, once every attempt had: the rest of the run
     /// fails fast with the same error instead of waiting out the retries
     /// again at every listing, upload and copy.
     unreachable: Mutex<Option<String>>,
+    /// Requests that timed out in this run.
+    stalls: std::sync::atomic::AtomicU32,
 }
 
 impl SftpStore {
@@ -76,6 +80,7 @@ impl SftpStore {
             cfg,
             conn: Mutex::new(None),
             unreachable: Mutex::new(None),
+            stalls: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -183,10 +188,19 @@ impl SftpStore {
     }
 
     /// A request the server let time out: it accepted the connection and
-    /// then stopped answering. The rest of the run fails fast on this store
-    /// instead of waiting out the timeout once more for every file.
+    /// then stopped answering. The first time, the next call tries a new
+    /// connection (a wedged session, a new one may be fine); the second,
+    /// the rest of the run fails fast on this store instead of waiting out
+    /// the timeout once more for every file.
     fn note_stall(&self, e: &ssh2::Error) {
-        if matches!(e.code(), ssh2::ErrorCode::Session(LIBSSH2_ERROR_TIMEOUT)) {
+        if !matches!(e.code(), ssh2::ErrorCode::Session(LIBSSH2_ERROR_TIMEOUT)) {
+            return;
+        }
+        if self
+            .stalls
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            >= 1
+        {
             if let Ok(mut g) = self.unreachable.lock() {
                 g.get_or_insert_with(|| {
                     format!(
@@ -273,7 +287,7 @@ impl SftpStore {
             .lock()
             .map_err(|_| self.err("connection lock poisoned"))?;
         if guard.is_none() {
-            *guard = Some(self.connect()?);
+            *guard = Some(Arc::new(self.connect()?));
         }
         let conn = guard.as_ref().ok_or_else(|| self.err("not connected"))?;
         match f(&conn.sftp) {
@@ -358,9 +372,24 @@ impl Store for SftpStore {
 
     fn get(&self, file: &str) -> Result<Box<dyn Read + Send>> {
         let p = self.remote(file)?;
-        let conn = self.connect()?;
+        let conn = {
+            let mut guard = self
+                .conn
+                .lock()
+                .map_err(|_| self.err("connection lock poisoned"))?;
+            if guard.is_none() {
+                *guard = Some(Arc::new(self.connect()?));
+            }
+            Arc::clone(guard.as_ref().ok_or_else(|| self.err("not connected"))?)
+        };
         let f = conn.sftp.open(&p).map_err(|e| {
             self.note_stall(&e);
+            if !is_not_found(&e) {
+                // Perhaps a dead connection: the next call makes a new one.
+                if let Ok(mut guard) = self.conn.lock() {
+                    *guard = None;
+                }
+            }
             self.err(format!("open {}: {e}", p.display()))
         })?;
         Ok(Box::new(RemoteRead {
@@ -447,7 +476,9 @@ impl Store for SftpStore {
 }
 
 struct RemoteRead {
-    _conn: Conn,
+    /// Kept open while the file is read, even if the store moves on to a
+    /// new connection.
+    _conn: Arc<Conn>,
     file: ssh2::File,
 }
 
