@@ -635,6 +635,34 @@ fn mariadb_drill_loads_a_root_definer_view_that_calls_a_function() {
     assert_eq!(tables(&reports), ["mysql main shop.t 3 3 ok"]);
 }
 
+/// A view whose definer is a role (`DEFINER=`reporting``, no host) and
+/// which calls a stored function: the scratch server has no such role, and
+/// the drill loads the view as the loading account's, as it does for
+/// accounts it lacks.
+#[test]
+fn mariadb_drill_loads_a_view_whose_definer_is_a_role() {
+    let e = Env::new();
+    let maria = MariaDb::start();
+    maria.sql(
+        "CREATE DATABASE shop; USE shop; CREATE TABLE t (id INT); \
+         INSERT INTO t VALUES (1),(2); CREATE ROLE reporting; \
+         GRANT SELECT, EXECUTE ON shop.* TO reporting; \
+         CREATE FUNCTION twice(x INT) RETURNS INT DETERMINISTIC RETURN x * 2; \
+         CREATE DEFINER = reporting VIEW v AS SELECT twice(id) AS d FROM t;",
+    );
+    assert!(
+        maria
+            .sql("SHOW CREATE VIEW shop.v")
+            .contains("DEFINER=`reporting` SQL SECURITY"),
+        "the server writes a role definer without a host"
+    );
+    let cfg = e.shop_job(&maria);
+    // Dumping a view's columns runs its function.
+    maria.sql("GRANT EXECUTE ON shop.* TO 'backup'@'127.0.0.1'");
+    let reports = e.drilled(&cfg);
+    assert_eq!(tables(&reports), ["mysql main shop.t 2 2 ok"]);
+}
+
 /// A MyISAM or Aria table is not in the InnoDB snapshot a single-transaction
 /// dump reads: the backup says so once, by name, and still succeeds; the
 /// InnoDB tables are not named.
