@@ -110,6 +110,41 @@ impl Env {
             serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
         (out, reports)
     }
+    /// A job signed with a new signing key, backing up `sources`.
+    fn signed_config(&self, sources: &str) -> PathBuf {
+        let sign = self.p().join("sign.key");
+        ok(&[
+            "keygen",
+            "--type",
+            "signing",
+            "--out",
+            sign.to_str().unwrap(),
+        ]);
+        self.config(&format!(
+            "signing_key = \"{s}\"\nsigning_public_key = \"{s}.pub\"\n{sources}",
+            s = sign.display()
+        ))
+    }
+    /// `restore latest --into-db SOURCE --database DB`, which must succeed.
+    fn load_into(&self, cfg: &Path, source: &str, db: &str) {
+        let c = cfg.to_str().unwrap();
+        let out = self.run(
+            &[
+                "restore",
+                "-c",
+                c,
+                "-i",
+                self.key(),
+                "latest",
+                "--into-db",
+                source,
+                "--database",
+                db,
+            ],
+            None,
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
     fn latest_sealed(&self) -> PathBuf {
         let mut v: Vec<PathBuf> = fs::read_dir(self.store())
             .unwrap()
@@ -710,22 +745,7 @@ fn a_mariadb_system_versioned_table_keeps_its_history() {
     let reports = e.drilled(&cfg);
     assert_eq!(tables(&reports), ["mysql main shop.prices 3 3 ok"]);
     maria.sql("GRANT ALL ON copy.* TO 'backup'@'127.0.0.1'");
-    let out = e.run(
-        &[
-            "restore",
-            "-c",
-            cfg.to_str().unwrap(),
-            "-i",
-            e.key(),
-            "latest",
-            "--into-db",
-            "main",
-            "--database",
-            "copy",
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    e.load_into(&cfg, "main", "copy");
     assert_eq!(
         maria
             .sql("SELECT COUNT(*) FROM copy.prices FOR SYSTEM_TIME ALL")
@@ -861,14 +881,6 @@ fn a_mariadb_kitchen_sink_drills_and_restores_as_it_was() {
     fs::write(&script, MARIADB_KITCHEN_SINK).unwrap();
     maria.load(&script);
     // Signed, through the server's root: definers are kept as they were.
-    let sign = e.p().join("sign.key");
-    ok(&[
-        "keygen",
-        "--type",
-        "signing",
-        "--out",
-        sign.to_str().unwrap(),
-    ]);
     let options = e.p().join("root.cnf");
     fs::write(
         &options,
@@ -876,11 +888,9 @@ fn a_mariadb_kitchen_sink_drills_and_restores_as_it_was() {
     )
     .unwrap();
     chmod(&options, 0o600);
-    let cfg = e.config(&format!(
-        "signing_key = \"{s}\"\nsigning_public_key = \"{s}.pub\"\n\
-         [[source]]\ntype = \"mysql\"\nname = \"main\"\ndatabases = [\"ks\"]\noptions_file = \"{}\"\n",
-        options.display(),
-        s = sign.display()
+    let cfg = e.signed_config(&format!(
+        "[[source]]\ntype = \"mysql\"\nname = \"main\"\ndatabases = [\"ks\"]\noptions_file = \"{}\"\n",
+        options.display()
     ));
     let reports = e.drilled(&cfg);
     assert_eq!(
@@ -893,22 +903,7 @@ fn a_mariadb_kitchen_sink_drills_and_restores_as_it_was() {
             "mysql main ks.parts 2 2 ok",
         ]
     );
-    let out = e.run(
-        &[
-            "restore",
-            "-c",
-            cfg.to_str().unwrap(),
-            "-i",
-            e.key(),
-            "latest",
-            "--into-db",
-            "main",
-            "--database",
-            "ks_copy",
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    e.load_into(&cfg, "main", "ks_copy");
     let source = mariadb_objects(&maria, "ks");
     assert!(source.contains("nextval(`DB`.`seq`)"), "{source}");
     assert_eq!(mariadb_objects(&maria, "ks_copy"), source);
@@ -1035,22 +1030,12 @@ fn a_postgres_kitchen_sink_drills_and_restores_as_it_was() {
     pg.sql("postgres", "CREATE DATABASE pks");
     pg.sql("pks", POSTGRES_KITCHEN_SINK);
     // Loads through the superuser, which only a signed backup may.
-    let sign = e.p().join("sign.key");
-    ok(&[
-        "keygen",
-        "--type",
-        "signing",
-        "--out",
-        sign.to_str().unwrap(),
-    ]);
     let passfile = pg.passfile(e.p());
-    let cfg = e.config(&format!(
-        "signing_key = \"{s}\"\nsigning_public_key = \"{s}.pub\"\n\
-         [[source]]\ntype = \"postgres\"\nname = \"pg\"\ndatabases = [\"pks\"]\n\
+    let cfg = e.signed_config(&format!(
+        "[[source]]\ntype = \"postgres\"\nname = \"pg\"\ndatabases = [\"pks\"]\n\
          passfile = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"postgres\"\n",
         passfile.display(),
-        pg.port,
-        s = sign.display()
+        pg.port
     ));
     let reports = e.drilled(&cfg);
     assert_eq!(
@@ -1064,22 +1049,7 @@ fn a_postgres_kitchen_sink_drills_and_restores_as_it_was() {
             "postgres pg pks.public.plain 2 2 ok",
         ]
     );
-    let out = e.run(
-        &[
-            "restore",
-            "-c",
-            cfg.to_str().unwrap(),
-            "-i",
-            e.key(),
-            "latest",
-            "--into-db",
-            "pg",
-            "--database",
-            "pks_copy",
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    e.load_into(&cfg, "pg", "pks_copy");
     // A restore refreshes materialized views; so does the source here.
     pg.sql("pks", "REFRESH MATERIALIZED VIEW app.counts");
     let source = postgres_objects(&pg, "pks");

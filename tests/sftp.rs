@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use harness::{Dropbear, Rclone, Sshd};
+use harness::{SftpServer, Sshd};
 
 struct Job {
     dir: tempfile::TempDir,
@@ -576,7 +576,7 @@ fn list_and_verify_report_a_changed_host_key_as_exit_4() {
 /// libssh2 hands back writes of zero bytes that are to be repeated.
 #[test]
 fn dropbear_with_its_default_window_serves_every_command() {
-    let server = Dropbear::start();
+    let server = SftpServer::dropbear();
     let held = server.data_dir();
     let said = every_command(&server.store_config(""), &|| files(&held));
     assert!(!said.contains("warning"), "{said}");
@@ -587,7 +587,7 @@ fn dropbear_with_its_default_window_serves_every_command() {
 /// would replace an existing file (coffer looks first).
 #[test]
 fn rclone_serve_sftp_serves_every_command_and_says_what_it_cannot_promise() {
-    let server = Rclone::start();
+    let server = SftpServer::rclone();
     let held = server.data_dir();
     let said = every_command(&server.store_config(""), &|| files(&held));
     assert_eq!(

@@ -637,171 +637,158 @@ fn sftp_store(port: u16, user: &str, key: &Path, known: &Path, path: &str, extra
     )
 }
 
-/// A private dropbear server in its default configuration (its 24 KiB
-/// receive window included), serving SFTP through the machine's
-/// sftp-server. Dropbear reads a login's keys from its home directory
-/// only, so it runs in a mount namespace of its own where a temporary
-/// directory stands in for root's home: the machine's is never touched.
-pub struct Dropbear {
+/// An SFTP server other than OpenSSH's, on a random loopback port, with a
+/// client key it accepts and a known_hosts file that pins its host key.
+/// Stopped, with its sessions, when dropped.
+pub struct SftpServer {
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub client_key: PathBuf,
     pub known_hosts: PathBuf,
+    user: &'static str,
+    /// The store's `path`.
+    path: String,
     child: Child,
 }
 
-impl Dropbear {
-    pub fn start() -> Self {
-        let server = need("dropbear");
-        let keygen = need("dropbearkey");
-        need("unshare");
+impl SftpServer {
+    /// A private directory with a client key pair, a port, and a
+    /// known_hosts file pinning `host_pub` (`kind base64 …`) there.
+    fn prepare(
+        host_pub: impl FnOnce(&Path) -> String,
+    ) -> (tempfile::TempDir, u16, PathBuf, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let home = d.join("home");
-        fs::create_dir_all(home.join(".ssh")).unwrap();
         fs::create_dir(d.join("backups")).unwrap();
-        fs::set_permissions(home.join(".ssh"), fs::Permissions::from_mode(0o700)).unwrap();
-        let host_key = d.join("host_ed25519");
-        let out = run_ok(
-            Command::new(&keygen)
-                .args(["-t", "ed25519", "-f"])
-                .arg(&host_key),
-            "dropbearkey",
-        );
-        let host_line = out
-            .lines()
-            .find(|l| l.starts_with("ssh-ed25519 "))
-            .expect("dropbearkey prints the public key")
-            .to_owned();
         run_ok(
             Command::new("ssh-keygen")
                 .args(["-q", "-t", "ed25519", "-N", "", "-C", "coffer", "-f"])
                 .arg(d.join("client_ed25519")),
             "ssh-keygen client",
         );
+        let client_key = d.join("client_ed25519");
+        fs::set_permissions(&client_key, fs::Permissions::from_mode(0o600)).unwrap();
+        let port = free_port();
+        let line = host_pub(d);
+        let mut fields = line.split_whitespace();
+        let (kind, b64) = (fields.next().unwrap(), fields.next().unwrap());
+        let known_hosts = d.join("known_hosts");
+        fs::write(&known_hosts, format!("[127.0.0.1]:{port} {kind} {b64}\n")).unwrap();
+        (dir, port, client_key, known_hosts)
+    }
+
+    /// Starts `cmd`, logging to DIR/server.log, and waits for its port.
+    fn serve(
+        what: &str,
+        mut cmd: Command,
+        (dir, port, client_key, known_hosts): (tempfile::TempDir, u16, PathBuf, PathBuf),
+        user: &'static str,
+        path: String,
+    ) -> Self {
+        let log = dir.path().join("server.log");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {what}: {e}"));
+        wait_until(what, &log, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        SftpServer {
+            dir,
+            port,
+            client_key,
+            known_hosts,
+            user,
+            path,
+            child,
+        }
+    }
+
+    /// Dropbear in its default configuration (its 24 KiB receive window
+    /// included), serving SFTP through the machine's sftp-server. Dropbear
+    /// reads a login's keys from its home directory only, so it runs in a
+    /// mount namespace of its own where a temporary directory stands in
+    /// for root's home: the machine's is never touched.
+    pub fn dropbear() -> Self {
+        let server = need("dropbear");
+        let keygen = need("dropbearkey");
+        need("unshare");
+        let host_key = std::cell::RefCell::new(PathBuf::new());
+        let prepared = SftpServer::prepare(|d| {
+            *host_key.borrow_mut() = d.join("host_ed25519");
+            let out = run_ok(
+                Command::new(&keygen)
+                    .args(["-t", "ed25519", "-f"])
+                    .arg(d.join("host_ed25519")),
+                "dropbearkey",
+            );
+            out.lines()
+                .find(|l| l.starts_with("ssh-ed25519 "))
+                .expect("dropbearkey prints the public key")
+                .to_owned()
+        });
+        let d = prepared.0.path().to_owned();
+        let home = d.join("home");
+        fs::create_dir_all(home.join(".ssh")).unwrap();
+        fs::set_permissions(home.join(".ssh"), fs::Permissions::from_mode(0o700)).unwrap();
         fs::copy(
             d.join("client_ed25519.pub"),
             home.join(".ssh/authorized_keys"),
         )
         .unwrap();
-        let port = free_port();
-        let mut fields = host_line.split_whitespace();
-        let (kind, b64) = (fields.next().unwrap(), fields.next().unwrap());
-        let known_hosts = d.join("known_hosts");
-        fs::write(&known_hosts, format!("[127.0.0.1]:{port} {kind} {b64}\n")).unwrap();
-        let client_key = d.join("client_ed25519");
-        fs::set_permissions(&client_key, fs::Permissions::from_mode(0o600)).unwrap();
-        let log = d.join("dropbear.log");
         let mut cmd = Command::new("unshare");
         if !is_root() {
             // A user namespace in which this user is root.
             cmd.arg("--map-root-user");
         }
         let script = format!(
-            "mount --bind '{}' /root && exec '{}' -F -E -s -p 127.0.0.1:{port} -r '{}' -P '{}'",
+            "mount --bind '{}' /root && exec '{}' -F -E -s -p 127.0.0.1:{} -r '{}' -P '{}'",
             home.display(),
             server.display(),
-            host_key.display(),
+            prepared.1,
+            host_key.borrow().display(),
             d.join("dropbear.pid").display()
         );
-        let child = cmd
-            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start dropbear");
-        wait_until("dropbear", &log, || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Dropbear {
-            dir,
-            port,
-            client_key,
-            known_hosts,
-            child,
-        }
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+        let path = d.join("backups").display().to_string();
+        SftpServer::serve("dropbear", cmd, prepared, "root", path)
     }
 
-    /// Where uploads land (the server has no chroot: the path is absolute).
-    pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("backups")
-    }
-
-    /// A `[[store]]` block for coffer, logging in as root.
-    pub fn store_config(&self, extra: &str) -> String {
-        sftp_store(
-            self.port,
-            "root",
-            &self.client_key,
-            &self.known_hosts,
-            &self.data_dir().display().to_string(),
-            extra,
-        )
-    }
-}
-
-/// A private `rclone serve sftp` of a temporary directory, key-only, with
-/// its own host key and an empty rclone configuration.
-pub struct Rclone {
-    pub dir: tempfile::TempDir,
-    pub port: u16,
-    pub client_key: PathBuf,
-    pub known_hosts: PathBuf,
-    child: Child,
-}
-
-impl Rclone {
-    pub fn start() -> Self {
+    /// `rclone serve sftp` of the directory, key-only, with its own host
+    /// key and an empty rclone configuration; it shows the directory as `/`.
+    pub fn rclone() -> Self {
         let rclone = need("rclone");
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        fs::create_dir(d.join("backups")).unwrap();
-        for key in ["host_ed25519", "client_ed25519"] {
+        let prepared = SftpServer::prepare(|d| {
             run_ok(
                 Command::new("ssh-keygen")
                     .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                    .arg(d.join(key)),
-                "ssh-keygen",
+                    .arg(d.join("host_ed25519")),
+                "ssh-keygen host",
             );
-        }
-        let port = free_port();
-        let host_pub = fs::read_to_string(d.join("host_ed25519.pub")).unwrap();
-        let mut fields = host_pub.split_whitespace();
-        let (kind, b64) = (fields.next().unwrap(), fields.next().unwrap());
-        let known_hosts = d.join("known_hosts");
-        fs::write(&known_hosts, format!("[127.0.0.1]:{port} {kind} {b64}\n")).unwrap();
-        let log = d.join("rclone.log");
-        let child = Command::new(rclone)
-            .args(["serve", "sftp"])
+            fs::read_to_string(d.join("host_ed25519.pub")).unwrap()
+        });
+        let d = prepared.0.path().to_owned();
+        let mut cmd = Command::new(rclone);
+        cmd.args(["serve", "sftp"])
             .arg(d.join("backups"))
-            .args(["--addr", &format!("127.0.0.1:{port}"), "--user", "coffer"])
+            .args([
+                "--addr",
+                &format!("127.0.0.1:{}", prepared.1),
+                "--user",
+                "coffer",
+            ])
             .arg("--key")
             .arg(d.join("host_ed25519"))
             .arg("--authorized-keys")
             .arg(d.join("client_ed25519.pub"))
             .arg("--config")
-            .arg(d.join("rclone.conf"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start rclone serve sftp");
-        wait_until("rclone serve sftp", &log, || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        let client_key = d.join("client_ed25519");
-        fs::set_permissions(&client_key, fs::Permissions::from_mode(0o600)).unwrap();
-        Rclone {
-            dir,
-            port,
-            client_key,
-            known_hosts,
-            child,
-        }
+            .arg(d.join("rclone.conf"));
+        SftpServer::serve("rclone serve sftp", cmd, prepared, "coffer", "/".into())
     }
 
-    /// Where uploads land; the server shows it as `/`.
+    /// Where uploads land, on this machine's disk.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("backups")
     }
@@ -810,22 +797,16 @@ impl Rclone {
     pub fn store_config(&self, extra: &str) -> String {
         sftp_store(
             self.port,
-            "coffer",
+            self.user,
             &self.client_key,
             &self.known_hosts,
-            "/",
+            &self.path,
             extra,
         )
     }
 }
 
-impl Drop for Rclone {
-    fn drop(&mut self) {
-        stop(&mut self.child);
-    }
-}
-
-impl Drop for Dropbear {
+impl Drop for SftpServer {
     fn drop(&mut self) {
         // Its sessions are its children: they go with it.
         let pid = self.child.id().to_string();
