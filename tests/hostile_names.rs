@@ -998,3 +998,48 @@ fn a_tar_that_contradicts_itself_or_ends_early_is_damage_in_restore_and_verify()
         assert_walk_refuses(&tar_bytes, &out);
     }
 }
+
+/// Members hidden after the end-of-archive blocks are read by no check:
+/// `restore --stdout` hands on the archive up to its end and no further,
+/// so `tar -x -i` (which reads past zero blocks) cannot unpack them.
+#[test]
+fn stdout_ends_the_archive_where_the_checks_ended() {
+    let mut tar_bytes = forged_tar(&[(b"files/a", tar::EntryType::Regular, None, b"x")], None);
+    let mut hidden = tar::Builder::new(Vec::new());
+    raw_entry(
+        &mut hidden,
+        &(
+            b"files/hidden",
+            tar::EntryType::Regular,
+            None,
+            b"never checked",
+        ),
+    );
+    tar_bytes.extend_from_slice(&[0u8; 1024]);
+    tar_bytes.extend(hidden.into_inner().unwrap());
+    let e = Env::new();
+    let sealed = e.seal(&tar_bytes, "trailing");
+    let out = ok(&[
+        "restore",
+        "-i",
+        e.key(),
+        sealed.to_str().unwrap(),
+        "--stdout",
+    ]);
+    let listed = std::process::Command::new("tar")
+        .args(["-t", "-i", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(&out.stdout)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let names = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(names.contains("files/a"), "{names}");
+    assert!(names.contains("MANIFEST.json"), "{names}");
+    assert!(!names.contains("hidden"), "{names}");
+    // Ended as tar ends an archive: two zero blocks.
+    assert!(out.stdout.ends_with(&[0u8; 1024]));
+}

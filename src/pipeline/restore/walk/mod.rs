@@ -320,8 +320,17 @@ fn walk_stream<R: Read + Send>(
             failed: &tap_failed,
         };
         let (mut dec, walked) = walk_archive(dec, hash, consume)?;
+        // The tap has had the archive up to its first zero block, which
+        // ends it for every reader; it gets the second as the end-of-archive
+        // marker, and nothing after: bytes past the end were checked by no
+        // one, and `tar -i` would unpack members hidden there.
+        if let Some(out) = dec.out.take() {
+            if let Err(e) = out.write_all(&[0u8; 512]) {
+                *tap_failed.borrow_mut() = Some(e);
+            }
+        }
         // The end of the tar is not the end of the stream: read on, so the
-        // final chunk is authenticated (and the tap gets the tar's padding).
+        // final chunk is authenticated.
         io::copy(&mut dec, &mut io::sink())?;
         drop(dec);
         io::copy(&mut buffered, &mut io::sink())?;
