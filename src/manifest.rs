@@ -90,9 +90,12 @@ impl Sidecar {
             (Some(_), false) => return Err(format!("a {} has no blake3", s.format)),
             (None, false) => {}
         }
-        if s.prev.as_deref().is_some_and(|p| {
-            !(p.is_empty() || (p.len() == 64 && p.bytes().all(|b| b.is_ascii_hexdigit())))
-        }) {
+        // Lower case, as written and as the ledger compares it: an upper
+        // case `prev` would read as a fork of the job's history.
+        if s.prev
+            .as_deref()
+            .is_some_and(|p| !(p.is_empty() || is_sha256_hex(p)))
+        {
             return Err("prev is not a SHA-256".into());
         }
         if !is_sha256_hex(&s.sha256) {
@@ -491,6 +494,9 @@ mod tests {
             assert!(Sidecar::parse(&sidecar(v, None, None)).is_err());
             assert!(Sidecar::parse(&sidecar(v, Some(1), None)).is_err());
             assert!(Sidecar::parse(&sidecar(v, Some(2), Some("xyz"))).is_err());
+            // Lower case only, as FORMAT.md says and the ledger compares.
+            assert!(Sidecar::parse(&sidecar(v, Some(2), Some(&"ab".repeat(32)))).is_ok());
+            assert!(Sidecar::parse(&sidecar(v, Some(2), Some(&"AB".repeat(32)))).is_err());
         }
         assert!(Sidecar::parse(&sidecar(SIDECAR_FORMAT_V1, None, None)).is_ok());
         assert!(Sidecar::parse(&sidecar(SIDECAR_FORMAT_V1, Some(1), Some(""))).is_err());

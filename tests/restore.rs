@@ -1604,3 +1604,48 @@ fn a_load_the_server_refuses_is_not_called_damage() {
     assert!(!said.contains("do not trust"), "{said}");
     assert!(!said.contains("not a well-formed tar"), "{said}");
 }
+
+/// A sidecar beside a file given by path is read under the cap every store
+/// listing applies (64 KiB, FORMAT.md §6): one padded past it is refused
+/// as the listing refuses it, not read.
+#[test]
+fn a_sidecar_beside_a_file_is_read_under_the_listings_cap() {
+    let e = Env::new();
+    fs::create_dir(e.p().join("data")).unwrap();
+    fs::write(e.p().join("data/a.txt"), b"a").unwrap();
+    let cfg = e.config(
+        "coffer.toml",
+        &format!(
+            "[[source]]\ntype = \"files\"\npaths = [\"{}\"]\n{}",
+            e.p().join("data").display(),
+            e.local_store()
+        ),
+    );
+    let out = run(&["backup", "-c", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sealed = fs::read_dir(e.store())
+        .unwrap()
+        .map(|x| x.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".coffer"))
+        .unwrap();
+    let sidecar = format!("{}.json", sealed.display());
+    let mut padded = fs::read(&sidecar).unwrap();
+    padded.extend(std::iter::repeat_n(b' ', 70 << 10));
+    fs::write(&sidecar, &padded).unwrap();
+    let to = e.p().join("out");
+    let out = run(&[
+        "restore",
+        "-i",
+        e.key(),
+        sealed.to_str().unwrap(),
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_ne!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("larger than 65536 bytes"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!to.join("MANIFEST.json").exists());
+}

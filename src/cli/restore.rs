@@ -61,7 +61,9 @@ fn sidecar_beside(
     verifier: Option<&crate::signing::Verifier>,
 ) -> anyhow::Result<Option<Expect>> {
     let path = format!("{file}.json");
-    let raw = match crate::fsutil::read_regular(std::path::Path::new(&path), 1 << 20) {
+    // The cap every store listing applies (FORMAT.md §6).
+    let cap = crate::pipeline::catalog::SIDECAR_MAX as u64;
+    let raw = match crate::fsutil::read_regular(std::path::Path::new(&path), cap) {
         Ok(raw) => raw,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && verifier.is_none() => {
             return Ok(None)
