@@ -459,6 +459,16 @@ fn jobs_sharing_a_store_leave_each_other_alone() {
     // Its own job's dead partial is prod-db's next run's to remove.
     ok(&["backup", "-c", &prod_db]);
     assert!(!in_flight.exists());
+    // What is wrong with prod-db's files (a sealed file whose sidecar went,
+    // days ago; a sidecar alone) is prod-db's verdict, not prod's.
+    let lost = store.join("prod-db-20200101T000000Z.coffer");
+    fs::write(&lost, "sealed").unwrap();
+    sh(&format!("touch -d '3 days ago' '{}'", lost.display()), p);
+    fs::write(store.join("prod-db-20200102T000000Z.coffer.json"), "{}").unwrap();
+    let out = coffer(&["verify", "-c", &prod]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = coffer(&["verify", "-c", &prod_db]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
 }
 
 #[test]

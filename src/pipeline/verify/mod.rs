@@ -139,6 +139,9 @@ pub fn verify(
                         ledger_entries.extend(ledger_entry(l));
                     }
                 }
+                // Another job's file in a shared store: its verify's
+                // business (this job's own losses show in its ledger).
+                (_, _) if another_jobs(job, &l.name) => continue,
                 (_, _) => not_a_backup(l, span, (job, now), &mut r),
             }
             if r.verdict != Verdict::Leftover {
@@ -282,6 +285,14 @@ fn complete_span<'a>(
             .map(|l| l.name.as_str())
     };
     Some((names().min()?, names().max()?))
+}
+
+/// Whether `name` is a backup name of a job other than `job`
+/// (`{other}-{YYYYMMDDTHHMMSSZ}[-N]`).
+fn another_jobs(job: &str, name: &str) -> bool {
+    name.match_indices('-')
+        .map(|(i, _)| &name[..i])
+        .any(|prefix| prefix != job && !prefix.is_empty() && is_backup_name(prefix, name))
 }
 
 /// An interrupted upload is newer than the newest complete backup, an
