@@ -707,7 +707,9 @@ fn verify_catches_damage_keyless_and_keyed() {
         .map(|x| x.unwrap().path())
         .filter(|p| p.to_string_lossy().ends_with(".coffer"))
         .collect();
-    sealed.sort();
+    // In the order the runs made them (names of runs in one second sort
+    // `X-1`, `X-2`, `X`).
+    sealed.sort_by_key(|p| fs::metadata(p).unwrap().modified().unwrap());
     // 1: a flipped byte. 2: truncated. 3: sidecar deleted.
     let mut bytes = fs::read(&sealed[0]).unwrap();
     let mid = bytes.len() / 2;
@@ -723,9 +725,11 @@ fn verify_catches_damage_keyless_and_keyed() {
     fs::remove_file(format!("{}.json", sealed[2].display())).unwrap();
     let (out, reports) = verify(&[]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
+    // The backups' own verdicts (the ledger's, which the entries these
+    // lost make damaged or not by where they fall, is tested elsewhere).
     let failed: Vec<String> = reports
         .iter()
-        .filter(|r| r["ok"] == false)
+        .filter(|r| r["ok"] == false && r["level"] != "ledger")
         .map(|r| r["problems"].to_string())
         .collect();
     assert_eq!(failed.len(), 2, "{reports:?}");
