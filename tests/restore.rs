@@ -1653,3 +1653,67 @@ fn a_sidecar_beside_a_file_is_read_under_the_listings_cap() {
     );
     assert!(!to.join("MANIFEST.json").exists());
 }
+
+/// A backup dated ahead of this machine's clock (a clock that is behind) is
+/// never `latest`, but it is not passed over in silence: restoring the one
+/// before it says why, and with only such backups the restore says to look
+/// at the clock (exit 2), not that nothing is there.
+#[test]
+fn latest_says_when_the_clock_keeps_it_from_the_newest_backup() {
+    let e = Env::new();
+    fs::create_dir(e.p().join("data")).unwrap();
+    fs::write(e.p().join("data/a.txt"), b"a").unwrap();
+    let cfg = e.config(
+        "coffer.toml",
+        &format!(
+            "[[source]]\ntype = \"files\"\npaths = [\"{}\"]\n{}",
+            e.p().join("data").display(),
+            e.local_store()
+        ),
+    );
+    let c = cfg.to_str().unwrap();
+    for _ in 0..2 {
+        let out = run(&["backup", "-c", c]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let mut sidecars: Vec<PathBuf> = fs::read_dir(e.store())
+        .unwrap()
+        .map(|x| x.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".coffer.json"))
+        .collect();
+    sidecars.sort_by_key(|p| fs::metadata(p).unwrap().modified().unwrap());
+    let ahead = |p: &Path| {
+        let mut v: serde_json::Value = serde_json::from_slice(&fs::read(p).unwrap()).unwrap();
+        v["created"] = (chrono::Utc::now() + chrono::Duration::hours(1))
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string()
+            .into();
+        fs::write(p, serde_json::to_vec(&v).unwrap()).unwrap();
+    };
+    ahead(&sidecars[1]);
+    let to = e.p().join("out");
+    let out = run(&[
+        "restore",
+        "-c",
+        c,
+        "-i",
+        e.key(),
+        "latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("ahead of this machine's clock"),
+        "{}",
+        stderr(&out)
+    );
+    ahead(&sidecars[0]);
+    let out = run(&["restore", "-c", c, "-i", e.key(), "latest", "--stdout"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("set it right and run again"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -172,45 +172,12 @@ impl Catalog {
         skip: &[String],
     ) -> Result<Found<'_>> {
         let wanted = what.strip_suffix(SEALED_SUFFIX).unwrap_or(what);
-        let now = chrono::Utc::now();
-        let mut candidates: Vec<(usize, &Listed, &Sidecar)> = Vec::new();
-        let mut refused = Vec::new();
-        let mut damaged: Vec<(String, String)> = Vec::new();
-        for (i, l) in self.listed.iter().enumerate() {
-            for b in l {
-                if (wanted != "latest" && b.name != wanted) || skip.contains(&b.name) {
-                    continue;
-                }
-                match (&b.sidecar, &b.state) {
-                    (Some(s), _) if plausible(b, job, now) => candidates.push((i, b, s)),
-                    // Asked for by name, a copy that is not one is the
-                    // server's doing, and worth saying so.
-                    (_, State::BadSidecar(why)) if wanted != "latest" => refused.push(format!(
-                        "{} in {}: sidecar is not valid: {why}",
-                        b.name,
-                        self.stores[i].name()
-                    )),
-                    // For `latest`, a newer name whose copy is damaged must
-                    // not be skipped in silence: reported if it is newer
-                    // than what is chosen.
-                    (_, State::BadSidecar(why)) if is_backup_name(job, &b.name) => damaged.push((
-                        b.name.clone(),
-                        format!(
-                            "{} in {}: sidecar is not valid: {why}",
-                            b.name,
-                            self.stores[i].name()
-                        ),
-                    )),
-                    (Some(s), _) if wanted != "latest" && s.job == job => refused.push(format!(
-                        "{} in {}: not a name a run makes, or dated in the future ({})",
-                        b.name,
-                        self.stores[i].name(),
-                        s.created
-                    )),
-                    _ => {}
-                }
-            }
-        }
+        let Sorted {
+            mut candidates,
+            mut refused,
+            damaged,
+            ahead,
+        } = self.sort_listed(job, wanted, skip, chrono::Utc::now());
         // Newest first: by the signed ledger where signatures are checked
         // (unsigned, a sequence number is only the server's word), then by
         // the time the store vouches for; the first store wins a tie.
@@ -241,6 +208,7 @@ impl Catalog {
                     refused.extend(
                         damaged
                             .into_iter()
+                            .chain(ahead)
                             .filter(|(n, _)| n.as_str() > l.name.as_str())
                             .map(|(_, m)| m),
                     );
@@ -264,6 +232,13 @@ impl Catalog {
             }
         }
         refused.extend(damaged.into_iter().map(|(_, m)| m));
+        if refused.is_empty() && !ahead.is_empty() {
+            let said: Vec<String> = ahead.into_iter().map(|(_, m)| m).collect();
+            return Err(Error::Usage(format!(
+                "no backup of job {job:?} is dated before this machine's clock allows: {}",
+                said.join("; ")
+            )));
+        }
         if !refused.is_empty() {
             return Err(Error::Integrity {
                 what: format!("backup {what:?} of job {job:?}"),
@@ -273,6 +248,86 @@ impl Catalog {
         Err(Error::Usage(format!(
             "no complete backup {what:?} of job {job:?} in the configured stores (see `coffer list`)"
         )))
+    }
+}
+
+/// A catalog's listings sorted for [`Catalog::find_skipping`].
+struct Sorted<'a> {
+    candidates: Vec<(usize, &'a Listed, &'a Sidecar)>,
+    /// Copies refused, with the reason.
+    refused: Vec<String>,
+    /// For `latest`: backups of the job whose sidecar is not valid, by
+    /// name, reported if newer than what is chosen.
+    damaged: Vec<(String, String)>,
+    /// For `latest`: backups of the job dated ahead of this machine's clock,
+    /// by name: never `latest`, but never passed over in silence either (a
+    /// clock that is behind would restore yesterday's backup otherwise).
+    ahead: Vec<(String, String)>,
+}
+
+impl Catalog {
+    fn sort_listed<'a>(
+        &'a self,
+        job: &str,
+        wanted: &str,
+        skip: &[String],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Sorted<'a> {
+        let mut out = Sorted {
+            candidates: Vec::new(),
+            refused: Vec::new(),
+            damaged: Vec::new(),
+            ahead: Vec::new(),
+        };
+        for (i, l) in self.listed.iter().enumerate() {
+            let store = self.stores[i].name();
+            for b in l {
+                if (wanted != "latest" && b.name != wanted) || skip.contains(&b.name) {
+                    continue;
+                }
+                match (&b.sidecar, &b.state) {
+                    (Some(s), _) if plausible(b, job, now) => out.candidates.push((i, b, s)),
+                    // Asked for by name, a copy that is not one is the
+                    // server's doing, and worth saying so.
+                    (_, State::BadSidecar(why)) if wanted != "latest" => out.refused.push(format!(
+                        "{} in {store}: sidecar is not valid: {why}",
+                        b.name
+                    )),
+                    // For `latest`, a newer name whose copy is damaged must
+                    // not be skipped in silence.
+                    (_, State::BadSidecar(why)) if is_backup_name(job, &b.name) => {
+                        out.damaged.push((
+                            b.name.clone(),
+                            format!("{} in {store}: sidecar is not valid: {why}", b.name),
+                        ));
+                    }
+                    (Some(s), State::Complete)
+                        if wanted == "latest" && s.job == job && is_backup_name(job, &b.name) =>
+                    {
+                        out.ahead.push((
+                            b.name.clone(),
+                            format!(
+                                "{} in {store}: dated {}, more than {} minutes ahead of this \
+                                 machine's clock ({}); if the clock is behind, set it right and \
+                                 run again",
+                                b.name,
+                                s.created,
+                                ledger::future_slack().num_minutes(),
+                                now.format("%Y-%m-%dT%H:%M:%SZ")
+                            ),
+                        ));
+                    }
+                    (Some(s), _) if wanted != "latest" && s.job == job => {
+                        out.refused.push(format!(
+                            "{} in {store}: not a name a run makes, or dated in the future ({})",
+                            b.name, s.created
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
     }
 }
 
