@@ -662,8 +662,8 @@ fn a_server_that_stops_answering_costs_one_timeout_not_one_per_file() {
     );
     // A second connection after the first stall (a wedged session may be
     // alone in it), and the retries of a start that stalled (retries = 2):
-    // a handful at most, where a run that waited out each file took one per
-    // file and failed the message above.
+    // a handful at most, where a run that waited out each file took one
+    // connection per file.
     let connections = sshd.log().matches("Accepted publickey").count();
     assert!((1..=6).contains(&connections), "{}", sshd.log());
 }
