@@ -49,6 +49,7 @@ cat >"$work/coffer.toml" <<TOML
 name = "bench"
 recipients = ["$work/key.pub"]
 lock_file = "$work/coffer.lock"
+signing_key = "$work/signing.key"
 
 [[source]]
 type = "files"

@@ -85,6 +85,7 @@ name = "bench-$1"
 recipients = ["$recipient"]
 keep_last = 1
 lock_file = "$work/$1.lock"
+signing_key = "$work/signing.key"
 [[source]]
 $2
 [[store]]

@@ -23,11 +23,9 @@ umask 077
 say() { printf '\n==> %s\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
-say "the backup key pair: the public half goes on the database server, the private half stays offline"
+say "the backup key pair (the public half goes on the database server, the private half stays offline)"
+say "and beside it the signing key pair (the database host signs each backup, the restore side believes only what it signed)"
 run "$coffer" keygen --type age --out backup.key
-
-say "a signing key pair: the database host signs each backup, the restore side believes only what it signed"
-run "$coffer" keygen --type signing --out signing.key
 
 say "a live application database"
 run "$demo_db" create app.db

@@ -33,6 +33,7 @@ cat > "$tmp/coffer.toml" <<CONF
 name = "memory"
 recipients = ["$tmp/key.pub"]
 lock_file = "$tmp/lock"
+signing_key = "$tmp/signing.key"
 [[source]]
 type = "command"
 name = "dump"

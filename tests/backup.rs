@@ -44,9 +44,10 @@ impl Setup {
         fs::write(
             &p,
             format!(
-                "[job]\nname = \"prod\"\nrecipients = [\"{}.pub\"]\nlock_file = \"{}\"\n{extra_job}\n{sources}\n[[store]]\ntype = \"local\"\npath = \"{}\"\n",
+                "[job]\nname = \"prod\"\nrecipients = [\"{}.pub\"]\nlock_file = \"{}\"\n{}{extra_job}\n{sources}\n[[store]]\ntype = \"local\"\npath = \"{}\"\n",
                 self.key.display(),
                 self.path().join("coffer.lock").display(),
+                unsigned_unless_signed(extra_job),
                 self.store.display()
             ),
         )

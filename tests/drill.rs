@@ -52,7 +52,7 @@ impl Env {
         fs::write(
             &p,
             format!(
-                "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{dir}/lock\"\nkeep_last = 10\n\
+                "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{dir}/lock\"\nkeep_last = 10\nunsigned = true\n\
                  {sources}[[store]]\ntype = \"local\"\nname = \"local\"\npath = \"{store}\"\n",
                 key = self.key.display(),
                 dir = self.p().display(),

@@ -410,7 +410,7 @@ fn jobs_sharing_a_store_leave_each_other_alone() {
         fs::write(
             &c,
             format!(
-                "[job]\nname = \"{job}\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\nkeep_last = 1\n\
+                "[job]\nname = \"{job}\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\nkeep_last = 1\nunsigned = true\n\
                  [[source]]\ntype = \"files\"\npaths = [\"{f}\"]\n[[store]]\ntype = \"local\"\npath = \"{s}\"\n",
                 k = key.display(),
                 l = p.join(format!("{job}.lock")).display(),
@@ -487,7 +487,7 @@ fn a_run_whose_only_store_is_full_blames_the_store_not_the_source() {
     fs::write(
         &cfg,
         format!(
-            "[job]\nname = \"prod\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\n\
+            "[job]\nname = \"prod\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\nunsigned = true\n\
              [[source]]\ntype = \"files\"\nname = \"data\"\npaths = [\"{b}\"]\n\
              [[store]]\ntype = \"local\"\nname = \"local\"\npath = \"{s}\"\n",
             k = key.display(),
@@ -569,7 +569,7 @@ fn a_server_that_hangs_mid_upload_is_left_and_refilled_with_a_warning() {
     fs::write(
         &cfg,
         format!(
-            "[job]\nname = \"prod\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\ncompression = \"none\"\n\
+            "[job]\nname = \"prod\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\ncompression = \"none\"\nunsigned = true\n\
              [[source]]\ntype = \"command\"\nname = \"data\"\n\
              argv = [\"sh\", \"-c\", \"head -c 2000000 /dev/urandom; sleep 3; head -c 40000000 /dev/urandom\"]\n\
              [[store]]\ntype = \"local\"\nname = \"local\"\npath = \"{s}\"\n{remote}",
@@ -638,7 +638,7 @@ fn a_misconfigured_store_costs_only_its_own_copy() {
         fs::write(
             &cfg,
             format!(
-                "[job]\nname = \"prod\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\n{keep}\
+                "[job]\nname = \"prod\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\nunsigned = true\n{keep}\
                  [[source]]\ntype = \"command\"\nname = \"db\"\nargv = [\"echo\", \"rows\"]\n{stores}",
                 k = key.display(),
                 l = p.join("lock").display(),

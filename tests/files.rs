@@ -44,7 +44,7 @@ impl Setup {
         fs::write(
             &p,
             format!(
-                "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{dir}/coffer.lock\"\n\n[[source]]\ntype = \"files\"\nname = \"tree\"\npaths = [{paths}]\n\n[[store]]\ntype = \"local\"\npath = \"{dir}/store\"\n",
+                "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{dir}/coffer.lock\"\nunsigned = true\n\n[[source]]\ntype = \"files\"\nname = \"tree\"\npaths = [{paths}]\n\n[[store]]\ntype = \"local\"\npath = \"{dir}/store\"\n",
                 key = self.key.display(),
                 dir = self.path().display(),
                 paths = paths.join(", "),

@@ -346,7 +346,7 @@ fn a_configured_path_through_a_link_and_dotdot_backs_up_what_its_name_says() {
     fs::write(
         &cfg,
         format!(
-            "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{dir}/coffer.lock\"\n\n[[source]]\ntype = \"files\"\nname = \"tree\"\npaths = [\"{via}\", \"{a}\"]\n\n[[store]]\ntype = \"local\"\npath = \"{dir}/store\"\n",
+            "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{dir}/coffer.lock\"\nunsigned = true\n\n[[source]]\ntype = \"files\"\nname = \"tree\"\npaths = [\"{via}\", \"{a}\"]\n\n[[store]]\ntype = \"local\"\npath = \"{dir}/store\"\n",
             key = e.key(),
             dir = e.p().display(),
             via = t.join("a/link/..").display(),
@@ -396,7 +396,7 @@ fn a_configured_path_under_a_configured_symlink_is_not_silently_dropped() {
     fs::write(
         &cfg,
         format!(
-            "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{dir}/coffer.lock\"\n\n[[source]]\ntype = \"files\"\nname = \"tree\"\npaths = [\"{a}\", \"{x}\"]\n\n[[store]]\ntype = \"local\"\npath = \"{dir}/store\"\n",
+            "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{dir}/coffer.lock\"\nunsigned = true\n\n[[source]]\ntype = \"files\"\nname = \"tree\"\npaths = [\"{a}\", \"{x}\"]\n\n[[store]]\ntype = \"local\"\npath = \"{dir}/store\"\n",
             key = e.key(),
             dir = e.p().display(),
             a = t.join("a").display(),
@@ -556,7 +556,7 @@ fn a_backup_whose_warnings_pass_64_mib_can_still_be_restored() {
     fs::write(
         &cfg,
         format!(
-            "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{dir}/coffer.lock\"\n\n[[source]]\ntype = \"files\"\nname = \"tree\"\npaths = [\"{tree}\"]\n\n[[store]]\ntype = \"local\"\npath = \"{dir}/store\"\n",
+            "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{dir}/coffer.lock\"\nunsigned = true\n\n[[source]]\ntype = \"files\"\nname = \"tree\"\npaths = [\"{tree}\"]\n\n[[store]]\ntype = \"local\"\npath = \"{dir}/store\"\n",
             key = e.key(),
             dir = e.p().display(),
             tree = tree.display(),
@@ -603,7 +603,7 @@ fn a_command_source_named_like_a_part_can_be_restored() {
     fs::write(
         &cfg,
         format!(
-            "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{dir}/coffer.lock\"\n\n[[source]]\ntype = \"command\"\nname = \"dump.000000\"\nargv = [\"sh\", \"-c\", \"echo hello\"]\n\n[[store]]\ntype = \"local\"\npath = \"{dir}/store\"\n",
+            "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{dir}/coffer.lock\"\nunsigned = true\n\n[[source]]\ntype = \"command\"\nname = \"dump.000000\"\nargv = [\"sh\", \"-c\", \"echo hello\"]\n\n[[store]]\ntype = \"local\"\npath = \"{dir}/store\"\n",
             key = e.key(),
             dir = e.p().display(),
         ),
@@ -704,7 +704,7 @@ fn a_symlink_configured_with_and_without_a_trailing_slash_is_not_half_dropped() 
     fs::write(
         &cfg,
         format!(
-            "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{dir}/coffer.lock\"\n\n[[source]]\ntype = \"files\"\nname = \"tree\"\npaths = [\"{a}\", \"{a}/\"]\n\n[[store]]\ntype = \"local\"\npath = \"{dir}/store\"\n",
+            "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{dir}/coffer.lock\"\nunsigned = true\n\n[[source]]\ntype = \"files\"\nname = \"tree\"\npaths = [\"{a}\", \"{a}/\"]\n\n[[store]]\ntype = \"local\"\npath = \"{dir}/store\"\n",
             key = e.key(),
             dir = e.p().display(),
             a = t.join("a").display(),

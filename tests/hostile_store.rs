@@ -61,12 +61,13 @@ impl Env {
             &path,
             format!(
                 "[job]\nname = \"prod\"\nrecipients = [\"backup.key.pub\"]\nlock_file = \"{lock}\"\n\
-                 {signing}{extra}\n\
+                 {signing}{unsigned}{extra}\n\
                  [[source]]\ntype = \"files\"\nname = \"data\"\npaths = [\"{data}\"]\n\
                  [[store]]\ntype = \"local\"\npath = \"{store}\"\n",
                 lock = p.join("lock").display(),
                 data = p.join("data").display(),
                 store = self.store().display(),
+                unsigned = unsigned_unless_signed(&format!("{signing}{extra}")),
             ),
         )
         .unwrap();
@@ -179,7 +180,7 @@ impl Env {
             &cfg,
             format!(
                 "[job]\nname = \"prod\"\nrecipients = [\"{pubkey}\"]\nlock_file = \"{lock}\"\n\
-                 compression = \"{compression}\"\n\
+                 compression = \"{compression}\"\nunsigned = true\n\
                  [[source]]\ntype = \"files\"\nname = \"data\"\npaths = [\"{data}\"]\n\
                  [[store]]\ntype = \"local\"\npath = \"{store}\"\n",
                 pubkey = self.p().join("backup.key.pub").display(),

@@ -40,12 +40,13 @@ impl Env {
         fs::write(
             &p,
             format!(
-                "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{lock}\"\n{job}\n\
+                "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{lock}\"\n{unsigned}{job}\n\
                  [[source]]\ntype = \"command\"\nname = \"data\"\nargv = [\"sh\", \"-c\", {script:?}]\n\n\
                  [[store]]\ntype = \"local\"\npath = \"{store}\"\n{stores}",
                 key = self.key.display(),
                 lock = self.p().join("coffer.lock").display(),
                 store = self.store().display(),
+                unsigned = unsigned_unless_signed(job),
             ),
         )
         .unwrap();

@@ -49,10 +49,11 @@ impl Env {
         fs::write(
             &path,
             format!(
-                "[job]\nname = \"db\"\nrecipients = [\"{}\"]\nlock_file = \"run.lock\"\n{job_extra}\n\
+                "[job]\nname = \"db\"\nrecipients = [\"{}\"]\nlock_file = \"run.lock\"\n{}{job_extra}\n\
                  [[source]]\ntype = \"command\"\nname = \"dump\"\nargv = {argv}\n\
                  [[store]]\ntype = \"local\"\npath = \"store\"\n",
-                self.recipient()
+                self.recipient(),
+                unsigned_unless_signed(job_extra)
             ),
         )
         .unwrap();

@@ -37,9 +37,10 @@ impl Env {
         fs::write(
             &p,
             format!(
-                "[job]\nname = \"prod\"\nrecipients = [\"{}.pub\"]\nlock_file = \"{}/lock\"\n{body}",
+                "[job]\nname = \"prod\"\nrecipients = [\"{}.pub\"]\nlock_file = \"{}/lock\"\n{}{body}",
                 self.key.display(),
-                self.p().display()
+                self.p().display(),
+                unsigned_unless_signed(body)
             ),
         )
         .unwrap();

@@ -37,9 +37,10 @@ impl Job {
         fs::write(
             &p,
             format!(
-                "[job]\nname = \"prod\"\nrecipients = [\"{}.pub\"]\nlock_file = \"{}/lock\"\n{job_extra}\n{sources}\n{stores}",
+                "[job]\nname = \"prod\"\nrecipients = [\"{}.pub\"]\nlock_file = \"{}/lock\"\n{}{job_extra}\n{sources}\n{stores}",
                 self.key.display(),
-                self.dir.path().display()
+                self.dir.path().display(),
+                unsigned_unless_signed(job_extra)
             ),
         )
         .unwrap();

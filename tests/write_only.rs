@@ -170,7 +170,7 @@ fn a_write_only_upload_account_cannot_hurt_ingested_backups() {
     let forger_cfg = write(
         &forger.join("f.toml"),
         &format!(
-            "[job]\nname = \"prod\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\n\
+            "[job]\nname = \"prod\"\nrecipients = [\"{k}.pub\"]\nlock_file = \"{l}\"\nunsigned = true\n\
              [[source]]\ntype = \"files\"\npaths = [\"{d}\"]\n[[store]]\ntype = \"local\"\npath = \"{s}\"\n",
             k = p.join("backup.key").display(),
             l = forger.join("lock").display(),

@@ -13,13 +13,19 @@ pub enum Command {
     },
 }
 
-pub fn run(c: &Command) -> anyhow::Result<()> {
+pub fn run(c: &Command, out: &super::Output) -> anyhow::Result<()> {
     match c {
         Command::Check { config } => {
             let cfg = Config::load(config)?;
             let problems = check(&cfg);
             if !problems.is_empty() {
                 return Err(Error::Check(problems).into());
+            }
+            if cfg.job.unsigned {
+                out.warn(&format!(
+                    "this job is unsigned (unsigned = true): {}",
+                    crate::config::UNSIGNED_COST
+                ));
             }
             outln!("{}: ok", config.display());
             Ok(())

@@ -25,7 +25,15 @@ pub struct Args {
     /// Where to write the private key; the public key goes to PATH.pub
     #[arg(long, short = 'o', value_name = "PATH")]
     out: PathBuf,
+    /// With a backup key (rsa, age): do not also make the signing key pair
+    /// `signing.key` / `signing.key.pub` beside it
+    #[arg(long)]
+    no_signing_key: bool,
 }
+
+/// The signing pair's name beside a backup key: the name the README's
+/// configuration uses, so that the quick start is signed with no extra step.
+const SIGNING_NAME: &str = "signing.key";
 
 pub fn run(a: &Args) -> anyhow::Result<()> {
     let kind = match a.kind {
@@ -52,5 +60,36 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     if let Some(r) = g.recipient {
         eprintln!("recipient:   {r}");
     }
+    if !a.no_signing_key {
+        signing_pair_beside(&a.out)?;
+    }
+    Ok(())
+}
+
+/// Backups are signed by default: beside a new backup key pair goes a
+/// signing pair, unless one is already there (one signing key serves every
+/// backup key, and a key in use is never replaced).
+fn signing_pair_beside(out: &std::path::Path) -> anyhow::Result<()> {
+    let dir = out
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let path = dir.join(SIGNING_NAME);
+    if path.symlink_metadata().is_ok() {
+        eprintln!(
+            "signing key: {} is already there, kept (set it as signing_key on the backup host)",
+            path.display()
+        );
+        return Ok(());
+    }
+    let g = keygen(KeyType::Signing, &path)?;
+    eprintln!(
+        "signing key: {} (for the backup host only: signing_key)",
+        g.private.display()
+    );
+    eprintln!(
+        "signing public key: {} (where you restore and verify: signing_public_key)",
+        g.public.display()
+    );
     Ok(())
 }

@@ -250,7 +250,7 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::List(a) => list::run(&a),
         Command::Prune(a) => prune::run(&a),
         Command::Ingest(a) => ingest::run(&a, &out),
-        Command::Config(c) => config::run(&c),
+        Command::Config(c) => config::run(&c, &out),
         Command::Keyscan(a) => keyscan::run(&a),
         Command::Restore(a) => restore::run(&a, &out),
         Command::Verify(a) => verify::run(&a, &out),

@@ -49,6 +49,11 @@ pub struct Args {
     /// else the public half of its signing_key)
     #[arg(long, value_name = "FILE")]
     signing_key: Option<PathBuf>,
+    /// Load (--into-db) or replace files (--force) from a backup whose
+    /// origin cannot be checked (no signing key): anyone with the public
+    /// backup key could have made it
+    #[arg(long)]
+    trust_unsigned: bool,
     /// The member to write, e.g. mysql/main.sql (split dumps are joined)
     #[arg(long, requires = "stdout", value_name = "NAME")]
     member: Option<String>,
@@ -334,6 +339,27 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
     // cannot be undone (a load, files replaced) waits for the whole archive
     // to be checked as well.
     let thorough = a.into_db.is_some() || a.force;
+    if thorough && verifier.is_none() && !a.trust_unsigned {
+        let (does, alternative) = if a.into_db.is_some() {
+            (
+                "loads it into a database server",
+                "restore it --to a new directory",
+            )
+        } else {
+            (
+                "replaces existing files with it",
+                "restore it --to a new directory without --force",
+            )
+        };
+        return Err(Error::Usage(format!(
+            "{}: this restore cannot check the backup's signature (no signing_public_key, no \
+             --signing-key), and it {does}: anyone with the public backup key can make a backup. Give the \
+             backup host's signing public key with --signing-key, {alternative}, or pass \
+             --trust-unsigned",
+            a.what
+        ))
+        .into());
+    }
     let Staged {
         copy,
         what,

@@ -29,6 +29,10 @@ pub struct Args {
     /// whatever its result (other metrics in the file are kept)
     #[arg(long, value_name = "PATH", requires = "restore_test")]
     metrics_file: Option<PathBuf>,
+    /// Drill backups whose origin cannot be checked (no signing_public_key):
+    /// anyone with the public backup key could have made what is loaded
+    #[arg(long, requires = "restore_test")]
+    trust_unsigned: bool,
     /// Print JSON
     #[arg(long)]
     json: bool,
@@ -47,6 +51,15 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
         Some(n) => Select::Name(n.to_owned()),
     };
     if a.restore_test {
+        if !a.trust_unsigned && crate::pipeline::job::trusted_verifier(&config)?.is_none() {
+            return Err(Error::Usage(format!(
+                "the drill loads {}'s dumps into scratch database servers, and without signing_public_key \
+                 nothing shows that this job's host made them (anyone with the public backup key can make a \
+                 backup): set signing_public_key, or pass --trust-unsigned to drill them anyway",
+                config.job.name
+            ))
+            .into());
+        }
         if let Some(w) = mysql_client().and_then(MysqlClient::warning) {
             out.warn(&w);
         }

@@ -62,6 +62,10 @@ pub struct Job {
     /// only what it signed.
     #[serde(default)]
     pub signing_public_key: Option<PathBuf>,
+    /// Says, explicitly, that this job's backups are not signed: a backup
+    /// needs a `signing_key` unless this is true (see `UNSIGNED_COST`).
+    #[serde(default)]
+    pub unsigned: bool,
     /// A dump program that writes nothing for this long (blocked behind a
     /// lock, a server that stopped answering) is stopped and the run fails:
     /// a nightly run must end, and end loudly. 0 turns this off.
@@ -78,6 +82,12 @@ pub struct Job {
     #[serde(default)]
     pub on_failure: Vec<String>,
 }
+
+/// What a job without signatures gives up, said wherever it is chosen.
+pub const UNSIGNED_COST: &str = "whoever holds the public backup key (a backup server among them) can \
+     plant a backup that restore, verify and prune cannot tell from this host's; a store that missed \
+     a night is not refilled; loading into a database, drills and `restore --force` then need \
+     --trust-unsigned";
 
 impl<'de> Deserialize<'de> for Compression {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -395,6 +405,19 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         check_job_name(&self.job.name)?;
+        if self.job.unsigned {
+            if let Some(which) = [
+                ("signing_key", &self.job.signing_key),
+                ("signing_public_key", &self.job.signing_public_key),
+            ]
+            .iter()
+            .find_map(|(n, k)| k.as_ref().map(|_| n))
+            {
+                return Err(format!(
+                    "[job] says unsigned = true and also sets {which}: keep one (signed is the default)"
+                ));
+            }
+        }
         if self.stores.is_empty() {
             return Err("no [[store]]: nowhere to keep backups".into());
         }
@@ -468,6 +491,14 @@ impl Config {
         }
         if self.sources.is_empty() {
             p.push("no [[source]]: nothing to back up".into());
+        }
+        if self.job.signing_key.is_none() && !self.job.unsigned {
+            p.push(format!(
+                "[job] has no signing_key: backups are signed by default. Make one with \
+                 `coffer keygen --type signing -o /etc/coffer/signing.key` and set \
+                 signing_key = \"/etc/coffer/signing.key\" (its .pub goes to where you restore and \
+                 verify), or set unsigned = true to accept that {UNSIGNED_COST}"
+            ));
         }
         // Two local stores in one directory would each find the other's
         // upload in the way, every night.

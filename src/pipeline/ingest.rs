@@ -108,6 +108,15 @@ pub fn ingest(
         .as_deref()
         .map(load_verifier)
         .transpose()?;
+    if verifier.is_none() && !config.job.unsigned {
+        return Err(Error::Usage(format!(
+            "ingest copies only backups the database host signed, and {}'s [job] has no \
+             signing_public_key: set it to the host's signing public key, or set unsigned = true \
+             to take unsigned uploads ({})",
+            config.job.name,
+            crate::config::UNSIGNED_COST
+        )));
+    }
     for st in &config.stores {
         if let crate::config::Store::Local { path, .. } = st {
             crate::store::LocalStore::new(st.name(), path).ensure_dir()?;
@@ -120,11 +129,29 @@ pub fn ingest(
         ));
     }
     let dir = File::open(incoming).map_err(|e| Error::io(incoming, "open", e))?;
-    let mut names: Vec<String> = std::fs::read_dir(incoming)
+    let mut names: Vec<String> = Vec::new();
+    for (i, e) in std::fs::read_dir(incoming)
         .map_err(|e| Error::io(incoming, "list", e))?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter_map(|n| n.strip_suffix(SIDECAR_SUFFIX).map(str::to_owned))
-        .collect();
+        .enumerate()
+    {
+        // The cap every listing has: an upload account that fills its
+        // directory with names cannot make the ingest read them all.
+        if i >= crate::store::MAX_LISTED {
+            return Err(Error::Integrity {
+                what: incoming.display().to_string(),
+                message: format!(
+                    "holds more than {} names; refusing it (clear out what the upload account left)",
+                    crate::store::MAX_LISTED
+                ),
+            });
+        }
+        let Some(name) = e.ok().and_then(|e| e.file_name().into_string().ok()) else {
+            continue;
+        };
+        if let Some(n) = name.strip_suffix(SIDECAR_SUFFIX) {
+            names.push(n.to_owned());
+        }
+    }
     names.sort();
     let job = config.job.name.as_str();
     let now = chrono::Utc::now();

@@ -113,6 +113,15 @@ impl Store for LocalStore {
             };
             let Ok(meta) = e.metadata() else { continue };
             if meta.is_file() {
+                // The cap every store's listing has: a directory that a
+                // local user (or a full disk's worth of names) fills is
+                // refused, not read into memory without end.
+                if out.len() >= super::MAX_LISTED {
+                    return Err(Error::Failed {
+                        store: self.name.clone(),
+                        message: format!("{}: {}", self.dir.display(), super::too_many_listed()),
+                    });
+                }
                 out.push(Object {
                     name,
                     size: meta.len(),

@@ -76,6 +76,16 @@ pub fn sh(cmd: &str, dir: &Path) -> Output {
     out
 }
 
+/// `unsigned = true` for a test job whose lines set no signing key (signed
+/// is the default, and a job without a key must say so), else nothing.
+pub fn unsigned_unless_signed(job_lines: &str) -> &'static str {
+    if job_lines.contains("signing_key") || job_lines.contains("signing_public_key") {
+        ""
+    } else {
+        "unsigned = true\n"
+    }
+}
+
 pub fn chmod(p: &Path, mode: u32) {
     fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
 }
@@ -203,7 +213,7 @@ pub fn every_command(store: &str, held: &dyn Fn() -> Vec<String>) -> String {
     fs::write(
         &cfg,
         format!(
-            "[job]\nname = \"prod\"\nrecipients = [\"{}.pub\"]\nlock_file = \"{}/lock\"\nkeep_last = 7\n\
+            "[job]\nname = \"prod\"\nrecipients = [\"{}.pub\"]\nlock_file = \"{}/lock\"\nkeep_last = 7\nunsigned = true\n\
              [[source]]\ntype = \"files\"\nname = \"data\"\npaths = [\"{}\"]\n{store}",
             key.display(),
             d.display(),
