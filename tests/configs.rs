@@ -12,8 +12,17 @@ fn every_example_config_parses() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "toml") {
             let text = fs::read_to_string(&p).unwrap();
-            coffer::config::Config::parse(&p, &text)
+            let c = coffer::config::Config::parse(&p, &text)
                 .unwrap_or_else(|e| panic!("{e} ({})", e.hint.clone().unwrap_or_default()));
+            // Signed is the default: an example job that backs up signs.
+            if !c.sources.is_empty() {
+                let problems = c.backup_problems().join("; ");
+                assert!(
+                    !problems.contains("signing_key"),
+                    "{}: {problems}",
+                    p.display()
+                );
+            }
             n += 1;
         }
     }
@@ -28,6 +37,7 @@ fn the_packaged_template_parses_and_says_what_is_missing() {
     let problems = c.backup_problems().join("; ");
     assert!(problems.contains("recipients is empty"), "{problems}");
     assert!(problems.contains("no [[source]]"), "{problems}");
+    assert!(!problems.contains("signing_key"), "{problems}");
 }
 
 #[test]

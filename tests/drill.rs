@@ -47,12 +47,19 @@ impl Env {
     fn store(&self) -> PathBuf {
         self.p().join("store")
     }
+    /// A job signed (as jobs are by default) with the signing key keygen
+    /// made beside the backup key, unless `sources` brings its own.
     fn config(&self, sources: &str) -> PathBuf {
         let p = self.p().join("coffer.toml");
+        let signing = if sources.contains("signing_key") {
+            String::new()
+        } else {
+            format!("signing_key = \"{}/signing.key\"\n", self.p().display())
+        };
         fs::write(
             &p,
             format!(
-                "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{dir}/lock\"\nkeep_last = 10\nunsigned = true\n\
+                "[job]\nname = \"prod\"\nrecipients = [\"{key}.pub\"]\nlock_file = \"{dir}/lock\"\nkeep_last = 10\n{signing}\
                  {sources}[[store]]\ntype = \"local\"\nname = \"local\"\npath = \"{store}\"\n",
                 key = self.key.display(),
                 dir = self.p().display(),
@@ -105,10 +112,21 @@ impl Env {
         if let Some(m) = metrics {
             args.extend(["--metrics-file", m.to_str().unwrap()]);
         }
+        if fs::read_to_string(cfg).unwrap().contains("unsigned = true") {
+            args.push("--trust-unsigned");
+        }
         let out = self.run(&args, None);
         let reports: serde_json::Value =
             serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
         (out, reports)
+    }
+    /// Makes `cfg`'s job unsigned: for a test that edits a backup as a
+    /// bug in coffer would, which no signature could then vouch for.
+    fn unsigned(&self, cfg: &Path) {
+        let signing = format!("signing_key = \"{}/signing.key\"\n", self.p().display());
+        let text = fs::read_to_string(cfg).unwrap();
+        assert!(text.contains(&signing));
+        fs::write(cfg, text.replace(&signing, "unsigned = true\n")).unwrap();
     }
     /// A job signed with a new signing key, backing up `sources`.
     fn signed_config(&self, sources: &str) -> PathBuf {
@@ -277,6 +295,7 @@ fn sqlite_drill_counts_every_table_and_its_metrics_parse_after_pass_and_failure(
         "[[source]]\ntype = \"sqlite\"\nname = \"app\"\npath = \"{}\"\n",
         db.display()
     ));
+    e.unsigned(&cfg);
     // The backup's own metrics share the file: the drill keeps them.
     let metrics = e.p().join("coffer.prom");
     let out = e.run(
@@ -336,6 +355,7 @@ fn sqlite_drill_counts_every_table_and_its_metrics_parse_after_pass_and_failure(
             "-i",
             e.key(),
             "--restore-test",
+            "--trust-unsigned",
         ],
         None,
     );
@@ -485,6 +505,7 @@ fn mariadb_drill_restores_exact_counts_and_catches_a_row_lost_before_sealing() {
          INSERT INTO t SELECT seq, CONCAT('v', seq) FROM seq_1_to_3000; CREATE TABLE empty_one (x INT);",
     );
     let cfg = e.shop_job(&maria);
+    e.unsigned(&cfg);
     let reports = e.drilled(&cfg);
     assert_eq!(
         tables(&reports),

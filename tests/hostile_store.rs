@@ -862,6 +862,7 @@ fn a_forced_restore_destroys_nothing_before_the_whole_file_is_authenticated() {
         "--to",
         to.to_str().unwrap(),
         "--force",
+        "--trust-unsigned",
     ]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     assert_eq!(
@@ -1094,7 +1095,7 @@ fn a_forced_restore_that_fails_later_puts_back_what_it_replaced() {
     // refuses to write through it, after file.txt's member was written.
     fs::create_dir(e.p().join("elsewhere")).unwrap();
     std::os::unix::fs::symlink(e.p().join("elsewhere"), at("sub")).unwrap();
-    let out = e.restore(&unsigned, &name, &to, &["--force"]);
+    let out = e.restore(&unsigned, &name, &to, &["--force", "--trust-unsigned"]);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(stderr(&out).contains("/sub"), "{}", stderr(&out));
     assert_eq!(
@@ -1117,7 +1118,7 @@ fn a_forced_restore_that_fails_later_puts_back_what_it_replaced() {
     // Without the link in the way, --force replaces it, and leaves nothing
     // aside.
     fs::remove_file(at("sub")).unwrap();
-    let out = e.restore(&unsigned, &name, &to, &["--force"]);
+    let out = e.restore(&unsigned, &name, &to, &["--force", "--trust-unsigned"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(e.restored(&to).as_deref(), Some(SECRET));
     assert_eq!(fs::read_to_string(at("sub/z.txt")).unwrap(), "later member");

@@ -9,6 +9,8 @@ use crate::pipeline::plumbing::io::Output;
 use crate::pipeline::restore::{restore, stage, Expect, Target};
 use crate::signing::SIGNATURE_SUFFIX;
 
+// Command-line flags: each bool is one switch the operator types.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["to", "stdout", "into_db"])))]
 pub struct Args {
@@ -326,6 +328,29 @@ fn stage_first_good(
     Err(Error::Usage("no copy of the backup to read".into()))
 }
 
+/// A load or a replacing restore of a backup nobody can vouch for, refused
+/// before anything is read: anyone with the public key can make one.
+fn untrusted(a: &Args) -> Error {
+    let (does, alternative) = if a.into_db.is_some() {
+        (
+            "loads it into a database server",
+            "restore it --to a new directory",
+        )
+    } else {
+        (
+            "replaces existing files with it",
+            "restore it --to a new directory without --force",
+        )
+    };
+    Error::Usage(format!(
+        "{}: this restore cannot check the backup's signature (no signing_public_key, no \
+         --signing-key), and it {does}: anyone with the public backup key can make a backup. Give the \
+         backup host's signing public key with --signing-key, {alternative}, or pass \
+         --trust-unsigned",
+        a.what
+    ))
+}
+
 pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
     let identities = load_identities(&a.identities)?;
     let config = a.config.as_deref().map(Config::load).transpose()?;
@@ -340,25 +365,7 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
     // to be checked as well.
     let thorough = a.into_db.is_some() || a.force;
     if thorough && verifier.is_none() && !a.trust_unsigned {
-        let (does, alternative) = if a.into_db.is_some() {
-            (
-                "loads it into a database server",
-                "restore it --to a new directory",
-            )
-        } else {
-            (
-                "replaces existing files with it",
-                "restore it --to a new directory without --force",
-            )
-        };
-        return Err(Error::Usage(format!(
-            "{}: this restore cannot check the backup's signature (no signing_public_key, no \
-             --signing-key), and it {does}: anyone with the public backup key can make a backup. Give the \
-             backup host's signing public key with --signing-key, {alternative}, or pass \
-             --trust-unsigned",
-            a.what
-        ))
-        .into());
+        return Err(untrusted(a).into());
     }
     let Staged {
         copy,

@@ -7,6 +7,8 @@ use crate::pipeline::keys::load_identities;
 use crate::pipeline::plumbing::sqlclient::{mysql_client, MysqlClient};
 use crate::pipeline::verify::{verify, Drill, Outcome, Select, Verdict};
 
+// Command-line flags: each bool is one switch the operator types.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[arg(short = 'c', long, value_name = "CONFIG", env = "COFFER_CONFIG", default_value = super::DEFAULT_CONFIG)]
