@@ -82,6 +82,20 @@ pub enum Error {
     #[error("{store}: {message}")]
     Store { store: String, message: String },
 
+    /// The backup is stored, but paths a files source could not read (a
+    /// permission, a tree deeper than the open-file limit) are not in it.
+    #[error(
+        "backup {name} is stored in [{}], but {} path(s) could not be read and are not in it: {}",
+        stores.join(", "),
+        paths.len(),
+        paths.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+    )]
+    Unread {
+        name: String,
+        stores: Vec<String>,
+        paths: Vec<String>,
+    },
+
     #[error("{}", stores_failed(name, complete, failures))]
     StoresFailed {
         name: String,
@@ -169,6 +183,7 @@ impl Error {
             | Error::Store { .. }
             | Error::VerifyMissing { .. }
             | Error::Cancelled
+            | Error::Unread { .. }
             | Error::StoresFailed {
                 key_problem: false,
                 usage_problem: false,
@@ -232,6 +247,10 @@ impl Error {
             ),
             Error::Signing { .. } => Some(
                 "make a signing key pair with `coffer keygen --type signing --out PATH` (or `minisign -G -W`)".into(),
+            ),
+            Error::Unread { .. } => Some(
+                "everything else is backed up, and nothing was pruned (older backups may hold what this one lacks); \
+                 let coffer's user read the path (e.g. setfacl -m u:coffer:rX PATH) or take it out of the source".into(),
             ),
             Error::Cancelled => Some(
                 "stopped on request: what it had started was stopped and removed; run it again".into(),

@@ -254,9 +254,28 @@ fn current_uid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
-/// Reads a secret after checking its permissions. The buffer is zeroized on drop.
+/// Keeps a process that holds a secret from being dumped: no core file
+/// (`RLIMIT_CORE` 0, inherited by what it starts) and not dumpable
+/// (`PR_SET_DUMPABLE` 0: no ptrace attach and no `/proc/PID/mem` for other
+/// processes of the same user). Best effort: a kernel that refuses leaves
+/// the process as it was, and nothing else depends on it.
+pub fn no_core_dumps() {
+    use rustix::process::{set_dumpable_behavior, setrlimit, DumpableBehavior, Resource, Rlimit};
+    let _ = setrlimit(
+        Resource::Core,
+        Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    );
+    let _ = set_dumpable_behavior(DumpableBehavior::NotDumpable);
+}
+
+/// Reads a secret after checking its permissions, in a process that can no
+/// longer be dumped. The buffer is zeroized on drop.
 pub fn read_secret(path: &Path) -> Result<Zeroizing<String>> {
     check_private(path)?;
+    no_core_dumps();
     let mut f = File::open(path).map_err(|e| Error::io(path, "open", e))?;
     let mut s = Zeroizing::new(String::new());
     f.read_to_string(&mut s)

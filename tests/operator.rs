@@ -125,7 +125,7 @@ fn restore_over_an_existing_file_is_a_usage_error_not_damage() {
     );
 
     // The same backup is fine: --force restores it.
-    let out = e.restore_to(&cfg, &target, &["--force"]);
+    let out = e.restore_to(&cfg, &target, &["--force", "--trust-unsigned"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         fs::read_to_string(target.join("command/data")).unwrap(),
@@ -814,10 +814,13 @@ fn a_signing_public_key_others_can_write_is_refused() {
     ok(&["keygen", "--type", "signing", "-o", sign.to_str().unwrap()]);
     let public = e.p().join("sign.key.pub");
     chmod(&public, 0o666);
-    let text = fs::read_to_string(&cfg).unwrap().replace(
-        "[job]\n",
-        &format!("[job]\nsigning_public_key = \"{}\"\n", public.display()),
-    );
+    let text = fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("unsigned = true\n", "")
+        .replace(
+            "[job]\n",
+            &format!("[job]\nsigning_public_key = \"{}\"\n", public.display()),
+        );
     fs::write(&cfg, text).unwrap();
     // Whoever can swap it decides which backups verify and restore believe.
     let out = e.run(&["verify", "-c", cfg.to_str().unwrap()]);
@@ -883,6 +886,7 @@ fn restore_into_db_refuses_an_options_file_another_user_owns() {
         "latest",
         "--into-db",
         "db",
+        "--trust-unsigned",
     ]);
     assert_refused(
         &out,
@@ -890,5 +894,154 @@ fn restore_into_db_refuses_an_options_file_another_user_owns() {
             &link.display().to_string(),
             &format!("owned by uid {nobody}"),
         ],
+    );
+}
+
+#[test]
+fn an_unreadable_file_costs_only_itself_not_the_night() {
+    if !is_root() {
+        eprintln!("SKIP: making a file unreadable to coffer needs another user (run as root)");
+        return;
+    }
+    let e = Env::new();
+    let p = e.p();
+    let data = p.join("data");
+    fs::create_dir_all(data.join("locked")).unwrap();
+    fs::write(data.join("a.txt"), "readable").unwrap();
+    fs::write(data.join("secret"), "root only").unwrap();
+    fs::write(data.join("locked/inner"), "root only too").unwrap();
+    let cfg = e.config(
+        "keep_last = 1",
+        "echo the database rows",
+        &format!(
+            "[[source]]\ntype = \"files\"\nname = \"tree\"\npaths = [\"{}\"]\n",
+            data.display()
+        ),
+    );
+    // Everything belongs to nobody but what the test makes unreadable.
+    sh(&format!("chown -R nobody:nogroup {}", p.display()), p);
+    chmod(p, 0o755);
+    let cfg = cfg.to_str().unwrap();
+    let backup = || {
+        Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg(bin())
+            .args(["backup", "-c", cfg])
+            .env("XDG_RUNTIME_DIR", p)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = backup();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    sh(
+        &format!(
+            "chown root:root {d}/secret {d}/locked && chmod 000 {d}/secret && chmod 700 {d}/locked",
+            d = data.display()
+        ),
+        p,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = backup();
+    let err = stderr(&out);
+    assert_eq!(code(&out), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: not backed up: permission denied",
+            data.join("secret").display()
+        )) && err.contains(&format!(
+            "{}: not backed up: permission denied",
+            data.join("locked").display()
+        )) && err.contains("2 path(s) could not be read"),
+        "{err}"
+    );
+    // Stored, and nothing pruned though keep_last = 1: the older backup is
+    // the one that holds the files this one lacks.
+    let mut sidecars: Vec<String> = fs::read_dir(e.store())
+        .unwrap()
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".coffer.json"))
+        .collect();
+    sidecars.sort();
+    assert_eq!(sidecars.len(), 2, "{sidecars:?}");
+    // The newest holds the command's output and the readable file (the
+    // restore machine's root reads it from root's own directory).
+    sh(&format!("chown -R root:root {}", p.display()), p);
+    let newest = e.store().join(sidecars[1].trim_end_matches(".json"));
+    let to = p.join("restored");
+    let out = Command::new(bin())
+        .args([
+            "restore",
+            "-i",
+            e.key.to_str().unwrap(),
+            newest.to_str().unwrap(),
+            "--to",
+            to.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = fs::read_to_string(to.join("command/data")).unwrap();
+    assert_eq!(rows, "the database rows\n");
+    let rel = data.strip_prefix("/").unwrap();
+    assert_eq!(
+        fs::read_to_string(to.join("files/tree").join(rel).join("a.txt")).unwrap(),
+        "readable"
+    );
+    assert!(!to.join("files/tree").join(rel).join("secret").exists());
+}
+
+#[test]
+fn a_process_holding_a_private_key_cannot_be_dumped() {
+    use std::os::unix::fs::MetadataExt;
+    if !is_root() {
+        eprintln!("SKIP: telling a non-dumpable process apart needs another user (run as root)");
+        return;
+    }
+    let e = Env::new();
+    sh(
+        &format!("chown -R nobody:nogroup {}", e.p().display()),
+        e.p(),
+    );
+    chmod(e.p(), 0o755);
+    // Waits on stdin with the key loaded.
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(bin())
+        .args(["open", "-i", e.key.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let proc = PathBuf::from(format!("/proc/{}", child.id()));
+    let nobody = fs::metadata(e.p()).unwrap().uid();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (mut core, mut owner) = (String::new(), nobody);
+    while std::time::Instant::now() < deadline {
+        core = fs::read_to_string(proc.join("limits"))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(4)
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        // A process that is not dumpable has its /proc files owned by root.
+        owner = fs::metadata(proc.join("status")).map_or(nobody, |m| m.uid());
+        if core == "0 0" && owner == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(child.stdin.take());
+    let _ = child.wait();
+    assert_eq!(core, "0 0", "core dumps are still allowed");
+    assert_eq!(
+        owner, 0,
+        "the process is still dumpable (its /proc files are its user's)"
     );
 }

@@ -9,11 +9,11 @@
 //! fails to open instead of pulling another tree into the backup, and a file
 //! swapped for a FIFO is opened without blocking, seen for what it is and
 //! skipped. A name that vanishes before it is opened is skipped with a
-//! warning too, as GNU tar does; any other error fails the run.
-//!
-//! Each level of the walk holds its directory open, so a tree nested deeper
-//! than the open-file limit (`ulimit -n`) fails with "too many open files"
-//! naming the path, rather than being backed up in part.
+//! warning too, as GNU tar does. A name this user may not read, and the
+//! part of a tree nested deeper than the open-file limit (each level of the
+//! walk holds its directory open), are left out and named: the rest of the
+//! night's backup, databases included, is still made and stored, and the
+//! run fails (exit 1) naming what it lacks. Any other error fails the run.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::{self, File};
@@ -293,6 +293,26 @@ fn skipped_or(e: rustix::io::Errno, listed: Listed) -> io::Result<Opened> {
     Ok(Opened::Skipped(reason))
 }
 
+/// Records `p` as not read when `e` says this user may not read it or the
+/// walk has no descriptor left for it (a tree deeper than the open-file
+/// limit): what the run can read is still backed up, and the run's failure
+/// names what it could not. Other errors (an I/O error) are not this.
+fn unread(report: &mut Report, p: &Path, e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    let why = match Errno::from_io_error(e) {
+        Some(Errno::ACCESS | Errno::PERM) => "permission denied".to_owned(),
+        Some(Errno::MFILE | Errno::NFILE) => {
+            "nested deeper than the open-file limit lets the walk go (raise LimitNOFILE / ulimit -n)"
+                .to_owned()
+        }
+        _ => return false,
+    };
+    let said = format!("{}: not backed up: {why}", p.display());
+    report.warnings.push(said.clone());
+    report.unread.push(said);
+    true
+}
+
 /// The names in an open directory, sorted by bytes, with what the directory
 /// says each is (asking `lstat` relative to `dir` where it does not say).
 /// Names that vanish in between are left out.
@@ -352,21 +372,26 @@ impl FilesSource {
             path: p.to_path_buf(),
             source,
         };
-        let mut skip = |reason: &str| report.warnings.push(format!("{}: {reason}", p.display()));
+        let skip = |report: &mut Report, reason: &str| {
+            report.warnings.push(format!("{}: {reason}", p.display()));
+        };
         let opened = match listed {
             Listed::Special(ft) => {
-                skip(&format!(
-                    "skipped ({}: not a file, directory or link)",
-                    describe(ft)
-                ));
+                skip(
+                    report,
+                    &format!("skipped ({}: not a file, directory or link)", describe(ft)),
+                );
                 return Ok(());
             }
             Listed::Symlink => return self.link(dir, name, p, sink, report),
-            Listed::File | Listed::Dir => open_entry(dir, name, listed).map_err(io_err)?,
+            Listed::File | Listed::Dir => match open_entry(dir, name, listed) {
+                Err(e) if unread(report, p, &e) => return Ok(()),
+                other => other.map_err(io_err)?,
+            },
         };
         let (file, meta, is_dir) = match opened {
             Opened::Skipped(reason) => {
-                skip(&reason);
+                skip(report, &reason);
                 return Ok(());
             }
             Opened::File(f, meta) => (f, meta, false),
@@ -385,7 +410,11 @@ impl FilesSource {
             entry.kind = EntryKind::Dir;
             sink.entry(&entry, &mut io::empty())
                 .map_err(SourceError::Sink)?;
-            for (child, listed) in list(&file).map_err(io_err)? {
+            let children = match list(&file) {
+                Err(e) if unread(report, p, &e) => return Ok(()),
+                other => other.map_err(io_err)?,
+            };
+            for (child, listed) in children {
                 let path = p.join(OsStr::from_bytes(child.to_bytes()));
                 self.visit(file.as_fd(), &child, &path, listed, sink, report)?;
             }
@@ -461,7 +490,10 @@ impl FilesSource {
             path: p.to_path_buf(),
             source,
         };
-        let meta = fs::symlink_metadata(p).map_err(io_err)?;
+        let meta = match fs::symlink_metadata(p) {
+            Err(e) if unread(report, p, &e) => return Ok(()),
+            other => other.map_err(io_err)?,
+        };
         let listed = Listed::of(FileType::from_raw_mode(meta.mode()));
         let name = CString::new(p.as_os_str().as_bytes())
             .map_err(|_| SourceError::Invalid(format!("{}: a NUL in the path", p.display())))?;

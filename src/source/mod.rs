@@ -65,6 +65,10 @@ pub struct Report {
     /// Notes (e.g. skipped special files).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Paths that could not be read and are not in the backup (each is
+    /// among the warnings too): the run ends in a failure naming them.
+    #[serde(skip)]
+    pub unread: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -151,6 +151,7 @@ impl Source for MysqlSource {
             tool_versions: version_of(&program).into_iter().collect(),
             row_counts: counter.counts,
             warnings,
+            ..Report::default()
         })
     }
 }

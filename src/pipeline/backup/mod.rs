@@ -134,12 +134,8 @@ pub fn run(config: Config, dry_run: bool) -> std::result::Result<Summary, Failed
         Err(e) => return Err(e.into()),
     };
     stored.warnings.extend(refill(&job, &stored.complete, now));
-    for s in &job.stores {
-        stored
-            .warnings
-            .extend(s.notes().into_iter().map(|n| format!("{}: {n}", s.name())));
-    }
-    let (pruned, prune_failed) = prune_where_complete(&job, &stored.complete, &name, now);
+    stored.warnings.extend(store_notes(&job));
+    let (pruned, prune_failed) = prune_where_complete(&job, &stored, &name, now);
     if !stored.failed.is_empty() || !unready.is_empty() || !prune_failed.is_empty() {
         let mut failures: Vec<String> = stored
             .failed
@@ -151,6 +147,7 @@ pub fn run(config: Config, dry_run: bool) -> std::result::Result<Summary, Failed
             .collect();
         failures.extend(unready);
         failures.extend(prune_failed);
+        failures.extend(stored.unread.iter().map(|u| format!("not read: {u}")));
         let complete: Vec<String> = stored
             .complete
             .iter()
@@ -185,7 +182,7 @@ pub fn run(config: Config, dry_run: bool) -> std::result::Result<Summary, Failed
             done: Some(Box::new(done)),
         });
     }
-    Ok(Summary {
+    let summary = Summary {
         name,
         size: stored.sidecar.size,
         bytes_in: stored.bytes_in,
@@ -193,6 +190,31 @@ pub fn run(config: Config, dry_run: bool) -> std::result::Result<Summary, Failed
         stores: job.stores.iter().map(|s| s.name().to_owned()).collect(),
         pruned,
         warnings: stored.warnings,
+    };
+    unless_unread(summary, stored.unread)
+}
+
+/// What each store said once about itself (a weaker guarantee there).
+fn store_notes(job: &Job) -> Vec<String> {
+    job.stores
+        .iter()
+        .flat_map(|s| s.notes().into_iter().map(|n| format!("{}: {n}", s.name())))
+        .collect()
+}
+
+/// A backup stored everywhere is a success, unless paths could not be
+/// read into it: then it is stored, and the run fails naming them.
+fn unless_unread(summary: Summary, unread: Vec<String>) -> std::result::Result<Summary, Failed> {
+    if unread.is_empty() {
+        return Ok(summary);
+    }
+    Err(Failed {
+        error: Error::Unread {
+            name: summary.name.clone(),
+            stores: summary.stores.clone(),
+            paths: unread,
+        },
+        done: Some(Box::new(summary)),
     })
 }
 
@@ -245,15 +267,20 @@ fn dry_run_plan(job: &Job, name: String) -> Summary {
 
 /// Only now, and only where the new backup is complete, is anything
 /// deleted. A store whose pruning fails keeps its new backup (and is named
-/// in the run's failure); the others are pruned all the same.
+/// in the run's failure); the others are pruned all the same. A backup that
+/// lacks paths it could not read deletes nothing: older ones may hold them.
 fn prune_where_complete(
     job: &Job,
-    complete: &[usize],
+    stored: &Stored,
     name: &str,
     now: chrono::DateTime<chrono::Utc>,
 ) -> (Vec<PruneReport>, Vec<String>) {
     let mut pruned = Vec::new();
     let mut failed = Vec::new();
+    if !stored.unread.is_empty() {
+        return (pruned, failed);
+    }
+    let complete = &stored.complete;
     let verifier = job.signer.as_ref().and_then(|s| s.verifier().ok());
     let recorder = crate::pipeline::catalog::Recorder {
         signer: job.signer.as_ref(),
@@ -322,7 +349,7 @@ fn seal_and_store(
     let mut archive = ArchiveWriter::new(sealer, compression, mtime)
         .map_err(|e| Error::io(&sealed_file, "start compression", e))?;
 
-    let (source_entries, warnings) = dump_sources(job, name, &mut archive)?;
+    let (source_entries, warnings, unread) = dump_sources(job, name, &mut archive)?;
     let mut inner = Inner::new(
         name,
         &job.config.job.name,
@@ -385,19 +412,21 @@ fn seal_and_store(
         sidecar,
         bytes_in,
         warnings,
+        unread,
         complete: done,
         failed,
     })
 }
 
+/// What the sources put into the archive: the inner manifest's entries,
+/// the run's warnings, and the paths that could not be read.
+type Dumped = (Vec<SourceEntry>, Vec<String>, Vec<String>);
+
 /// Runs every source into the archive; any failure fails the run.
-fn dump_sources<W: Write>(
-    job: &Job,
-    name: &str,
-    archive: &mut ArchiveWriter<W>,
-) -> Result<(Vec<SourceEntry>, Vec<String>)> {
+fn dump_sources<W: Write>(job: &Job, name: &str, archive: &mut ArchiveWriter<W>) -> Result<Dumped> {
     let mut entries = Vec::new();
     let mut warnings = Vec::new();
+    let mut unread = Vec::new();
     // What the inner manifest's warnings may take, as JSON: a reader allows
     // the manifest 64 MiB beyond its members (the sources, their warnings,
     // the member lists' entries), and one past it never reads back.
@@ -426,6 +455,12 @@ fn dump_sources<W: Write>(
                 .iter()
                 .map(|w| format!("{} {}: {w}", source.kind(), source.name())),
         );
+        unread.extend(
+            report
+                .unread
+                .iter()
+                .map(|w| format!("{} {}: {w}", source.kind(), source.name())),
+        );
         entries.push(SourceEntry {
             kind: source.kind().into(),
             name: source.name().into(),
@@ -435,7 +470,7 @@ fn dump_sources<W: Write>(
             warnings: recorded(report.warnings, &mut room),
         });
     }
-    Ok((entries, warnings))
+    Ok((entries, warnings, unread))
 }
 
 /// The most the inner manifest's warnings take, escaped as JSON.
@@ -469,6 +504,8 @@ struct Stored {
     sidecar: Sidecar,
     bytes_in: u64,
     warnings: Vec<String>,
+    /// Paths a source could not read: not in the backup.
+    unread: Vec<String>,
     /// Stores holding the complete backup.
     complete: Vec<usize>,
     failed: Vec<(usize, Error)>,
