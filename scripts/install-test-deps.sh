@@ -68,6 +68,13 @@ if ! grep -qs "\"version\": \"$S3RVER_VERSION\"" "$S3RVER_DIR/node_modules/s3rve
 fi
 $sudo ln -sf "$S3RVER_DIR/node_modules/.bin/s3rver" /usr/local/bin/s3rver
 
+# The account drills run their scratch servers as when the suite runs as
+# root, as the Debian package makes it: a user nothing else runs as.
+if ! getent passwd coffer-drill >/dev/null; then
+  $sudo useradd --system --user-group --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin --comment "coffer restore drills" coffer-drill
+fi
+
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install Rust (https://rustup.rs) or Debian's cargo package" >&2
   exit 1

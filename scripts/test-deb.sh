@@ -27,6 +27,7 @@ bash -c 'source /usr/share/bash-completion/completions/coffer && complete -p cof
 [ -s /usr/share/fish/vendor_completions.d/coffer.fish ] || fail "no fish completion"
 
 getent passwd coffer >/dev/null || fail "no coffer system user"
+getent passwd coffer-drill >/dev/null || fail "no coffer-drill system user (the drills' scratch servers)"
 [ "$(stat -c '%a %U' /etc/coffer/coffer.toml)" = "600 coffer" ] \
   || fail "/etc/coffer/coffer.toml is $(stat -c '%a %U' /etc/coffer/coffer.toml), want 600 coffer"
 [ "$(stat -c '%a %U' /var/backups/coffer)" = "700 coffer" ] || fail "/var/backups/coffer is not 700 coffer"

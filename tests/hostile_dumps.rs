@@ -582,6 +582,22 @@ fn the_scratch_server_runs_unprivileged_in_a_private_directory() {
     let me = rustix::process::geteuid().as_raw();
     if me == 0 {
         assert_ne!(uid, 0, "the scratch server runs as root");
+        // The account nothing else runs as (install-test-deps.sh and the
+        // Debian package make it), not the shared `nobody`.
+        let drill = Command::new("id")
+            .args(["-u", "coffer-drill"])
+            .output()
+            .unwrap();
+        if drill.status.success() {
+            let drill: u32 = String::from_utf8_lossy(&drill.stdout)
+                .trim()
+                .parse()
+                .unwrap();
+            assert_eq!(
+                uid, drill,
+                "the scratch server does not run as coffer-drill"
+            );
+        }
     } else {
         assert_eq!(uid, me);
     }

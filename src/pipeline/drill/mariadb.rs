@@ -20,9 +20,11 @@ use crate::pipeline::plumbing::sqlclient::{mysql_client, MysqlClient};
 use crate::source::find_program;
 
 /// The account the scratch server runs as when coffer runs as root, unless
-/// `COFFER_SCRATCH_USER` names another (a dedicated one is better still:
-/// `nobody` is shared with other daemons).
-const DEFAULT_USER: &str = "nobody";
+/// `COFFER_SCRATCH_USER` names another: the package's own `coffer-drill`,
+/// which nothing else runs as, else `nobody` (shared with other daemons,
+/// which could then reach the scratch server's files).
+const DEDICATED_USER: &str = "coffer-drill";
+const FALLBACK_USER: &str = "nobody";
 
 pub struct ScratchMariaDb {
     dir: tempfile::TempDir,
@@ -62,20 +64,29 @@ pub(super) fn run_as() -> Result<Option<RunAs>, String> {
     if !is_root() {
         return Ok(None);
     }
-    let name = std::env::var("COFFER_SCRATCH_USER").unwrap_or_else(|_| DEFAULT_USER.to_owned());
     let passwd = std::fs::read_to_string("/etc/passwd").map_err(|e| format!("/etc/passwd: {e}"))?;
-    let (uid, gid) = passwd
-        .lines()
-        .find_map(|l| {
+    let lookup = |name: &str| {
+        passwd.lines().find_map(|l| {
             let mut f = l.split(':');
-            (f.next() == Some(name.as_str())).then_some(())?;
+            (f.next() == Some(name)).then_some(())?;
             let uid = f.nth(1)?.parse().ok()?;
             let gid = f.next()?.parse().ok()?;
             Some((uid, gid))
         })
-        .ok_or_else(|| {
-            format!("no user {name:?} in /etc/passwd to run the scratch server as; set COFFER_SCRATCH_USER")
-        })?;
+    };
+    let name = std::env::var("COFFER_SCRATCH_USER").unwrap_or_else(|_| {
+        if lookup(DEDICATED_USER).is_some() {
+            DEDICATED_USER
+        } else {
+            FALLBACK_USER
+        }
+        .to_owned()
+    });
+    let (uid, gid) = lookup(&name).ok_or_else(|| {
+        format!(
+            "no user {name:?} in /etc/passwd to run the scratch server as; set COFFER_SCRATCH_USER"
+        )
+    })?;
     if uid == 0 {
         return Err(format!(
             "the scratch server must not run as root, and {name:?} is uid 0; set COFFER_SCRATCH_USER"
@@ -104,7 +115,10 @@ pub(super) fn reachable(dir: &Path, who: &RunAs) -> Result<(), String> {
     Ok(())
 }
 
-/// A directory inside the scratch directory, the server's own.
+/// A directory inside the scratch directory, the server's own. Made, given
+/// away and chmodded by name, so only while the scratch directory is still
+/// root's alone: after it is handed to the server's user, a name in it may
+/// be a link that user planted.
 pub(super) fn subdir(
     dir: &Path,
     name: &str,
@@ -120,6 +134,21 @@ pub(super) fn subdir(
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
         .map_err(|e| format!("scratch directory: {e}"))?;
     Ok(p)
+}
+
+/// The last line of a log the server wrote in its own directory, read as
+/// any file its user could have replaced: not through a link, regular
+/// only, at most 1 MiB.
+pub(super) fn last_line(log: &Path) -> String {
+    crate::fsutil::read_regular(log, 1 << 20)
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .lines()
+                .last()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap_or_default()
 }
 
 impl ScratchMariaDb {
@@ -147,8 +176,6 @@ impl ScratchMariaDb {
             .map_err(|e| format!("scratch directory: {e}"))?;
         if let Some(w) = &who {
             reachable(&base, w)?;
-            std::os::unix::fs::chown(&base, Some(w.uid), Some(w.gid))
-                .map_err(|e| format!("scratch directory: {e}"))?;
         }
         let data = base.join("data");
         // A private tmpdir: servers sharing /tmp have been seen losing each
@@ -161,6 +188,12 @@ impl ScratchMariaDb {
         // No plugin to INSTALL: the system's directory holds engines such
         // as FEDERATED and CONNECT, which reach other servers and files.
         let plugins = subdir(&base, "plugins", who.as_ref(), 0o500)?;
+        // Only now is the directory the server's: every name root made in
+        // it was made while no one else could plant a link there.
+        if let Some(w) = &who {
+            std::os::unix::fs::chown(&base, Some(w.uid), Some(w.gid))
+                .map_err(|e| format!("scratch directory: {e}"))?;
+        }
         let tmpdir = format!("--tmpdir={}", tmp.display());
         let as_user = |c: &mut Command| {
             c.current_dir(&base);
@@ -239,11 +272,7 @@ impl ScratchMariaDb {
         }
         Err(format!(
             "the scratch MariaDB server did not start: {}",
-            std::fs::read_to_string(self.dir.path().join("error.log"))
-                .unwrap_or_default()
-                .lines()
-                .last()
-                .unwrap_or("")
+            last_line(&self.dir.path().join("error.log"))
         ))
     }
 

@@ -9,13 +9,13 @@
 //! superuser: no `COPY … PROGRAM`, no server files, no untrusted language
 //! or C function. Database names are coffer's own, never the dump's.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::pipeline::drill::mariadb::{reachable, run_as, subdir, RunAs};
+use crate::pipeline::drill::mariadb::{last_line, reachable, run_as, subdir, RunAs};
 use crate::pipeline::plumbing::client::LoadClient;
 
 /// The role that loads and counts; the bootstrap superuser only sets up.
@@ -79,10 +79,21 @@ impl ScratchPostgres {
             .map_err(|e| format!("scratch directory: {e}"))?;
         if let Some(w) = &who {
             reachable(&base, w)?;
+        }
+        let data = subdir(&base, "data", who.as_ref(), 0o700)?;
+        // The server's log is root's, made before the directory is handed
+        // over: once it is, a name there may be a link its user planted.
+        let log = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(base.join("postgres.log"))
+            .map_err(|e| format!("scratch directory: {e}"))?;
+        if let Some(w) = &who {
             std::os::unix::fs::chown(&base, Some(w.uid), Some(w.gid))
                 .map_err(|e| format!("scratch directory: {e}"))?;
         }
-        let data = subdir(&base, "data", who.as_ref(), 0o700)?;
         let as_user = |c: &mut Command, who: Option<&RunAs>| {
             c.current_dir(&base);
             c.env_remove("PGPASSWORD").env_remove("PGPASSFILE");
@@ -111,8 +122,6 @@ impl ScratchPostgres {
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
-        let log = std::fs::File::create(base.join("postgres.log"))
-            .map_err(|e| format!("scratch directory: {e}"))?;
         let mut server = Command::new(bin.join("postgres"));
         server.arg("-D").arg(&data).arg("-k").arg(&base).args([
             "-c",
@@ -175,11 +184,7 @@ impl ScratchPostgres {
         }
         Err(format!(
             "the scratch PostgreSQL server did not start: {last} ({})",
-            std::fs::read_to_string(self.base.join("postgres.log"))
-                .unwrap_or_default()
-                .lines()
-                .last()
-                .unwrap_or("")
+            last_line(&self.base.join("postgres.log"))
         ))
     }
 
