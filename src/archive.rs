@@ -261,6 +261,65 @@ pub struct ArchiveWriter<W: Write> {
     list_members: usize,
 }
 
+/// Writes one entry as coffer writes every entry: a GNU header with the
+/// entry's mode, owner and mtime, a file's data (which must be `e.size`
+/// bytes), a symlink's target byte for byte (in a GNU long-link entry first
+/// when it is longer than the header's field, as GNU tar writes it).
+pub fn put_entry<W: Write>(
+    tar: &mut tar::Builder<W>,
+    e: &EntryMeta<'_>,
+    data: &mut dyn Read,
+) -> io::Result<()> {
+    let path = Path::new(OsStr::from_bytes(e.path));
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(e.mode);
+    h.set_uid(u64::from(e.uid));
+    h.set_gid(u64::from(e.gid));
+    h.set_mtime(u64::try_from(e.mtime).unwrap_or(0));
+    match e.kind {
+        EntryKind::Dir => {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            tar.append_data(&mut h, path, io::empty())
+        }
+        EntryKind::Symlink(target) => {
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            // The tar crate tidies a target as a path ("./a//./b" becomes
+            // "./a/b"); a link is restored byte for byte, so its bytes go in
+            // as they are.
+            let bytes = std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str());
+            let gnu = h
+                .as_gnu_mut()
+                .ok_or_else(|| io::Error::other("not a GNU tar header"))?;
+            let room = gnu.linkname.len();
+            if bytes.len() > room {
+                let mut long = tar::Header::new_gnu();
+                let name = b"././@LongLink";
+                if let Some(g) = long.as_gnu_mut() {
+                    g.name[..name.len()].copy_from_slice(name);
+                }
+                long.set_mode(0o644);
+                long.set_uid(0);
+                long.set_gid(0);
+                long.set_mtime(0);
+                long.set_size(bytes.len() as u64 + 1);
+                long.set_entry_type(tar::EntryType::GNULongLink);
+                long.set_cksum();
+                tar.append(&long, bytes.chain(&[0u8][..]))?;
+            }
+            let n = bytes.len().min(room);
+            gnu.linkname[..n].copy_from_slice(&bytes[..n]);
+            tar.append_data(&mut h, path, io::empty())
+        }
+        EntryKind::File => {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(e.size);
+            tar.append_data(&mut h, path, data)
+        }
+    }
+}
+
 fn header(size: u64, mode: u32, mtime: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Regular);
@@ -390,66 +449,28 @@ impl<W: Write> ArchiveWriter<W> {
     /// Appends an entry of known size; `data` must yield exactly `size` bytes.
     pub fn append_entry(&mut self, e: &EntryMeta<'_>, data: &mut dyn Read) -> io::Result<()> {
         self.claim(e.path)?;
-        let path = Path::new(OsStr::from_bytes(e.path));
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(e.mode);
-        h.set_uid(u64::from(e.uid));
-        h.set_gid(u64::from(e.gid));
-        h.set_mtime(u64::try_from(e.mtime).unwrap_or(0));
         let (kind, digest) = match e.kind {
             EntryKind::Dir => {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_size(0);
-                self.tar.append_data(&mut h, path, io::empty())?;
+                put_entry(&mut self.tar, e, &mut io::empty())?;
                 ("dir", None)
             }
-            EntryKind::Symlink(target) => {
-                h.set_entry_type(tar::EntryType::Symlink);
-                h.set_size(0);
-                // The tar crate tidies a target as a path ("./a//./b"
-                // becomes "./a/b"); a link is restored byte for byte, so its
-                // bytes go in as they are. One longer than the header's field
-                // goes first in a GNU long-link entry, as GNU tar writes it.
-                let bytes = std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str());
-                let gnu = h
-                    .as_gnu_mut()
-                    .ok_or_else(|| io::Error::other("not a GNU tar header"))?;
-                let room = gnu.linkname.len();
-                if bytes.len() > room {
-                    let mut long = tar::Header::new_gnu();
-                    let name = b"././@LongLink";
-                    if let Some(g) = long.as_gnu_mut() {
-                        g.name[..name.len()].copy_from_slice(name);
-                    }
-                    long.set_mode(0o644);
-                    long.set_uid(0);
-                    long.set_gid(0);
-                    long.set_mtime(0);
-                    long.set_size(bytes.len() as u64 + 1);
-                    long.set_entry_type(tar::EntryType::GNULongLink);
-                    long.set_cksum();
-                    self.tar.append(&long, bytes.chain(&[0u8][..]))?;
-                }
-                let n = bytes.len().min(room);
-                gnu.linkname[..n].copy_from_slice(&bytes[..n]);
-                self.tar.append_data(&mut h, path, io::empty())?;
+            EntryKind::Symlink(_) => {
+                put_entry(&mut self.tar, e, &mut io::empty())?;
                 ("symlink", None)
             }
             EntryKind::File => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_size(e.size);
                 let mut hashing = Hashing {
                     inner: data.take(e.size),
                     hash: MEMBER_HASH.hasher(),
                     len: 0,
                 };
-                self.tar.append_data(&mut h, path, &mut hashing)?;
+                put_entry(&mut self.tar, e, &mut hashing)?;
                 if hashing.len != e.size {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         format!(
                             "{}: expected {} bytes, got {}",
-                            path.display(),
+                            String::from_utf8_lossy(e.path),
                             e.size,
                             hashing.len
                         ),
@@ -781,6 +802,8 @@ pub struct ReadMember<'a> {
     pub path: Vec<u8>,
     pub kind: EntryKind<'a>,
     pub mode: u32,
+    /// The recorded owner and group, as numbers.
+    pub owner: (u32, u32),
     pub mtime: i64,
     pub size: u64,
     pub data: &'a mut dyn Read,
@@ -992,10 +1015,15 @@ fn each_member<R: Read>(
                 })
             }
         };
+        let owner = (
+            u32::try_from(header.uid().unwrap_or(0)).unwrap_or(0),
+            u32::try_from(header.gid().unwrap_or(0)).unwrap_or(0),
+        );
         f(ReadMember {
             path,
             kind,
             mode,
+            owner,
             mtime,
             size,
             data: &mut entry,

@@ -1043,3 +1043,77 @@ fn stdout_ends_the_archive_where_the_checks_ended() {
     // Ended as tar ends an archive: two zero blocks.
     assert!(out.stdout.ends_with(&[0u8; 1024]));
 }
+
+/// `restore --stdout | tar -x` (the README's way to unpack with plain
+/// tools) gets what `--to` would write: no name that leaves the target,
+/// and no set-user-ID or set-group-ID bit, whatever a forger sealed.
+#[test]
+fn stdout_hands_tar_nothing_that_restore_to_would_refuse_or_strip() {
+    let e = Env::new();
+    // A name that climbs out: refused before its header reaches stdout.
+    let climbing = forged_tar(
+        &[
+            (b"files/ok", tar::EntryType::Regular, None, b"fine"),
+            (
+                b"files/../../escape",
+                tar::EntryType::Regular,
+                None,
+                b"evil",
+            ),
+        ],
+        None,
+    );
+    let sealed = e.seal(&climbing, "climbing");
+    let out = coffer(&[
+        "restore",
+        "-i",
+        e.key(),
+        sealed.to_str().unwrap(),
+        "--stdout",
+    ]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        !out.stdout.windows(6).any(|w| w == b"escape"),
+        "the climbing member's header reached stdout"
+    );
+
+    // A set-user-ID root file: its mode reaches tar without the bit.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(4);
+    h.set_mode(0o6755);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.as_gnu_mut().unwrap().name[..11].copy_from_slice(b"files/shell");
+    h.set_cksum();
+    b.append(&h, &b"#!sh"[..]).unwrap();
+    let tar_bytes = close_with_manifest(
+        b,
+        vec![serde_json::json!({
+            "path": "files/shell", "kind": "file", "size": 4,
+            "sha256": hex::encode(Sha256::digest(b"#!sh")),
+        })],
+    );
+    let sealed = e.seal(&tar_bytes, "setuid");
+    let out = ok(&[
+        "restore",
+        "-i",
+        e.key(),
+        sealed.to_str().unwrap(),
+        "--stdout",
+    ]);
+    let mut archive = tar::Archive::new(&out.stdout[..]);
+    let modes: Vec<(String, u32)> = archive
+        .entries()
+        .unwrap()
+        .map(|x| {
+            let x = x.unwrap();
+            (
+                x.path().unwrap().to_string_lossy().into_owned(),
+                x.header().mode().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(modes[0], ("files/shell".to_owned(), 0o755), "{modes:?}");
+}

@@ -16,7 +16,7 @@ use crate::envelope::Header;
 use crate::envelope::Identity;
 use crate::error::{Error, Result};
 use crate::manifest::HashKind;
-use crate::pipeline::restore::walk::{walk_copy, WalkError, Walked};
+use crate::pipeline::restore::walk::{walk, WalkError, Walked};
 use extract::{copy_out, Extractor};
 
 pub enum Target {
@@ -231,8 +231,7 @@ pub fn stage(
             .map_err(|message| integrity(what, message))?;
     }
     if thorough || (expect.is_some() && header.metadata.name.is_none()) {
-        let w = walk_copy(reopen(&spool)?, identities, None, |_, _| Ok(()))
-            .map_err(|e| e.into_error(what))?;
+        let w = walk(reopen(&spool)?, identities, |_, _| Ok(())).map_err(|e| e.into_error(what))?;
         if let Some(x) = expect {
             x.check_archive(&w)
                 .map_err(|message| integrity(what, message))?;
@@ -283,7 +282,7 @@ pub fn restore(
             })?;
             let root = fs::canonicalize(&dir).map_err(|e| Error::io(&dir, "resolve", e))?;
             let mut ex = Extractor::open(root, force)?;
-            match walk_copy(input, identities, None, |m, data| ex.member(m, data)) {
+            match walk(input, identities, |m, data| ex.member(m, data)) {
                 Ok(w) => {
                     if let Some(Err(message)) = expect.map(|x| x.check_archive(&w)) {
                         ex.undo();
@@ -308,8 +307,28 @@ pub fn restore(
             }
         }
         Target::Tar => {
-            let w = walk_copy(input, identities, Some(&mut *out), |_, _| Ok(()))
-                .map_err(|e| e.into_error(what))?;
+            // Each member is written anew once the walk has taken its name,
+            // as `--to` would write it: no name the walk refuses reaches
+            // tar, and no set-user-ID or set-group-ID bit. Nothing after
+            // the archive's end does either.
+            let mut tar = tar::Builder::new(&mut *out);
+            let w = walk(input, identities, |m, data| {
+                let entry = crate::archive::EntryMeta {
+                    path: m.stored,
+                    kind: m.kind,
+                    mode: m.mode & !0o6000,
+                    uid: m.owner.0,
+                    gid: m.owner.1,
+                    mtime: m.mtime,
+                    size: m.size,
+                };
+                crate::archive::put_entry(&mut tar, &entry, data)
+                    .map_err(|e| WalkError::target("<stdout>", "write", e))
+            })
+            .map_err(|e| e.into_error(what))?;
+            tar.finish()
+                .map_err(|e| Error::io("<stdout>", "write", e))?;
+            drop(tar);
             flush(out)?;
             if let Some(x) = expect {
                 x.check_archive(&w).map_err(mismatch)?;
@@ -322,7 +341,7 @@ pub fn restore(
             // file of a tree.
             let mut offer: Vec<String> = Vec::new();
             let mut files = 0u64;
-            let w = walk_copy(input, identities, None, |m, data| {
+            let w = walk(input, identities, |m, data| {
                 // By its bytes: two names that differ only in bytes that are
                 // not UTF-8 read the same once made lossy, and are two files.
                 if m.raw == name.as_bytes() {

@@ -6,7 +6,7 @@
 
 mod check;
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read};
 use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
@@ -115,6 +115,13 @@ pub struct Member<'a> {
     pub kind: EntryKind<'a>,
     pub mode: u32,
     pub mtime: i64,
+    /// The name the tar entry carries (for a part of a split stream, the
+    /// part's own name, where `raw` names the stream).
+    pub stored: &'a [u8],
+    /// The recorded owner and group, as numbers.
+    pub owner: (u32, u32),
+    /// This entry's size.
+    pub size: u64,
 }
 
 /// Why a walk failed.
@@ -275,18 +282,7 @@ pub fn walk<R: Read + Send>(
     identities: &[Identity],
     consume: impl FnMut(&Member<'_>, &mut dyn Read) -> Result<(), WalkError>,
 ) -> Result<Walked, WalkError> {
-    walk_copy(input, identities, None, consume)
-}
-
-/// [`walk`], with `tap`, if given, receiving the decompressed tar stream as
-/// it is walked, whole.
-pub fn walk_copy<R: Read + Send>(
-    input: R,
-    identities: &[Identity],
-    tap: Option<&mut dyn Write>,
-    consume: impl FnMut(&Member<'_>, &mut dyn Read) -> Result<(), WalkError>,
-) -> Result<Walked, WalkError> {
-    let (header, manifest, members) = walk_stream(input, identities, tap, consume)?;
+    let (header, manifest, members) = walk_stream(input, identities, consume)?;
     Ok(Walked {
         header,
         manifest,
@@ -297,7 +293,6 @@ pub fn walk_copy<R: Read + Send>(
 fn walk_stream<R: Read + Send>(
     raw: R,
     identities: &[Identity],
-    tap: Option<&mut dyn Write>,
     consume: impl FnMut(&Member<'_>, &mut dyn Read) -> Result<(), WalkError>,
 ) -> Result<(Header, Inner, usize), WalkError> {
     let (header, plain, compression) = open_backup(raw, identities)?;
@@ -307,28 +302,13 @@ fn walk_stream<R: Read + Send>(
             header.metadata.member_hash
         ))
     })?;
-    let tap_failed = std::cell::RefCell::new(None);
     // Decryption reads ahead on a thread of its own: the AEAD runs on one
     // core while this one walks and hashes, and the zstd workers use the rest.
     let walked = crate::ahead::scoped(plain, "coffer-decrypt", 4, |plain| {
         let mut buffered = BufReader::with_capacity(1 << 20, plain);
         let dec =
             archive::decompressor(&mut buffered, compression, header.metadata.zstd_frame_size)?;
-        let dec = Tap {
-            inner: dec,
-            out: tap,
-            failed: &tap_failed,
-        };
         let (mut dec, walked) = walk_archive(dec, hash, consume)?;
-        // The tap has had the archive up to its first zero block, which
-        // ends it for every reader; it gets the second as the end-of-archive
-        // marker, and nothing after: bytes past the end were checked by no
-        // one, and `tar -i` would unpack members hidden there.
-        if let Some(out) = dec.out.take() {
-            if let Err(e) = out.write_all(&[0u8; 512]) {
-                *tap_failed.borrow_mut() = Some(e);
-            }
-        }
         // The end of the tar is not the end of the stream: read on, so the
         // final chunk is authenticated.
         io::copy(&mut dec, &mut io::sink())?;
@@ -336,33 +316,8 @@ fn walk_stream<R: Read + Send>(
         io::copy(&mut buffered, &mut io::sink())?;
         Ok::<_, WalkError>(walked)
     })?;
-    if let Some(e) = tap_failed.into_inner() {
-        return Err(WalkError::target("<stdout>", "write", e));
-    }
     let (manifest, members) = walked?;
     Ok((header, manifest, members))
-}
-
-/// Passes what is read on to `out`, if any. A write that fails is kept in
-/// `failed`, so that a full disk is not reported as a damaged backup.
-struct Tap<'t, 'f, R> {
-    inner: R,
-    out: Option<&'t mut dyn Write>,
-    failed: &'f std::cell::RefCell<Option<io::Error>>,
-}
-
-impl<R: Read> Read for Tap<'_, '_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Some(out) = self.out.as_mut() {
-            if let Err(e) = out.write_all(&buf[..n]) {
-                let message = e.to_string();
-                *self.failed.borrow_mut() = Some(e);
-                return Err(io::Error::other(message));
-            }
-        }
-        Ok(n)
-    }
 }
 
 /// The archive half of [`walk`], on a decompressed tar stream: hands each
@@ -438,6 +393,9 @@ pub fn walk_archive<R: Read>(
                 kind: m.kind,
                 mode: m.mode,
                 mtime: m.mtime,
+                stored: &m.path,
+                owner: m.owner,
+                size: b.len() as u64,
             };
             consume(&member, &mut &b[..]).map_err(|e| keep(&mut consumer_error, &shown, e))?;
             return Ok(());
@@ -456,19 +414,12 @@ pub fn walk_archive<R: Read>(
             kind: m.kind,
             mode: m.mode,
             mtime: m.mtime,
+            stored: &m.path,
+            owner: m.owner,
+            size: m.size,
         };
         consume(&member, &mut hashing).map_err(|e| keep(&mut consumer_error, &shown, e))?;
-        // Whatever the consumer skipped still counts toward the hash, read
-        // in large pieces: BLAKE3 hashes many 1 KiB chunks at once only when
-        // it is given them at once (8 KiB reads cost it six times the CPU).
-        loop {
-            match hashing.read(&mut drain) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        drain_rest(&mut hashing, &mut drain)?;
         Ok(())
     });
     // What the consumer failed at (a load, a write) is its own; only the
@@ -480,6 +431,21 @@ pub fn walk_archive<R: Read>(
     let manifest =
         manifest.ok_or_else(|| WalkError::Integrity(format!("the archive has no {INNER_NAME}")))?;
     Ok((rest, (manifest, check.members)))
+}
+
+/// Reads what the consumer left of a member, so that it still counts
+/// toward the hash, in large pieces: BLAKE3 hashes many 1 KiB chunks at once
+/// only when it is given them at once (8 KiB reads cost it six times the
+/// CPU).
+fn drain_rest(r: &mut impl Read, buf: &mut [u8]) -> io::Result<()> {
+    loop {
+        match r.read(buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// An I/O error from a walk whose stream never failed: the stream under the
