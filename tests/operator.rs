@@ -1045,3 +1045,72 @@ fn a_process_holding_a_private_key_cannot_be_dumped() {
         "the process is still dumpable (its /proc files are its user's)"
     );
 }
+
+#[test]
+fn a_directory_above_a_configured_path_swapped_for_a_link_is_not_followed() {
+    use std::os::unix::fs::symlink;
+    if !is_root() {
+        eprintln!("SKIP: a link another user owns needs another user (run as root)");
+        return;
+    }
+    let e = Env::new();
+    let p = e.p();
+    chmod(p, 0o755);
+    // Root's secrets, and a user's home with the tree the job backs up.
+    fs::create_dir_all(p.join("secret/project")).unwrap();
+    fs::write(p.join("secret/project/shadow"), "root only").unwrap();
+    chmod(&p.join("secret"), 0o700);
+    let home = p.join("home");
+    fs::create_dir_all(home.join("docs/project")).unwrap();
+    fs::write(home.join("docs/project/notes"), "hers").unwrap();
+    // The operator's own link on the way is followed, as before.
+    symlink(&home, p.join("home-link")).unwrap();
+    let cfg = e.config(
+        "",
+        "echo the database rows",
+        &format!(
+            "[[source]]\ntype = \"files\"\nname = \"tree\"\npaths = [\"{}\"]\n",
+            p.join("home-link/docs/project").display()
+        ),
+    );
+    let cfg = cfg.to_str().unwrap();
+    let out = e.run(&["backup", "-c", cfg]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // She owns her home, so she swaps `docs` for a link to root's tree.
+    sh(&format!("chown -R nobody:nogroup {}", home.display()), p);
+    fs::rename(home.join("docs"), home.join("docs.old")).unwrap();
+    symlink(p.join("secret"), home.join("docs")).unwrap();
+    sh(
+        &format!("chown -h nobody:nogroup {}", home.join("docs").display()),
+        p,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = e.run(&["backup", "-c", cfg]);
+    let err = stderr(&out);
+    assert_eq!(code(&out), 1, "{err}");
+    assert!(
+        err.contains(&format!("runs through {}", home.join("docs").display()))
+            && err.contains("could have put there"),
+        "{err}"
+    );
+    // The night's backup holds the rows and not root's file.
+    let mut sealed: Vec<PathBuf> = fs::read_dir(e.store())
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .filter(|f| f.to_string_lossy().ends_with(".coffer"))
+        .collect();
+    sealed.sort();
+    let out = Command::new(bin())
+        .args(["restore", "-i", e.key.to_str().unwrap()])
+        .arg(sealed.last().unwrap())
+        .arg("--stdout")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("the database rows"));
+    assert!(
+        !listing.contains("root only"),
+        "root's file was backed up under her path"
+    );
+}

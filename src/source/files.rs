@@ -25,6 +25,7 @@ use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
+use super::safepath::{Place, Refused};
 use super::{Entry, EntryKind, Report, Sink, Source, SourceError};
 
 pub struct FilesSource {
@@ -372,6 +373,22 @@ impl FilesSource {
             path: p.to_path_buf(),
             source,
         };
+        // No reader takes a longer name (it holds one whole in memory):
+        // the path is left out and named rather than written unreadable.
+        if self.member(p).len() as u64 > crate::archive::LONG_NAME_MAX {
+            let said = format!(
+                "{}…: not backed up: a path longer than {} bytes",
+                p.display()
+                    .to_string()
+                    .chars()
+                    .take(200)
+                    .collect::<String>(),
+                crate::archive::LONG_NAME_MAX
+            );
+            report.warnings.push(said.clone());
+            report.unread.push(said);
+            return Ok(());
+        }
         let skip = |report: &mut Report, reason: &str| {
             report.warnings.push(format!("{}: {reason}", p.display()));
         };
@@ -482,22 +499,37 @@ impl FilesSource {
             .map_err(SourceError::Sink)
     }
 
-    /// Backs up a path named in the configuration. The path itself is
-    /// resolved by name (its parents may be links the operator chose);
-    /// everything below it is reached by handle.
+    /// Backs up a path named in the configuration, opened from the root
+    /// down by handle (see `safepath`: a link on the way is followed only
+    /// when no one but root or coffer's user could have put it there), and
+    /// everything below it by handle too.
     fn walk(&self, p: &Path, sink: &mut dyn Sink, report: &mut Report) -> Result<(), SourceError> {
         let io_err = |source| SourceError::Io {
             path: p.to_path_buf(),
             source,
         };
-        let meta = match fs::symlink_metadata(p) {
-            Err(e) if unread(report, p, &e) => return Ok(()),
-            other => other.map_err(io_err)?,
+        let place = match super::safepath::open(p) {
+            Ok(place) => place,
+            Err(Refused::Io(e)) if unread(report, p, &e) => return Ok(()),
+            Err(Refused::Io(e)) => return Err(io_err(e)),
+            Err(Refused::Untrusted(why)) => {
+                let said = format!("{}: not backed up: {why}", p.display());
+                report.warnings.push(said.clone());
+                report.unread.push(said);
+                return Ok(());
+            }
         };
-        let listed = Listed::of(FileType::from_raw_mode(meta.mode()));
-        let name = CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| SourceError::Invalid(format!("{}: a NUL in the path", p.display())))?;
-        self.visit(rustix::fs::CWD, &name, p, listed, sink, report)
+        match place {
+            Place::Under(dir, name) => {
+                let st = match rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Err(e) if unread(report, p, &e.into()) => return Ok(()),
+                    other => other.map_err(|e| io_err(e.into()))?,
+                };
+                let listed = Listed::of(FileType::from_raw_mode(st.st_mode));
+                self.visit(dir.as_fd(), &name, p, listed, sink, report)
+            }
+            Place::Itself(dir) => self.visit(dir.as_fd(), c".", p, Listed::Dir, sink, report),
+        }
     }
 }
 
@@ -687,5 +719,49 @@ mod tests {
             open_bounded(t.path(), "was-a-file", Listed::Dir),
             Opened::Dir(..)
         ));
+    }
+}
+
+#[cfg(test)]
+mod long_names {
+    use super::*;
+
+    /// Counts what the walk hands on.
+    struct Count(usize);
+
+    impl Sink for Count {
+        fn stream(&mut self, _: &str, _: &mut dyn Read) -> io::Result<()> {
+            self.0 += 1;
+            Ok(())
+        }
+        fn entry(&mut self, _: &Entry, _: &mut dyn Read) -> io::Result<()> {
+            self.0 += 1;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_path_no_reader_takes_is_left_out_and_named() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("f"), "x").unwrap();
+        let src = FilesSource {
+            name: "tree".into(),
+            paths: Vec::new(),
+        };
+        let dir = File::open(d.path()).unwrap();
+        let visit = |p: &Path| {
+            let mut sink = Count(0);
+            let mut report = Report::default();
+            src.visit(dir.as_fd(), c"f", p, Listed::File, &mut sink, &mut report)
+                .unwrap();
+            (sink.0, report.unread)
+        };
+        // The same file under a name a reader takes, and one it does not.
+        assert_eq!(visit(&d.path().join("f")), (1, Vec::new()));
+        let long = PathBuf::from("/").join("a/".repeat(600 << 10));
+        let (written, unread) = visit(&long);
+        assert_eq!(written, 0);
+        assert_eq!(unread.len(), 1);
+        assert!(unread[0].contains("a path longer than"), "{unread:?}");
     }
 }

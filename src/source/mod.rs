@@ -9,6 +9,7 @@ mod mysql;
 mod postgres;
 mod process;
 mod rowcount;
+mod safepath;
 mod sqlite;
 
 use std::io::{self, Read};
