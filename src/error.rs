@@ -37,6 +37,11 @@ pub enum Error {
         problem: &'static str,
     },
 
+    /// A restore target (or a directory in it) that another user owns or
+    /// may write: what is written there could be read or swapped by them.
+    #[error("{}: {problem}", .path.display())]
+    TargetUnsafe { path: PathBuf, problem: String },
+
     /// Writing to the restore target failed; the backup is not at fault.
     #[error("{}: cannot {op} (restore target)", .path.display())]
     Target {
@@ -207,6 +212,7 @@ impl Error {
             | Error::Config(_)
             | Error::Check(_)
             | Error::TargetExists { .. }
+            | Error::TargetUnsafe { .. }
             | Error::BinaryToTerminal
             | Error::Usage(_) => Class::Usage,
         };
@@ -222,6 +228,9 @@ impl Error {
             Error::Storage(e) => e.hint(),
             Error::TargetExists { .. } => Some(
                 "the backup is fine: restore into a new or empty directory, or use --force to replace existing files".into(),
+            ),
+            Error::TargetUnsafe { .. } => Some(
+                "the backup is fine: restore into a new directory (coffer makes it, private), or make this one yours first (chown, chmod go-w)".into(),
             ),
             Error::Target { source, .. } => Some(target_hint(source)),
             Error::BinaryToTerminal => {

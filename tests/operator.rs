@@ -1114,3 +1114,55 @@ fn a_directory_above_a_configured_path_swapped_for_a_link_is_not_followed() {
         "root's file was backed up under her path"
     );
 }
+
+#[test]
+fn a_restore_writes_only_into_directories_that_are_its_own_or_roots() {
+    if !is_root() {
+        eprintln!("SKIP: a directory another user owns needs another user (run as root)");
+        return;
+    }
+    use std::os::unix::fs::symlink;
+    let e = Env::new();
+    let cfg = e.backup("echo precious");
+    let refused = |target: &Path, why: &str| {
+        let out = e.restore_to(&cfg, target, &[]);
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
+        assert!(stderr(&out).contains(why), "{}", stderr(&out));
+        assert_not_called_damaged(&out);
+        assert!(
+            !target.join("command/data").exists(),
+            "written into {}",
+            target.display()
+        );
+    };
+    // A target another user made first.
+    let hers = e.p().join("hers");
+    fs::create_dir(&hers).unwrap();
+    sh(&format!("chown nobody:nogroup {}", hers.display()), e.p());
+    refused(&hers, "belongs to uid");
+    // One anyone may write.
+    let open = e.p().join("open");
+    fs::create_dir(&open).unwrap();
+    chmod(&open, 0o777);
+    refused(&open, "others may write it");
+    // A directory inside the target that the archive writes into.
+    let mine = e.p().join("mine");
+    fs::create_dir_all(mine.join("command")).unwrap();
+    sh(
+        &format!("chown nobody:nogroup {}", mine.join("command").display()),
+        e.p(),
+    );
+    refused(&mine, "belongs to uid");
+    // A link as the target: refused; the directory it names works.
+    let real = e.p().join("real");
+    fs::create_dir(&real).unwrap();
+    let link = e.p().join("link");
+    symlink(&real, &link).unwrap();
+    refused(&link, "is a symlink");
+    let out = e.restore_to(&cfg, &real, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        fs::read_to_string(real.join("command/data")).unwrap(),
+        "precious\n"
+    );
+}

@@ -333,3 +333,52 @@ fn ingest_takes_unsigned_uploads_only_from_a_job_that_says_it_is_unsigned() {
     let out = ok(&["ingest", "-c", cfg.to_str().unwrap(), "--from", from]);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ingested prod-"));
 }
+
+#[test]
+fn ingest_refuses_a_sparse_upload_before_copying_it() {
+    let d = tempfile::tempdir().unwrap();
+    keygen(d.path());
+    // A host that uploads 4 MiB of sealed data.
+    let host = config(
+        d.path(),
+        "signing_key = \"signing.key\"\ncompression = \"none\"",
+        "",
+    );
+    fs::write(d.path().join("data.txt"), common::pattern(4 << 20, 3)).unwrap();
+    ok(&["backup", "-c", host.to_str().unwrap()]);
+    let store = d.path().join("store");
+    let sealed = fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".coffer"))
+        .unwrap();
+    // The same length, all of it a hole.
+    let len = fs::metadata(&sealed).unwrap().len();
+    fs::remove_file(&sealed).unwrap();
+    let f = fs::File::create(&sealed).unwrap();
+    f.set_len(len).unwrap();
+    drop(f);
+    let server = d.path().join("server.toml");
+    fs::write(
+        &server,
+        format!(
+            "[job]\nname = \"prod\"\nsigning_public_key = \"signing.key.pub\"\n[[store]]\ntype = \"local\"\npath = \"{}\"\n",
+            d.path().join("repo").display()
+        ),
+    )
+    .unwrap();
+    chmod(&server, 0o600);
+    let out = coffer(&[
+        "ingest",
+        "-c",
+        server.to_str().unwrap(),
+        "--from",
+        store.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stderr(&out).contains("sparse file"), "{}", stderr(&out));
+    let copied: u64 = fs::read_dir(d.path().join("repo"))
+        .map(|r| r.map(|e| e.unwrap().metadata().unwrap().len()).sum())
+        .unwrap_or(0);
+    assert_eq!(copied, 0, "the repository took the hole's length");
+}

@@ -14,6 +14,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use rustix::fs::{Mode, OFlags};
@@ -62,6 +63,10 @@ enum Holds {
 }
 
 /// Opens `name` in `dir` read-only, refusing symlinks, FIFOs and devices.
+/// Below this, allocation is not judged: small files may sit inline in
+/// their inode or in a tail block.
+const SPARSE_FLOOR: u64 = 1 << 20;
+
 fn open_regular(dir: &File, name: &str, max: Option<u64>) -> std::result::Result<File, String> {
     let fd = rustix::fs::openat(
         dir,
@@ -283,6 +288,19 @@ fn one(ctx: &Ctx<'_>, name: &str) -> std::result::Result<chrono::DateTime<chrono
             "{sealed_name} is not the {} bytes its sidecar says",
             sidecar.size
         )));
+    }
+    // Ciphertext has no holes: a sealed file mostly unallocated (a sparse
+    // file a compromised host signed) would cost the repository its full
+    // length in real blocks, for a backup that holds nothing.
+    if let Ok(m) = sealed.metadata() {
+        let allocated = m.blocks().saturating_mul(512);
+        if m.len() >= SPARSE_FLOOR && allocated < m.len() / 2 {
+            return Err(Left::Refused(format!(
+                "{sealed_name} is a sparse file ({allocated} of its {} bytes allocated): \
+                 a sealed file has no holes",
+                m.len()
+            )));
+        }
     }
     let mut holding = Vec::with_capacity(stores.len());
     for store in stores {

@@ -136,6 +136,28 @@ pub(super) struct Extractor {
     pub(super) last_parent: Option<(PathBuf, OwnedFd)>,
 }
 
+/// Why a directory that was in the target before is no place to restore
+/// into: another user owns it (she could read what is written, or swap it),
+/// or others may write it (they could swap what is written for a link).
+/// Checked on the open handle.
+fn not_ours(dir: &OwnedFd) -> Option<String> {
+    let st = rustix::fs::fstat(dir).ok()?;
+    let me = rustix::process::geteuid().as_raw();
+    if st.st_uid != 0 && st.st_uid != me {
+        return Some(format!(
+            "was there before the restore and belongs to uid {}; a restore does not write into another user's directory",
+            st.st_uid
+        ));
+    }
+    if st.st_mode & 0o022 != 0 && st.st_mode & 0o1000 == 0 {
+        return Some(
+            "was there before the restore and others may write it; a restore does not write where others can swap what it wrote"
+                .into(),
+        );
+    }
+    None
+}
+
 pub(super) fn mtime_of(secs: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }
@@ -150,6 +172,12 @@ impl Extractor {
                     source: e.into(),
                 }
             })?;
+        if let Some(problem) = not_ours(&root_fd) {
+            return Err(Error::TargetUnsafe {
+                path: root,
+                problem,
+            });
+        }
         Ok(Extractor {
             root,
             root_fd,
@@ -242,6 +270,15 @@ impl Extractor {
                 Err(e) => return Err(WalkError::target(self.root.join(&at), "inspect", e)),
             }
             dir = match rustix::fs::openat(&dir, name, TRAVERSE, Mode::empty()) {
+                Ok(d) if !self.made(&at) => match not_ours(&d) {
+                    Some(problem) => {
+                        return Err(WalkError::TargetUnsafe {
+                            path: self.root.join(&at),
+                            problem,
+                        })
+                    }
+                    None => d,
+                },
                 Ok(d) => d,
                 // Swapped for a link or a file since it was looked at.
                 Err(Errno::LOOP | Errno::NOTDIR) => {

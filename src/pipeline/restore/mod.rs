@@ -275,6 +275,18 @@ pub fn restore(
             force,
             keep_partial,
         } => {
+            // A link given as the target is followed only when asked for by
+            // its own name: one another user placed could send the restore
+            // anywhere.
+            if let Ok(target) = fs::read_link(&dir) {
+                return Err(Error::TargetUnsafe {
+                    path: dir.clone(),
+                    problem: format!(
+                        "is a symlink (to {}); give the directory it points to as --to",
+                        target.display()
+                    ),
+                });
+            }
             fs::create_dir_all(&dir).map_err(|e| Error::Target {
                 path: dir.clone(),
                 op: "create directory",

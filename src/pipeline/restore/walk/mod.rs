@@ -146,6 +146,10 @@ pub enum WalkError {
         path: PathBuf,
         problem: &'static str,
     },
+    /// A directory in the target that another user owns or may write (exit
+    /// 2): the target is unsafe, the backup is fine.
+    #[error("{}: {problem}", .path.display())]
+    TargetUnsafe { path: PathBuf, problem: String },
     /// Writing to the restore target failed (exit 1): a full disk or missing
     /// permission says nothing about the backup.
     #[error("{}: cannot {op}: {source}", .path.display())]
@@ -173,6 +177,9 @@ impl WalkError {
             },
             WalkError::TargetExists { path, problem } => {
                 crate::Error::TargetExists { path, problem }
+            }
+            WalkError::TargetUnsafe { path, problem } => {
+                crate::Error::TargetUnsafe { path, problem }
             }
             WalkError::Target { path, op, source } => crate::Error::Target { path, op, source },
         }
