@@ -258,8 +258,9 @@ impl Error {
                 "make a signing key pair with `coffer keygen --type signing --out PATH` (or `minisign -G -W`)".into(),
             ),
             Error::Unread { .. } => Some(
-                "everything else is backed up, and nothing was pruned (older backups may hold what this one lacks); \
-                 let coffer's user read the path (e.g. setfacl -m u:coffer:rX PATH) or take it out of the source".into(),
+                "everything else is backed up and retention ran as usual, so older backups that hold these paths age out: \
+                 let coffer's user read the path (e.g. setfacl -m u:coffer:rX PATH), configure the directory a refused link \
+                 points to, or take the path out of the source".into(),
             ),
             Error::Cancelled => Some(
                 "stopped on request: what it had started was stopped and removed; run it again".into(),

@@ -378,7 +378,6 @@ fn ingest_refuses_a_sparse_upload_before_copying_it() {
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     assert!(stderr(&out).contains("sparse file"), "{}", stderr(&out));
     let copied: u64 = fs::read_dir(d.path().join("repo"))
-        .map(|r| r.map(|e| e.unwrap().metadata().unwrap().len()).sum())
-        .unwrap_or(0);
+        .map_or(0, |r| r.map(|e| e.unwrap().metadata().unwrap().len()).sum());
     assert_eq!(copied, 0, "the repository took the hole's length");
 }

@@ -84,7 +84,7 @@ fn signing_pair_beside(out: &std::path::Path) -> anyhow::Result<()> {
     }
     let g = keygen(KeyType::Signing, &path)?;
     eprintln!(
-        "signing key: {} (for the backup host only: signing_key)",
+        "signing key: {} (move it to the backup host: signing_key; keep no copy here)",
         g.private.display()
     );
     eprintln!(

@@ -228,6 +228,9 @@ pub fn out_bytes(bytes: &[u8]) {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // Before any key, credential or SSH identity is read, by coffer or by
+    // a library (libssh2 reads the SFTP key itself).
+    crate::fsutil::no_core_dumps();
     let result = run_command(cli);
     let failed = STDOUT_FAILED.lock().ok().and_then(|mut f| f.take());
     match (result, failed) {

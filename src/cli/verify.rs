@@ -54,10 +54,15 @@ pub fn run(a: &Args, out: &super::Output) -> anyhow::Result<()> {
     };
     if a.restore_test {
         if !a.trust_unsigned && crate::pipeline::job::trusted_verifier(&config)?.is_none() {
+            let fix = if config.job.unsigned {
+                "the job says unsigned = true, so pass --trust-unsigned to drill them anyway"
+            } else {
+                "set signing_public_key, or pass --trust-unsigned to drill them anyway"
+            };
             return Err(Error::Usage(format!(
-                "the drill loads {}'s dumps into scratch database servers, and without signing_public_key \
+                "the drill restores {}'s backups (dumps into scratch database servers, SQLite copies), and \
                  nothing shows that this job's host made them (anyone with the public backup key can make a \
-                 backup): set signing_public_key, or pass --trust-unsigned to drill them anyway",
+                 backup): {fix}",
                 config.job.name
             ))
             .into());

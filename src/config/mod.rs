@@ -306,7 +306,14 @@ impl Config {
         if self.sources.is_empty() {
             p.push("no [[source]]: nothing to back up".into());
         }
-        if self.job.signing_key.is_none() && !self.job.unsigned {
+        if let (None, Some(public)) = (&self.job.signing_key, &self.job.signing_public_key) {
+            p.push(format!(
+                "[job] has signing_public_key ({}) but no signing_key: this configuration checks \
+                 backups (restore, verify, prune) and cannot make them; the backup host's \
+                 configuration sets signing_key",
+                public.display()
+            ));
+        } else if self.job.signing_key.is_none() && !self.job.unsigned {
             p.push(format!(
                 "[job] has no signing_key: backups are signed by default. Make one with \
                  `coffer keygen --type signing -o /etc/coffer/signing.key` and set \

@@ -142,10 +142,10 @@ pub fn ingest(
         // The cap every listing has: an upload account that fills its
         // directory with names cannot make the ingest read them all.
         if i >= crate::store::MAX_LISTED {
-            return Err(Error::Integrity {
-                what: incoming.display().to_string(),
+            return Err(Error::Store {
+                store: incoming.display().to_string(),
                 message: format!(
-                    "holds more than {} names; refusing it (clear out what the upload account left)",
+                    "holds more than {} names; refusing to list it (clear out what the upload account left)",
                     crate::store::MAX_LISTED
                 ),
             });

@@ -147,6 +147,11 @@ fn resolved(p: &Path) -> PathBuf {
         return p.to_path_buf();
     };
     let head: PathBuf = parts[..=last].iter().collect();
+    // A link on the way that someone else could have put there is not
+    // resolved here by name: the walk meets it by handle and refuses it.
+    if let Err(super::safepath::Refused::Untrusted(_)) = super::safepath::open(&head) {
+        return p.to_path_buf();
+    }
     let Ok(mut out) = fs::canonicalize(&head) else {
         return p.to_path_buf();
     };
@@ -277,8 +282,9 @@ fn listed_type(listed: Listed) -> FileType {
 }
 
 /// An error opening or reading a listed name: one that says the name changed
-/// since it was listed is a skip, anything else (a permission denied, an I/O
-/// error) fails the run, as a backup silently missing data would be worse.
+/// since it was listed is a skip; anything else is an error for the caller
+/// (a permission denied is left out and named by [`unread`], an I/O error
+/// fails the run, as a backup silently missing data would be worse).
 fn skipped_or(e: rustix::io::Errno, listed: Listed) -> io::Result<Opened> {
     use rustix::io::Errno;
     let was = describe(listed_type(listed));
@@ -610,6 +616,32 @@ mod tests {
             0,
         )
         .unwrap();
+    }
+
+    #[test]
+    fn dotdot_through_a_link_others_own_is_not_resolved() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIP: a link another user owns needs root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("secret/project")).unwrap();
+        fs::create_dir(d.path().join("home")).unwrap();
+        let link = d.path().join("home/docs");
+        std::os::unix::fs::symlink(d.path().join("secret"), &link).unwrap();
+        let through = link.join("../secret/project");
+        // The operator's own link is resolved as the kernel would…
+        assert_eq!(
+            resolved(&through),
+            d.path().canonicalize().unwrap().join("secret/project")
+        );
+        // …one another user owns is left for the walk, which refuses it.
+        std::os::unix::fs::lchown(&link, Some(65534), None).unwrap();
+        assert_eq!(resolved(&through), through);
+        assert!(matches!(
+            super::super::safepath::open(&through),
+            Err(Refused::Untrusted(_))
+        ));
     }
 
     #[test]

@@ -82,7 +82,10 @@ pub(super) fn open(p: &Path) -> Result<Place, Refused> {
     } else {
         std::env::current_dir().map_err(Refused::Io)?.join(p)
     };
-    let trailing = abs.as_os_str().as_bytes().ends_with(b"/") && abs.as_os_str().len() > 1;
+    // A trailing `/` or `/.` asks for a final link to be followed, as the
+    // kernel does (`Path::components` drops the `.`).
+    let bytes = abs.as_os_str().as_bytes();
+    let trailing = (bytes.ends_with(b"/") || bytes.ends_with(b"/.")) && bytes.len() > 1;
     let mut todo: std::collections::VecDeque<OsString> = parts(&abs).into();
     let mut cur = root()?;
     let mut at = PathBuf::from("/");

@@ -119,7 +119,11 @@ impl Store for LocalStore {
                 if out.len() >= super::MAX_LISTED {
                     return Err(Error::Failed {
                         store: self.name.clone(),
-                        message: format!("{}: {}", self.dir.display(), super::too_many_listed()),
+                        message: format!(
+                            "{} holds more than {} files; refusing to list it (move what is not coffer's elsewhere)",
+                            self.dir.display(),
+                            super::MAX_LISTED
+                        ),
                     });
                 }
                 out.push(Object {

@@ -268,7 +268,9 @@ fn dry_run_plan(job: &Job, name: String) -> Summary {
 /// Only now, and only where the new backup is complete, is anything
 /// deleted. A store whose pruning fails keeps its new backup (and is named
 /// in the run's failure); the others are pruned all the same. A backup that
-/// lacks paths it could not read deletes nothing: older ones may hold them.
+/// lacks paths it could not read prunes as usual: a path that stays
+/// unreadable would otherwise stop retention every night until the store is
+/// full and the databases' backups fail too; the run's exit 1 names it.
 fn prune_where_complete(
     job: &Job,
     stored: &Stored,
@@ -277,9 +279,6 @@ fn prune_where_complete(
 ) -> (Vec<PruneReport>, Vec<String>) {
     let mut pruned = Vec::new();
     let mut failed = Vec::new();
-    if !stored.unread.is_empty() {
-        return (pruned, failed);
-    }
     let complete = &stored.complete;
     let verifier = job.signer.as_ref().and_then(|s| s.verifier().ok());
     let recorder = crate::pipeline::catalog::Recorder {

@@ -318,35 +318,7 @@ pub fn restore(
                 }
             }
         }
-        Target::Tar => {
-            // Each member is written anew once the walk has taken its name,
-            // as `--to` would write it: no name the walk refuses reaches
-            // tar, and no set-user-ID or set-group-ID bit. Nothing after
-            // the archive's end does either.
-            let mut tar = tar::Builder::new(&mut *out);
-            let w = walk(input, identities, |m, data| {
-                let entry = crate::archive::EntryMeta {
-                    path: m.stored,
-                    kind: m.kind,
-                    mode: m.mode & !0o6000,
-                    uid: m.owner.0,
-                    gid: m.owner.1,
-                    mtime: m.mtime,
-                    size: m.size,
-                };
-                crate::archive::put_entry(&mut tar, &entry, data)
-                    .map_err(|e| WalkError::target("<stdout>", "write", e))
-            })
-            .map_err(|e| e.into_error(what))?;
-            tar.finish()
-                .map_err(|e| Error::io("<stdout>", "write", e))?;
-            drop(tar);
-            flush(out)?;
-            if let Some(x) = expect {
-                x.check_archive(&w).map_err(mismatch)?;
-            }
-            Ok(None)
-        }
+        Target::Tar => to_tar(input, what, identities, out, expect),
         Target::Member { name } => {
             let mut found = false;
             // What to offer if the name is not there: the dumps, not every
@@ -396,4 +368,41 @@ fn flush(out: &mut dyn Write) -> Result<()> {
         op: "write",
         source: e,
     })
+}
+
+/// The whole archive, as tar, on `out`. Each member is written anew once
+/// the walk has taken its name, as `--to` would check it: no name the walk
+/// refuses reaches tar, and no set-user-ID or set-group-ID bit. Nothing
+/// after the archive's end does either.
+fn to_tar(
+    input: Box<dyn Read + Send>,
+    what: &str,
+    identities: &[Identity],
+    out: &mut dyn Write,
+    expect: Option<&Expect>,
+) -> Result<Option<Walked>> {
+    let mismatch = |message: String| integrity(what, message);
+    let mut tar = tar::Builder::new(&mut *out);
+    let w = walk(input, identities, |m, data| {
+        let entry = crate::archive::EntryMeta {
+            path: m.stored,
+            kind: m.kind,
+            mode: m.mode & !0o6000,
+            uid: m.owner.0,
+            gid: m.owner.1,
+            mtime: m.mtime,
+            size: m.size,
+        };
+        crate::archive::put_entry(&mut tar, &entry, data)
+            .map_err(|e| WalkError::target("<stdout>", "write", e))
+    })
+    .map_err(|e| e.into_error(what))?;
+    tar.finish()
+        .map_err(|e| Error::io("<stdout>", "write", e))?;
+    drop(tar);
+    flush(out)?;
+    if let Some(x) = expect {
+        x.check_archive(&w).map_err(mismatch)?;
+    }
+    Ok(None)
 }
