@@ -136,6 +136,20 @@ pub(super) fn subdir(
     Ok(p)
 }
 
+/// The scratch server's buffer pool: an eighth of the machine's memory,
+/// between 64 MiB and 2 GiB (a drill shares the machine with its server).
+fn buffer_pool_mib() -> u64 {
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    (total_kib / 1024 / 8).clamp(64, 2048)
+}
+
 /// The last line of a log the server wrote in its own directory, read as
 /// any file its user could have replaced: not through a link, regular
 /// only, at most 1 MiB.
@@ -237,8 +251,12 @@ impl ScratchMariaDb {
             // stay in the data directory.
             "--skip-symbolic-links",
             "--skip-log-bin",
-            "--innodb-buffer-pool-size=64M",
+            // A drill needs no durability: no doublewrite buffer, no log
+            // flush per commit, and a buffer pool that holds the load.
+            &format!("--innodb-buffer-pool-size={}M", buffer_pool_mib()),
             "--innodb-flush-log-at-trx-commit=0",
+            "--skip-innodb-doublewrite",
+            "--innodb-log-file-size=256M",
         ]);
         as_user(&mut server);
         let child = server

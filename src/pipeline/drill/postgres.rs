@@ -138,6 +138,19 @@ impl ScratchPostgres {
             "max_connections=10",
             "-c",
             "jit=off",
+            // A drill needs no durability and no replica: no WAL beyond
+            // what recovery of this very server would need, no checkpoint
+            // in the middle of a load, room to build indexes.
+            "-c",
+            "wal_level=minimal",
+            "-c",
+            "max_wal_senders=0",
+            "-c",
+            "max_wal_size=4GB",
+            "-c",
+            "checkpoint_timeout=1h",
+            "-c",
+            "maintenance_work_mem=256MB",
         ]);
         as_user(&mut server, who.as_ref());
         let child = server
