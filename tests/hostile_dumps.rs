@@ -135,12 +135,14 @@ fn options_file(maria: &MariaDb, dir: &Path, user: &str, password: &str, extra: 
 /// A database with a trigger and a procedure (so that the dump needs
 /// DELIMITER), backed up; returns the configuration and the sealed file.
 fn backed_up(e: &Env, maria: &MariaDb) -> (PathBuf, PathBuf) {
-    // The restore account: everything on the databases it restores into and
-    // nothing on the server as a whole, as a careful operator sets it up.
+    // The restore account: everything on the databases it restores into,
+    // and the right to make the account an unsigned dump is loaded through,
+    // as a careful operator sets it up.
     maria.sql(
         "CREATE USER 'restorer'@'127.0.0.1' IDENTIFIED BY 'restorer-pw'; \
          GRANT ALL ON `shop`.* TO 'restorer'@'127.0.0.1'; \
-         GRANT ALL ON `hostile\\_%`.* TO 'restorer'@'127.0.0.1';",
+         GRANT ALL ON `hostile\\_%`.* TO 'restorer'@'127.0.0.1' WITH GRANT OPTION; \
+         GRANT CREATE USER ON *.* TO 'restorer'@'127.0.0.1';",
     );
     maria.sql(
         "CREATE DATABASE shop; USE shop; \
@@ -423,7 +425,8 @@ fn restore_into_db_of_a_forged_dump_runs_no_command_and_touches_no_file() {
     let roled = options_file(&maria, e.p(), "roled", "roled-pw", "");
     let roled_cfg = e.config("roled.toml", &roled);
 
-    // The real dump loads, trigger and procedure included.
+    // The real dump loads, trigger and procedure included; they run as the
+    // account the load made (kept, locked), not as the dump named them.
     let out = e.run(&[
         "restore",
         "-c",
@@ -438,9 +441,31 @@ fn restore_into_db_of_a_forged_dump_runs_no_command_and_touches_no_file() {
     ]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(maria.sql("SELECT COUNT(*) FROM hostile_ok.t").trim(), "300");
+    let definers = maria.sql(
+        "SELECT DEFINER FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = 'hostile_ok' \
+         UNION ALL SELECT DEFINER FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = 'hostile_ok'",
+    );
+    let definers: Vec<&str> = definers.lines().collect();
+    assert_eq!(definers.len(), 2, "{definers:?}");
+    assert!(
+        definers
+            .iter()
+            .all(|d| d.starts_with("coffer_load_") && *d == definers[0]),
+        "{definers:?}"
+    );
+    assert!(
+        text(&out).contains("run as 'coffer_load_") && text(&out).contains("locked"),
+        "{}",
+        text(&out)
+    );
+    let (user, host) = definers[0].split_once('@').unwrap();
+    let shown = maria.sql(&format!("SHOW CREATE USER '{user}'@'{host}'"));
+    assert!(shown.contains("ACCOUNT LOCK"), "{shown}");
+    // The trigger still fires, as the locked account.
+    maria.sql("INSERT INTO hostile_ok.t VALUES (1000, 'x')");
     assert_eq!(
         maria
-            .sql("SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = 'hostile_ok'")
+            .sql("SELECT COUNT(*) FROM hostile_ok.audit WHERE n = 1000")
             .trim(),
         "1"
     );
@@ -472,36 +497,46 @@ fn restore_into_db_of_a_forged_dump_runs_no_command_and_touches_no_file() {
             ])
         };
 
-        // Through an account that cannot reach the server's files: the
-        // client refuses its own commands and LOCAL files, the server the rest.
-        let db = format!("hostile_{i}");
-        let out = restore(&scoped_cfg, &db);
-        if out.status.success() {
-            failures.push(format!("{what}: loaded"));
-        } else if !text(&out).contains("loading failed") {
-            failures.push(format!("{what}: the load did not fail:\n{}", text(&out)));
-        }
-        if exists(&db) {
-            failures.push(format!("{what}: the half-loaded {db} was left behind"));
-        }
-        e.take_pwned(what, &mut failures);
-
-        // Through an account that can (FILE privilege, no secure_file_priv on
-        // this server): coffer does not hand it a dump at all.
-        for (account, cfg) in [("admin", &admin_cfg), ("roled", &roled_cfg)] {
+        // Whether the configured account is scoped or holds every
+        // privilege on the server (FILE with no secure_file_priv, SUPER,
+        // the grant tables), the dump runs as the load account: the client
+        // refuses its own commands and LOCAL files, the server the rest.
+        for (account, cfg) in [("scoped", &scoped_cfg), ("admin", &admin_cfg)] {
             let db = format!("hostile_{account}_{i}");
             let out = restore(cfg, &db);
-            if code(&out) != 2 || !text(&out).contains("FILE privilege") {
+            if out.status.success() {
+                failures.push(format!("{what} ({account}): loaded"));
+            } else if !text(&out).contains("loading failed") {
                 failures.push(format!(
-                    "{what}: loaded through {account}, who has the FILE privilege:\n{}",
+                    "{what} ({account}): the load did not fail:\n{}",
                     text(&out)
                 ));
             }
             if exists(&db) {
-                failures.push(format!("{what}: {db} was created"));
+                failures.push(format!("{what}: the half-loaded {db} was left behind"));
             }
             e.take_pwned(&format!("{what} ({account})"), &mut failures);
         }
+
+        // An account that cannot make a load account (its FILE comes
+        // through a role the dump could switch on): nothing is loaded.
+        let db = format!("hostile_roled_{i}");
+        let out = restore(&roled_cfg, &db);
+        if code(&out) != 2 || !text(&out).contains("cannot create one") {
+            failures.push(format!(
+                "{what}: through an account that cannot create the load account:\n{}",
+                text(&out)
+            ));
+        }
+        if exists(&db) {
+            failures.push(format!("{what}: {db} was created"));
+        }
+        e.take_pwned(&format!("{what} (roled)"), &mut failures);
+    }
+    // Every load account is gone but the one the real dump's objects run as.
+    let left = maria.sql("SELECT COUNT(*) FROM mysql.user WHERE User LIKE 'coffer\\_load\\_%'");
+    if left.trim() != "1" {
+        failures.push(format!("{} load accounts left, not 1", left.trim()));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -672,9 +707,10 @@ fn the_scratch_server_needs_a_directory_its_user_can_reach() {
 }
 
 #[test]
-fn a_backup_whose_signature_was_checked_may_load_through_a_privileged_account() {
-    // FILE and SUPER are refused for a dump that anyone with the public key
-    // could have written; one the backup host signed is its own dump.
+fn a_signed_dump_loads_as_the_configured_account_and_an_unsigned_one_as_a_load_account() {
+    // A dump anyone with the public key could have written runs as an
+    // account made for its load; one the backup host signed is its own
+    // dump, and keeps the definers it names.
     let e = Env::new();
     let maria = MariaDb::start();
     let (cfg, _) = backed_up(&e, &maria);
@@ -732,9 +768,28 @@ fn a_backup_whose_signature_was_checked_may_load_through_a_privileged_account() 
         args.extend_from_slice(extra);
         e.run(&args)
     };
+    let definers = |db: &str| {
+        maria.sql(&format!(
+            "SELECT DEFINER FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = '{db}' \
+             UNION SELECT DEFINER FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = '{db}'"
+        ))
+    };
+    let accounts = || {
+        maria
+            .sql("SELECT COUNT(*) FROM mysql.user WHERE User LIKE 'coffer\\_load\\_%'")
+            .trim()
+            .to_owned()
+    };
     let out = restore(&[], "hostile_unsigned");
-    assert_eq!(code(&out), 2, "{}", text(&out));
-    assert!(text(&out).contains("FILE privilege"), "{}", text(&out));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        definers("hostile_unsigned")
+            .trim()
+            .starts_with("coffer_load_"),
+        "{}",
+        definers("hostile_unsigned")
+    );
+    assert_eq!(accounts(), "1");
     let pubkey = format!("{}.pub", sign.display());
     let out = restore(&["--signing-key", &pubkey], "hostile_signed");
     assert!(out.status.success(), "{}", text(&out));
@@ -742,6 +797,51 @@ fn a_backup_whose_signature_was_checked_may_load_through_a_privileged_account() 
         maria.sql("SELECT COUNT(*) FROM hostile_signed.t").trim(),
         "300"
     );
+    assert_eq!(definers("hostile_signed").trim(), "restorer@127.0.0.1");
+    assert_eq!(accounts(), "1", "a signed load made an account");
+}
+
+#[test]
+fn an_unsigned_dump_with_no_definers_leaves_no_load_account() {
+    let e = Env::new();
+    let maria = MariaDb::start();
+    let (_, sealed) = backed_up(&e, &maria);
+    let forged = e.p().join("plain.coffer");
+    fs::write(
+        &forged,
+        forge(
+            &e,
+            &sealed,
+            &dump_with("shop", "INSERT INTO t VALUES ('x');"),
+        ),
+    )
+    .unwrap();
+    let scoped = options_file(&maria, e.p(), "restorer", "restorer-pw", "");
+    let scoped_cfg = e.config("scoped.toml", &scoped);
+    let out = e.run(&[
+        "restore",
+        "-c",
+        scoped_cfg.to_str().unwrap(),
+        "-i",
+        e.key(),
+        forged.to_str().unwrap(),
+        "--into-db",
+        "main",
+        "--database",
+        "hostile_plain",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        maria.sql("SELECT COUNT(*) FROM hostile_plain.t").trim(),
+        "2"
+    );
+    assert_eq!(
+        maria
+            .sql("SELECT COUNT(*) FROM mysql.user WHERE User LIKE 'coffer\\_load\\_%'")
+            .trim(),
+        "0"
+    );
+    assert!(!text(&out).contains("coffer_load_"), "{}", text(&out));
 }
 
 /// Waits for `child` at most `limit`; kills it and fails the test if it is

@@ -811,9 +811,8 @@ fn restore_into_db_loads_mariadb_and_postgres_and_refuses_non_empty_targets() {
     pg.sql("postgres", "CREATE DATABASE app");
     pg.sql("app", "CREATE TABLE o (id int PRIMARY KEY, v text); INSERT INTO o SELECT g, 'v' || g FROM generate_series(1, 2000) g;");
     // The backup reads with this user; the restore loads with it, so it may
-    // create and fill the database it restores into. No FILE or SUPER:
-    // coffer refuses to load a dump through an account that could reach the
-    // server's files.
+    // create and fill the database it restores into (the backups are signed,
+    // so the dump runs as this account).
     maria.sql("CREATE USER 'loader'@'127.0.0.1' IDENTIFIED BY 'loader-pw'; \
                GRANT SELECT, SHOW VIEW, TRIGGER, LOCK TABLES, EVENT, PROCESS, RELOAD ON *.* TO 'loader'@'127.0.0.1'; \
                GRANT SELECT ON mysql.proc TO 'loader'@'127.0.0.1'; \

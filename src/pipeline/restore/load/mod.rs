@@ -5,6 +5,7 @@
 //! The target must be empty (or absent) unless `--force`; a target coffer
 //! created is dropped again if the load fails.
 
+mod account;
 mod postgres;
 mod prelude;
 mod retarget;
@@ -125,75 +126,6 @@ pub fn warning(config: &Config, source: &str) -> Option<String> {
     }
 }
 
-/// Global privileges that reach past the database being loaded, and so past
-/// what a dump from a backup may touch: FILE reads and writes the server's
-/// files (unless `secure_file_priv` confines it), SUPER can point the
-/// server's logs at any path.
-fn file_privileges(options_file: Option<&PathBuf>) -> Result<Vec<&'static str>> {
-    let ask = |sql: &str| -> Result<String> {
-        let mut c = mysql_client(options_file)?;
-        c.args(["-N", "-B", "-e", sql]);
-        query(c)
-    };
-    // Unset or empty leaves FILE unconfined on MariaDB. (MySQL's NULL turns
-    // FILE off instead; taking it as unset errs on the side of refusing.)
-    let confined = !ask("SELECT IFNULL(@@secure_file_priv, '')")?.is_empty();
-    let mut held = Vec::new();
-    // Roles granted to the account can be switched on by the dump itself
-    // (SET ROLE), so theirs count too; an account may not always look at a
-    // role's grants, but it may always switch it on and look at its own.
-    let mut pending = vec![None];
-    let mut seen = std::collections::BTreeSet::new();
-    while let Some(role) = pending.pop() {
-        if !seen.insert(role.clone()) {
-            continue;
-        }
-        if seen.len() > 64 {
-            return Err(Error::Usage(
-                "the loading account has more than 64 roles to check; load through a plainer one"
-                    .into(),
-            ));
-        }
-        let grants = match &role {
-            None => ask("SHOW GRANTS")?,
-            Some(r) => ask(&format!("SET ROLE {r}; SHOW GRANTS")).map_err(|e| {
-                Error::Usage(format!(
-                    "cannot tell what role {r} may do on the database server, so the load \
-                     is refused: {}",
-                    crate::cli_chain(&e)
-                ))
-            })?,
-        };
-        for line in grants.lines() {
-            let Some(rest) = line.strip_prefix("GRANT ") else {
-                continue;
-            };
-            match rest.split_once(" ON ") {
-                Some((privs, target)) if target.starts_with("*.* ") => {
-                    for p in privs.split(", ") {
-                        let p = p.trim();
-                        if (p == "FILE" || p == "ALL PRIVILEGES") && !confined {
-                            held.push("the FILE privilege");
-                        }
-                        if p == "SUPER" || p == "ALL PRIVILEGES" {
-                            held.push("SUPER");
-                        }
-                    }
-                }
-                Some(_) => {}
-                None => {
-                    if let Some((granted, _)) = rest.split_once(" TO ") {
-                        pending.push(Some(granted.to_owned()));
-                    }
-                }
-            }
-        }
-    }
-    held.sort_unstable();
-    held.dedup();
-    Ok(held)
-}
-
 /// Runs a query and returns its trimmed output.
 fn query(mut c: Command) -> Result<String> {
     let out = c
@@ -280,11 +212,11 @@ pub fn into_db(
             original,
         } => into_mysql(
             source,
-            database,
+            (database, original.as_ref()),
             force,
             walk_in,
             options_file.as_ref(),
-            original.as_ref(),
+            &mut warnings,
         ),
         Engine::Postgres {
             passfile,
@@ -324,17 +256,18 @@ pub struct Walk<'a> {
     pub what: &'a str,
     pub identities: &'a [Identity],
     /// The backup host's signature was checked: the dump is its, not a
-    /// forger's, and may run with the account's full rights.
+    /// forger's, and may run with the configured account's rights (an
+    /// unsigned MariaDB/MySQL dump runs as a load account instead).
     pub authenticated: bool,
 }
 
 fn into_mysql(
     source: &str,
-    database: Option<&str>,
+    (database, original): (Option<&str>, Option<&String>),
     force: bool,
     w: Walk<'_>,
     options_file: Option<&PathBuf>,
-    original: Option<&String>,
+    warnings: &mut Vec<String>,
 ) -> Result<Walked> {
     let Walk {
         input,
@@ -354,22 +287,6 @@ fn into_mysql(
         }
     };
     check_name(&target)?;
-    let held = if authenticated {
-        Vec::new()
-    } else {
-        file_privileges(options_file)?
-    };
-    if !held.is_empty() {
-        return Err(Error::Usage(format!(
-            "source {source:?} loads through an account with {} on the whole database server, \
-             and the dump would run with it: a forged backup could read or write the server's files. \
-             Load through an account whose privileges cover only {target} \
-             (GRANT ALL ON `{target}`.* TO …), restore a signed backup with its signing \
-             public key (signing_public_key or --signing-key), or load a backup you trust yourself: \
-             coffer restore … --stdout --member mysql/{source}.sql | mariadb --binary-mode",
-            held.join(" and ")
-        )));
-    }
     let count = |sql: String| -> Result<u64> {
         let mut probe = mysql_client(options_file)?;
         probe.args(["-N", "-B", "-e"]).arg(sql);
@@ -386,6 +303,13 @@ fn into_mysql(
             "database {target} is not empty ({tables} tables); use --force to load into it anyway"
         )));
     }
+    // A dump nothing vouches for runs as an account made for it (see
+    // [`account`]); the backup host's own, as the configured account.
+    let account = if authenticated {
+        None
+    } else {
+        Some(account::LoadAccount::create(options_file, source, &target)?)
+    };
     let mut create = mysql_client(options_file)?;
     create
         .arg("-e")
@@ -394,17 +318,28 @@ fn into_mysql(
     // Every failure from here on, a signal before the client starts
     // included, drops the database this load created.
     let outcome = (|| {
-        let mut client = mysql_client(options_file)?;
+        let (mut client, pipe) = match &account {
+            Some(a) => {
+                let (c, pipe) = a.client()?;
+                (c, Some(pipe))
+            }
+            None => (mysql_client(options_file)?, None),
+        };
         client
             .args(mysql_program()?.dump_loader_args())
             .arg(&target);
         let mut loader = Loader::start(client)?;
+        drop(pipe);
         let member = format!("mysql/{source}.sql");
         let mut found = false;
         let result = walk(input, identities, |m, data| {
             if m.name == member {
                 found = true;
-                loader.feed(&mut Retarget::new(data), &target)?;
+                let mut dump = Retarget::new(data);
+                if account.is_some() {
+                    dump = dump.owning_definers();
+                }
+                loader.feed(&mut dump, &target)?;
             }
             Ok(())
         });
@@ -416,6 +351,9 @@ fn into_mysql(
             .arg("-e")
             .arg(format!("DROP DATABASE IF EXISTS `{target}`"));
         let _ = query(drop_db);
+    }
+    if let (Ok(_), Some(a)) = (&outcome, account) {
+        a.finish(warnings);
     }
     outcome
 }

@@ -21,6 +21,29 @@ const COLUMN: &[u8] = b"  `";
 /// The longest column line whose sequence default is rewritten; a longer
 /// one (a vast ENUM) passes as it is.
 const COLUMN_MAX: usize = 64 << 10;
+/// How a dump's `DEFINER=` clauses start (mariadb-dump and mysqldump
+/// alike): a routine, a view, a trigger, an event.
+const DEFINERS: [&[u8]; 4] = [
+    b"CREATE DEFINER=",
+    b"/*!50013 DEFINER=",
+    b"/*!50003 CREATE*/ /*!50017 DEFINER=",
+    b"/*!50106 CREATE*/ /*!50117 DEFINER=",
+];
+/// How much of a line is read to find its definer: the clause with the
+/// longest user and host names servers allow, quoted, fits.
+const DEFINER_MAX: usize = 2048;
+
+/// The line with its `DEFINER=`user`@`host`` made `DEFINER=CURRENT_USER`,
+/// where a dump puts that clause; `None` when it has none there. (A
+/// clause anywhere else is left to the server, which refuses a definer
+/// other than the loading account itself.)
+pub(super) fn own_definer(line: &[u8]) -> Option<Vec<u8>> {
+    let prefix = DEFINERS.iter().find(|p| line.starts_with(p))?;
+    let rest = &line[prefix.len()..];
+    let host = rest.get(quoted_end(rest)? + 1..)?.strip_prefix(b"@")?;
+    let tail = &host[quoted_end(host)? + 1..];
+    Some([&line[..prefix.len()], b"CURRENT_USER", tail].concat())
+}
 
 /// The database a `CREATE DATABASE` line names, as quoted (backticks
 /// doubled, without the outer ones).
@@ -121,6 +144,8 @@ pub(super) struct Retarget<R> {
     database: Option<Vec<u8>>,
     /// Between a `CREATE TABLE` line and the `)` line that ends it.
     in_table: bool,
+    /// The dump's `DEFINER=` clauses become `CURRENT_USER` ([`own_definer`]).
+    own_definers: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -144,7 +169,14 @@ impl<R: Read> Retarget<R> {
             line: Line::Start,
             database: None,
             in_table: false,
+            own_definers: false,
         }
+    }
+
+    /// Makes the objects the dump creates run as the loading account.
+    pub(super) fn owning_definers(mut self) -> Self {
+        self.own_definers = true;
+        self
     }
 
     /// Reads the head of the next line: [`HEAD`] bytes, or less up to its
@@ -204,6 +236,16 @@ impl<R: Read> Retarget<R> {
         Ok(Line::Head)
     }
 
+    /// A line that may hold a definer clause: its start (up to
+    /// [`DEFINER_MAX`]) read, the clause made `CURRENT_USER`, then sent.
+    fn definer(&mut self, ended: bool) -> io::Result<Line> {
+        self.read_line(ended, DEFINER_MAX)?;
+        if let Some(owned) = own_definer(&self.head) {
+            self.head = owned;
+        }
+        Ok(Line::Head)
+    }
+
     /// Reads the rest of the current line into `head`, up to `max` bytes
     /// in all: whether its newline was reached.
     fn read_line(&mut self, mut ended: bool, max: usize) -> io::Result<bool> {
@@ -237,6 +279,12 @@ impl<R: Read> Read for Retarget<R> {
                     let ended = self.head.last() == Some(&b'\n');
                     if self.head.starts_with(RETARGETED[0]) {
                         self.line = self.create_database(ended)?;
+                        continue;
+                    }
+                    if self.own_definers
+                        && (self.head.starts_with(b"/*!50") || self.head.starts_with(DEFINERS[0]))
+                    {
+                        self.line = self.definer(ended)?;
                         continue;
                     }
                     if self.head.starts_with(b"CREATE TABLE ") {
@@ -375,6 +423,26 @@ mod tests {
     }
 
     /// The database's own character set and collation go to the target.
+    #[test]
+    fn definers_become_the_loading_account_where_a_dump_writes_them() {
+        let dump: &[u8] = b"/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 TRIGGER tr BEFORE INSERT ON t FOR EACH ROW SET NEW.x = 1 */;;\n\
+/*!50106 CREATE*/ /*!50117 DEFINER=`a``b`@`%`*/ /*!50106 EVENT `ev` ON SCHEDULE EVERY 1 DAY DO SELECT 1 */ ;;\n\
+CREATE DEFINER=`root`@`localhost` PROCEDURE `p`()\n\
+/*!50013 DEFINER=`root`@`localhost` SQL SECURITY DEFINER */\n\
+/*!50001 VIEW `v` AS select 'DEFINER=`root`@`localhost`' AS `x` */;\n\
+INSERT INTO t VALUES ('CREATE DEFINER=`root`@`localhost`');\n";
+        let out = drain(Retarget::new(dump).owning_definers(), 7);
+        let want: &[u8] = b"/*!50003 CREATE*/ /*!50017 DEFINER=CURRENT_USER*/ /*!50003 TRIGGER tr BEFORE INSERT ON t FOR EACH ROW SET NEW.x = 1 */;;\n\
+/*!50106 CREATE*/ /*!50117 DEFINER=CURRENT_USER*/ /*!50106 EVENT `ev` ON SCHEDULE EVERY 1 DAY DO SELECT 1 */ ;;\n\
+CREATE DEFINER=CURRENT_USER PROCEDURE `p`()\n\
+/*!50013 DEFINER=CURRENT_USER SQL SECURITY DEFINER */\n\
+/*!50001 VIEW `v` AS select 'DEFINER=`root`@`localhost`' AS `x` */;\n\
+INSERT INTO t VALUES ('CREATE DEFINER=`root`@`localhost`');\n";
+        assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(want));
+        // Without the flag (a signed dump) the definers stay.
+        assert_eq!(drain(Retarget::new(dump), 7), dump);
+    }
+
     #[test]
     fn create_database_becomes_alter_database_of_the_target() {
         let dump = b"CREATE DATABASE /*!32312 IF NOT EXISTS*/ `sh``op` /*!40100 DEFAULT CHARACTER SET latin1 COLLATE latin1_swedish_ci */;\n\nUSE `sh``op`;\nCREATE TABLE t (x INT);\n";
