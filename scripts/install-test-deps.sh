@@ -10,7 +10,7 @@ packages=(
   ca-certificates build-essential pkg-config libssl-dev
   openssl age zstd time bsdutils procps strace util-linux curl
   python3 python3-cryptography python3-prometheus-client
-  openssh-client openssh-server dropbear-bin rclone
+  openssh-client openssh-server dropbear-bin rclone proftpd-core proftpd-mod-crypto
   mariadb-server mariadb-client
   postgresql postgresql-client
   sqlite3 minisign

@@ -583,6 +583,15 @@ fn dropbear_with_its_default_window_serves_every_command() {
     assert!(!said.contains("warning"), "{said}");
 }
 
+/// ProFTPD's mod_sftp, chrooted to the store's directory.
+#[test]
+fn proftpd_mod_sftp_serves_every_command() {
+    let server = SftpServer::proftpd();
+    let held = server.data_dir();
+    let said = every_command(&server.store_config(""), &|| files(&held));
+    assert!(!said.contains("warning"), "{said}");
+}
+
 /// `rclone serve sftp`: no fsync@openssh.com (the run says once that the
 /// server's durability is weaker, and stores the backup), and a rename that
 /// would replace an existing file (coffer looks first).

@@ -756,6 +756,77 @@ impl SftpServer {
         SftpServer::serve("dropbear", cmd, prepared, "root", path)
     }
 
+    /// ProFTPD's mod_sftp as Debian ships it (proftpd-core and
+    /// proftpd-mod-crypto), standalone on loopback, key-only, with a
+    /// virtual user (`AuthUserFile`) chrooted to the directory
+    /// (`DefaultRoot ~`), so the store's `path` is `/`. Its authorized key
+    /// is in RFC 4716 form, as mod_sftp reads it.
+    pub fn proftpd() -> Self {
+        let server = need("proftpd");
+        need("unshare");
+        let prepared = SftpServer::prepare(|d| {
+            run_ok(
+                Command::new("ssh-keygen")
+                    .args(["-q", "-t", "rsa", "-b", "3072", "-m", "PEM", "-N", "", "-f"])
+                    .arg(d.join("host_rsa")),
+                "ssh-keygen host",
+            );
+            fs::read_to_string(d.join("host_rsa.pub")).unwrap()
+        });
+        let d = prepared.0.path().to_owned();
+        let rfc4716 = run_ok(
+            Command::new("ssh-keygen")
+                .args(["-e", "-f"])
+                .arg(d.join("client_ed25519.pub")),
+            "ssh-keygen -e",
+        );
+        fs::write(d.join("authorized_keys"), rfc4716).unwrap();
+        let private = |name: &str, text: String| {
+            fs::write(d.join(name), text).unwrap();
+            fs::set_permissions(d.join(name), fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        private(
+            "passwd",
+            format!(
+                "coffer:x:0:0:coffer:{}:/bin/sh\n",
+                d.join("backups").display()
+            ),
+        );
+        private("group", "coffer:x:0:\n".into());
+        let p = |name: &str| d.join(name).display().to_string();
+        private(
+            "proftpd.conf",
+            format!(
+                "ServerName \"coffer test\"\nServerType standalone\nDefaultServer on\n\
+                 Port {port}\nDefaultAddress 127.0.0.1\nSocketBindTight on\nUseIPv6 off\n\
+                 UseReverseDNS off\nUser root\nGroup root\nPidFile {pid}\n\
+                 ScoreboardFile {scoreboard}\nDelayTable none\nWtmpLog off\nTransferLog none\n\
+                 SystemLog {log}\nModulePath /usr/lib/proftpd\nLoadModule mod_sftp.c\n\
+                 SFTPEngine on\nSFTPLog {sftplog}\nSFTPHostKey {host}\n\
+                 SFTPAuthMethods publickey\nSFTPAuthorizedUserKeys file:{keys}\n\
+                 AuthOrder mod_auth_file.c\nAuthUserFile {passwd}\nAuthGroupFile {group}\n\
+                 RequireValidShell off\nRootLogin on\nDefaultRoot ~\nUmask 077\n",
+                port = prepared.1,
+                pid = p("proftpd.pid"),
+                scoreboard = p("proftpd.scoreboard"),
+                log = p("proftpd.log"),
+                sftplog = p("sftp.log"),
+                host = p("host_rsa"),
+                keys = p("authorized_keys"),
+                passwd = p("passwd"),
+                group = p("group"),
+            ),
+        );
+        let mut cmd = Command::new("unshare");
+        if !is_root() {
+            cmd.arg("--map-root-user");
+        }
+        cmd.arg(server)
+            .args(["-n", "-q", "-c"])
+            .arg(d.join("proftpd.conf"));
+        SftpServer::serve("proftpd", cmd, prepared, "coffer", "/".into())
+    }
+
     /// `rclone serve sftp` of the directory, key-only, with its own host
     /// key and an empty rclone configuration; it shows the directory as `/`.
     pub fn rclone() -> Self {
