@@ -806,10 +806,19 @@ fn verify_catches_damage_keyless_and_keyed() {
 fn restore_into_db_loads_mariadb_and_postgres_and_refuses_non_empty_targets() {
     let e = Env::new();
     let maria = MariaDb::start();
-    maria.sql("CREATE DATABASE production; USE production; CREATE TABLE t (id INT PRIMARY KEY, v TEXT); INSERT INTO t SELECT seq, CONCAT('v', seq) FROM seq_1_to_5000;");
+    // Both dumps are longer than a part of the archive (8 MiB), so they
+    // load from several; the MariaDB table after the long one draws from a
+    // sequence of the dump's own database, written after the first part.
+    maria.sql(
+        "CREATE DATABASE production; USE production; CREATE SEQUENCE s; \
+               CREATE TABLE t (id INT PRIMARY KEY, v TEXT); \
+               INSERT INTO t SELECT seq, CONCAT(seq, REPEAT(MD5(seq), 60)) FROM seq_1_to_5000; \
+               CREATE TABLE u (id BIGINT NOT NULL DEFAULT nextval(`production`.`s`), v INT); \
+               INSERT INTO u (v) VALUES (1), (2);",
+    );
     let pg = Postgres::start();
     pg.sql("postgres", "CREATE DATABASE app");
-    pg.sql("app", "CREATE TABLE o (id int PRIMARY KEY, v text); INSERT INTO o SELECT g, 'v' || g FROM generate_series(1, 2000) g;");
+    pg.sql("app", "CREATE TABLE o (id int PRIMARY KEY, v text); INSERT INTO o SELECT g, g || repeat(md5(g::text), 60) FROM generate_series(1, 5000) g;");
     // The backup reads with this user; the restore loads with it, so it may
     // create and fill the database it restores into (the backups are signed,
     // so the dump runs as this account).
@@ -858,6 +867,8 @@ fn restore_into_db_loads_mariadb_and_postgres_and_refuses_non_empty_targets() {
 
     let out = into_db(c, e.key(), "main", "restored");
     assert!(out.status.success(), "{}", stderr(&out));
+    let u = maria.sql("SHOW CREATE TABLE restored.u");
+    assert!(!u.contains("production"), "{u}");
     assert_eq!(
         maria
             .sql("CHECKSUM TABLE restored.t EXTENDED")

@@ -332,17 +332,34 @@ fn into_mysql(
         drop(pipe);
         let member = format!("mysql/{source}.sql");
         let mut found = false;
-        let result = walk(input, identities, |m, data| {
-            if m.name == member {
-                found = true;
-                let mut dump = Retarget::new(data);
-                if account.is_some() {
+        // A dump longer than a part comes in several, and a line may run
+        // from one into the next: one rewrite reads them all, in order, on
+        // a thread of its own, as the walk hands them over.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let own_definers = account.is_some();
+        let (result, fed) = std::thread::scope(|s| {
+            let feeder = s.spawn(|| {
+                let mut dump = Retarget::new(Parts::new(rx));
+                if own_definers {
                     dump = dump.owning_definers();
                 }
-                loader.feed(&mut dump, &target)?;
-            }
-            Ok(())
+                loader.feed(&mut dump, &target)
+            });
+            let result = walk(input, identities, |m, data| {
+                if m.name == member {
+                    found = true;
+                    hand_over(data, &tx)?;
+                }
+                Ok(())
+            });
+            drop(tx);
+            let fed = feeder
+                .join()
+                .unwrap_or_else(|_| Err(WalkError::Io("the loading thread failed".into())));
+            (result, fed)
         });
+        // The client's own words, when it stopped the load.
+        let result = fed.and(result);
         finish_load(result.map(|w| (w, found)), Some(loader), what, &member)
     })();
     if outcome.is_err() && !existed {
@@ -356,6 +373,61 @@ fn into_mysql(
         a.finish(warnings);
     }
     outcome
+}
+
+/// A member's data, handed to the thread that loads it in pieces; an
+/// error when that thread has stopped (its own error says why).
+fn hand_over(
+    data: &mut dyn Read,
+    to: &std::sync::mpsc::SyncSender<Vec<u8>>,
+) -> std::result::Result<(), WalkError> {
+    loop {
+        let mut piece = vec![0u8; 1 << 20];
+        let n = match data.read(&mut piece) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(WalkError::Io(e.to_string())),
+        };
+        piece.truncate(n);
+        to.send(piece)
+            .map_err(|_| WalkError::Io("the database client is gone".into()))?;
+    }
+}
+
+/// The pieces [`hand_over`] sends, read as one stream.
+struct Parts {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    piece: Vec<u8>,
+    at: usize,
+}
+
+impl Parts {
+    fn new(rx: std::sync::mpsc::Receiver<Vec<u8>>) -> Self {
+        Parts {
+            rx,
+            piece: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl Read for Parts {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.piece.len() {
+            match self.rx.recv() {
+                Ok(piece) => {
+                    self.piece = piece;
+                    self.at = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.piece.len() - self.at);
+        out[..n].copy_from_slice(&self.piece[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 fn finish_load(

@@ -133,10 +133,15 @@ pub(super) fn into_postgres(
     // included, drops the database this load created.
     let mut statements = Vec::new();
     let member = format!("postgres/{source}/{from}.dump");
-    let mut loader = None;
+    let mut loader: Option<Loader> = None;
     let result = walk(input, identities, |m, data| {
         if m.name != member {
             return Ok(());
+        }
+        // A dump longer than a part comes in several: the next goes on
+        // into the pg_restore the first started.
+        if let Some(l) = loader.as_mut() {
+            return l.feed(data, &target);
         }
         // The table of contents comes first: who owns what decides how
         // pg_restore is run, so it is read before the load starts.
