@@ -8,6 +8,8 @@
 
 use std::io::{self, Write};
 
+use crate::pipeline::plumbing::sqlclient::own_definer;
+
 /// How much of a line is held to look for a definer: the clause comes
 /// within the first few hundred bytes of the statements that carry one.
 const HEAD: usize = 1024;
@@ -60,47 +62,10 @@ impl DefinerFilter {
     }
 }
 
-/// A statement line's head with its `DEFINER=`user`@`host`` made
-/// `DEFINER=CURRENT_USER`; any other line as it is.
+/// A statement line's head with its definer made the loader
+/// ([`own_definer`]); any other line as it is.
 fn rewritten(head: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    let statement = head.starts_with(b"/*!") || head.starts_with(b"CREATE ");
-    let Some(at) = statement
-        .then(|| memchr::memmem::find(head, b"DEFINER="))
-        .flatten()
-    else {
-        return head.into();
-    };
-    let start = at + b"DEFINER=".len();
-    let Some(len) = account_len(&head[start..]) else {
-        return head.into();
-    };
-    let mut out = Vec::with_capacity(head.len());
-    out.extend_from_slice(&head[..start]);
-    out.extend_from_slice(b"CURRENT_USER");
-    out.extend_from_slice(&head[start + len..]);
-    out.into()
-}
-
-/// The length of `` `user`@`host` `` at the start of `s` (a backtick in a
-/// name is written doubled).
-fn account_len(s: &[u8]) -> Option<usize> {
-    let user = quoted_len(s)?;
-    let rest = s.get(user..)?.strip_prefix(b"@")?;
-    Some(user + 1 + quoted_len(rest)?)
-}
-
-fn quoted_len(s: &[u8]) -> Option<usize> {
-    let mut i = 1;
-    if s.first() != Some(&b'`') {
-        return None;
-    }
-    loop {
-        match s.get(i)? {
-            b'`' if s.get(i + 1) == Some(&b'`') => i += 2,
-            b'`' => return Some(i + 1),
-            _ => i += 1,
-        }
-    }
+    own_definer(head).map_or(head.into(), std::borrow::Cow::Owned)
 }
 
 #[cfg(test)]

@@ -82,3 +82,42 @@ impl MysqlClient {
         })
     }
 }
+
+/// How a dump's `DEFINER=` clauses start (mariadb-dump and mysqldump
+/// alike): a routine, a view, a trigger, an event.
+pub const DEFINER_STARTS: [&[u8]; 4] = [
+    b"CREATE DEFINER=",
+    b"/*!50013 DEFINER=",
+    b"/*!50003 CREATE*/ /*!50017 DEFINER=",
+    b"/*!50106 CREATE*/ /*!50117 DEFINER=",
+];
+
+/// The line with its `DEFINER=`user`@`host`` made `DEFINER=CURRENT_USER`,
+/// where a dump puts that clause; `None` when it has none there. A dump's
+/// code then runs as the account that loads it. (A clause anywhere else is
+/// left to the server, which refuses a definer other than the loading
+/// account unless that account may set any.)
+pub fn own_definer(line: &[u8]) -> Option<Vec<u8>> {
+    let prefix = DEFINER_STARTS.iter().find(|p| line.starts_with(p))?;
+    let rest = &line[prefix.len()..];
+    let user = quoted_len(rest)?;
+    let host = rest.get(user..)?.strip_prefix(b"@")?;
+    let tail = &host[quoted_len(host)?..];
+    Some([&line[..prefix.len()], b"CURRENT_USER", tail].concat())
+}
+
+/// The length of the backquoted name `s` starts with (a backtick in a name
+/// is written doubled).
+pub fn quoted_len(s: &[u8]) -> Option<usize> {
+    if s.first() != Some(&b'`') {
+        return None;
+    }
+    let mut i = 1;
+    loop {
+        match s.get(i)? {
+            b'`' if s.get(i + 1) == Some(&b'`') => i += 2,
+            b'`' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+}

@@ -9,6 +9,8 @@
 
 use std::io::{self, BufRead, Read};
 
+use crate::pipeline::plumbing::sqlclient::{own_definer, quoted_len, DEFINER_STARTS};
+
 /// The lines of a single-database dump that name its database, dropped so
 /// that it loads into the database the client was started on.
 pub(super) const RETARGETED: [&[u8]; 2] = [b"CREATE DATABASE ", b"USE `"];
@@ -21,29 +23,9 @@ const COLUMN: &[u8] = b"  `";
 /// The longest column line whose sequence default is rewritten; a longer
 /// one (a vast ENUM) passes as it is.
 const COLUMN_MAX: usize = 64 << 10;
-/// How a dump's `DEFINER=` clauses start (mariadb-dump and mysqldump
-/// alike): a routine, a view, a trigger, an event.
-const DEFINERS: [&[u8]; 4] = [
-    b"CREATE DEFINER=",
-    b"/*!50013 DEFINER=",
-    b"/*!50003 CREATE*/ /*!50017 DEFINER=",
-    b"/*!50106 CREATE*/ /*!50117 DEFINER=",
-];
 /// How much of a line is read to find its definer: the clause with the
 /// longest user and host names servers allow, quoted, fits.
 const DEFINER_MAX: usize = 2048;
-
-/// The line with its `DEFINER=`user`@`host`` made `DEFINER=CURRENT_USER`,
-/// where a dump puts that clause; `None` when it has none there. (A
-/// clause anywhere else is left to the server, which refuses a definer
-/// other than the loading account itself.)
-pub(super) fn own_definer(line: &[u8]) -> Option<Vec<u8>> {
-    let prefix = DEFINERS.iter().find(|p| line.starts_with(p))?;
-    let rest = &line[prefix.len()..];
-    let host = rest.get(quoted_end(rest)? + 1..)?.strip_prefix(b"@")?;
-    let tail = &host[quoted_end(host)? + 1..];
-    Some([&line[..prefix.len()], b"CURRENT_USER", tail].concat())
-}
 
 /// The database a `CREATE DATABASE` line names, as quoted (backticks
 /// doubled, without the outer ones).
@@ -52,23 +34,8 @@ fn database_name(line: &[u8]) -> Option<&[u8]> {
     let rest = rest
         .strip_prefix(b"/*!32312 IF NOT EXISTS*/ ")
         .unwrap_or(rest);
-    let end = quoted_end(rest)?;
-    Some(&rest[1..end])
-}
-
-/// The index of the backtick that closes the name `text` starts with.
-fn quoted_end(text: &[u8]) -> Option<usize> {
-    if text.first() != Some(&b'`') {
-        return None;
-    }
-    let mut i = 1;
-    loop {
-        match text.get(i)? {
-            b'`' if text.get(i + 1) == Some(&b'`') => i += 2,
-            b'`' => return Some(i),
-            _ => i += 1,
-        }
-    }
+    let len = quoted_len(rest)?;
+    Some(&rest[1..len - 1])
 }
 
 /// A column line of a `CREATE TABLE` with `DEFAULT nextval(`db`.` (the
@@ -124,7 +91,7 @@ pub(super) fn alter_database(line: &[u8]) -> Option<Vec<u8>> {
     let rest = rest
         .strip_prefix(b"/*!32312 IF NOT EXISTS*/ ")
         .unwrap_or(rest);
-    let settings = &rest[quoted_end(rest)? + 1..];
+    let settings = &rest[quoted_len(rest)?..];
     memchr::memmem::find(settings, b"CHARACTER SET")?;
     Some([&b"ALTER DATABASE"[..], settings].concat())
 }
@@ -282,7 +249,8 @@ impl<R: Read> Read for Retarget<R> {
                         continue;
                     }
                     if self.own_definers
-                        && (self.head.starts_with(b"/*!50") || self.head.starts_with(DEFINERS[0]))
+                        && (self.head.starts_with(b"/*!50")
+                            || self.head.starts_with(DEFINER_STARTS[0]))
                     {
                         self.line = self.definer(ended)?;
                         continue;
