@@ -136,6 +136,47 @@ fn backup_lands_remotely_complete_and_opens() {
     assert!(String::from_utf8_lossy(&listed.stdout).contains("complete"));
 }
 
+/// A 300 MB backup of incompressible data (the whole stream crosses every
+/// stage) over SFTP, sealed file and sidecar alike, within the backup's
+/// memory goal (64 MiB peak RSS, as scripts/measure-memory.sh holds the
+/// local and S3 stores to for 1 GiB), and whole on the server.
+#[test]
+fn a_300_mb_backup_over_sftp_stays_within_the_memory_goal() {
+    let sshd = Sshd::start();
+    let j = Job::new();
+    let cfg = j.config(
+        "",
+        "[[source]]\ntype = \"command\"\nname = \"dump\"\nargv = [\"sh\", \"-c\", \"head -c 300M /dev/urandom\"]\n",
+        &sshd.store_config(""),
+    );
+    let peak = j.dir.path().join("peak.kib");
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%M", "-o"])
+        .arg(&peak)
+        .arg(bin())
+        .args(["backup", "-c", cfg.to_str().unwrap()])
+        .env("TMPDIR", j.dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("GNU time (/usr/bin/time; scripts/install-test-deps.sh installs it)");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let kib: u64 = fs::read_to_string(&peak)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    eprintln!("300 MB over SFTP: peak RSS {kib} KiB");
+    assert!(kib < 64 * 1024, "peak RSS {kib} KiB over 64 MiB");
+    let remote = files(&sshd.data_dir());
+    let sealed = remote.iter().find(|f| f.ends_with(".coffer")).unwrap();
+    let len = fs::metadata(sshd.data_dir().join(sealed)).unwrap().len();
+    assert!(len > 300 << 20, "{len}");
+    ok(&["verify", "-c", cfg.to_str().unwrap()]);
+}
+
 #[test]
 fn unknown_and_changed_host_keys_are_refused() {
     let sshd = Sshd::start();
