@@ -1029,3 +1029,197 @@ fn sigterm_during_a_load_into_a_database_drops_what_it_created() {
         "the database coffer created was left behind"
     );
 }
+
+/// `restore` of `sealed` into `db` through the scoped restorer account,
+/// with HOME set to `home`.
+fn scoped_load_with_home(e: &Env, maria: &MariaDb, sealed: &Path, db: &str, home: &Path) -> Output {
+    let scoped = options_file(maria, e.p(), "restorer", "restorer-pw", "");
+    let scoped_cfg = e.config("scoped.toml", &scoped);
+    Command::new(bin())
+        .args(trusting(&[
+            "restore",
+            "-c",
+            scoped_cfg.to_str().unwrap(),
+            "-i",
+            e.key(),
+            sealed.to_str().unwrap(),
+            "--into-db",
+            "main",
+            "--database",
+            db,
+        ]))
+        .env("TMPDIR", &e.tmp)
+        .env("HOME", home)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_my_cnf_that_names_root_does_not_carry_an_unsigned_load() {
+    // The client reads ~/.my.cnf after the options file coffer gives it;
+    // one that names root (an administrator's convenience) must not decide
+    // who a forged dump runs as.
+    let e = Env::new();
+    let maria = MariaDb::start();
+    let (_, sealed) = backed_up(&e, &maria);
+    let home = e.p().join("home");
+    fs::create_dir(&home).unwrap();
+    fs::write(
+        home.join(".my.cnf"),
+        format!(
+            "[mysql]\nuser=root\npassword=\nhost=localhost\nsocket={}\n",
+            maria.socket.display()
+        ),
+    )
+    .unwrap();
+    chmod(&home.join(".my.cnf"), 0o600);
+    let forged = e.p().join("who.coffer");
+    fs::write(
+        &forged,
+        forge(
+            &e,
+            &sealed,
+            &dump_with("shop", "CREATE TABLE who AS SELECT CURRENT_USER() AS u;"),
+        ),
+    )
+    .unwrap();
+    let out = scoped_load_with_home(&e, &maria, &forged, "hostile_home", &home);
+    assert!(out.status.success(), "{}", text(&out));
+    let who = maria.sql("SELECT u FROM hostile_home.who");
+    assert!(
+        who.trim().starts_with("coffer_load_"),
+        "the dump ran as {who}"
+    );
+}
+
+#[test]
+fn an_unsigned_load_into_a_database_with_code_in_it_is_refused() {
+    // ALL on the target includes ALTER ROUTINE and EXECUTE: a routine root
+    // defined there would run the dump's SQL as root.
+    let e = Env::new();
+    let maria = MariaDb::start();
+    let (_, sealed) = backed_up(&e, &maria);
+    maria.sql(
+        "CREATE DATABASE hostile_code; \
+         CREATE PROCEDURE hostile_code.helper() SQL SECURITY INVOKER SELECT 1;",
+    );
+    let home = e.p().join("home");
+    fs::create_dir(&home).unwrap();
+    let out = scoped_load_with_home(&e, &maria, &sealed, "hostile_code", &home);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("routines, views"), "{}", text(&out));
+    assert_eq!(
+        maria
+            .sql("SELECT COUNT(*) FROM mysql.user WHERE User LIKE 'coffer\\_load\\_%'")
+            .trim(),
+        "0"
+    );
+}
+
+#[test]
+fn the_load_account_reaches_the_server_hashed_and_invoker_code_is_named() {
+    let e = Env::new();
+    let maria = MariaDb::start();
+    let (_, sealed) = backed_up(&e, &maria);
+    let log = e.p().join("general.log");
+    maria.sql(&format!(
+        "SET GLOBAL general_log_file = '{}'; SET GLOBAL general_log = 1;",
+        log.display()
+    ));
+    let forged = e.p().join("invoker.coffer");
+    fs::write(
+        &forged,
+        forge(
+            &e,
+            &sealed,
+            &dump_with(
+                "shop",
+                "CREATE PROCEDURE later() SQL SECURITY INVOKER INSERT INTO t VALUES (CURRENT_USER());",
+            ),
+        ),
+    )
+    .unwrap();
+    let home = e.p().join("home");
+    fs::create_dir(&home).unwrap();
+    let out = scoped_load_with_home(&e, &maria, &forged, "hostile_invoker", &home);
+    maria.sql("SET GLOBAL general_log = 0;");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "1 routines or views in hostile_invoker run with the rights of whoever calls them"
+        ),
+        "{}",
+        text(&out)
+    );
+    let logged = fs::read_to_string(&log).unwrap();
+    let created: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains("CREATE USER 'coffer_load_"))
+        .collect();
+    assert_eq!(created.len(), 1, "{logged}");
+    assert!(
+        created[0].contains("IDENTIFIED BY PASSWORD '*"),
+        "{}",
+        created[0]
+    );
+}
+
+#[test]
+fn a_routine_a_forged_dump_leaves_running_is_killed_before_its_database_is_dropped() {
+    // The client is gone when coffer is stopped, but a routine the dump
+    // called runs on in the server (and makes its database again).
+    let e = Env::new();
+    let maria = MariaDb::start();
+    let (_, sealed) = backed_up(&e, &maria);
+    let forged = e.p().join("spin.coffer");
+    fs::write(
+        &forged,
+        forge(
+            &e,
+            &sealed,
+            &dump_with(
+                "shop",
+                "DELIMITER ;;\n\
+                 CREATE PROCEDURE spin() BEGIN WHILE 1 DO \
+                 CREATE DATABASE IF NOT EXISTS hostile_spin; DO SLEEP(0.2); END WHILE; END;;\n\
+                 DELIMITER ;\n\
+                 CALL spin();",
+            ),
+        ),
+    )
+    .unwrap();
+    let child = spawn_scoped_load(&e, &maria, &forged, "hostile_spin");
+    let running = || {
+        maria
+            .sql("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER LIKE 'coffer\\_load\\_%' AND COMMAND = 'Query' AND TIME > 0")
+            .trim()
+            != "0"
+    };
+    let started = Instant::now();
+    while !running() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the load never began"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    terminate(&child);
+    let out = bounded(child, Duration::from_secs(45), "restore after SIGTERM");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    // Long enough for a loop left running to make the database again.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        maria
+            .sql("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'hostile_spin'")
+            .trim(),
+        "0",
+        "the database came back"
+    );
+    assert_eq!(
+        maria
+            .sql("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER LIKE 'coffer\\_load\\_%'")
+            .trim(),
+        "0"
+    );
+}

@@ -128,10 +128,12 @@ pub fn warning(config: &Config, source: &str) -> Option<String> {
 
 /// Runs a query and returns its trimmed output.
 fn query(mut c: Command) -> Result<String> {
-    let out = c
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Error::Usage(format!("cannot run the database client: {e}")))?;
+    answer(c.stdin(Stdio::null()).output())
+}
+
+/// A finished client's trimmed output, or its error output as the error.
+fn answer(out: io::Result<std::process::Output>) -> Result<String> {
+    let out = out.map_err(|e| Error::Usage(format!("cannot run the database client: {e}")))?;
     if !out.status.success() {
         return Err(Error::Store {
             store: "database".into(),
@@ -308,6 +310,7 @@ fn into_mysql(
     let account = if authenticated {
         None
     } else {
+        account::LoadAccount::check_target(options_file, &target)?;
         Some(account::LoadAccount::create(options_file, source, &target)?)
     };
     let mut create = mysql_client(options_file)?;
@@ -331,37 +334,14 @@ fn into_mysql(
         let mut loader = Loader::start(client)?;
         drop(pipe);
         let member = format!("mysql/{source}.sql");
-        let mut found = false;
-        // A dump longer than a part comes in several, and a line may run
-        // from one into the next: one rewrite reads them all, in order, on
-        // a thread of its own, as the walk hands them over.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-        let own_definers = account.is_some();
-        let (result, fed) = std::thread::scope(|s| {
-            let feeder = s.spawn(|| {
-                let mut dump = Retarget::new(Parts::new(rx));
-                if own_definers {
-                    dump = dump.owning_definers();
-                }
-                loader.feed(&mut dump, &target)
-            });
-            let result = walk(input, identities, |m, data| {
-                if m.name == member {
-                    found = true;
-                    hand_over(data, &tx)?;
-                }
-                Ok(())
-            });
-            drop(tx);
-            let fed = feeder
-                .join()
-                .unwrap_or_else(|_| Err(WalkError::Io("the loading thread failed".into())));
-            (result, fed)
-        });
-        // The client's own words, when it stopped the load.
-        let result = fed.and(result);
+        let first = account.as_ref().map(account::LoadAccount::first_statement);
+        let (result, found) =
+            feed_member(&mut loader, (input, identities), &member, &target, first);
         finish_load(result.map(|w| (w, found)), Some(loader), what, &member)
     })();
+    if let (Err(_), Some(a)) = (&outcome, &account) {
+        a.end_sessions();
+    }
     if outcome.is_err() && !existed {
         let mut drop_db = mysql_client(options_file)?;
         drop_db
@@ -373,6 +353,47 @@ fn into_mysql(
         a.finish(warnings);
     }
     outcome
+}
+
+/// Walks the backup, handing `member` to `loader` through one rewrite
+/// ([`Retarget`]) that reads all its parts: a dump longer than a part
+/// comes in several, and a line may run from one into the next. `first`
+/// (a load account's check) goes before the dump, and the dump's definers
+/// become the load account. Returns the walk, the client's own words first
+/// when it stopped the load, and whether the member was there.
+fn feed_member<R: Read + Send>(
+    loader: &mut Loader,
+    (input, identities): (R, &[Identity]),
+    member: &str,
+    target: &str,
+    first: Option<String>,
+) -> (std::result::Result<Walked, WalkError>, bool) {
+    let mut found = false;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let (result, fed) = std::thread::scope(|s| {
+        let feeder = s.spawn(move || {
+            let own = first.is_some();
+            let first = io::Cursor::new(first.unwrap_or_default());
+            let mut dump = Retarget::new(first.chain(Parts::new(rx)));
+            if own {
+                dump = dump.owning_definers();
+            }
+            loader.feed(&mut dump, target)
+        });
+        let result = walk(input, identities, |m, data| {
+            if m.name == member {
+                found = true;
+                hand_over(data, &tx)?;
+            }
+            Ok(())
+        });
+        drop(tx);
+        let fed = feeder
+            .join()
+            .unwrap_or_else(|_| Err(WalkError::Io("the loading thread failed".into())));
+        (result, fed)
+    });
+    (fed.and(result), found)
 }
 
 /// A member's data, handed to the thread that loads it in pieces; an
