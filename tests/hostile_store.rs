@@ -825,6 +825,57 @@ fn the_ledger_shows_hidden_forked_and_stale_histories() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("stale: the newest backup"));
 }
 
+/// An unsigned job cannot tell its own ledger entries from ones a store
+/// planted: it goes on from its own record of the last entry it wrote, and
+/// without one (a first run, a lost record) takes no number past 2^32 from
+/// a store, so a planted entry at the end of the numbers cannot pin every
+/// later run to one number (a fork, every night).
+#[test]
+fn an_unsigned_job_numbers_its_ledger_from_its_own_record_not_a_stores_claim() {
+    let e = Env::new();
+    let unsigned = e.config("unsigned.toml", false, "");
+    let seq_of = |name: &str| -> u64 {
+        let j: serde_json::Value =
+            serde_json::from_slice(&fs::read(e.file(name, ".coffer.json")).unwrap()).unwrap();
+        j["seq"].as_u64().unwrap()
+    };
+    let plant = |from: &str, seq: u64| {
+        let name = format!("{from}-9");
+        fs::copy(e.file(from, ".coffer"), e.file(&name, ".coffer")).unwrap();
+        let mut j: serde_json::Value =
+            serde_json::from_slice(&fs::read(e.file(from, ".coffer.json")).unwrap()).unwrap();
+        j["name"] = name.clone().into();
+        j["seq"] = seq.into();
+        fs::write(
+            e.file(&name, ".coffer.json"),
+            serde_json::to_vec(&j).unwrap(),
+        )
+        .unwrap();
+        name
+    };
+    let night = || {
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        ok(&["backup", "-c", &unsigned]);
+        let names = e.names();
+        names
+            .iter()
+            .filter(|n| !n.ends_with("-9"))
+            .max()
+            .unwrap()
+            .clone()
+    };
+    night();
+    let second = night();
+    assert_eq!(seq_of(&second), 2);
+    let planted = plant(&second, u64::MAX - 1);
+    let third = night();
+    assert_eq!(seq_of(&third), 3, "took the number from {planted}");
+    // The record lost: the stores' entries, but none past 2^32.
+    fs::remove_file(e.p().join("lock.ledger")).unwrap();
+    let fourth = night();
+    assert_eq!(seq_of(&fourth), 4);
+}
+
 #[test]
 fn a_forced_restore_destroys_nothing_before_the_whole_file_is_authenticated() {
     let e = Env::new();

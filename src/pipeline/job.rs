@@ -446,6 +446,18 @@ fn default_lock_dir(
     }
 }
 
+/// Where the host keeps its own record of the last ledger entry it wrote:
+/// `$STATE_DIRECTORY` (the unit's `StateDirectory=coffer`, kept between
+/// runs), else beside the lock, which is private to coffer's user.
+pub fn ledger_record_path(c: &Config) -> PathBuf {
+    if let Some(d) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join(format!("coffer-{}.ledger", c.job.name));
+    }
+    let mut p = lock_location(c).0.into_os_string();
+    p.push(".ledger");
+    PathBuf::from(p)
+}
+
 /// The lock file and whether its directory is coffer's own default (which it
 /// may create).
 fn lock_location(c: &Config) -> (PathBuf, bool) {

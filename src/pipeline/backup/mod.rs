@@ -9,7 +9,7 @@ mod refill;
 mod sidecar;
 
 use fanout::{every_store_failed, open_uploads, sink_error, EveryStoreFailed, Fanout};
-use naming::{ledger_position, unique_name};
+use naming::{ledger_position, record_position, unique_name};
 use refill::refill;
 use sidecar::{finish_stores, sidecar_files};
 
@@ -405,6 +405,9 @@ fn seal_and_store(
     };
     let files = sidecar_files(job, &sidecar)?;
     let (done, failed, recopied) = finish_stores(job, &files, complete, failed);
+    if !done.is_empty() {
+        record_position(job, seq, crate::ledger::digest(&files.json));
+    }
     let mut warnings = warnings;
     warnings.extend(recopied);
     Ok(Stored {

@@ -6,15 +6,50 @@ use crate::ledger;
 use crate::manifest::{self};
 use crate::pipeline::catalog;
 use crate::pipeline::catalog::locate;
-use crate::pipeline::job::Job;
+use crate::pipeline::job::{self, Job};
 use crate::store::Store;
 
+/// The highest sequence number an unsigned job takes from a store when the
+/// host has no record of its own: a store can then push the ledger on, but
+/// not to the end of the numbers, where it would stay.
+const UNVOUCHED_MAX: u64 = 1 << 32;
+
+/// The last entry this host wrote, as it recorded it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    seq: u64,
+    digest: String,
+}
+
+/// Notes the entry this run wrote (best effort: without it, the next run
+/// falls back to the stores' entries).
+pub(super) fn record_position(job: &Job, seq: u64, digest: String) {
+    if let Ok(json) = serde_json::to_vec(&Record { seq, digest }) {
+        let _ = crate::fsutil::replace(&job::ledger_record_path(&job.config), &json, 0o600);
+    }
+}
+
+fn recorded_position(job: &Job) -> Option<Record> {
+    let path = job::ledger_record_path(&job.config);
+    let bytes = crate::fsutil::read_regular(&path, 4096).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 /// Where this run's entry goes in the job's ledger: after the newest entry
-/// that any reachable store holds and this host signed (unsigned jobs: any
-/// plausible entry). A server that hides entries makes the next run fork the
-/// ledger, which `verify` reports; it cannot make the host sign a lie.
+/// that any reachable store holds and this host signed. A server that hides
+/// entries makes the next run fork the ledger, which `verify` reports; it
+/// cannot make the host sign a lie. An unsigned job has no signature to
+/// tell its entries from a store's inventions: it goes on from its own
+/// record of the last entry it wrote, and only without one (a first run, a
+/// lost record) from the stores' plausible entries, up to
+/// [`UNVOUCHED_MAX`].
 pub(super) fn ledger_position(job: &Job, now: chrono::DateTime<chrono::Utc>) -> (u64, String) {
     let verifier = job.signer.as_ref().and_then(|s| s.verifier().ok());
+    if verifier.is_none() {
+        if let Some(r) = recorded_position(job) {
+            return (r.seq.saturating_add(1), r.digest);
+        }
+    }
     let mut known = Vec::new();
     for store in &job.stores {
         let Ok((listed, _)) = catalog::list(store.as_ref()) else {
@@ -32,7 +67,9 @@ pub(super) fn ledger_position(job: &Job, now: chrono::DateTime<chrono::Utc>) -> 
                     continue;
                 }
             }
-            known.extend(locate::ledger_entry(l));
+            known.extend(
+                locate::ledger_entry(l).filter(|e| verifier.is_some() || e.seq <= UNVOUCHED_MAX),
+            );
         }
     }
     ledger::next(&known)
