@@ -897,6 +897,50 @@ fn restore_into_db_refuses_an_options_file_another_user_owns() {
     );
 }
 
+/// A path longer than the reader's name limit (1 MiB: a tree thousands of
+/// directories deep) would make a backup no restore can read: it is left
+/// out and named, and the rest is stored (exit 1).
+#[test]
+fn a_path_longer_than_any_reader_takes_is_left_out_and_named() {
+    let e = Env::new();
+    let p = e.p();
+    let data = p.join("data");
+    fs::create_dir(&data).unwrap();
+    fs::write(data.join("a.txt"), "readable").unwrap();
+    // 4300 directories of 250 bytes: past 1 MiB, made one level at a time.
+    sh(
+        "python3 -c \"import os\nos.chdir('data')\nfor _ in range(4300):\n    os.mkdir('d' * 250)\n    os.chdir('d' * 250)\nopen('f', 'w').write('deep')\"",
+        p,
+    );
+    let cfg = e.config(
+        "",
+        "echo rows",
+        &format!(
+            "[[source]]\ntype = \"files\"\nname = \"tree\"\npaths = [\"{}\"]\n",
+            data.display()
+        ),
+    );
+    let out = Command::new(bin())
+        .args(["backup", "-c", cfg.to_str().unwrap()])
+        .env("XDG_RUNTIME_DIR", p)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    sh("rm -rf data", p);
+    assert_eq!(code(&out), 1, "{err}");
+    assert!(
+        err.contains("not backed up: a path longer than 1048576 bytes"),
+        "{err}"
+    );
+    let listed = ok(&["list", "-c", cfg.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("complete"),
+        "{}",
+        String::from_utf8_lossy(&listed.stdout)
+    );
+}
+
 #[test]
 fn an_unreadable_file_costs_only_itself_not_the_night() {
     if !is_root() {

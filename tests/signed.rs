@@ -334,6 +334,42 @@ fn ingest_takes_unsigned_uploads_only_from_a_job_that_says_it_is_unsigned() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ingested prod-"));
 }
 
+/// An upload account that fills its directory with names cannot make the
+/// ingest read them all: the listing stops at the cap every listing has.
+#[test]
+fn ingest_refuses_an_incoming_directory_with_more_names_than_a_store_holds() {
+    let d = tempfile::tempdir().unwrap();
+    keygen(d.path());
+    let incoming = d.path().join("incoming");
+    fs::create_dir(&incoming).unwrap();
+    for i in 0..=200_000 {
+        fs::File::create(incoming.join(format!("x{i}"))).unwrap();
+    }
+    let p = d.path().join("server.toml");
+    fs::write(
+        &p,
+        format!(
+            "[job]\nname = \"prod\"\nunsigned = true\n[[store]]\ntype = \"local\"\npath = \"{}\"\n",
+            d.path().join("repo").display()
+        ),
+    )
+    .unwrap();
+    chmod(&p, 0o600);
+    let out = coffer(&[
+        "ingest",
+        "-c",
+        p.to_str().unwrap(),
+        "--from",
+        incoming.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("holds more than 200000 names"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn ingest_refuses_a_sparse_upload_before_copying_it() {
     let d = tempfile::tempdir().unwrap();
