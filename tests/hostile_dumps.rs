@@ -876,23 +876,27 @@ fn trusting<'a>(args: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
-fn spawn_coffer(e: &Env, args: &[&str]) -> std::process::Child {
-    Command::new(bin())
-        .args(trusting(args))
+/// coffer with `args` (trusting what it loads), its output piped.
+fn coffer_command(e: &Env, args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(trusting(args))
         .env("TMPDIR", &e.tmp)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+        .stderr(Stdio::piped());
+    c
+}
+
+fn spawn_coffer(e: &Env, args: &[&str]) -> std::process::Child {
+    coffer_command(e, args).spawn().unwrap()
 }
 
 /// `restore SEALED --into-db main --database DB` through an account whose
-/// rights cover only that database, started in the background.
-fn spawn_scoped_load(e: &Env, maria: &MariaDb, sealed: &Path, db: &str) -> std::process::Child {
+/// rights cover only that database.
+fn scoped_load(e: &Env, maria: &MariaDb, sealed: &Path, db: &str) -> Command {
     let scoped = options_file(maria, e.p(), "restorer", "restorer-pw", "");
     let scoped_cfg = e.config("scoped.toml", &scoped);
-    spawn_coffer(
+    coffer_command(
         e,
         &[
             "restore",
@@ -907,6 +911,11 @@ fn spawn_scoped_load(e: &Env, maria: &MariaDb, sealed: &Path, db: &str) -> std::
             db,
         ],
     )
+}
+
+/// [`scoped_load`], started in the background.
+fn spawn_scoped_load(e: &Env, maria: &MariaDb, sealed: &Path, db: &str) -> std::process::Child {
+    scoped_load(e, maria, sealed, db).spawn().unwrap()
 }
 
 #[test]
@@ -1030,27 +1039,10 @@ fn sigterm_during_a_load_into_a_database_drops_what_it_created() {
     );
 }
 
-/// `restore` of `sealed` into `db` through the scoped restorer account,
-/// with HOME set to `home`.
+/// [`scoped_load`] with HOME set to `home`.
 fn scoped_load_with_home(e: &Env, maria: &MariaDb, sealed: &Path, db: &str, home: &Path) -> Output {
-    let scoped = options_file(maria, e.p(), "restorer", "restorer-pw", "");
-    let scoped_cfg = e.config("scoped.toml", &scoped);
-    Command::new(bin())
-        .args(trusting(&[
-            "restore",
-            "-c",
-            scoped_cfg.to_str().unwrap(),
-            "-i",
-            e.key(),
-            sealed.to_str().unwrap(),
-            "--into-db",
-            "main",
-            "--database",
-            db,
-        ]))
-        .env("TMPDIR", &e.tmp)
+    scoped_load(e, maria, sealed, db)
         .env("HOME", home)
-        .stdin(Stdio::null())
         .output()
         .unwrap()
 }
